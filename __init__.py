@@ -1,0 +1,1 @@
+"""ocrl: single-file offline and continuous-control RL algorithms on a small shared library."""
