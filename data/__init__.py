@@ -1,13 +1,18 @@
 """Datasets (D4RL, Minari, shipped), normalisation, replay buffers and run folders."""
 
-from ocrl.data.replay import ReplayBuffer
+from ocrl.data.replay import Batch, ReplayBuffer
 from ocrl.data.runs import (
     Run,
+    atomic_write_text,
+    check_finite,
     cli,
     load_checkpoint,
     pick_device,
+    resume_args,
+    rng_state,
     save_checkpoint,
     seed_everything,
+    set_rng_state,
 )
 
 # --- dataset layer (ocrl.data.offline / d4rl / minari_io) ---
@@ -22,12 +27,18 @@ __all__ = [
     "DatasetError",
     "OfflineDataset",
     "ReplayBuffer",
+    "Batch",
     "Run",
     "Transitions",
+    "atomic_write_text",
+    "check_finite",
     "cli",
     "load_checkpoint",
     "load_dataset",
     "pick_device",
+    "resume_args",
+    "rng_state",
     "save_checkpoint",
     "seed_everything",
+    "set_rng_state",
 ]

@@ -1,0 +1,127 @@
+"""A replay buffer kept as tensors on the training device, sampled without host synchronisation."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+class Batch(NamedTuple):
+    """A minibatch of transitions; `dones` is 1.0 only for true terminations (never for timeouts)."""
+
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    dones: torch.Tensor
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=dtype).to(device, non_blocking=True)
+
+
+class ReplayBuffer:
+    """Fixed-capacity ring buffer of (s, a, r, s', terminated, truncated) on one device."""
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: str | torch.device = "cpu") -> None:
+        if capacity <= 0:
+            raise ValueError(f"ReplayBuffer capacity must be positive, got {capacity}")
+        self.device = torch.device(device)
+        self.capacity = capacity
+        self.observations = torch.zeros(capacity, obs_dim, device=self.device)
+        self.actions = torch.zeros(capacity, act_dim, device=self.device)
+        self.rewards = torch.zeros(capacity, device=self.device)
+        self.next_observations = torch.zeros(capacity, obs_dim, device=self.device)
+        self.terminations = torch.zeros(capacity, device=self.device)
+        self.truncations = torch.zeros(capacity, dtype=torch.bool, device=self.device)
+        self.ptr = 0
+        self.size = 0
+
+    @classmethod
+    def from_arrays(
+        cls,
+        observations: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_observations: np.ndarray,
+        terminals: np.ndarray,
+        device: str | torch.device = "cpu",
+    ) -> ReplayBuffer:
+        """A full buffer holding an offline dataset's transitions; on the CPU float32 arrays are not copied."""
+        n = len(observations)
+        for name, arr in [("actions", actions), ("rewards", rewards), ("next_observations", next_observations), ("terminals", terminals)]:
+            if len(arr) != n:
+                raise ValueError(f"ReplayBuffer.from_arrays: '{name}' has {len(arr)} rows, observations has {n}")
+        buf = cls.__new__(cls)
+        buf.device = torch.device(device)
+        buf.capacity = buf.size = n
+        buf.ptr = 0
+        buf.observations = _as_tensor(observations, buf.device)
+        buf.actions = _as_tensor(actions, buf.device)
+        buf.rewards = _as_tensor(rewards, buf.device).reshape(n)
+        buf.next_observations = _as_tensor(next_observations, buf.device)
+        buf.terminations = _as_tensor(terminals, buf.device).reshape(n)
+        buf.truncations = torch.zeros(n, dtype=torch.bool, device=buf.device)
+        return buf
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(
+        self,
+        obs: np.ndarray | torch.Tensor,
+        action: np.ndarray | torch.Tensor,
+        reward: np.ndarray | torch.Tensor,
+        next_obs: np.ndarray | torch.Tensor,
+        terminated: np.ndarray | torch.Tensor,
+        truncated: np.ndarray | torch.Tensor,
+    ) -> None:
+        """Append a batch of n transitions (leading axis n, e.g. one per vector-env copy)."""
+        obs_t = _as_tensor(obs, self.device).reshape(-1, self.observations.shape[1])
+        n = obs_t.shape[0]
+        idx = (torch.arange(n) + self.ptr) % self.capacity
+        idx = idx.to(self.device)
+        self.observations[idx] = obs_t
+        self.actions[idx] = _as_tensor(action, self.device).reshape(n, -1)
+        self.rewards[idx] = _as_tensor(reward, self.device).reshape(n)
+        self.next_observations[idx] = _as_tensor(next_obs, self.device).reshape(n, -1)
+        self.terminations[idx] = _as_tensor(terminated, self.device).reshape(n)
+        self.truncations[idx] = _as_tensor(truncated, self.device, torch.bool).reshape(n)
+        self.ptr = (self.ptr + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        """Uniform sample with replacement; indices are drawn on the buffer's device."""
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
+        return Batch(
+            self.observations[idx],
+            self.actions[idx],
+            self.rewards[idx],
+            self.next_observations[idx],
+            self.terminations[idx],
+        )
+
+    def state_dict(self) -> dict:
+        """The filled part of the buffer plus its pointer, for checkpoints."""
+        n = self.size
+        return {
+            "observations": self.observations[:n].cpu(),
+            "actions": self.actions[:n].cpu(),
+            "rewards": self.rewards[:n].cpu(),
+            "next_observations": self.next_observations[:n].cpu(),
+            "terminations": self.terminations[:n].cpu(),
+            "truncations": self.truncations[:n].cpu(),
+            "ptr": self.ptr,
+            "size": n,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved into a buffer of at least the same capacity."""
+        n = int(state["size"])
+        if n > self.capacity:
+            raise ValueError(f"checkpointed buffer holds {n} transitions, more than this buffer's capacity {self.capacity}")
+        for name in ["observations", "actions", "rewards", "next_observations", "terminations", "truncations"]:
+            getattr(self, name)[:n] = state[name].to(self.device)
+        self.ptr, self.size = int(state["ptr"]), n

@@ -1,0 +1,261 @@
+"""Run folders: command-line parsing with presets, seeding, device choice, TensorBoard logs, metrics and checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+ArgsT = TypeVar("ArgsT")
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def cli(args_cls: type[ArgsT], presets: Mapping[str, Mapping[str, Any]] | None = None, argv: Sequence[str] | None = None) -> ArgsT:
+    """Parse `args_cls` with tyro; `--preset NAME` replaces the defaults with a preset and explicit flags still win."""
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    presets = presets or {}
+    default = args_cls()
+    name = None
+    for i, token in enumerate(argv):
+        if token == "--preset" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif token.startswith("--preset="):
+            name = token.split("=", 1)[1]
+    if name is not None and name not in ("None",):
+        if name not in presets:
+            known = ", ".join(sorted(presets)) or "(none)"
+            raise SystemExit(f"error: unknown --preset '{name}'. Known presets: {known}")
+        default = dataclasses.replace(default, **presets[name])
+    return tyro.cli(args_cls, default=default, args=argv)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' means CUDA when available, else CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {device} asked for CUDA, but torch.cuda.is_available() is False")
+    return dev
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> np.random.Generator:
+    """Seed Python, NumPy and torch (all devices); return a NumPy generator for the run's own sampling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return np.random.default_rng(seed)
+
+
+def rng_state(np_rng: np.random.Generator | None = None) -> dict:
+    """Every random-number state a run depends on, in a form `torch.load(weights_only=True)` accepts."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": json.dumps(random.getstate()),
+        "numpy_legacy": json.dumps(_jsonable(np.random.get_state())),
+    }
+    if np_rng is not None:
+        state["numpy"] = json.dumps(np_rng.bit_generator.state)
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, np_rng: np.random.Generator | None = None) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    legacy = json.loads(state["numpy_legacy"])
+    np.random.set_state((legacy[0], np.asarray(legacy[1], dtype=np.uint32), *legacy[2:]))
+    if np_rng is not None and "numpy" in state:
+        np_rng.bit_generator.state = json.loads(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (tuple, list)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file through a temporary file in the same folder, renamed into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """torch.save through a temporary file renamed into place, so a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with `weights_only=True`, so a shared file cannot run code."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: --resume needs a run folder written with --save-model "
+            f"(it holds {CHECKPOINT_FILE})"
+        )
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def resume_args(args: ArgsT, keep: Sequence[str] = ("total_steps", "resume", "device", "compile")) -> ArgsT:
+    """The arguments a resumed run continues with: its saved config.json, except the fields named in `keep`."""
+    run_dir = Path(args.resume)  # type: ignore[attr-defined]
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no {CONFIG_FILE} there; is it a run folder?")
+    saved = json.loads(config_path.read_text())
+    fields = {f.name for f in dataclasses.fields(args)}  # type: ignore[arg-type]
+    updates = {k: v for k, v in saved.items() if k in fields and k not in keep}
+    for k, v in updates.items():
+        if isinstance(getattr(args, k), tuple) and isinstance(v, list):
+            updates[k] = tuple(v)
+    updates["run_dir"] = str(run_dir)
+    return dataclasses.replace(args, **updates)  # type: ignore[type-var]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
+class Run:
+    """One run folder: config.json, TensorBoard events, evaluation bookkeeping and metrics.json at the end."""
+
+    def __init__(self, algo: str, target: str, seed: int, config: Any, run_dir: str | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if run_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = os.path.join("runs", f"{algo}__{_slug(target)}__s{seed}__{stamp}")
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()}
+        if not (self.dir / CONFIG_FILE).exists():
+            atomic_write_text(self.dir / CONFIG_FILE, json.dumps(cfg, indent=2, default=str))
+        self.writer = SummaryWriter(str(self.dir))
+        table = "\n".join(f"|{k}|{v}|" for k, v in cfg.items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        self.started = time.time()
+        self.elapsed_before = 0.0
+        self.last_eval: dict[str, float] = {}
+        self.best_score = -math.inf
+        self.best_return = -math.inf
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / CHECKPOINT_FILE
+
+    @property
+    def wall_time(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Write scalars (already on the host) under their tag names."""
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, float(value), step)
+
+    def log_eval(self, step: int, result: Mapping[str, float | None]) -> None:
+        """Log an evaluation (`return`, `normalized_score`, ...) as eval/* and track the best."""
+        self.last_eval = dict(result)
+        self.log(step, {f"eval/{k}": v for k, v in result.items() if v is not None})
+        score = result.get("normalized_score")
+        if score is not None:
+            self.best_score = max(self.best_score, float(score))
+        self.best_return = max(self.best_return, float(result["return"]))
+
+    def state_dict(self) -> dict:
+        return {
+            "wall_time": self.wall_time,
+            "best_score": self.best_score,
+            "best_return": self.best_return,
+            "last_eval": json.dumps(self.last_eval),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.elapsed_before = float(state["wall_time"])
+        self.started = time.time()
+        self.best_score = float(state["best_score"])
+        self.best_return = float(state["best_return"])
+        self.last_eval = json.loads(state["last_eval"])
+
+    def finish(self, steps: int, extra: Mapping[str, Any] | None = None) -> dict:
+        """Write metrics.json (which marks the run finished), close the logs and return the metrics."""
+        score = self.last_eval.get("normalized_score")
+        metrics = {
+            "normalized_score": score,
+            "normalized_score_best": self.best_score if score is not None else None,
+            "return": self.last_eval.get("return"),
+            "return_best": self.best_return if self.last_eval else None,
+            "steps": steps,
+            "wall_time_s": round(self.wall_time, 2),
+            "run_dir": str(self.dir),
+        }
+        metrics.update(extra or {})
+        atomic_write_text(self.dir / METRICS_FILE, json.dumps(metrics, indent=2))
+        self.writer.close()
+        return metrics
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def check_finite(step: int, values: Mapping[str, float], run: Run | None = None) -> None:
+    """Stop a diverging run with a message naming the loss, the step and the last good checkpoint."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        where = ""
+        if run is not None and run.checkpoint_path.exists():
+            where = f" The last good checkpoint is {run.checkpoint_path}."
+        if run is not None:
+            run.close()
+        raise FloatingPointError(
+            f"training diverged at step {step}: non-finite {', '.join(f'{k}={v}' for k, v in bad.items())}.{where} "
+            "Lower the learning rate, check the data for outliers, or change the seed."
+        )

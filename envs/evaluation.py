@@ -1,0 +1,141 @@
+"""make_env, the dataset/environment fit check, and an evaluator that runs N episodes in a vector env."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from ocrl.data.d4rl import D4RL_ENV_IDS, D4RL_REF_SCORES
+from ocrl.data.offline import DatasetError, OfflineDataset
+
+Policy = Callable[[torch.Tensor], torch.Tensor]
+
+
+def make_env(env_id: str, **kwargs) -> gym.Env:
+    """gym.make with a clear error for unknown ids; v4 MuJoCo deprecation warnings are silenced (D4RL data need v4)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*is out of date.*")
+            return gym.make(env_id, **kwargs)
+    except gym.error.Error as err:
+        raise ValueError(
+            f"cannot make environment '{env_id}': {err}. Use a registered Gymnasium id such as "
+            "'Hopper-v4' or 'Pendulum-v1' (MuJoCo tasks need `pip install gymnasium[mujoco]`)."
+        ) from err
+
+
+def check_dataset_fits(dataset: OfflineDataset, env: gym.Env) -> None:
+    """Raise DatasetError when the dataset's observation/action sizes differ from the environment's."""
+    obs_shape = env.observation_space.shape
+    act_shape = env.action_space.shape
+    if obs_shape is None or act_shape is None or len(obs_shape) != 1 or len(act_shape) != 1:
+        raise DatasetError(
+            f"dataset '{dataset.name}': environment {env.spec.id if env.spec else env} has non-vector spaces "
+            f"({env.observation_space}, {env.action_space}); only flat Box spaces are supported"
+        )
+    problems = []
+    if obs_shape[0] != dataset.obs_dim:
+        problems.append(f"observations have {dataset.obs_dim} dims but the environment's have {obs_shape[0]}")
+    if act_shape[0] != dataset.act_dim:
+        problems.append(f"actions have {dataset.act_dim} dims but the environment's have {act_shape[0]}")
+    if problems:
+        env_id = env.spec.id if env.spec else str(env)
+        raise DatasetError(
+            f"dataset '{dataset.name}' ({dataset.source}) does not fit environment {env_id}: "
+            + "; ".join(problems)
+            + ". Pick the dataset recorded on this environment, or pass the matching --env-id."
+        )
+
+
+def normalized_score(returns: np.ndarray | float, ref_min: float, ref_max: float) -> np.ndarray | float:
+    """D4RL's normalised score on the x100 scale: 100 * (R - ref_min) / (ref_max - ref_min)."""
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
+
+
+def reference_scores(env_id: str) -> tuple[float | None, float | None]:
+    """D4RL's random/expert reference returns for the -v4 task of a D4RL domain, else (None, None)."""
+    for domain, d4rl_env_id in D4RL_ENV_IDS.items():
+        if env_id == d4rl_env_id:
+            return D4RL_REF_SCORES[domain]
+    return None, None
+
+
+def episode_seeds(run_seed: int, num_episodes: int) -> list[int]:
+    """Evaluation episode i starts from seed 1000 * run_seed + 100 + i, at every evaluation and for every algorithm."""
+    return [1000 * run_seed + 100 + i for i in range(num_episodes)]
+
+
+class Evaluator:
+    """Runs `num_episodes` episodes at once (one per vector-env copy) with batched policy inference."""
+
+    def __init__(
+        self,
+        env_id: str,
+        num_episodes: int = 10,
+        seed: int = 0,
+        obs_mean: np.ndarray | None = None,
+        obs_std: np.ndarray | None = None,
+        ref_min_score: float | None = None,
+        ref_max_score: float | None = None,
+        device: str | torch.device = "cpu",
+        max_episode_steps: int | None = None,
+    ) -> None:
+        if num_episodes <= 0:
+            raise ValueError(f"num_episodes must be positive, got {num_episodes}")
+        self.env_id = env_id
+        self.num_episodes = num_episodes
+        self.seeds = episode_seeds(seed, num_episodes)
+        self.device = torch.device(device)
+        kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+        make_env(env_id, **kwargs).close()  # fail early, in this process, on a bad id
+        self.envs = gym.vector.SyncVectorEnv(
+            [lambda: make_env(env_id, **kwargs) for _ in range(num_episodes)],
+            autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+        )
+        self.obs_mean = None if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32, device=self.device)
+        self.obs_std = None if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32, device=self.device)
+        self.ref_min_score, self.ref_max_score = ref_min_score, ref_max_score
+        self.action_low = self.envs.single_action_space.low
+        self.action_high = self.envs.single_action_space.high
+
+    def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:
+        """Cast to float32 (D4RL data are float32, v4 envs return float64) and standardise."""
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        if self.obs_mean is not None:
+            x = (x - self.obs_mean) / self.obs_std
+        return x
+
+    @torch.no_grad()
+    def __call__(self, policy: Policy) -> dict[str, float | None]:
+        """Mean/std of the episode returns and, when reference scores are known, the normalised score (x100)."""
+        obs, _ = self.envs.reset(seed=self.seeds)
+        returns = np.zeros(self.num_episodes)
+        lengths = np.zeros(self.num_episodes, dtype=np.int64)
+        running = np.ones(self.num_episodes, dtype=bool)
+        while running.any():
+            action = policy(self.normalize_obs(obs)).cpu().numpy()
+            action = np.clip(action, self.action_low, self.action_high)
+            obs, reward, terminated, truncated, _ = self.envs.step(action)
+            returns += reward * running
+            lengths += running
+            running &= ~(terminated | truncated)
+        result: dict[str, float | None] = {
+            "return": float(returns.mean()),
+            "return_std": float(returns.std()),
+            "episode_length": float(lengths.mean()),
+            "normalized_score": None,
+            "normalized_score_std": None,
+        }
+        if self.ref_min_score is not None and self.ref_max_score is not None:
+            scores = normalized_score(returns, self.ref_min_score, self.ref_max_score)
+            result["normalized_score"] = float(scores.mean())
+            result["normalized_score_std"] = float(scores.std())
+        return result
+
+    def close(self) -> None:
+        self.envs.close()

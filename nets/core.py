@@ -1,0 +1,207 @@
+"""MLPs, critic ensembles evaluated in one batched matmul, and deterministic / tanh-Gaussian actors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    """Linear layers with an activation between them and optional LayerNorm before each activation."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        activation: type[nn.Module] = nn.ReLU,
+        layer_norm: bool = False,
+        output_activation: type[nn.Module] | None = None,
+    ) -> None:
+        layers: list[nn.Module] = []
+        width = in_dim
+        for h in hidden:
+            layers.append(nn.Linear(width, h))
+            if layer_norm:
+                layers.append(nn.LayerNorm(h))
+            layers.append(activation())
+            width = h
+        layers.append(nn.Linear(width, out_dim))
+        if output_activation is not None:
+            layers.append(output_activation())
+        super().__init__(*layers)
+
+
+class EnsembleLinear(nn.Module):
+    """`num_members` independent linear layers applied as one batched matmul: (E, B, in) -> (E, B, out)."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_members: int) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.num_members = in_dim, out_dim, num_members
+        self.weight = nn.Parameter(torch.empty(num_members, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(num_members, 1, out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The same distribution as nn.Linear's default, drawn independently for every member.
+        bound = 1.0 / math.sqrt(self.in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A 2-D input is shared by all members; matmul broadcasts it without copying E times.
+        return torch.matmul(x, self.weight) + self.bias
+
+    def forward_member(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Apply member `index` alone to a (B, in) input."""
+        return torch.addmm(self.bias[index], x, self.weight[index])
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_dim}, out={self.out_dim}, members={self.num_members}"
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the feature axis with a separate affine transform per ensemble member."""
+
+    def __init__(self, dim: int, num_members: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_members, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(num_members, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+
+    def forward_member(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Normalise with member `index`'s affine transform alone."""
+        return F.layer_norm(x, x.shape[-1:], self.weight[index, 0], self.bias[index, 0], self.eps)
+
+
+class CriticEnsemble(nn.Module):
+    """E independent Q(s, a) MLPs computed together; `forward` returns Q-values of shape (E, B)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        num_critics: int = 2,
+        layer_norm: bool = False,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.num_critics = num_critics
+        layers: list[nn.Module] = []
+        width = obs_dim + act_dim
+        for h in hidden:
+            layers.append(EnsembleLinear(width, h, num_critics))
+            if layer_norm:
+                layers.append(EnsembleLayerNorm(h, num_critics))
+            layers.append(activation())
+            width = h
+        layers.append(EnsembleLinear(width, 1, num_critics))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
+
+    def member(self, obs: torch.Tensor, action: torch.Tensor, index: int = 0) -> torch.Tensor:
+        """Q-values (B,) of one member only, e.g. TD3's Q1 in the actor loss, without computing the others."""
+        x = torch.cat([obs, action], dim=-1)
+        for layer in self.net:
+            if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
+                x = layer.forward_member(x, index)
+            else:
+                x = layer(x)
+        return x.squeeze(-1)
+
+
+def _action_bounds(
+    act_dim: int, low: float | Sequence[float] | torch.Tensor, high: float | Sequence[float] | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    low_t = torch.as_tensor(low, dtype=torch.float32).expand(act_dim)
+    high_t = torch.as_tensor(high, dtype=torch.float32).expand(act_dim)
+    if not torch.all(high_t > low_t):
+        raise ValueError(f"action bounds must satisfy high > low, got low={low_t}, high={high_t}")
+    return (high_t - low_t) / 2.0, (high_t + low_t) / 2.0
+
+
+class DeterministicActor(nn.Module):
+    """s -> MLP -> tanh, rescaled to the action bounds (TD3's actor)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        action_low: float | Sequence[float] = -1.0,
+        action_high: float | Sequence[float] = 1.0,
+        layer_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.net = MLP(obs_dim, act_dim, hidden, layer_norm=layer_norm)
+        scale, bias = _action_bounds(act_dim, action_low, action_high)
+        self.register_buffer("action_scale", scale)
+        self.register_buffer("action_bias", bias)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs)) * self.action_scale + self.action_bias
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action used at evaluation time."""
+        return self(obs)
+
+
+class TanhGaussianActor(nn.Module):
+    """Squashed Gaussian policy (SAC): returns a sampled action, its log-probability and the mean action."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        action_low: float | Sequence[float] = -1.0,
+        action_high: float | Sequence[float] = 1.0,
+        log_std_min: float = -5.0,
+        log_std_max: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.trunk = MLP(obs_dim, hidden[-1], hidden[:-1], output_activation=nn.ReLU)
+        self.mean = nn.Linear(hidden[-1], act_dim)
+        self.log_std = nn.Linear(hidden[-1], act_dim)
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        scale, bias = _action_bounds(act_dim, action_low, action_high)
+        self.register_buffer("action_scale", scale)
+        self.register_buffer("action_bias", bias)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.trunk(obs)
+        mean = self.mean(h)
+        # tanh keeps log-std in range with a smooth gradient (CleanRL's parameterisation).
+        log_std = torch.tanh(self.log_std(h))
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        std = log_std.exp()
+        pre_tanh = mean + std * torch.randn_like(mean)
+        gauss_log_prob = (-0.5 * ((pre_tanh - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # log(1 - tanh(x)^2) in a form that stays finite for large |x|.
+        log_det = (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+        log_prob = gauss_log_prob - log_det - torch.log(self.action_scale).sum()
+        action = torch.tanh(pre_tanh) * self.action_scale + self.action_bias
+        mean_action = torch.tanh(mean) * self.action_scale + self.action_bias
+        return action, log_prob, mean_action
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic (mean) action used at evaluation time."""
+        return self(obs)[2]
+
+
+@torch.no_grad()
+def polyak_update(target: Iterable[torch.Tensor], online: Iterable[torch.Tensor], tau: float) -> None:
+    """target <- (1 - tau) * target + tau * online, fused over all tensors."""
+    torch._foreach_lerp_(list(target), list(online), tau)
