@@ -1,0 +1,501 @@
+"""D4RL Gym-MuJoCo datasets without the ``d4rl`` package: names, URLs, reference scores,
+a verified atomic download into a cache folder, an h5py reader and a D4RL-layout writer.
+
+File layout (written by D4RL's ``collect_data.py``; all gzip-compressed): ``observations``
+(N, obs) float32, ``actions`` (N, act) float32, ``rewards`` (N,) float32, ``terminals`` (N,) bool,
+``timeouts`` (N,) bool, ``next_observations`` (v2 files), ``infos/*`` and ``metadata/*``.
+Evaluation uses the Gymnasium ``-v4`` environment of the same task (see reference/datasets.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from ocrl.data.offline import DatasetError, OfflineDataset
+
+__all__ = [
+    "D4RL_DIMS",
+    "D4RL_ENV_IDS",
+    "D4RL_KINDS",
+    "D4RL_REF_SCORES",
+    "check_near_miss",
+    "d4rl_cache_dir",
+    "d4rl_path",
+    "d4rl_url",
+    "download_d4rl",
+    "load_d4rl",
+    "parse_d4rl_name",
+    "read_d4rl_hdf5",
+    "verify_d4rl_file",
+    "write_d4rl_hdf5",
+]
+
+#: Raw-return reference scores (REF_MIN_SCORE = random, REF_MAX_SCORE = expert), ``d4rl/infos.py``.
+D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
+    "halfcheetah": (-280.178953, 12135.0),
+    "hopper": (-20.272305, 3234.3),
+    "walker2d": (1.629008, 4592.3),
+    "ant": (-325.6, 3879.7),
+}
+#: Gymnasium evaluation environments. Ant is deliberately absent (111-dim v2 obs, not validated).
+D4RL_ENV_IDS: dict[str, str] = {
+    "halfcheetah": "HalfCheetah-v4",
+    "hopper": "Hopper-v4",
+    "walker2d": "Walker2d-v4",
+}
+#: (obs_dim, act_dim) of the D4RL files of each domain.
+D4RL_DIMS: dict[str, tuple[int, int]] = {
+    "halfcheetah": (17, 6),
+    "hopper": (11, 3),
+    "walker2d": (17, 6),
+    "ant": (111, 8),
+}
+D4RL_KINDS = ("random", "medium", "medium-replay", "medium-expert", "expert", "full-replay")
+
+_BASE_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
+_VERSION_DIRS = {2: "gym_mujoco_v2", 1: "gym_mujoco_v1"}
+_NAME_RE = re.compile(
+    r"^(?P<domain>halfcheetah|hopper|walker2d|ant)[-_]"
+    r"(?P<kind>medium[-_]replay|medium[-_]expert|full[-_]replay|random|medium|expert)"
+    r"-v(?P<version>[012])$"
+)
+_REQUIRED = ("observations", "actions", "rewards", "terminals")
+
+
+# ------------------------------------------------------------------ names
+def parse_d4rl_name(name: str) -> tuple[str, str, int] | None:
+    """``"hopper-medium-replay-v2"`` or ``"hopper_medium_replay-v2"`` -> ``("hopper", "medium-replay", 2)``.
+
+    A file name (``.hdf5``/``.h5`` suffix, any folder) is accepted too. None if not a D4RL
+    Gym-MuJoCo name (domains halfcheetah/hopper/walker2d/ant, versions v0-v2).
+    """
+    base = os.path.basename(os.fspath(name)).lower()
+    for suffix in (".hdf5", ".h5"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    m = _NAME_RE.match(base)
+    if m is None:
+        return None
+    return m["domain"], m["kind"].replace("_", "-"), int(m["version"])
+
+
+def _parse_or_raise(name: str) -> tuple[str, str, int]:
+    parsed = parse_d4rl_name(name)
+    if parsed is None:
+        raise DatasetError(
+            f"'{name}' is not a D4RL Gym-MuJoCo dataset name: expected "
+            f"{{halfcheetah,hopper,walker2d}}-{{{','.join(D4RL_KINDS)}}}-v2, e.g. hopper-medium-v2"
+        )
+    return parsed
+
+
+def d4rl_url(name: str) -> str:
+    """Download URL of a D4RL dataset (v2 and v1; v0 is refused)."""
+    domain, kind, version = _parse_or_raise(name)
+    if version not in _VERSION_DIRS:
+        raise DatasetError(
+            f"'{name}': D4RL v0 datasets are not supported (their file layout differs and their "
+            f"data differ materially from v2; never mix v0 and v2 results). Use "
+            f"{domain}-{kind}-v2. A v0 file you already have can be loaded by path."
+        )
+    fname = f"{domain}_{kind.replace('-', '_')}-v{version}.hdf5"
+    return f"{_BASE_URL}/{_VERSION_DIRS[version]}/{fname}"
+
+
+def d4rl_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$OCRL_DATA_DIR``, else ``~/.cache/ocrl/d4rl``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("OCRL_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.cache/ocrl/d4rl").expanduser()
+
+
+def d4rl_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the file of a D4RL dataset lives in the cache (filename = URL basename)."""
+    return d4rl_cache_dir(cache_dir) / d4rl_url(name).rsplit("/", 1)[1]
+
+
+def _where_to_put(name: str, url: str, path: Path) -> str:
+    return (
+        f"Download {url} by hand and put it at {path} (or set $OCRL_DATA_DIR to a folder "
+        f"holding {path.name}), or pass the file's path to load_dataset instead of '{name}'."
+    )
+
+
+def check_near_miss(name: str) -> None:
+    """Raise a helpful `DatasetError` for strings that look like, but are not, D4RL names."""
+    if "/" in name or os.sep in name:
+        return
+    m = re.match(r"^(halfcheetah|hopper|walker2d|ant)[-_]", name.lower())
+    if m is None or parse_d4rl_name(name) is not None:
+        return
+    raise DatasetError(
+        f"unknown D4RL dataset '{name}': expected {m[1]}-<kind>-v<version> with kind one of "
+        f"{', '.join(D4RL_KINDS)} and version v2 (or v1), e.g. {m[1]}-medium-v2"
+    )
+
+
+# --------------------------------------------------------------- download
+def _fetch(url: str, dest_path: str | os.PathLike) -> None:
+    """Stream ``url`` into ``dest_path`` (tests replace this function)."""
+    req = urllib.request.Request(url, headers={"User-Agent": "ocrl"})
+    with urllib.request.urlopen(req, timeout=60) as resp, open(dest_path, "wb") as out:
+        expected = resp.headers.get("Content-Length")
+        shutil.copyfileobj(resp, out, length=1 << 20)
+    got = os.path.getsize(dest_path)
+    if expected is not None and got != int(expected):
+        raise OSError(f"incomplete download: received {got} of {expected} bytes")
+
+
+def download_d4rl(url: str, path: str | os.PathLike, *, name: str | None = None) -> Path:
+    """Download ``url`` to ``path`` atomically: a temporary file in the same folder, verified with
+    `verify_d4rl_file`, then renamed into place. On any failure nothing is left behind."""
+    path = Path(path)
+    label = name or path.name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(
+            f"cannot create the D4RL cache folder {path.parent} ({e}). "
+            + _where_to_put(label, url, path)
+        ) from e
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        print(f"ocrl: downloading {url} -> {path}", file=sys.stderr)
+        try:
+            _fetch(url, tmp)
+        except Exception as e:  # network, HTTP, disk: all become one clear error
+            raise DatasetError(
+                f"could not download D4RL dataset '{label}' from {url} ({type(e).__name__}: {e}). "
+                + _where_to_put(label, url, path)
+            ) from e
+        try:
+            verify_d4rl_file(tmp)
+        except DatasetError as e:
+            raise DatasetError(
+                f"the file downloaded from {url} failed verification and was deleted: {e}. "
+                "Try again; if it keeps failing, the server may be serving a broken file. "
+                + _where_to_put(label, url, path)
+            ) from e
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_d4rl(
+    name: str, *, download: bool = True, cache_dir: str | os.PathLike | None = None
+) -> OfflineDataset:
+    """Load a D4RL dataset by name from the cache, downloading it first if needed and allowed."""
+    domain, kind, version = _parse_or_raise(name)
+    if domain == "ant":
+        raise DatasetError(
+            f"'{name}': ant's 111-dim observation layout is not validated against Gymnasium "
+            "Ant-v4 (27 dims by default; D4RL's v2 observations include contact forces), so ocrl "
+            "does not pair ant datasets with an evaluation environment. Use halfcheetah, hopper "
+            "or walker2d; to only read the data, load the downloaded file by path."
+        )
+    url = d4rl_url(name)
+    path = d4rl_path(name, cache_dir)
+    if not path.exists():
+        legacy = _legacy_d4rl_file(path.name) if cache_dir is None else None
+        if legacy is not None:
+            path = legacy
+        elif not download:
+            raise DatasetError(
+                f"D4RL dataset '{name}' is not in the cache ({path} does not exist) and "
+                f"download=False. " + _where_to_put(name, url, path)
+            )
+        else:
+            download_d4rl(url, path, name=name)
+    ds = read_d4rl_hdf5(path, name=name)
+    ds.name = name
+    return ds
+
+
+def _legacy_d4rl_file(fname: str) -> Path | None:
+    """A file already in D4RL's own cache (``$D4RL_DATASET_DIR`` or ``~/.d4rl/datasets``)."""
+    folder = os.environ.get("D4RL_DATASET_DIR") or os.path.expanduser("~/.d4rl/datasets")
+    cand = Path(folder) / fname
+    return cand if cand.is_file() else None
+
+
+# ----------------------------------------------------------------- reading
+def _corrupt(path, detail: str) -> DatasetError:
+    return DatasetError(
+        f"{path}: not a readable HDF5 file ({detail}). It is probably truncated or corrupt "
+        "(e.g. an interrupted download): delete it and download it again."
+    )
+
+
+def _open_h5(path):
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        raise _corrupt(path, str(e)) from e
+
+
+def _check_layout(f, path) -> dict[str, tuple[int, ...]]:
+    """Check keys, ranks, dtypes and lengths from the HDF5 headers (no data read).
+
+    Returns the shapes of the top-level arrays that will be read.
+    """
+    import h5py
+
+    keys = sorted(f.keys())
+    for key in _REQUIRED:
+        if key not in f or not isinstance(f[key], h5py.Dataset):
+            raise DatasetError(
+                f"{path}: required key '{key}' is missing (found: {', '.join(keys) or 'nothing'}). "
+                "A D4RL file needs observations, actions, rewards and terminals (and usually "
+                "timeouts); check the file was written in D4RL's layout."
+            )
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key in (*_REQUIRED, "timeouts", "next_observations"):
+        if key not in f:
+            continue
+        d = f[key]
+        if not isinstance(d, h5py.Dataset):
+            raise DatasetError(f"{path}: '{key}' must be an array, found a group")
+        flag = key in ("terminals", "timeouts")
+        if d.dtype.kind not in ("biu" if flag else "fiu"):
+            kind = "bool or 0/1 integer" if flag else "numeric"
+            raise DatasetError(f"{path}: '{key}' must be {kind}, got dtype {d.dtype}")
+        shape = tuple(d.shape)
+        if key in ("observations", "actions", "next_observations"):
+            if len(shape) != 2:
+                raise DatasetError(f"{path}: '{key}' must be 2-D (N, dim), got shape {shape}")
+        elif not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise DatasetError(f"{path}: '{key}' must have shape (N,) or (N, 1), got {shape}")
+        shapes[key] = shape
+    n = shapes["observations"][0]
+    for key, shape in shapes.items():
+        if shape[0] != n:
+            raise DatasetError(
+                f"{path}: length mismatch: 'observations' has {n} rows but '{key}' has "
+                f"{shape[0]}; the file is inconsistent (re-download or regenerate it)"
+            )
+    if "next_observations" in shapes and shapes["next_observations"] != shapes["observations"]:
+        raise DatasetError(
+            f"{path}: 'next_observations' has shape {shapes['next_observations']}, expected "
+            f"{shapes['observations']} like 'observations'"
+        )
+    if n == 0:
+        raise DatasetError(f"{path}: the dataset is empty (0 rows)")
+    return shapes
+
+
+def verify_d4rl_file(path: str | os.PathLike) -> None:
+    """Cheap structural check of a D4RL file (opens as HDF5; keys, ranks, dtypes, lengths)."""
+    with _open_h5(path) as f:
+        _check_layout(f, path)
+
+
+def _read_float(f, key: str, path) -> np.ndarray:
+    d = f[key]
+    out = np.empty(d.shape, dtype=np.float32)
+    try:
+        if out.size:
+            d.read_direct(out)  # HDF5 converts float64 -> float32 block by block
+    except (OSError, ValueError, TypeError) as e:
+        raise _corrupt(path, f"reading '{key}': {e}") from e
+    return out.reshape(-1) if key == "rewards" else out
+
+
+def _read_flag(f, key: str, path) -> np.ndarray:
+    try:
+        arr = f[key][()]
+    except (OSError, ValueError, TypeError) as e:
+        raise _corrupt(path, f"reading '{key}': {e}") from e
+    arr = np.asarray(arr).reshape(-1)
+    if arr.dtype != np.bool_:
+        bad = np.flatnonzero((arr != 0) & (arr != 1))
+        if bad.size:
+            raise DatasetError(
+                f"{path}: '{key}' must hold only 0/1 (or bool), found {arr[bad[0]]!r} at row {bad[0]}"
+            )
+        arr = arr.astype(bool)
+    return arr
+
+
+def _simple_value(value):
+    """A JSON-friendly python scalar, or None if `value` is not a simple scalar."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.size != 1 or value.dtype.kind not in "biufSOU":
+            return None
+        value = value.reshape(()).item()
+        return _simple_value(value)
+    if isinstance(value, np.generic):
+        return _simple_value(value.item())
+    return None
+
+
+def _read_metadata(f) -> dict:
+    """Scalar values of the ``metadata/`` group (e.g. algorithm, iteration, policy/nonlinearity)."""
+    import h5py
+
+    out: dict = {}
+    grp = f.get("metadata")
+    if not isinstance(grp, h5py.Group):
+        return out
+    for k, v in grp.attrs.items():
+        sv = _simple_value(v)
+        if sv is not None:
+            out[k] = sv
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.size <= 1:
+            with contextlib.suppress(Exception):
+                sv = _simple_value(obj[()])
+                if sv is not None:
+                    out[name] = sv
+
+    grp.visititems(visit)
+    return out
+
+
+def read_d4rl_hdf5(path: str | os.PathLike, name: str | None = None) -> OfflineDataset:
+    """Read a D4RL-layout HDF5 file with h5py into a validated `OfflineDataset`.
+
+    Accepts float32/float64 arrays (stored as float32), bool or 0/1 flags, rewards (N,) or (N, 1),
+    files with or without ``next_observations`` and ``timeouts`` (missing timeouts -> all False,
+    noted as ``metadata["timeouts_missing"]``). ``infos/`` is ignored, scalar ``metadata/`` values
+    go into ``metadata``. env id and reference scores come from ``metadata/ocrl_env_id`` and
+    ``metadata/ref_{min,max}_score`` when present, else from ``name`` or the file name when it is a
+    D4RL name (``hopper_medium-v2.hdf5``), else None.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"D4RL file {path} does not exist")
+    with _open_h5(path) as f:
+        shapes = _check_layout(f, path)
+        obs = _read_float(f, "observations", path)
+        act = _read_float(f, "actions", path)
+        rew = _read_float(f, "rewards", path)
+        term = _read_flag(f, "terminals", path)
+        has_timeouts = "timeouts" in shapes
+        tout = _read_flag(f, "timeouts", path) if has_timeouts else np.zeros(len(obs), bool)
+        next_obs = (
+            _read_float(f, "next_observations", path) if "next_observations" in shapes else None
+        )
+        meta = _read_metadata(f)
+        file_keys = sorted(f.keys())
+    meta.update(
+        {
+            "format": "d4rl-hdf5",
+            "file_keys": file_keys,
+            "timeouts_missing": not has_timeouts,
+            "has_next_observations": next_obs is not None,
+        }
+    )
+    parsed = parse_d4rl_name(name) if name else None
+    if parsed is None:
+        parsed = parse_d4rl_name(path.name)
+    env_id = ref_min = ref_max = None
+    if parsed is not None:
+        domain = parsed[0]
+        env_id = D4RL_ENV_IDS.get(domain)
+        ref_min, ref_max = D4RL_REF_SCORES[domain]
+        meta["d4rl_domain"] = domain
+        exp_obs, exp_act = D4RL_DIMS[domain]
+        if (obs.shape[1], act.shape[1]) != (exp_obs, exp_act):
+            raise DatasetError(
+                f"{path}: named like a D4RL {domain} dataset, but its observations have "
+                f"{obs.shape[1]} dims and actions {act.shape[1]} (expected {exp_obs} and "
+                f"{exp_act}, as in {env_id or domain}). Rename the file if it is not D4RL data."
+            )
+    if isinstance(meta.get("ocrl_env_id"), str):
+        env_id = meta["ocrl_env_id"]
+    if isinstance(meta.get("ref_min_score"), int | float) and isinstance(
+        meta.get("ref_max_score"), int | float
+    ):
+        ref_min, ref_max = float(meta["ref_min_score"]), float(meta["ref_max_score"])
+    ds = OfflineDataset(
+        observations=obs,
+        actions=act,
+        rewards=rew,
+        terminals=term,
+        timeouts=tout,
+        next_observations=next_obs,
+        name=name or str(path),
+        env_id=env_id,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        source=str(path),
+        metadata=meta,
+    )
+    ds.validate()
+    return ds
+
+
+# ----------------------------------------------------------------- writing
+_NOT_WRITTEN = {"format", "file_keys", "timeouts_missing", "has_next_observations"}
+
+
+def write_d4rl_hdf5(dataset: OfflineDataset, path: str | os.PathLike) -> None:
+    """Write `dataset` in D4RL's layout (float32 arrays, bool terminals/timeouts, gzip,
+    ``next_observations`` when present; simple metadata, env id and reference scores under
+    ``metadata/``), atomically: a temporary file next to ``path``, renamed into place."""
+    import h5py
+
+    dataset.validate()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            arrays = {
+                "observations": dataset.observations,
+                "actions": dataset.actions,
+                "rewards": dataset.rewards,
+                "terminals": dataset.terminals.astype(bool, copy=False),
+                "timeouts": dataset.timeouts.astype(bool, copy=False),
+            }
+            if dataset.next_observations is not None:
+                arrays["next_observations"] = dataset.next_observations
+            for key, arr in arrays.items():
+                f.create_dataset(key, data=arr, compression="gzip")
+            meta = f.create_group("metadata")
+            extra = {
+                k: v for k, v in dataset.metadata.items() if k not in _NOT_WRITTEN and "." not in k
+            }
+            extra["ocrl_name"] = dataset.name
+            if dataset.env_id is not None:
+                extra["ocrl_env_id"] = dataset.env_id
+            if dataset.ref_min_score is not None and dataset.ref_max_score is not None:
+                extra["ref_min_score"] = float(dataset.ref_min_score)
+                extra["ref_max_score"] = float(dataset.ref_max_score)
+            for k, v in extra.items():
+                v = _simple_value(v)
+                if v is None or k in meta:
+                    continue
+                with contextlib.suppress(ValueError, TypeError):
+                    meta.create_dataset(k, data=v)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

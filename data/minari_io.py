@@ -1,0 +1,438 @@
+"""Minari datasets: read through the `minari` package, and write Minari's on-disk HDF5 format.
+
+On disk (Minari 0.5, ``hdf5`` backend)::
+
+    <root>/<namespace>/<env>/<name>-v<N>/data/metadata.json
+    <root>/<namespace>/<env>/<name>-v<N>/data/main_data.hdf5   # groups episode_0, episode_1, ...
+
+Each ``episode_{i}`` group holds ``observations`` (T+1 rows, the initial observation included),
+``actions``, ``rewards``, ``terminations`` and ``truncations`` (T rows), with attributes ``id``,
+``total_steps`` and per-episode reward statistics. Row conversion: row ``t < T`` of an episode is
+``obs[t]``, ``next_obs = obs[t+1]``, ``terminals = terminations[t]``,
+``timeouts = truncations[t] & ~terminations[t]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from ocrl.data.offline import SHIPPED_ROOT, DatasetError, OfflineDataset
+
+__all__ = [
+    "is_local_minari",
+    "is_shipped",
+    "looks_like_minari_id",
+    "minari_root",
+    "read_minari",
+    "write_minari",
+]
+
+# (namespace/)name-vN, as minari's DATASET_ID_RE, but the version is required (minari needs it).
+_ID_RE = re.compile(
+    r"^(?:(?P<namespace>[-_\w][-_\w/]*[-_\w]+)/)?(?P<name>[-_\w]+?)-v(?P<version>\d+)$"
+)
+_RESERVED_KEYS = {
+    "total_episodes",
+    "total_steps",
+    "data_format",
+    "jpeg_encoding",
+    "observation_space",
+    "action_space",
+    "dataset_id",
+    "minari_version",
+    "env_spec",
+    "eval_env_spec",
+    "dataset_size",
+}
+
+
+def looks_like_minari_id(name: str) -> bool:
+    """True for ``(namespace/)name-vN`` strings."""
+    return _ID_RE.fullmatch(name) is not None
+
+
+def minari_root() -> Path:
+    """Minari's local dataset root: ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``."""
+    env = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(env) if env else Path("~/.minari/datasets").expanduser()
+
+
+def _shipped_data_path(dataset_id: str) -> Path | None:
+    if not looks_like_minari_id(dataset_id):
+        return None
+    p = SHIPPED_ROOT / dataset_id / "data"
+    return p if (p / "metadata.json").is_file() else None
+
+
+def is_shipped(dataset_id: str) -> bool:
+    """True if ``dataset_id`` is shipped in ``ocrl/data/datasets``."""
+    return _shipped_data_path(dataset_id) is not None
+
+
+def is_local_minari(dataset_id: str) -> bool:
+    """True if ``dataset_id`` exists in the local Minari root."""
+    return (
+        looks_like_minari_id(dataset_id)
+        and (minari_root() / dataset_id / "data" / "metadata.json").is_file()
+    )
+
+
+def _data_folder(folder: Path) -> Path:
+    if (folder / "metadata.json").is_file():
+        return folder
+    if (folder / "data" / "metadata.json").is_file():
+        return folder / "data"
+    raise DatasetError(
+        f"{folder} is not a Minari dataset folder: expected {folder / 'data' / 'metadata.json'} "
+        f"(or {folder / 'metadata.json'}). Pass the dataset folder <root>/<id> or its data/ folder."
+    )
+
+
+# ------------------------------------------------------------------ reading
+def _open_minari(id_or_folder, download: bool):
+    """(MinariDataset, data folder, name)."""
+    import minari
+
+    name = os.fspath(id_or_folder)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise DatasetError(f"{path} is a file, not a Minari dataset folder")
+        data_path = _data_folder(path)
+    else:
+        data_path = _shipped_data_path(name)
+    if data_path is not None:
+        try:
+            return minari.MinariDataset(data_path), data_path, name
+        except DatasetError:
+            raise
+        except Exception as e:
+            raise DatasetError(
+                f"Minari dataset folder {data_path} cannot be read ({type(e).__name__}: {e}); "
+                "check metadata.json and main_data.hdf5, or re-create the dataset"
+            ) from e
+    if not looks_like_minari_id(name):
+        raise DatasetError(
+            f"'{name}' is neither an existing Minari folder nor a Minari id "
+            "((namespace/)name-vN, e.g. mujoco/hopper/medium-v0)"
+        )
+    try:
+        ds = minari.load_dataset(name, download=download)
+    except Exception as e:
+        local = minari_root() / name
+        how = (
+            "Minari could not download it"
+            if download
+            else "download=False; use minari.download_dataset or load_dataset(..., download=True)"
+        )
+        raise DatasetError(
+            f"Minari dataset '{name}' is not available locally (looked in {local} and in the "
+            f"shipped datasets) and {how} ({type(e).__name__}: {e}). Set $MINARI_DATASETS_PATH "
+            "to the root folder that holds it, or pass the dataset folder's path."
+        ) from e
+    return ds, Path(ds.storage.data_path), name
+
+
+def _box_dim(space, what: str, where: str) -> int:
+    import gymnasium as gym
+
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise DatasetError(
+            f"{where}: the {what} space is {space}; ocrl's offline datasets need a 1-D Box "
+            f"{what} space (flatten Dict/Tuple/image spaces into a Box first)"
+        )
+    return int(space.shape[0])
+
+
+def _env_id_from_metadata(meta: dict) -> str | None:
+    from ocrl.data.d4rl import D4RL_ENV_IDS, parse_d4rl_name
+
+    if isinstance(meta.get("ocrl_env_id"), str) and meta["ocrl_env_id"]:
+        return meta["ocrl_env_id"]
+    for key in ("eval_env_spec", "env_spec"):
+        spec = meta.get(key)
+        if not isinstance(spec, str):
+            continue
+        try:
+            env_id = json.loads(spec).get("id")
+        except (ValueError, AttributeError):
+            continue
+        if not isinstance(env_id, str):
+            continue
+        parsed = parse_d4rl_name(env_id)  # a D4RL gym id like "hopper-medium-v2"
+        if parsed is not None:
+            return D4RL_ENV_IDS.get(parsed[0])
+        return env_id
+    return None
+
+
+def read_minari(id_or_folder: str | os.PathLike, *, download: bool = False) -> OfflineDataset:
+    """Read a Minari dataset through `minari` into a validated `OfflineDataset`.
+
+    ``id_or_folder``: a folder (``<...>/data`` holding ``metadata.json``, or its parent), an id
+    shipped in ``ocrl/data/datasets``, or a Minari id in the Minari root (downloaded by `minari`
+    when ``download``). Every episode step becomes one row with ``next_observations`` filled.
+    env id: metadata ``ocrl_env_id``, else the id of ``eval_env_spec``/``env_spec`` (a D4RL gym id
+    maps to its Gymnasium ``-v4`` env). Reference scores: metadata ``ref_min_score``/``ref_max_score``.
+    """
+    from minari.dataset.minari_storage import MinariStorage
+
+    mds, data_path, name = _open_minari(id_or_folder, download)
+    where = f"Minari dataset '{name}' ({data_path})"
+    obs_dim = _box_dim(mds.observation_space, "observation", where)
+    act_dim = _box_dim(mds.action_space, "action", where)
+    total = int(mds.total_steps)
+    obs = np.empty((total, obs_dim), np.float32)
+    next_obs = np.empty((total, obs_dim), np.float32)
+    act = np.empty((total, act_dim), np.float32)
+    rew = np.empty(total, np.float32)
+    term = np.empty(total, bool)
+    tout = np.empty(total, bool)
+    pos = 0
+    for ep in mds.iterate_episodes():
+        t = len(ep.rewards)
+        o = np.asarray(ep.observations)
+        if o.shape[0] != t + 1:
+            raise DatasetError(
+                f"{where}: episode {ep.id} has {o.shape[0]} observations for {t} steps; a Minari "
+                "episode needs T+1 observations (the initial one included)"
+            )
+        if pos + t > total:
+            raise DatasetError(
+                f"{where}: episodes hold more steps than metadata.json's total_steps={total}; "
+                "fix total_steps in metadata.json"
+            )
+        o = o.reshape(t + 1, -1)
+        obs[pos : pos + t] = o[:-1]
+        next_obs[pos : pos + t] = o[1:]
+        act[pos : pos + t] = np.asarray(ep.actions).reshape(t, -1)
+        rew[pos : pos + t] = np.asarray(ep.rewards).reshape(-1)
+        terminations = np.asarray(ep.terminations).reshape(-1).astype(bool)
+        truncations = np.asarray(ep.truncations).reshape(-1).astype(bool)
+        term[pos : pos + t] = terminations
+        tout[pos : pos + t] = truncations & ~terminations
+        pos += t
+    if pos != total:
+        raise DatasetError(
+            f"{where}: episodes hold {pos} steps but metadata.json says total_steps={total}; "
+            "fix total_steps in metadata.json"
+        )
+    meta = MinariStorage.read_raw_metadata(data_path)
+    ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
+    ds = OfflineDataset(
+        observations=obs,
+        actions=act,
+        rewards=rew,
+        terminals=term,
+        timeouts=tout,
+        next_observations=next_obs,
+        name=name,
+        env_id=_env_id_from_metadata(meta),
+        ref_min_score=float(ref_min) if ref_min is not None else None,
+        ref_max_score=float(ref_max) if ref_max is not None else None,
+        source=str(data_path),
+        metadata={**meta, "format": "minari"},
+    )
+    ds.validate()
+    return ds
+
+
+# ------------------------------------------------------------------ writing
+def _spec_json(env_id: str) -> str | None:
+    import gymnasium as gym
+
+    try:
+        return gym.spec(env_id).to_json()
+    except Exception:  # unregistered env or unserialisable kwargs: keep only ocrl_env_id
+        return None
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_minari(
+    dataset: OfflineDataset,
+    root: str | os.PathLike,
+    dataset_id: str,
+    *,
+    description: str = "",
+    algorithm_name: str = "",
+    extra_metadata: dict | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write `dataset` as Minari dataset ``dataset_id`` under ``root``; return ``<root>/<dataset_id>``.
+
+    The result loads with ``minari.MinariDataset(<root>/<dataset_id>/data)`` and, with
+    ``MINARI_DATASETS_PATH=root``, ``minari.load_dataset(dataset_id)``. The folder is written
+    under a hidden temporary name and renamed into place; an existing dataset is an error unless
+    ``overwrite``. Namespace folders get a ``namespace_metadata.json`` when they have none.
+
+    Episodes are cut at ``terminals | timeouts`` (a trailing unfinished episode is written with
+    neither flag set). An episode's final observation is ``next_observations`` of its last row. A
+    dataset without ``next_observations`` uses the next row's observation instead (for an episode
+    that ended by termination or timeout that is the next episode's first state: harmless after a
+    termination, and dropped by ``transitions("drop")`` after a timeout), and the very last row of
+    the dataset, which has no next row, is not written. ``metadata.json`` then records
+    ``"ocrl_final_observation": "next_row"``.
+    """
+    import gymnasium as gym
+    import h5py
+    import minari
+    from minari.serialization import serialize_space
+
+    m = _ID_RE.fullmatch(dataset_id)
+    if m is None:
+        raise DatasetError(
+            f"Minari dataset id '{dataset_id}' is malformed: expected (namespace/)name-vN, e.g. "
+            "ocrl/hopper/medium-v0"
+        )
+    dataset.validate()
+    extra = dict(extra_metadata or {})
+    clash = sorted(_RESERVED_KEYS & extra.keys())
+    if clash:
+        raise DatasetError(
+            f"write_minari('{dataset_id}'): extra_metadata may not set {', '.join(clash)}; "
+            "these are written from the data"
+        )
+    root = Path(root).expanduser()
+    final = root / dataset_id
+    if final.exists() and not overwrite:
+        raise DatasetError(
+            f"Minari dataset {final} already exists; delete it, use another version, or pass "
+            "overwrite=True"
+        )
+
+    n = len(dataset)
+    obs, next_obs = dataset.observations, dataset.next_observations
+    starts, ends = dataset.episode_bounds()
+    # Actions are declared in [-1, 1] when they all lie there (D4RL MuJoCo), else unbounded.
+    act = dataset.actions
+    bounded = bool(np.all(act >= -1.0)) and bool(np.all(act <= 1.0))
+    act_space = gym.spaces.Box(
+        low=-1.0 if bounded else -np.inf,
+        high=1.0 if bounded else np.inf,
+        shape=(dataset.act_dim,),
+        dtype=np.float32,
+    )
+    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=(dataset.obs_dim,), dtype=np.float32)
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        data = tmp / "data"
+        data.mkdir()
+        total_steps = 0
+        n_eps = 0
+        with h5py.File(data / "main_data.hdf5", "w", track_order=True) as f:
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+                if next_obs is not None:
+                    ep_obs = np.concatenate([obs[s:e], next_obs[e - 1 : e]])
+                else:
+                    ep_obs = obs[s : min(e + 1, n)]
+                t = ep_obs.shape[0] - 1
+                if t == 0:
+                    continue  # only the dataset's last row, which has no next observation
+                g = f.create_group(f"episode_{n_eps}")
+                g.attrs["id"] = n_eps
+                g.attrs["total_steps"] = t
+                r = dataset.rewards[s : s + t]
+                g.attrs.update(
+                    {
+                        "rewards_sum": float(r.sum(dtype=np.float64)),
+                        "rewards_mean": float(r.mean(dtype=np.float64)),
+                        "rewards_std": float(r.std(dtype=np.float64)),
+                        "rewards_max": float(r.max()),
+                        "rewards_min": float(r.min()),
+                    }
+                )
+                term = dataset.terminals[s : s + t]
+                columns = {
+                    "observations": ep_obs,
+                    "actions": act[s : s + t],
+                    "rewards": r,
+                    "terminations": term,
+                    "truncations": dataset.timeouts[s : s + t] & ~term,
+                }
+                for key, arr in columns.items():
+                    g.create_dataset(key, data=arr, chunks=True, maxshape=(None, *arr.shape[1:]))
+                total_steps += t
+                n_eps += 1
+
+        meta = dict(extra)
+        meta.update(
+            {
+                "dataset_id": dataset_id,
+                "total_episodes": n_eps,
+                "total_steps": total_steps,
+                "data_format": "hdf5",
+                "jpeg_encoding": False,
+                "observation_space": serialize_space(obs_space),
+                "action_space": serialize_space(act_space),
+                "algorithm_name": algorithm_name,
+                "description": description,
+                "minari_version": minari.__version__,
+            }
+        )
+        if dataset.ref_min_score is not None and dataset.ref_max_score is not None:
+            meta["ref_min_score"] = float(dataset.ref_min_score)
+            meta["ref_max_score"] = float(dataset.ref_max_score)
+        if dataset.env_id is not None:
+            meta["ocrl_env_id"] = dataset.env_id
+            spec = _spec_json(dataset.env_id)
+            if spec is not None:
+                meta["env_spec"] = spec
+                meta["eval_env_spec"] = spec
+        if next_obs is None:
+            meta["ocrl_final_observation"] = "next_row"
+        size = (data / "main_data.hdf5").stat().st_size
+        meta["dataset_size"] = round(size / 1e6, 1)
+        try:
+            text = json.dumps(meta)
+        except (TypeError, ValueError) as e:
+            raise DatasetError(
+                f"write_minari('{dataset_id}'): metadata is not JSON-serialisable ({e}); pass "
+                "only str/number/bool/list/dict values in extra_metadata"
+            ) from e
+        (data / "metadata.json").write_text(text)
+
+        _ensure_namespaces(root, m["namespace"])
+        if final.exists():  # overwrite: move the old one aside, then swap
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(final)
+
+
+def _ensure_namespaces(root: Path, namespace: str | None) -> None:
+    """Write ``namespace_metadata.json`` ({}) for the namespace and its parents if missing."""
+    if not namespace:
+        return
+    parts = namespace.split("/")
+    for i in range(1, len(parts) + 1):
+        folder = root.joinpath(*parts[:i])
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / "namespace_metadata.json"
+        if not target.exists():
+            _write_json_atomic(target, {})
