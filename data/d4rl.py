@@ -260,6 +260,11 @@ def _check_layout(f, path) -> dict[str, tuple[int, ...]]:
     keys = sorted(f.keys())
     for key in _REQUIRED:
         if key not in f or not isinstance(f[key], h5py.Dataset):
+            if any(k.startswith("episode_") for k in keys):
+                raise DatasetError(
+                    f"{path} looks like a Minari main_data.hdf5 (episode_* groups), not a D4RL "
+                    f"file: pass its dataset folder ({Path(path).parent}) instead"
+                )
             raise DatasetError(
                 f"{path}: required key '{key}' is missing (found: {', '.join(keys) or 'nothing'}). "
                 "A D4RL file needs observations, actions, rewards and terminals (and usually "

@@ -178,6 +178,21 @@ def test_drop_mode_is_qlearning_dataset(tmp_path, dtype, next_observations, gzip
     assert ds.timeouts.sum() == len(TIMEOUTS_AT) and not tr.terminals[-1]
 
 
+def test_drop_mode_without_timeouts_still_uses_the_next_row(tmp_path):
+    path = tmp_path / "no_timeouts.hdf5"
+    arrays = write_d4rl_fixture(path, timeouts=False)  # file next_observations differ at terminals
+    tr = load_dataset(path).transitions()
+    assert len(tr) == N - 1
+    np.testing.assert_array_equal(tr.next_observations, arrays["observations"][1:])
+    assert not np.array_equal(tr.next_observations, arrays["next_observations"][:-1])
+    for g, r in zip(
+        (tr.observations, tr.actions, tr.rewards, tr.next_observations, tr.terminals),
+        qlearning_reference(arrays),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(g, r)
+
+
 def test_keep_mode_uses_file_next_observations(d4rl_file):
     path, arrays = d4rl_file
     ds = load_dataset(path)
@@ -700,7 +715,14 @@ def test_minari_env_id_from_metadata():
     assert minari_io._env_id_from_metadata({}) is None
 
 
-def test_minari_folder_errors(tmp_path):
+def test_minari_folder_errors(tmp_path, d4rl_file):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="not a Minari dataset folder"):
         load_dataset(tmp_path / "empty")
+    folder = Path(write_minari(load_dataset(d4rl_file[0]), tmp_path / "root", "x-v0"))
+    with pytest.raises(DatasetError, match="looks like a Minari main_data.hdf5"):
+        load_dataset(folder / "data" / "main_data.hdf5")
+    meta = folder / "data" / "metadata.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "minari_version": "0.0.1"}))
+    with pytest.raises(DatasetError, match="cannot be read"):
+        load_dataset(folder)
