@@ -36,6 +36,7 @@ from ocrl.data import (
     Run,
     check_finite,
     cli,
+    friendly_errors,
     load_checkpoint,
     pick_device,
     resume_args,
@@ -237,7 +238,7 @@ def main(args: Args) -> dict:
     pbar = tqdm(total=args.total_steps, initial=step, desc="sac", disable=not args.progress, dynamic_ncols=True)
     if args.save_snapshots and step == 0:
         evaluate()  # the untrained actor, which scripts/collect_dataset.py uses for "random" data
-    metrics: dict[str, torch.Tensor] = {}
+    latest: dict[str, torch.Tensor] = {}  # device tensors; read on the host only at log steps
     tick, tick_step = time.perf_counter(), step
     updates = 0
     while step < args.total_steps:
@@ -265,14 +266,14 @@ def main(args: Args) -> dict:
         if step > args.learning_starts:
             updates += 1
             actor_steps = args.policy_frequency if updates % args.policy_frequency == 0 else 0
-            metrics = update(
+            latest.update(update(
                 buffer.sample(args.batch_size), actor, critic, critic_target, log_alpha,
                 actor_opt, critic_opt, alpha_opt, target_entropy, args, actor_steps,
-            )  # fmt: skip
+            ))  # fmt: skip
             if updates % args.target_network_frequency == 0:
                 polyak_update(critic_target.parameters(), critic.parameters(), args.tau)
-        if metrics and (step // args.log_every > prev_step // args.log_every or step >= args.total_steps):
-            values = {f"losses/{k}": float(v) for k, v in metrics.items()}
+        if latest and (step // args.log_every > prev_step // args.log_every or step >= args.total_steps):
+            values = {f"losses/{k}": float(v) for k, v in latest.items()}
             check_finite(step, values, run)
             now = time.perf_counter()
             values["charts/steps_per_s"] = (step - tick_step) / (now - tick)
@@ -292,4 +293,5 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli(Args))
+    with friendly_errors():
+        main(cli(Args))

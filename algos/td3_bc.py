@@ -35,6 +35,7 @@ from ocrl.data import (
     Run,
     check_finite,
     cli,
+    friendly_errors,
     load_checkpoint,
     load_dataset,
     pick_device,
@@ -249,14 +250,16 @@ def main(args: Args) -> dict:
 
     pbar = tqdm(total=args.total_steps, initial=step, desc="td3_bc", disable=not args.progress, dynamic_ncols=True)
     tick, tick_step = time.perf_counter(), step
+    latest: dict[str, torch.Tensor] = {}  # device tensors; read on the host only at log steps
     while step < args.total_steps:
         metrics = update(
             buffer.sample(args.batch_size), actor, actor_target, critic, critic_target,
             actor_opt, critic_opt, args, step % args.policy_freq == 0,
         )  # fmt: skip
+        latest.update(metrics)
         step += 1
         if step % args.log_every == 0 or step == args.total_steps:
-            values = {f"losses/{k}": float(v) for k, v in metrics.items()}
+            values = {f"losses/{k}": float(v) for k, v in latest.items()}
             check_finite(step, values, run)
             now = time.perf_counter()
             values["charts/updates_per_s"] = (step - tick_step) / (now - tick)
@@ -275,4 +278,5 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli(Args, PRESETS))
+    with friendly_errors():
+        main(cli(Args, PRESETS))

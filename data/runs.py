@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -11,7 +12,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +45,18 @@ def cli(args_cls: type[ArgsT], presets: Mapping[str, Mapping[str, Any]] | None =
             raise SystemExit(f"error: unknown --preset '{name}'. Known presets: {known}")
         default = dataclasses.replace(default, **presets[name])
     return tyro.cli(args_cls, default=default, args=argv)
+
+
+@contextlib.contextmanager
+def friendly_errors() -> Iterator[None]:
+    """For `__main__` blocks: bad input (unknown dataset, missing file, divergence) exits with one clear line."""
+    from ocrl.data.offline import DatasetError
+
+    try:
+        yield
+    except (DatasetError, FileNotFoundError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def pick_device(device: str = "auto") -> torch.device:
