@@ -165,17 +165,25 @@ def main(args: Args) -> dict:
     )
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
     if not isinstance(act_space, gym.spaces.Box) or len(obs_space.shape or ()) != 1:
-        raise SystemExit(f"error: SAC needs flat Box observation and action spaces; {args.env_id} has {obs_space}, {act_space}")
+        raise SystemExit(
+            f"error: SAC needs flat Box observation and action spaces; {args.env_id} has {obs_space}, {act_space}"
+        )
     obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
     envs.action_space.seed(args.seed)
 
-    actor = TanhGaussianActor(obs_dim, act_dim, args.hidden, act_space.low, act_space.high).to(device)
+    actor = TanhGaussianActor(obs_dim, act_dim, args.hidden, act_space.low, act_space.high).to(
+        device
+    )
     critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2).to(device)
     critic_target = copy.deepcopy(critic).requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.q_lr, fused=True)
     target_entropy = -float(act_dim)
-    log_alpha = torch.tensor(0.0 if args.autotune else float(np.log(args.alpha)), device=device, requires_grad=args.autotune)
+    log_alpha = torch.tensor(
+        0.0 if args.autotune else float(np.log(args.alpha)),
+        device=device,
+        requires_grad=args.autotune,
+    )
     alpha_opt = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
     buffer = ReplayBuffer(obs_dim, act_dim, args.buffer_size, device)
 
@@ -218,7 +226,14 @@ def main(args: Args) -> dict:
 
     snapshot_dir = run.dir / "snapshots"
     ref_min, ref_max = reference_scores(args.env_id)
-    evaluator = Evaluator(args.env_id, args.eval_episodes, args.seed, ref_min_score=ref_min, ref_max_score=ref_max, device=device)
+    evaluator = Evaluator(
+        args.env_id,
+        args.eval_episodes,
+        args.seed,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        device=device,
+    )
     update = torch.compile(sac_update) if args.compile else sac_update
 
     def evaluate() -> None:
@@ -227,7 +242,10 @@ def main(args: Args) -> dict:
         pbar.set_postfix(ret=f"{result['return']:.1f}")
         if args.save_snapshots:
             snapshot_dir.mkdir(exist_ok=True)
-            save_checkpoint(snapshot_dir / f"actor_{step:09d}.pt", {"actor": actor.state_dict(), "step": step, **result})
+            save_checkpoint(
+                snapshot_dir / f"actor_{step:09d}.pt",
+                {"actor": actor.state_dict(), "step": step, **result},
+            )
             index = snapshot_dir / "index.jsonl"
             with open(index, "a") as f:
                 f.write(json.dumps({"step": step, "file": f"actor_{step:09d}.pt", **result}) + "\n")
@@ -235,7 +253,13 @@ def main(args: Args) -> dict:
     obs, _ = envs.reset(seed=[args.seed + i for i in range(args.num_envs)])
     episode_return = np.zeros(args.num_envs)
     episode_length = np.zeros(args.num_envs, dtype=np.int64)
-    pbar = tqdm(total=args.total_steps, initial=step, desc="sac", disable=not args.progress, dynamic_ncols=True)
+    pbar = tqdm(
+        total=args.total_steps,
+        initial=step,
+        desc="sac",
+        disable=not args.progress,
+        dynamic_ncols=True,
+    )
     if args.save_snapshots and step == 0:
         evaluate()  # the untrained actor, which scripts/collect_dataset.py uses for "random" data
     latest: dict[str, torch.Tensor] = {}  # device tensors; read on the host only at log steps
@@ -246,7 +270,9 @@ def main(args: Args) -> dict:
             action = envs.action_space.sample()
         else:
             with torch.no_grad():
-                action = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+                action = (
+                    actor(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+                )
         next_obs, reward, terminated, truncated, infos = envs.step(action)
         real_next_obs = next_obs.copy()
         done = terminated | truncated
@@ -258,7 +284,13 @@ def main(args: Args) -> dict:
         episode_return += reward
         episode_length += 1
         for i in np.flatnonzero(done):
-            run.log(step, {"charts/episodic_return": episode_return[i], "charts/episodic_length": episode_length[i]})
+            run.log(
+                step,
+                {
+                    "charts/episodic_return": episode_return[i],
+                    "charts/episodic_length": episode_length[i],
+                },
+            )
             episode_return[i], episode_length[i] = 0.0, 0
         obs = next_obs
         prev_step, step = step, step + args.num_envs
@@ -272,7 +304,9 @@ def main(args: Args) -> dict:
             ))  # fmt: skip
             if updates % args.target_network_frequency == 0:
                 polyak_update(critic_target.parameters(), critic.parameters(), args.tau)
-        if latest and (step // args.log_every > prev_step // args.log_every or step >= args.total_steps):
+        if latest and (
+            step // args.log_every > prev_step // args.log_every or step >= args.total_steps
+        ):
             values = {f"losses/{k}": float(v) for k, v in latest.items()}
             check_finite(step, values, run)
             now = time.perf_counter()

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -55,7 +54,10 @@ _LOCOMOTION = [
 ]
 PRESETS: dict[str, dict] = {
     # The paper uses one setting for every Gym-MuJoCo dataset (CORL's per-dataset YAMLs agree).
-    **{name: {"alpha": 2.5, "normalize_obs": True, "normalize_reward": False} for name in _LOCOMOTION},
+    **{
+        name: {"alpha": 2.5, "normalize_obs": True, "normalize_reward": False}
+        for name in _LOCOMOTION
+    },
     # Control for PRDC / A2PR, which use alpha = 40 on halfcheetah.
     "halfcheetah-alpha40": {"alpha": 40.0, "normalize_obs": True, "normalize_reward": False},
 }
@@ -135,7 +137,9 @@ def td3_bc_update(
     obs, actions, rewards, next_obs, dones = batch
     scale = actor.action_scale
     with torch.no_grad():
-        noise = (torch.randn_like(actions) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip) * scale
+        noise = (torch.randn_like(actions) * args.policy_noise).clamp(
+            -args.noise_clip, args.noise_clip
+        ) * scale
         low, high = actor.action_bias - scale, actor.action_bias + scale
         next_actions = torch.max(torch.min(actor_target(next_obs) + noise, high), low)
         target_q = critic_target(next_obs, next_actions).min(dim=0).values
@@ -175,7 +179,9 @@ def main(args: Args) -> dict:
     dataset = load_dataset(args.dataset)
     env_id = args.env_id or dataset.env_id
     if env_id is None:
-        raise SystemExit(f"error: dataset '{args.dataset}' names no evaluation environment; pass --env-id")
+        raise SystemExit(
+            f"error: dataset '{args.dataset}' names no evaluation environment; pass --env-id"
+        )
     probe_env = make_env(env_id)
     check_dataset_fits(dataset, probe_env)
     action_low, action_high = probe_env.action_space.low, probe_env.action_space.high
@@ -192,22 +198,34 @@ def main(args: Args) -> dict:
         returns = dataset.episode_returns()
         data.rewards *= 1000.0 / (returns.max() - returns.min())
     buffer = ReplayBuffer.from_arrays(
-        data.observations, data.actions, data.rewards, data.next_observations, data.terminals, device=device
+        data.observations,
+        data.actions,
+        data.rewards,
+        data.next_observations,
+        data.terminals,
+        device=device,
     )
 
-    actor = DeterministicActor(dataset.obs_dim, dataset.act_dim, args.hidden, action_low, action_high).to(device)
+    actor = DeterministicActor(
+        dataset.obs_dim, dataset.act_dim, args.hidden, action_low, action_high
+    ).to(device)
     critic = CriticEnsemble(dataset.obs_dim, dataset.act_dim, args.hidden, num_critics=2).to(device)
     actor_target, critic_target = copy.deepcopy(actor), copy.deepcopy(critic)
     for p in (*actor_target.parameters(), *critic_target.parameters()):
         p.requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
 
     run = Run("td3_bc", dataset.name, args.seed, args, args.run_dir)
     step = 0
     if args.resume:
         ckpt = load_checkpoint(run.checkpoint_path, map_location=device)
-        for module, key in [(actor, "actor"), (critic, "critic"), (actor_target, "actor_target"), (critic_target, "critic_target")]:
+        for module, key in [
+            (actor, "actor"),
+            (critic, "critic"),
+            (actor_target, "actor_target"),
+            (critic_target, "critic_target"),
+        ]:
             module.load_state_dict(ckpt[key])
         actor_opt.load_state_dict(ckpt["actor_opt"])
         critic_opt.load_state_dict(ckpt["critic_opt"])
@@ -235,7 +253,14 @@ def main(args: Args) -> dict:
         )
 
     evaluator = Evaluator(
-        env_id, args.eval_episodes, args.seed, obs_mean, obs_std, dataset.ref_min_score, dataset.ref_max_score, device
+        env_id,
+        args.eval_episodes,
+        args.seed,
+        obs_mean,
+        obs_std,
+        dataset.ref_min_score,
+        dataset.ref_max_score,
+        device,
     )
     update = torch.compile(td3_bc_update) if args.compile else td3_bc_update
 
@@ -245,10 +270,20 @@ def main(args: Args) -> dict:
         actor.train()
         run.log_eval(step, result)
         if pbar is not None:
-            shown = result["normalized_score"] if result["normalized_score"] is not None else result["return"]
+            shown = (
+                result["normalized_score"]
+                if result["normalized_score"] is not None
+                else result["return"]
+            )
             pbar.set_postfix(score=f"{shown:.1f}")
 
-    pbar = tqdm(total=args.total_steps, initial=step, desc="td3_bc", disable=not args.progress, dynamic_ncols=True)
+    pbar = tqdm(
+        total=args.total_steps,
+        initial=step,
+        desc="td3_bc",
+        disable=not args.progress,
+        dynamic_ncols=True,
+    )
     tick, tick_step = time.perf_counter(), step
     latest: dict[str, torch.Tensor] = {}  # device tensors; read on the host only at log steps
     while step < args.total_steps:
@@ -274,7 +309,9 @@ def main(args: Args) -> dict:
     evaluator.close()
     if not run.last_eval:
         evaluate()
-    return run.finish(step, {"resumed_from": resumed_from, "dataset": dataset.name, "env_id": env_id})
+    return run.finish(
+        step, {"resumed_from": resumed_from, "dataset": dataset.name, "env_id": env_id}
+    )
 
 
 if __name__ == "__main__":

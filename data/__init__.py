@@ -1,5 +1,12 @@
 """Datasets (D4RL, Minari, shipped), normalisation, replay buffers and run folders."""
 
+# --- dataset layer (ocrl.data.offline / d4rl / minari_io) ---
+from ocrl.data.offline import (
+    DatasetError,
+    OfflineDataset,
+    Transitions,
+    load_dataset,
+)
 from ocrl.data.replay import Batch, ReplayBuffer
 from ocrl.data.runs import (
     Run,
@@ -14,14 +21,6 @@ from ocrl.data.runs import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
-)
-
-# --- dataset layer (ocrl.data.offline / d4rl / minari_io) ---
-from ocrl.data.offline import (  # noqa: E402
-    DatasetError,
-    OfflineDataset,
-    Transitions,
-    load_dataset,
 )
 
 __all__ = [

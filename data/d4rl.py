@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
 from ocrl.data.offline import DatasetError, OfflineDataset
 
 __all__ = [

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from ocrl.data.offline import SHIPPED_ROOT, DatasetError, OfflineDataset
 
 __all__ = [

@@ -39,7 +39,7 @@ __all__ = [
 #: Root of the Minari-format datasets shipped inside the package (``ocrl/data/datasets``).
 SHIPPED_ROOT = Path(__file__).resolve().parent / "datasets"
 
-_CHUNK_ROWS = 1 << 16  # rows per block when scanning large arrays (bounds temporary memory)
+_CHUNK_ROWS = 1 << 13  # rows per block when scanning large arrays (bounds temporary memory)
 
 
 class DatasetError(ValueError):

@@ -18,14 +18,18 @@ class Batch(NamedTuple):
     dones: torch.Tensor
 
 
-def _as_tensor(x: np.ndarray | torch.Tensor, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+def _as_tensor(
+    x: np.ndarray | torch.Tensor, device: torch.device, dtype=torch.float32
+) -> torch.Tensor:
     return torch.as_tensor(x, dtype=dtype).to(device, non_blocking=True)
 
 
 class ReplayBuffer:
     """Fixed-capacity ring buffer of (s, a, r, s', terminated, truncated) on one device."""
 
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, obs_dim: int, act_dim: int, capacity: int, device: str | torch.device = "cpu"
+    ) -> None:
         if capacity <= 0:
             raise ValueError(f"ReplayBuffer capacity must be positive, got {capacity}")
         self.device = torch.device(device)
@@ -51,9 +55,16 @@ class ReplayBuffer:
     ) -> ReplayBuffer:
         """A full buffer holding an offline dataset's transitions; on the CPU float32 arrays are not copied."""
         n = len(observations)
-        for name, arr in [("actions", actions), ("rewards", rewards), ("next_observations", next_observations), ("terminals", terminals)]:
+        for name, arr in [
+            ("actions", actions),
+            ("rewards", rewards),
+            ("next_observations", next_observations),
+            ("terminals", terminals),
+        ]:
             if len(arr) != n:
-                raise ValueError(f"ReplayBuffer.from_arrays: '{name}' has {len(arr)} rows, observations has {n}")
+                raise ValueError(
+                    f"ReplayBuffer.from_arrays: '{name}' has {len(arr)} rows, observations has {n}"
+                )
         buf = cls.__new__(cls)
         buf.device = torch.device(device)
         buf.capacity = buf.size = n
@@ -121,7 +132,16 @@ class ReplayBuffer:
         """Restore what `state_dict` saved into a buffer of at least the same capacity."""
         n = int(state["size"])
         if n > self.capacity:
-            raise ValueError(f"checkpointed buffer holds {n} transitions, more than this buffer's capacity {self.capacity}")
-        for name in ["observations", "actions", "rewards", "next_observations", "terminations", "truncations"]:
+            raise ValueError(
+                f"checkpointed buffer holds {n} transitions, more than this buffer's capacity {self.capacity}"
+            )
+        for name in [
+            "observations",
+            "actions",
+            "rewards",
+            "next_observations",
+            "terminations",
+            "truncations",
+        ]:
             getattr(self, name)[:n] = state[name].to(self.device)
         self.ptr, self.size = int(state["ptr"]), n

@@ -26,7 +26,11 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def cli(args_cls: type[ArgsT], presets: Mapping[str, Mapping[str, Any]] | None = None, argv: Sequence[str] | None = None) -> ArgsT:
+def cli(
+    args_cls: type[ArgsT],
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+    argv: Sequence[str] | None = None,
+) -> ArgsT:
     """Parse `args_cls` with tyro; `--preset NAME` replaces the defaults with a preset and explicit flags still win."""
     import tyro
 
@@ -65,7 +69,9 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {device} asked for CUDA, but torch.cuda.is_available() is False")
+        raise SystemExit(
+            f"error: --device {device} asked for CUDA, but torch.cuda.is_available() is False"
+        )
     return dev
 
 
@@ -157,7 +163,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def resume_args(args: ArgsT, keep: Sequence[str] = ("total_steps", "resume", "device", "compile")) -> ArgsT:
+def resume_args(
+    args: ArgsT, keep: Sequence[str] = ("total_steps", "resume", "device", "compile")
+) -> ArgsT:
     """The arguments a resumed run continues with: its saved config.json, except the fields named in `keep`."""
     run_dir = Path(args.resume)  # type: ignore[attr-defined]
     config_path = run_dir / CONFIG_FILE
@@ -180,7 +188,9 @@ def _slug(text: str) -> str:
 class Run:
     """One run folder: config.json, TensorBoard events, evaluation bookkeeping and metrics.json at the end."""
 
-    def __init__(self, algo: str, target: str, seed: int, config: Any, run_dir: str | None = None) -> None:
+    def __init__(
+        self, algo: str, target: str, seed: int, config: Any, run_dir: str | None = None
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         if run_dir is None:

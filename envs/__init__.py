@@ -9,4 +9,11 @@ from ocrl.envs.evaluation import (
     reference_scores,
 )
 
-__all__ = ["Evaluator", "check_dataset_fits", "episode_seeds", "make_env", "normalized_score", "reference_scores"]
+__all__ = [
+    "Evaluator",
+    "check_dataset_fits",
+    "episode_seeds",
+    "make_env",
+    "normalized_score",
+    "reference_scores",
+]

@@ -40,9 +40,13 @@ def check_dataset_fits(dataset: OfflineDataset, env: gym.Env) -> None:
         )
     problems = []
     if obs_shape[0] != dataset.obs_dim:
-        problems.append(f"observations have {dataset.obs_dim} dims but the environment's have {obs_shape[0]}")
+        problems.append(
+            f"observations have {dataset.obs_dim} dims but the environment's have {obs_shape[0]}"
+        )
     if act_shape[0] != dataset.act_dim:
-        problems.append(f"actions have {dataset.act_dim} dims but the environment's have {act_shape[0]}")
+        problems.append(
+            f"actions have {dataset.act_dim} dims but the environment's have {act_shape[0]}"
+        )
     if problems:
         env_id = env.spec.id if env.spec else str(env)
         raise DatasetError(
@@ -52,7 +56,9 @@ def check_dataset_fits(dataset: OfflineDataset, env: gym.Env) -> None:
         )
 
 
-def normalized_score(returns: np.ndarray | float, ref_min: float, ref_max: float) -> np.ndarray | float:
+def normalized_score(
+    returns: np.ndarray | float, ref_min: float, ref_max: float
+) -> np.ndarray | float:
     """D4RL's normalised score on the x100 scale: 100 * (R - ref_min) / (ref_max - ref_min)."""
     return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
 
@@ -97,8 +103,16 @@ class Evaluator:
             [lambda: make_env(env_id, **kwargs) for _ in range(num_episodes)],
             autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
         )
-        self.obs_mean = None if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32, device=self.device)
-        self.obs_std = None if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32, device=self.device)
+        self.obs_mean = (
+            None
+            if obs_mean is None
+            else torch.as_tensor(obs_mean, dtype=torch.float32, device=self.device)
+        )
+        self.obs_std = (
+            None
+            if obs_std is None
+            else torch.as_tensor(obs_std, dtype=torch.float32, device=self.device)
+        )
         self.ref_min_score, self.ref_max_score = ref_min_score, ref_max_score
         self.action_low = self.envs.single_action_space.low
         self.action_high = self.envs.single_action_space.high

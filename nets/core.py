@@ -53,8 +53,10 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A 2-D input is shared by all members; matmul broadcasts it without copying E times.
-        return torch.matmul(x, self.weight) + self.bias
+        # A 2-D input is shared by all members: expand is a view, not E copies. baddbmm fuses the bias add.
+        if x.dim() == 2:
+            x = x.expand(self.num_members, *x.shape)
+        return torch.baddbmm(self.bias, x, self.weight)
 
     def forward_member(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Apply member `index` alone to a (B, in) input."""
@@ -121,7 +123,9 @@ class CriticEnsemble(nn.Module):
 
 
 def _action_bounds(
-    act_dim: int, low: float | Sequence[float] | torch.Tensor, high: float | Sequence[float] | torch.Tensor
+    act_dim: int,
+    low: float | Sequence[float] | torch.Tensor,
+    high: float | Sequence[float] | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     low_t = torch.as_tensor(low, dtype=torch.float32).expand(act_dim)
     high_t = torch.as_tensor(high, dtype=torch.float32).expand(act_dim)
@@ -187,7 +191,9 @@ class TanhGaussianActor(nn.Module):
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
         std = log_std.exp()
         pre_tanh = mean + std * torch.randn_like(mean)
-        gauss_log_prob = (-0.5 * ((pre_tanh - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        gauss_log_prob = (
+            -0.5 * ((pre_tanh - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        ).sum(-1)
         # log(1 - tanh(x)^2) in a form that stays finite for large |x|.
         log_det = (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
         log_prob = gauss_log_prob - log_det - torch.log(self.action_scale).sum()
@@ -202,6 +208,8 @@ class TanhGaussianActor(nn.Module):
 
 
 @torch.no_grad()
-def polyak_update(target: Iterable[torch.Tensor], online: Iterable[torch.Tensor], tau: float) -> None:
+def polyak_update(
+    target: Iterable[torch.Tensor], online: Iterable[torch.Tensor], tau: float
+) -> None:
     """target <- (1 - tau) * target + tau * online, fused over all tensors."""
     torch._foreach_lerp_(list(target), list(online), tau)

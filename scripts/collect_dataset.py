@@ -75,7 +75,9 @@ def task_name(env_id: str) -> str:
     return re.sub(r"-v\d+$", "", env_id).lower()
 
 
-def rollout(env_id: str, actor: TanhGaussianActor, num_steps: int, seed: int, desc: str) -> dict[str, np.ndarray]:
+def rollout(
+    env_id: str, actor: TanhGaussianActor, num_steps: int, seed: int, desc: str
+) -> dict[str, np.ndarray]:
     """num_steps transitions of the stochastic policy; episodes end on termination or the time limit."""
     env = make_env(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -97,7 +99,9 @@ def rollout(env_id: str, actor: TanhGaussianActor, num_steps: int, seed: int, de
         out["next_observations"][t] = next_obs
         out["terminals"][t] = terminated
         # D4RL: a timeout marks a time-limit end that is not a termination; the last row ends the data.
-        out["timeouts"][t] = (truncated and not terminated) or (t == num_steps - 1 and not terminated)
+        out["timeouts"][t] = (truncated and not terminated) or (
+            t == num_steps - 1 and not terminated
+        )
         obs = next_obs
         if terminated or truncated:
             episode += 1
@@ -109,7 +113,11 @@ def rollout(env_id: str, actor: TanhGaussianActor, num_steps: int, seed: int, de
 def load_actor(snapshot: Path, env_id: str, hidden: tuple[int, ...]) -> TanhGaussianActor:
     env = make_env(env_id)
     actor = TanhGaussianActor(
-        env.observation_space.shape[0], env.action_space.shape[0], hidden, env.action_space.low, env.action_space.high
+        env.observation_space.shape[0],
+        env.action_space.shape[0],
+        hidden,
+        env.action_space.low,
+        env.action_space.high,
     )
     env.close()
     actor.load_state_dict(load_checkpoint(snapshot)["actor"])
@@ -137,17 +145,24 @@ def main(args: Args) -> list[str]:
             print(f"resuming SAC from {sac_dir}")
             sac_args.resume = str(sac_dir)
         sac.main(sac_args)
-    snapshots = [json.loads(line) for line in (sac_dir / "snapshots" / "index.jsonl").read_text().splitlines()]
+    snapshots = [
+        json.loads(line)
+        for line in (sac_dir / "snapshots" / "index.jsonl").read_text().splitlines()
+    ]
     by_step = {s["step"]: s for s in snapshots}  # a resumed run may have re-evaluated a step
     snapshots = [by_step[k] for k in sorted(by_step)]
 
     # 2. Pick the policies.
     random_snap = snapshots[0]
     expert_snap = max(snapshots, key=lambda s: s["return"])
-    target = random_snap["return"] + args.medium_fraction * (expert_snap["return"] - random_snap["return"])
+    target = random_snap["return"] + args.medium_fraction * (
+        expert_snap["return"] - random_snap["return"]
+    )
     trained = [s for s in snapshots if 0 < s["step"] <= expert_snap["step"]]
     if not trained:
-        raise SystemExit(f"error: no trained SAC snapshot in {sac_dir}; raise --sac-steps above --eval-every")
+        raise SystemExit(
+            f"error: no trained SAC snapshot in {sac_dir}; raise --sac-steps above --eval-every"
+        )
     medium_snap = min(trained, key=lambda s: abs(s["return"] - target))
     chosen = {"random": random_snap, "medium": medium_snap, "expert": expert_snap}
     for kind, snap in chosen.items():
@@ -184,7 +199,9 @@ def main(args: Args) -> list[str]:
     written = []
     for kind in args.kinds:
         dataset_id = f"{args.namespace}/{task}/{kind}-v0"
-        target_path = out_root / dataset_id if args.format == "minari" else out_root / f"{task}_{kind}.hdf5"
+        target_path = (
+            out_root / dataset_id if args.format == "minari" else out_root / f"{task}_{kind}.hdf5"
+        )
         if target_path.exists():
             print(f"{dataset_id}: already written at {target_path}, skipped")
             written.append(str(target_path))
@@ -205,7 +222,9 @@ def main(args: Args) -> list[str]:
                       "sac_steps": args.sac_steps, "seed": args.seed},
         )  # fmt: skip
         dataset.validate()
-        description = f"{kind} data for {args.env_id}: {policy_note}. Reference scores: {ref_source}."
+        description = (
+            f"{kind} data for {args.env_id}: {policy_note}. Reference scores: {ref_source}."
+        )
         if args.format == "minari":
             write_minari(
                 dataset, str(out_root), dataset_id, description=description, algorithm_name="SAC",

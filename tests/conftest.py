@@ -35,7 +35,9 @@ def random_rollouts(env_id: str, num_steps: int, seed: int = 0) -> OfflineDatase
             obs, _ = env.reset(seed=seed + t + 1)
     env.close()
     lo, hi = D4RL_REF_SCORES["hopper"] if env_id == "Hopper-v4" else (None, None)
-    return OfflineDataset(**rows, name=f"random-{env_id}", env_id=env_id, ref_min_score=lo, ref_max_score=hi)
+    return OfflineDataset(
+        **rows, name=f"random-{env_id}", env_id=env_id, ref_min_score=lo, ref_max_score=hi
+    )
 
 
 @pytest.fixture(scope="session")

@@ -36,10 +36,20 @@ def test_td3_bc_smoke_writes_run_folder(hopper_random_file, tmp_path):
     assert metrics["steps"] == 200
     assert metrics["normalized_score_best"] >= metrics["normalized_score"]
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert on_disk["steps"] == 200 and on_disk["normalized_score"] == pytest.approx(metrics["normalized_score"])
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == hopper_random_file
+    assert on_disk["steps"] == 200 and on_disk["normalized_score"] == pytest.approx(
+        metrics["normalized_score"]
+    )
+    assert (
+        json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == hopper_random_file
+    )
     logged = tags(str(tmp_path / "run"))
-    assert {"eval/return", "eval/normalized_score", "losses/critic_loss", "losses/actor_loss", "charts/updates_per_s"} <= logged
+    assert {
+        "eval/return",
+        "eval/normalized_score",
+        "losses/critic_loss",
+        "losses/actor_loss",
+        "charts/updates_per_s",
+    } <= logged
 
 
 def test_td3_bc_cli_unknown_dataset_exits_with_help():
@@ -54,12 +64,20 @@ def test_td3_bc_cli_unknown_dataset_exits_with_help():
 
 
 def test_td3_bc_dataset_env_mismatch(hopper_random_file, tmp_path):
-    args = td3_bc.Args(dataset=hopper_random_file, env_id="Pendulum-v1", total_steps=10, run_dir=str(tmp_path), progress=False)
+    args = td3_bc.Args(
+        dataset=hopper_random_file,
+        env_id="Pendulum-v1",
+        total_steps=10,
+        run_dir=str(tmp_path),
+        progress=False,
+    )
     with pytest.raises(ValueError, match="does not fit environment Pendulum-v1"):
         td3_bc.main(args)
 
 
-def test_td3_bc_resume_after_interruption_matches_uninterrupted_run(hopper_random_file, tmp_path, monkeypatch):
+def test_td3_bc_resume_after_interruption_matches_uninterrupted_run(
+    hopper_random_file, tmp_path, monkeypatch
+):
     base = td3_bc.Args(
         dataset=hopper_random_file, total_steps=240, eval_every=120, eval_episodes=1, log_every=60,
         save_model=True, progress=False, seed=3,
@@ -83,7 +101,11 @@ def test_td3_bc_resume_after_interruption_matches_uninterrupted_run(hopper_rando
     assert load_checkpoint(tmp_path / "interrupted")["step"] == 120
     assert not (tmp_path / "interrupted" / "metrics.json").exists()
 
-    resumed = td3_bc.main(replace(td3_bc.Args(), resume=str(tmp_path / "interrupted"), total_steps=240, progress=False))
+    resumed = td3_bc.main(
+        replace(
+            td3_bc.Args(), resume=str(tmp_path / "interrupted"), total_steps=240, progress=False
+        )
+    )
     assert resumed["resumed_from"] == 120 and resumed["steps"] == 240
     a = load_checkpoint(tmp_path / "straight")
     b = load_checkpoint(tmp_path / "interrupted")
@@ -107,11 +129,17 @@ def test_sac_smoke_and_resume_restores_buffer(tmp_path):
         log_every=50, batch_size=32, save_model=True, progress=False,
     )  # fmt: skip
     first = sac.main(replace(base, run_dir=str(tmp_path / "run")))
-    assert first["steps"] == 300 and first["return"] is not None and first["normalized_score"] is None
+    assert (
+        first["steps"] == 300 and first["return"] is not None and first["normalized_score"] is None
+    )
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt["buffer"]["size"] == 300 and ckpt["step"] == 300
-    assert {"charts/episodic_return", "losses/critic_loss", "losses/alpha", "eval/return"} <= tags(str(tmp_path / "run"))
-    resumed = sac.main(replace(sac.Args(), resume=str(tmp_path / "run"), total_steps=450, progress=False))
+    assert {"charts/episodic_return", "losses/critic_loss", "losses/alpha", "eval/return"} <= tags(
+        str(tmp_path / "run")
+    )
+    resumed = sac.main(
+        replace(sac.Args(), resume=str(tmp_path / "run"), total_steps=450, progress=False)
+    )
     assert resumed["resumed_from"] == 300 and resumed["steps"] == 450
     assert load_checkpoint(tmp_path / "run")["buffer"]["size"] == 450
 

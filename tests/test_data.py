@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+
 from ocrl.data import d4rl, minari_io, offline
 from ocrl.data.d4rl import D4RL_REF_SCORES, read_d4rl_hdf5, write_d4rl_hdf5
 from ocrl.data.minari_io import read_minari, write_minari

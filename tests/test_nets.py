@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, EnsembleLinear, TanhGaussianActor, polyak_update
+from ocrl.nets import (
+    MLP,
+    CriticEnsemble,
+    DeterministicActor,
+    EnsembleLinear,
+    TanhGaussianActor,
+    polyak_update,
+)
 
 
 def test_mlp_shapes_and_layernorm():

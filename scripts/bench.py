@@ -1,0 +1,306 @@
+"""Benchmarks, each printed as a ratio against a baseline measured in the same run.
+
+1. TD3+BC gradient updates per second: ocrl's update (twin critics as one batched ensemble, sampling on
+   the device, no host synchronisation), eager and torch.compile'd, against a plain eager update written
+   the way the original TD3+BC code does it (two separate critic networks in one module, host-side
+   numpy index sampling copied to the device every step, a Python loop for the target updates, the
+   actor loss back-propagated into the critic too). Rounds of the variants are interleaved and the
+   median is reported, so background load affects all of them alike.
+2. Peak memory of loading a 1M-transition D4RL-format file into the training buffer, as a multiple of
+   the float32 size of its arrays (target: at most 2x).
+
+    python scripts/bench.py                    # CPU, Hopper sizes, batch 256
+    python scripts/bench.py --device cuda
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+from torch import nn
+
+from ocrl.algos import td3_bc
+from ocrl.data import OfflineDataset, ReplayBuffer, load_dataset
+from ocrl.data.d4rl import write_d4rl_hdf5
+from ocrl.nets import CriticEnsemble, DeterministicActor
+
+
+@dataclass
+class Args:
+    device: str = "cpu"
+    """device of the update benchmark"""
+    obs_dim: int = 11
+    """observation size (Hopper: 11)"""
+    act_dim: int = 3
+    """action size (Hopper: 3)"""
+    batch_size: int = 256
+    """minibatch size"""
+    updates: int = 300
+    """updates per timed round"""
+    rounds: int = 5
+    """interleaved rounds per variant; the median is reported"""
+    compile: bool = True
+    """also time the torch.compile'd update"""
+    memory: bool = True
+    """run the 1M-transition loading benchmark"""
+    memory_rows: int = 1_000_000
+    """rows of the synthetic D4RL file"""
+
+
+# ----------------------------------------------------------------------------- baseline
+class _TwoCritics(nn.Module):
+    """Two separate Q-networks in one module, as the original code's Critic class."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.q1 = nn.Sequential(
+            nn.Linear(obs_dim + act_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
+        self.q2 = nn.Sequential(
+            nn.Linear(obs_dim + act_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, obs, act):
+        sa = torch.cat([obs, act], 1)
+        return self.q1(sa), self.q2(sa)
+
+
+class _BaselineActor(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, act_dim),
+        )
+
+    def forward(self, obs):
+        return torch.tanh(self.net(obs))
+
+
+def baseline_trainer(
+    data: dict[str, np.ndarray], obs_dim: int, act_dim: int, batch: int, device: torch.device
+) -> Callable[[int], None]:
+    """An eager TD3+BC iteration in the original code's style; returns step(iteration)."""
+    actor = _BaselineActor(obs_dim, act_dim).to(device)
+    critic = _TwoCritics(obs_dim, act_dim).to(device)
+    actor_t, critic_t = copy.deepcopy(actor), copy.deepcopy(critic)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=3e-4)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=3e-4)
+    n = len(data["rewards"])
+
+    def step(it: int) -> None:
+        idx = np.random.randint(0, n, size=batch)
+        s = torch.FloatTensor(data["observations"][idx]).to(device)
+        a = torch.FloatTensor(data["actions"][idx]).to(device)
+        s2 = torch.FloatTensor(data["next_observations"][idx]).to(device)
+        r = torch.FloatTensor(data["rewards"][idx]).reshape(-1, 1).to(device)
+        not_done = torch.FloatTensor(1.0 - data["terminals"][idx]).reshape(-1, 1).to(device)
+        with torch.no_grad():
+            noise = (torch.randn_like(a) * 0.2).clamp(-0.5, 0.5)
+            a2 = (actor_t(s2) + noise).clamp(-1.0, 1.0)
+            tq1, tq2 = critic_t(s2, a2)
+            target = r + not_done * 0.99 * torch.min(tq1, tq2)
+        q1, q2 = critic(s, a)
+        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        critic_opt.zero_grad()
+        critic_loss.backward()
+        critic_opt.step()
+        if it % 2 == 0:
+            pi = actor(s)
+            q = critic.q1(torch.cat([s, pi], 1))
+            lmbda = 2.5 / q.abs().mean().detach()
+            actor_loss = -lmbda * q.mean() + F.mse_loss(pi, a)
+            actor_opt.zero_grad()
+            actor_loss.backward()
+            actor_opt.step()
+            for p, tp in zip(critic.parameters(), critic_t.parameters(), strict=True):
+                tp.data.copy_(0.005 * p.data + 0.995 * tp.data)
+            for p, tp in zip(actor.parameters(), actor_t.parameters(), strict=True):
+                tp.data.copy_(0.005 * p.data + 0.995 * tp.data)
+
+    return step
+
+
+# ----------------------------------------------------------------------------- ours
+def ocrl_trainer(
+    data: dict[str, np.ndarray],
+    obs_dim: int,
+    act_dim: int,
+    batch: int,
+    device: torch.device,
+    compiled: bool,
+) -> Callable[[int], None]:
+    """The update of algos/td3_bc.py, on a device-resident buffer; returns step(iteration)."""
+    buffer = ReplayBuffer.from_arrays(
+        data["observations"],
+        data["actions"],
+        data["rewards"],
+        data["next_observations"],
+        data["terminals"],
+        device,
+    )
+    actor = DeterministicActor(obs_dim, act_dim).to(device)
+    critic = CriticEnsemble(obs_dim, act_dim).to(device)
+    actor_t, critic_t = copy.deepcopy(actor), copy.deepcopy(critic)
+    for p in (*actor_t.parameters(), *critic_t.parameters()):
+        p.requires_grad_(False)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=3e-4, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=3e-4, fused=True)
+    args = td3_bc.Args()
+    update = torch.compile(td3_bc.td3_bc_update) if compiled else td3_bc.td3_bc_update
+
+    def step(it: int) -> None:
+        update(
+            buffer.sample(batch),
+            actor,
+            actor_t,
+            critic,
+            critic_t,
+            actor_opt,
+            critic_opt,
+            args,
+            it % 2 == 0,
+        )
+
+    return step
+
+
+def synthetic(rows: int, obs_dim: int, act_dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    obs = rng.standard_normal((rows, obs_dim), dtype=np.float32)
+    return {
+        "observations": obs,
+        "actions": rng.uniform(-1, 1, (rows, act_dim)).astype(np.float32),
+        "rewards": rng.standard_normal(rows, dtype=np.float32),
+        "next_observations": np.roll(obs, -1, axis=0),
+        "terminals": (rng.random(rows) < 0.001).astype(np.float32),
+    }
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_round(step: Callable[[int], None], updates: int, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for it in range(updates):
+        step(it)
+    sync(device)
+    return updates / (time.perf_counter() - start)
+
+
+def bench_updates(args: Args) -> dict[str, float]:
+    device = torch.device(args.device)
+    data = synthetic(100_000, args.obs_dim, args.act_dim)
+    variants = {
+        "baseline (original-style eager)": baseline_trainer(
+            data, args.obs_dim, args.act_dim, args.batch_size, device
+        ),
+        "ocrl eager": ocrl_trainer(
+            data, args.obs_dim, args.act_dim, args.batch_size, device, compiled=False
+        ),
+    }
+    if args.compile:
+        variants["ocrl compiled"] = ocrl_trainer(
+            data, args.obs_dim, args.act_dim, args.batch_size, device, compiled=True
+        )
+    for name, step in variants.items():  # warm-up (and compilation)
+        t = time.perf_counter()
+        time_round(step, 20, device)
+        print(f"warm-up {name}: {time.perf_counter() - t:.1f}s")
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, step in variants.items():
+            rates[name].append(time_round(step, args.updates, device))
+    medians = {name: statistics.median(r) for name, r in rates.items()}
+    base = medians["baseline (original-style eager)"]
+    print(f"\nTD3+BC updates/s on {device} (obs {args.obs_dim}, act {args.act_dim}, batch {args.batch_size}, "
+          f"torch threads {torch.get_num_threads()}; median of {args.rounds} interleaved rounds of {args.updates})")  # fmt: skip
+    print("| variant | updates/s | ratio vs baseline | min per 1M updates |\n|---|---|---|---|")
+    for name, rate in medians.items():
+        print(f"| {name} | {rate:.1f} | {rate / base:.2f}x | {1e6 / rate / 60:.1f} |")
+    return medians
+
+
+def bench_memory(args: Args) -> float:
+    rows = args.memory_rows
+    data = synthetic(rows, args.obs_dim, args.act_dim)
+    ds = OfflineDataset(
+        observations=data["observations"], actions=data["actions"], rewards=data["rewards"],
+        terminals=data["terminals"] > 0.5, timeouts=(np.arange(rows) % 1000) == 999,
+        next_observations=data["next_observations"], name="synthetic", env_id="Hopper-v4",
+    )  # fmt: skip
+    float32_bytes = sum(
+        a.size * 4
+        for a in (
+            ds.observations,
+            ds.actions,
+            ds.rewards,
+            ds.next_observations,
+            ds.terminals,
+            ds.timeouts,
+        )
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "synthetic_1m.hdf5"
+        write_d4rl_hdf5(ds, path)
+        del ds, data
+        gc.collect()
+        tracemalloc.start()
+        loaded = load_dataset(str(path))
+        trans = loaded.transitions()
+        mean, std = loaded.obs_mean_std()
+        for arr in (trans.observations, trans.next_observations):
+            arr -= mean
+            arr /= std
+        buffer = ReplayBuffer.from_arrays(
+            trans.observations,
+            trans.actions,
+            trans.rewards,
+            trans.next_observations,
+            trans.terminals,
+            "cpu",
+        )
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        del buffer, trans, loaded
+    ratio = peak / float32_bytes
+    print(f"\nLoading a {rows:,}-row D4RL file into the training buffer (CPU): float32 size {float32_bytes / 2**20:.1f} MiB, "
+          f"peak traced {peak / 2**20:.1f} MiB, held after loading {current / 2**20:.1f} MiB -> peak {ratio:.2f}x the float32 size "
+          f"(target <= 2x)")  # fmt: skip
+    return ratio
+
+
+def main(args: Args) -> None:
+    bench_updates(args)
+    if args.memory:
+        bench_memory(args)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
