@@ -1,4 +1,4 @@
-"""Torch modules shared by the algorithms: MLPs, batched critic ensembles and actors."""
+"""Torch modules shared by the algorithms: MLPs, batched critic ensembles, actors and exact k-NN search."""
 
 from ocrl.nets.core import (
     MLP,
@@ -8,12 +8,14 @@ from ocrl.nets.core import (
     TanhGaussianActor,
     polyak_update,
 )
+from ocrl.nets.knn import NearestNeighbors
 
 __all__ = [
     "MLP",
     "CriticEnsemble",
     "DeterministicActor",
     "EnsembleLinear",
+    "NearestNeighbors",
     "TanhGaussianActor",
     "polyak_update",
 ]

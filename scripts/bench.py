@@ -8,9 +8,16 @@
    median is reported, so background load affects all of them alike.
 2. Peak memory of loading a 1M-transition D4RL-format file into the training buffer, as a multiple of
    the float32 size of its arrays (target: at most 2x).
+3. PRDC's nearest-neighbour search (`ocrl.nets.NearestNeighbors`): milliseconds per batch of 256 queries
+   against a 1M-point set of MuJoCo size (S+A = 11+3 = 14 and 17+6 = 23), for every backend, as a ratio
+   against a plain `scipy.spatial.KDTree` query in the same run, for queries near the data (dataset
+   points, action + N(0, 0.1)) and far from it (dataset states with uniform actions, like an untrained
+   policy). The point sets are synthetic stand-ins for PRDC's (beta * standardised state, action):
+   smooth Ornstein-Uhlenbeck state trajectories of 1,000 steps with OU actions in [-1, 1].
 
     python scripts/bench.py                    # CPU, Hopper sizes, batch 256
     python scripts/bench.py --device cuda
+    python scripts/bench.py --only knn         # the nearest-neighbour benchmark alone (--knn-rows for smaller)
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,7 +42,7 @@ from torch import nn
 from ocrl.algos import td3_bc
 from ocrl.data import OfflineDataset, ReplayBuffer, load_dataset
 from ocrl.data.d4rl import write_d4rl_hdf5
-from ocrl.nets import CriticEnsemble, DeterministicActor
+from ocrl.nets import CriticEnsemble, DeterministicActor, NearestNeighbors
 
 
 @dataclass
@@ -57,6 +65,16 @@ class Args:
     """run the 1M-transition loading benchmark"""
     memory_rows: int = 1_000_000
     """rows of the synthetic D4RL file"""
+    knn: bool = True
+    """run the nearest-neighbour search benchmark"""
+    knn_rows: int = 1_000_000
+    """points in the nearest-neighbour index"""
+    knn_rounds: int = 5
+    """timed batches per backend and query kind; the median is reported"""
+    knn_device: str | None = None
+    """device of the brute-force backend; default: --device"""
+    only: Literal["updates", "memory", "knn"] | None = None
+    """run this one benchmark alone"""
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -296,10 +314,115 @@ def bench_memory(args: Args) -> float:
     return ratio
 
 
+# ----------------------------------------------------------------------------- nearest neighbours
+def knn_point_set(
+    rows: int, obs_dim: int, act_dim: int, beta: float = 2.0, seed: int = 0
+) -> np.ndarray:
+    """PRDC's [beta * standardised state, action] for synthetic smooth trajectories (episodes of 1,000 steps)."""
+    rng = np.random.default_rng(seed)
+    episodes = -(-rows // 1000)
+    obs = np.empty((episodes, 1000, obs_dim), np.float32)
+    act = np.empty((episodes, 1000, act_dim), np.float32)
+    x = rng.standard_normal((episodes, obs_dim)).astype(np.float32)
+    a = np.zeros((episodes, act_dim), np.float32)
+    for t in range(
+        1000
+    ):  # OU processes: states drift slowly, actions change faster and are clipped
+        x += -0.02 * x + 0.2 * rng.standard_normal(x.shape, dtype=np.float32)
+        a += -0.15 * a + 0.3 * rng.standard_normal(a.shape, dtype=np.float32)
+        obs[:, t], act[:, t] = x, np.clip(a, -1.0, 1.0)
+    obs, act = obs.reshape(-1, obs_dim)[:rows], act.reshape(-1, act_dim)[:rows]
+    obs = (obs - obs.mean(0)) / (obs.std(0) + 1e-3)
+    return np.concatenate([beta * obs, act], axis=1).astype(np.float32)
+
+
+def bench_knn(args: Args) -> dict[str, float]:
+    from scipy.spatial import KDTree
+
+    device = torch.device(args.knn_device or args.device)
+    rng = np.random.default_rng(1)
+    results: dict[str, float] = {}
+    print(f"\nNearest-neighbour search, ms per batch of {args.batch_size} queries against {args.knn_rows:,} "
+          f"points (synthetic MuJoCo-size sets; median of {args.knn_rounds} batches; torch threads "
+          f"{torch.get_num_threads()}; ratio = KDTree time / backend time, >1 is faster)")  # fmt: skip
+    print("| S+A | queries | scipy KDTree ms | backend | ms | ratio vs KDTree | own-point NN |")
+    print("|---|---|---|---|---|---|---|")
+    for obs_dim, act_dim in ((11, 3), (17, 6)):
+        points = knn_point_set(args.knn_rows, obs_dim, act_dim)
+        t = time.perf_counter()
+        baseline = KDTree(points)
+        build = {"scipy KDTree": time.perf_counter() - t}
+        backends: dict[str, NearestNeighbors] = {}
+        for name in ("kdtree", "adaptive", "brute"):
+            t = time.perf_counter()
+            backends[f"{name} (cpu)"] = NearestNeighbors(torch.from_numpy(points), name)
+            build[f"{name} (cpu)"] = time.perf_counter() - t
+        if device.type == "cuda":
+            t = time.perf_counter()
+            backends["brute (cuda)"] = NearestNeighbors(
+                torch.from_numpy(points).to(device), "brute"
+            )
+            torch.cuda.synchronize()
+            build["brute (cuda)"] = time.perf_counter() - t
+        print(f"| {obs_dim + act_dim} | (build, s) | {build['scipy KDTree']:.2f} | "
+              + ", ".join(f"{k} {v:.2f}" for k, v in build.items() if k != "scipy KDTree") + " | | | |")  # fmt: skip
+        for kind in ("near", "far"):
+            batches = []
+            for _ in range(args.knn_rounds):
+                rows = rng.integers(0, len(points), args.batch_size)
+                q = points[rows].copy()
+                if kind == "near":
+                    q[:, obs_dim:] += 0.1 * rng.standard_normal(
+                        (len(rows), act_dim), dtype=np.float32
+                    )
+                else:
+                    q[:, obs_dim:] = rng.uniform(-1, 1, (len(rows), act_dim)).astype(np.float32)
+                batches.append((rows, q))
+            times: dict[str, list[float]] = {"scipy KDTree": []}
+            refs, own = [], []
+            for rows, q in batches:  # the plain baseline, as PRDC's code calls it
+                t = time.perf_counter()
+                _, ref = baseline.query(q, k=1, workers=-1)
+                times["scipy KDTree"].append(time.perf_counter() - t)
+                refs.append(ref)
+                own.append(float(np.mean(ref == rows)))
+            for name, index in backends.items():
+                times[name] = []
+                for _ in range(4 if index.backend == "adaptive" else 1):  # warm-up (adaptive: time its arms)
+                    index.query(torch.from_numpy(batches[0][1]).to(index.device))
+                for (_, q), ref in zip(batches, refs, strict=True):
+                    qt = torch.from_numpy(q).to(index.device)
+                    sync(index.device)
+                    t = time.perf_counter()
+                    idx, _ = index.query(qt)
+                    sync(index.device)
+                    times[name].append(time.perf_counter() - t)
+                    got = idx[:, 0].cpu().numpy()
+                    if not np.array_equal(got, ref):  # only ties may differ
+                        d_ref = np.linalg.norm(points[ref] - q, axis=1)
+                        d_got = np.linalg.norm(points[got] - q, axis=1)
+                        assert np.allclose(d_ref, d_got, rtol=0, atol=1e-6), f"{name} is not exact"
+            base = statistics.median(times["scipy KDTree"]) * 1e3
+            frac = statistics.mean(own)
+            print(
+                f"| {obs_dim + act_dim} | {kind} | {base:.1f} | scipy KDTree | {base:.1f} | 1.00x | {frac:.2f} |"
+            )
+            for name in backends:
+                ms = statistics.median(times[name]) * 1e3
+                results[f"{obs_dim + act_dim}/{kind}/{name}"] = ms
+                print(
+                    f"| {obs_dim + act_dim} | {kind} | {base:.1f} | {name} | {ms:.1f} | {base / ms:.2f}x | |"
+                )
+    return results
+
+
 def main(args: Args) -> None:
-    bench_updates(args)
-    if args.memory:
+    if args.only in (None, "updates"):
+        bench_updates(args)
+    if (args.memory and args.only is None) or args.only == "memory":
         bench_memory(args)
+    if (args.knn and args.only is None) or args.only == "knn":
+        bench_knn(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""PRDC: exactness of the nearest-neighbour backends, smoke run, logging, resume and a learning test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ocrl.algos import prdc
+from ocrl.data import load_checkpoint
+from ocrl.envs import Evaluator
+from ocrl.nets import NearestNeighbors
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ["kdtree", "brute", "adaptive"]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def reference(points: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Exact float64 distances (no matmul expansion) from every query to every point."""
+    return torch.cdist(
+        queries.double(), points.double(), compute_mode="donot_use_mm_for_euclid_dist"
+    )
+
+
+def check_exact(index: NearestNeighbors, points: torch.Tensor, queries: torch.Tensor, k: int):
+    idx, dist = index.query(queries.to(index.device), k=k)
+    assert idx.shape == dist.shape == (len(queries), k)
+    ref = reference(points, queries)
+    ref_k = ref.topk(k, dim=1, largest=False).values
+    got = ref.gather(1, idx.cpu())  # the true distances of the returned points
+    # Exact up to ties: the returned points are at exactly the k smallest distances, nearest first.
+    torch.testing.assert_close(got, ref_k, rtol=1e-12, atol=0)
+    torch.testing.assert_close(dist.cpu().double(), ref_k, rtol=1e-6, atol=1e-6)
+    assert all(len(set(row)) == k for row in idx.tolist())  # k distinct points
+    # argmin of a plain brute force; a differing index must be a tie
+    plain = torch.cdist(queries.double(), points.double()).argmin(dim=1)
+    ties = ref.gather(1, plain[:, None])[:, 0] == ref_k[:, 0]
+    assert bool(((idx[:, 0].cpu() == plain) | ties).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dim", [14, 23])
+def test_knn_is_exact_on_random_data(dim, backend, device):
+    if device == "cuda" and backend != "brute":
+        pytest.skip("KD-tree backends run on the CPU")
+    gen = torch.Generator().manual_seed(dim)
+    points = torch.randn(30_000, dim, generator=gen) * torch.rand(dim, generator=gen) * 4
+    points[:200] = points[200:400]  # exact duplicates: ties
+    near = points[torch.randint(0, len(points), (128,), generator=gen)]
+    near = near + 0.01 * torch.randn(near.shape, generator=gen)
+    far = 3 * torch.randn(128, dim, generator=gen) + 5.0
+    dup = points[:16]  # queries exactly on duplicated points (distance 0, two candidates)
+    queries = torch.cat([near, far, dup])
+    index = NearestNeighbors(points.to(device), backend, chunk_size=4096)
+    for k in (1, 3):
+        check_exact(index, points, queries, k)
+    for _ in range(6):  # the adaptive backend switches arms; every arm must stay exact
+        check_exact(index, points, near, 1)
+
+
+def test_brute_certificate_fallback_with_many_equidistant_points():
+    # 2,000 points on a sphere around the query: every strip holds candidates within rounding of the best.
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randn(2000, 14, generator=gen)
+    points = torch.cat(
+        [100 + d / d.norm(dim=1, keepdim=True), torch.randn(5000, 14, generator=gen)]
+    )
+    index = NearestNeighbors(points, "brute", chunk_size=1024)
+    check_exact(index, points, torch.full((4, 14), 100.0), 1)
+
+
+def test_knn_rejects_bad_input():
+    index = NearestNeighbors(torch.randn(100, 5), "brute")
+    with pytest.raises(ValueError, match="shape"):
+        index.query(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="unknown backend"):
+        NearestNeighbors(torch.randn(10, 3), "faiss")  # type: ignore[arg-type]
+
+
+def tags(run_dir: str) -> set[str]:
+    acc = EventAccumulator(run_dir)
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def scalars(run_dir: str, tag: str) -> list[float]:
+    acc = EventAccumulator(run_dir)
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)]
+
+
+def test_prdc_smoke_logs_search_statistics(hopper_random_file, tmp_path):
+    args = prdc.Args(
+        dataset=hopper_random_file, total_steps=200, eval_every=100, eval_episodes=2, log_every=50,
+        run_dir=str(tmp_path / "run"), progress=False,
+    )  # fmt: skip
+    metrics = prdc.main(args)
+    assert metrics["steps"] == 200 and metrics["normalized_score"] is not None
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 200
+    logged = tags(str(tmp_path / "run"))
+    assert {
+        "eval/normalized_score", "losses/critic_loss", "losses/actor_loss", "losses/dc_mse",
+        "prdc/nn_self_fraction", "prdc/nn_distance", "prdc/search_ms", "charts/updates_per_s",
+    } <= logged  # fmt: skip
+    frac = scalars(str(tmp_path / "run"), "prdc/nn_self_fraction")
+    assert len(frac) == 4 and all(0.0 <= f <= 1.0 for f in frac)
+    assert all(ms > 0 for ms in scalars(str(tmp_path / "run"), "prdc/search_ms"))
+
+
+def test_prdc_large_beta_finds_own_transition(hopper_random_file, tmp_path):
+    # beta -> infinity: the neighbour is the query's own transition and PRDC is TD3+BC.
+    args = prdc.Args(
+        dataset=hopper_random_file, total_steps=20, log_every=10, eval_every=20, eval_episodes=1,
+        beta=1e4, nn_backend="kdtree", run_dir=str(tmp_path), progress=False,
+    )  # fmt: skip
+    prdc.main(args)
+    assert scalars(str(tmp_path), "prdc/nn_self_fraction") == [1.0, 1.0]
+
+
+def test_prdc_presets_and_eval_protocol_in_help():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "algos" / "prdc.py"), "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0
+    for text in ("halfcheetah-medium-v2", "antmaze-umaze-v2", "walker2d", "--eval-protocol"):
+        assert text in proc.stdout, text
+    assert prdc.PRESETS["halfcheetah"]["alpha"] == 40.0
+    assert prdc.PRESETS["antmaze-large-play-v2"]["reward_scale"] == 10000.0
+
+
+def test_prdc_resume_matches_uninterrupted_run(hopper_random_file, tmp_path, monkeypatch):
+    base = prdc.Args(
+        dataset=hopper_random_file, total_steps=240, eval_every=120, eval_episodes=1, log_every=60,
+        save_model=True, progress=False, seed=3,
+    )  # fmt: skip
+    straight = prdc.main(replace(base, run_dir=str(tmp_path / "straight")))
+    calls = {"n": 0}
+    real_call = Evaluator.__call__
+
+    def interrupting(self, policy):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_call(self, policy)
+
+    monkeypatch.setattr(Evaluator, "__call__", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        prdc.main(replace(base, run_dir=str(tmp_path / "interrupted")))
+    monkeypatch.setattr(Evaluator, "__call__", real_call)
+    assert load_checkpoint(tmp_path / "interrupted")["step"] == 120
+    resumed = prdc.main(
+        replace(prdc.Args(), resume=str(tmp_path / "interrupted"), total_steps=240, progress=False)
+    )
+    assert resumed["resumed_from"] == 120 and resumed["steps"] == 240
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "interrupted")
+    for key in ("actor", "critic", "critic_target"):
+        for name, tensor in a[key].items():
+            torch.testing.assert_close(b[key][name], tensor, rtol=0, atol=0, msg=f"{key}.{name}")
+    assert resumed["return"] == pytest.approx(straight["return"])
