@@ -39,11 +39,11 @@ from ocrl.data import (
     friendly_errors,
     load_checkpoint,
     pick_device,
+    restore_training_state,
     resume_args,
-    rng_state,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
+    training_state,
 )
 from ocrl.envs import Evaluator, make_env, reference_scores
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
@@ -188,40 +188,28 @@ def main(args: Args) -> dict:
     buffer = ReplayBuffer(obs_dim, act_dim, args.buffer_size, device)
 
     run = Run("sac", args.env_id, args.seed, args, args.run_dir)
+    parts = {
+        "actor": actor,
+        "critic": critic,
+        "critic_target": critic_target,
+        "actor_opt": actor_opt,
+        "critic_opt": critic_opt,
+        "buffer": buffer,
+    }
+    if alpha_opt is not None:
+        parts["alpha_opt"] = alpha_opt
     step = 0
     if args.resume:
-        ckpt = load_checkpoint(run.checkpoint_path, map_location=device)
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        critic_target.load_state_dict(ckpt["critic_target"])
-        actor_opt.load_state_dict(ckpt["actor_opt"])
-        critic_opt.load_state_dict(ckpt["critic_opt"])
+        ckpt = load_checkpoint(run.checkpoint_path, device)
+        step = restore_training_state(ckpt, parts, np_rng, run)
         with torch.no_grad():
             log_alpha.copy_(ckpt["log_alpha"])
-        if alpha_opt is not None:
-            alpha_opt.load_state_dict(ckpt["alpha_opt"])
-        buffer.load_state_dict(ckpt["buffer"])
-        set_rng_state(ckpt["rng"], np_rng)
-        run.load_state_dict(ckpt["run"])
-        step = int(ckpt["step"])
     resumed_from = step
 
     def checkpoint() -> None:
         save_checkpoint(
             run.checkpoint_path,
-            {
-                "step": step,
-                "actor": actor.state_dict(),
-                "critic": critic.state_dict(),
-                "critic_target": critic_target.state_dict(),
-                "actor_opt": actor_opt.state_dict(),
-                "critic_opt": critic_opt.state_dict(),
-                "log_alpha": log_alpha.detach(),
-                "alpha_opt": alpha_opt.state_dict() if alpha_opt is not None else {},
-                "buffer": buffer.state_dict(),
-                "rng": rng_state(np_rng),
-                "run": run.state_dict(),
-            },
+            training_state(step, parts, np_rng, run, log_alpha=log_alpha.detach()),
         )
 
     snapshot_dir = run.dir / "snapshots"

@@ -16,11 +16,13 @@ from ocrl.data.runs import (
     friendly_errors,
     load_checkpoint,
     pick_device,
+    restore_training_state,
     resume_args,
     rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    training_state,
 )
 
 __all__ = [
@@ -37,9 +39,11 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "pick_device",
+    "restore_training_state",
     "resume_args",
     "rng_state",
     "save_checkpoint",
     "seed_everything",
     "set_rng_state",
+    "training_state",
 ]

@@ -163,6 +163,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def training_state(
+    step: int, parts: Mapping[str, Any], np_rng: np.random.Generator | None, run: Run, **extra: Any
+) -> dict:
+    """A checkpoint dict: the state_dict of every module/optimiser/buffer in `parts`, RNG states, the step and run bookkeeping."""
+    state = {name: part.state_dict() for name, part in parts.items()}
+    state.update(step=step, rng=rng_state(np_rng), run=run.state_dict(), **extra)
+    return state
+
+
+def restore_training_state(
+    ckpt: dict, parts: Mapping[str, Any], np_rng: np.random.Generator | None, run: Run
+) -> int:
+    """Load what `training_state` saved back into `parts`, the RNGs and the run; return the step to continue from."""
+    for name, part in parts.items():
+        part.load_state_dict(ckpt[name])
+    set_rng_state(ckpt["rng"], np_rng)
+    run.load_state_dict(ckpt["run"])
+    return int(ckpt["step"])
+
+
 def resume_args(
     args: ArgsT, keep: Sequence[str] = ("total_steps", "resume", "device", "compile")
 ) -> ArgsT:
