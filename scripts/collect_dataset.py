@@ -28,10 +28,10 @@ from typing import Literal
 import numpy as np
 import torch
 import tyro
-from tqdm import tqdm
 
 from ocrl.algos import sac
 from ocrl.data import OfflineDataset, load_checkpoint, seed_everything
+from ocrl.data.collect import rollout
 from ocrl.data.d4rl import D4RL_ENV_IDS, D4RL_REF_SCORES, write_d4rl_hdf5
 from ocrl.data.minari_io import write_minari
 from ocrl.envs import make_env
@@ -73,41 +73,6 @@ class Args:
 def task_name(env_id: str) -> str:
     """hopper for Hopper-v4: the env part of the dataset ids."""
     return re.sub(r"-v\d+$", "", env_id).lower()
-
-
-def rollout(
-    env_id: str, actor: TanhGaussianActor, num_steps: int, seed: int, desc: str
-) -> dict[str, np.ndarray]:
-    """num_steps transitions of the stochastic policy; episodes end on termination or the time limit."""
-    env = make_env(env_id)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    out = {
-        "observations": np.zeros((num_steps, obs_dim), np.float32),
-        "actions": np.zeros((num_steps, act_dim), np.float32),
-        "rewards": np.zeros(num_steps, np.float32),
-        "next_observations": np.zeros((num_steps, obs_dim), np.float32),
-        "terminals": np.zeros(num_steps, bool),
-        "timeouts": np.zeros(num_steps, bool),
-    }
-    obs, _ = env.reset(seed=seed)
-    episode = 0
-    for t in tqdm(range(num_steps), desc=desc, leave=False):
-        with torch.no_grad():
-            action = actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        out["observations"][t], out["actions"][t], out["rewards"][t] = obs, action, reward
-        out["next_observations"][t] = next_obs
-        out["terminals"][t] = terminated
-        # D4RL: a timeout marks a time-limit end that is not a termination; the last row ends the data.
-        out["timeouts"][t] = (truncated and not terminated) or (
-            t == num_steps - 1 and not terminated
-        )
-        obs = next_obs
-        if terminated or truncated:
-            episode += 1
-            obs, _ = env.reset(seed=seed + episode)
-    env.close()
-    return out
 
 
 def load_actor(snapshot: Path, env_id: str, hidden: tuple[int, ...]) -> TanhGaussianActor:
@@ -181,7 +146,17 @@ def main(args: Args) -> list[str]:
         if kind in chosen:
             actor = load_actor(sac_dir / "snapshots" / chosen[kind]["file"], args.env_id, hidden)
             seed = args.seed * 1_000_003 + KINDS.index(kind) * 10_007
-            return rollout(args.env_id, actor, args.steps_per_dataset, seed, desc=kind)
+
+            @torch.no_grad()
+            def sample_action(
+                obs: np.ndarray,
+            ) -> np.ndarray:  # D4RL records sampled, not mean, actions
+                return actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
+
+            env = make_env(args.env_id)
+            rows = rollout(env, sample_action, args.steps_per_dataset, seed, desc=kind)
+            env.close()
+            return rows
         if kind == "medium-replay":
             buf = load_checkpoint(sac_dir / "checkpoint.pt")["buffer"]
             n = min(int(medium_snap["step"]), int(buf["size"]))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from ocrl.data import OfflineDataset
+from ocrl.data.collect import rollout
 from ocrl.data.d4rl import D4RL_REF_SCORES, write_d4rl_hdf5
 from ocrl.envs import make_env
 
@@ -14,25 +14,7 @@ def random_rollouts(env_id: str, num_steps: int, seed: int = 0) -> OfflineDatase
     """num_steps rows of uniformly random actions, with D4RL's terminal/timeout flags."""
     env = make_env(env_id, max_episode_steps=200)
     env.action_space.seed(seed)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    rows = {
-        "observations": np.zeros((num_steps, obs_dim), np.float32),
-        "actions": np.zeros((num_steps, act_dim), np.float32),
-        "rewards": np.zeros(num_steps, np.float32),
-        "next_observations": np.zeros((num_steps, obs_dim), np.float32),
-        "terminals": np.zeros(num_steps, bool),
-        "timeouts": np.zeros(num_steps, bool),
-    }
-    obs, _ = env.reset(seed=seed)
-    for t in range(num_steps):
-        action = env.action_space.sample()
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        rows["observations"][t], rows["actions"][t], rows["rewards"][t] = obs, action, reward
-        rows["next_observations"][t], rows["terminals"][t] = next_obs, terminated
-        rows["timeouts"][t] = (truncated and not terminated) or t == num_steps - 1
-        obs = next_obs
-        if terminated or truncated:
-            obs, _ = env.reset(seed=seed + t + 1)
+    rows = rollout(env, lambda obs: env.action_space.sample(), num_steps, seed)
     env.close()
     lo, hi = D4RL_REF_SCORES["hopper"] if env_id == "Hopper-v4" else (None, None)
     return OfflineDataset(
