@@ -26,10 +26,11 @@ Where paper code and paper differ:
 * Evaluation: default ocrl's shared protocol (10 episodes every 5,000 updates, episode seeds from --seed);
   --eval-protocol prdc is the original schedule (50 episodes every 1,000 updates). The original seeds its
   evaluation env with seed + 100 and defaults to seed 1024; ocrl derives the episode seeds from --seed (0).
-* Search: the original queries scipy's KD-tree on the CPU. Every backend here is exact too (same
-  neighbours up to ties); --nn-backend auto is a GPU brute force on CUDA and, on the CPU, a hybrid (KD-tree
-  within a small radius, brute force for the far queries) measured faster (scripts/bench.py --only knn);
-  --nn-backend kdtree is the original's path. --kdtree-eps > 0 (approximate) is off by default.
+* Search: the original queries scipy's KD-tree on the CPU. Every backend here is exact too (the same
+  neighbours up to ties). --nn-backend auto is a chunked brute force on the GPU under CUDA and, on the CPU,
+  "adaptive": it times a single-thread KD-tree, an all-core KD-tree and a brute force as it goes and runs
+  the fastest (far queries, early in training, favour brute force; near ones a single-thread KD-tree).
+  --nn-backend kdtree is the original's path; --kdtree-eps > 0 (approximate) is off by default.
 
     python algos/prdc.py --total-steps 20000                       # shipped hopper data, CPU-minutes
     python algos/prdc.py --dataset hopper-medium-v2 --preset hopper
@@ -124,10 +125,10 @@ class Args:
     """weight of the (standardised) state in the joint search space [beta * s, a]"""
     k: int = 1
     """the k-th nearest neighbour is the target (every published run uses 1)"""
-    nn_backend: Literal["auto", "kdtree", "brute", "hybrid"] = "auto"
-    """exact search: auto = brute force on CUDA, hybrid on the CPU; kdtree = the original's scipy KD-tree"""
+    nn_backend: Literal["auto", "kdtree", "brute", "adaptive"] = "auto"
+    """exact search: auto = brute force on CUDA, adaptive (fastest of KD-tree and brute force, timed) on the CPU; kdtree = the original's"""
     kdtree_eps: float = 0.0
-    """approximate KD-tree search (scipy's eps, kdtree backend only); 0 = exact, as the paper"""
+    """approximate KD-tree search (scipy's eps, for every KD-tree query); 0 = exact, as the paper"""
     reward_scale: float = 1.0
     """training reward r' = reward_scale * r + reward_shift (antmaze preset: 10000)"""
     reward_shift: float = 0.0

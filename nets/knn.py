@@ -1,4 +1,4 @@
-"""Exact k-nearest-neighbour search (Euclidean) over a fixed float32 point set: KD-tree, brute force, hybrid.
+"""Exact k-nearest-neighbour search (Euclidean) over a fixed float32 point set: KD-tree, brute force, adaptive.
 
 Backends, all exact (they return the true nearest neighbours, ties broken arbitrarily):
 
@@ -7,8 +7,9 @@ Backends, all exact (they return the true nearest neighbours, ties broken arbitr
 * ``"brute"``: chunked matrix-multiply brute force in torch, on the device of the points; its cost does not
   depend on where the queries are. The fast expansion ||x||^2 - 2 x.p + ||p||^2 loses precision, so each
   query's best candidates are re-ranked with exact float64 differences, and a per-query certificate (a
-  rigorous bound on the float32 rounding error) proves no skipped point can be closer; the rare query
-  that fails it is redone with a threshold pass.
+  rigorous bound on the float32 rounding error) proves no skipped point can be closer; a query that fails
+  it (near-ties) is redone over every strip whose minimum could hide a closer point. On CUDA that check is
+  the search's one host synchronisation (a single boolean).
 * ``"adaptive"`` (CPU): keeps a running time per query of three exact arms (KD-tree with 1 worker, KD-tree
   with all workers, brute force) and runs the cheapest, re-timing the others now and then. The answers do
   not depend on the arm; the speed follows the query distribution (far queries early in PRDC training:
@@ -29,6 +30,7 @@ Backend = Literal["auto", "kdtree", "brute", "adaptive"]
 STRIP = 64  # points per strip of the brute-force pass
 RERANK_STRIPS = 4  # strips re-ranked exactly per query (more only when the certificate fails)
 ARMS = ("kdtree-1", "kdtree", "brute")  # the adaptive backend's choices
+FALLBACK_POINTS = 1 << 22  # candidate points re-ranked at once when the certificate fails
 EXPLORE = 50  # the adaptive backend re-times its stalest arm every EXPLORE calls
 
 
@@ -145,12 +147,26 @@ class NearestNeighbors:
             best_i, best_sq = best_i.clone(), best_sq.clone()
             limit = (kth - x_sq + bound).to(torch.float32)  # in the units of ||p||^2 - 2x.p
             limit = torch.nextafter(limit, torch.full_like(limit, math.inf))
-            for q in (~ok).nonzero().squeeze(1).tolist():
-                strips = (strip_min[q] <= limit[q]).nonzero().squeeze(1)
-                idx_q = self._strip_members(strips).reshape(1, -1)
-                sq = self._exact_sq(x[q : q + 1], idx_q)
+            bad = (~ok).nonzero().squeeze(1)
+            within = (
+                strip_min[bad] <= limit[bad, None]
+            )  # (bad, strips): strips that may hold a closer point
+            width = int(within.sum(dim=1).max())
+            if (
+                len(bad) * width * STRIP <= FALLBACK_POINTS
+            ):  # all bad queries at once, padded to the widest
+                _, strips = torch.topk(within.to(torch.int8), width, dim=1, sorted=False)
+                members = self._strip_members(strips).reshape(len(bad), -1)
+                picked = within.gather(1, strips).repeat_interleave(STRIP, dim=1)
+                sq = self._exact_sq(x[bad], members).masked_fill(~picked, math.inf)
                 best, order = torch.topk(sq, k, dim=1, largest=False, sorted=True)
-                best_i[q], best_sq[q] = idx_q.gather(1, order)[0], best[0]
+                best_i[bad], best_sq[bad] = members.gather(1, order), best
+            else:  # many near-ties (e.g. duplicated data): one query at a time, bounded memory
+                for row, q in enumerate(bad.tolist()):
+                    members = self._strip_members(within[row].nonzero().squeeze(1)).reshape(1, -1)
+                    sq = self._exact_sq(x[q : q + 1], members)
+                    best, order = torch.topk(sq, k, dim=1, largest=False, sorted=True)
+                    best_i[q], best_sq[q] = members.gather(1, order)[0], best[0]
         return best_i, best_sq.sqrt().to(torch.float32)
 
     def _exact_sq(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

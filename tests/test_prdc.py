@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ocrl.algos import prdc
 from ocrl.data import load_checkpoint
 from ocrl.envs import Evaluator
-from ocrl.nets import NearestNeighbors
+from ocrl.nets import NearestNeighbors, knn
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["kdtree", "brute", "adaptive"]
@@ -66,8 +66,11 @@ def test_knn_is_exact_on_random_data(dim, backend, device):
         check_exact(index, points, near, 1)
 
 
-def test_brute_certificate_fallback_with_many_equidistant_points():
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_brute_certificate_fallback_with_many_equidistant_points(vectorised, monkeypatch):
     # 2,000 points on a sphere around the query: every strip holds candidates within rounding of the best.
+    if not vectorised:
+        monkeypatch.setattr(knn, "FALLBACK_POINTS", 0)
     gen = torch.Generator().manual_seed(0)
     d = torch.randn(2000, 14, generator=gen)
     points = torch.cat(
