@@ -371,7 +371,9 @@ def write_minari(
                     "truncations": dataset.timeouts[s : s + t] & ~term,
                 }
                 for key, arr in columns.items():
-                    g.create_dataset(key, data=arr, chunks=True, maxshape=(None, *arr.shape[1:]))
+                    # Contiguous storage: a chunked, resizable dataset (Minari's own writer, which appends)
+                    # costs kilobytes of index per array, more than a short episode's data.
+                    g.create_dataset(key, data=arr)
                 total_steps += t
                 n_eps += 1
 

@@ -60,6 +60,8 @@ class Args:
     """steps between SAC evaluations, i.e. between policy snapshots"""
     steps_per_dataset: int = 50_000
     """transitions in each of random, medium and expert (medium-expert has twice as many)"""
+    random_steps: int | None = None
+    """transitions in the random dataset (default: --steps-per-dataset)"""
     medium_fraction: float = 0.4
     """the medium policy's target return, as a fraction of the best return reached"""
     seed: int = 0
@@ -154,7 +156,8 @@ def main(args: Args) -> list[str]:
                 return actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
 
             env = make_env(args.env_id)
-            rows = rollout(env, sample_action, args.steps_per_dataset, seed, desc=kind)
+            num_steps = args.random_steps if kind == "random" and args.random_steps else args.steps_per_dataset
+            rows = rollout(env, sample_action, num_steps, seed, desc=kind)
             env.close()
             return rows
         if kind == "medium-replay":
