@@ -388,7 +388,9 @@ def bench_knn(args: Args) -> dict[str, float]:
                 own.append(float(np.mean(ref == rows)))
             for name, index in backends.items():
                 times[name] = []
-                for _ in range(4 if index.backend == "adaptive" else 1):  # warm-up (adaptive: time its arms)
+                for _ in range(
+                    4 if index.backend == "adaptive" else 1
+                ):  # warm-up (adaptive: time its arms)
                     index.query(torch.from_numpy(batches[0][1]).to(index.device))
                 for (_, q), ref in zip(batches, refs, strict=True):
                     qt = torch.from_numpy(q).to(index.device)

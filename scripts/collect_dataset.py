@@ -156,7 +156,11 @@ def main(args: Args) -> list[str]:
                 return actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
 
             env = make_env(args.env_id)
-            num_steps = args.random_steps if kind == "random" and args.random_steps else args.steps_per_dataset
+            num_steps = (
+                args.random_steps
+                if kind == "random" and args.random_steps
+                else args.steps_per_dataset
+            )
             rows = rollout(env, sample_action, num_steps, seed, desc=kind)
             env.close()
             return rows
