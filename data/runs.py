@@ -102,7 +102,8 @@ def rng_state(np_rng: np.random.Generator | None = None) -> dict:
 
 def set_rng_state(state: dict, np_rng: np.random.Generator | None = None) -> None:
     """Restore what `rng_state` returned."""
-    torch.set_rng_state(state["torch"])
+    # map_location may have moved the states to the training device; generators take CPU byte tensors.
+    torch.set_rng_state(state["torch"].cpu())
     py = json.loads(state["python"])
     random.setstate((py[0], tuple(py[1]), py[2]))
     legacy = json.loads(state["numpy_legacy"])
@@ -110,7 +111,7 @@ def set_rng_state(state: dict, np_rng: np.random.Generator | None = None) -> Non
     if np_rng is not None and "numpy" in state:
         np_rng.bit_generator.state = json.loads(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _jsonable(x: Any) -> Any:

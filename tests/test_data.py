@@ -594,26 +594,26 @@ def test_round_trip_d4rl_to_minari(tmp_path, d4rl_file, monkeypatch):
     folder = write_minari(
         ds,
         root,
-        "ocrl/hopper/medium-v0",
+        "roundtrip/hopper/medium-v0",
         description="test",
         algorithm_name="SAC",
         extra_metadata={"author": ["ocrl tests"], "note": "hello"},
     )
-    assert folder == str(root / "ocrl/hopper/medium-v0")
-    assert (root / "ocrl" / "namespace_metadata.json").is_file()
-    assert (root / "ocrl" / "hopper" / "namespace_metadata.json").is_file()
-    assert not [p for p in (root / "ocrl" / "hopper").iterdir() if p.name.startswith(".")]
+    assert folder == str(root / "roundtrip/hopper/medium-v0")
+    assert (root / "roundtrip" / "namespace_metadata.json").is_file()
+    assert (root / "roundtrip" / "hopper" / "namespace_metadata.json").is_file()
+    assert not [p for p in (root / "roundtrip" / "hopper").iterdir() if p.name.startswith(".")]
 
     # minari reads it by id, from MINARI_DATASETS_PATH
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    mds = minari.load_dataset("ocrl/hopper/medium-v0")
+    mds = minari.load_dataset("roundtrip/hopper/medium-v0")
     assert mds.total_episodes == 5 and mds.total_steps == N
-    assert mds.spec.dataset_id == "ocrl/hopper/medium-v0"
+    assert mds.spec.dataset_id == "roundtrip/hopper/medium-v0"
     assert mds.env_spec.id == "Hopper-v4" and mds._eval_env_spec.id == "Hopper-v4"
     ep = next(iter(mds.iterate_episodes([1])))
     assert ep.observations.shape == (8, 11) and len(ep.actions) == 7
     assert ep.truncations[-1] and not ep.terminations[-1]
-    assert "ocrl/hopper/medium-v0" in minari.list_local_datasets()
+    assert "roundtrip/hopper/medium-v0" in minari.list_local_datasets()
     with h5py.File(Path(folder) / "data" / "main_data.hdf5") as f:
         g = f["episode_1"]
         assert g.attrs["id"] == 1 and g.attrs["total_steps"] == 7
@@ -623,7 +623,7 @@ def test_round_trip_d4rl_to_minari(tmp_path, d4rl_file, monkeypatch):
     assert meta["ref_min_score"] == HOPPER_MIN and meta["ocrl_env_id"] == "Hopper-v4"
     assert meta["note"] == "hello" and meta["data_format"] == "hdf5"
 
-    back = load_dataset("ocrl/hopper/medium-v0", download=False)
+    back = load_dataset("roundtrip/hopper/medium-v0", download=False)
     assert back.env_id == "Hopper-v4" and back.ref_max_score == HOPPER_MAX
     assert back.metadata["description"] == "test"
     for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations"):
