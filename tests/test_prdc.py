@@ -184,6 +184,5 @@ def test_prdc_learns_on_shipped_hopper_medium(tmp_path):
     )  # fmt: skip
     assert metrics["normalized_score"] > 15.0, metrics
     frac = scalars(str(tmp_path), "prdc/nn_self_fraction")
-    assert (
-        0.0 < frac[0] < 1.0
-    )  # the constraint uses foreign neighbours, so PRDC differs from TD3+BC here
+    # Early in training many neighbours are foreign transitions: PRDC's target differs from TD3+BC's.
+    assert 0.0 < frac[0] < 1.0
