@@ -57,11 +57,11 @@ from ocrl.data import (
     load_checkpoint,
     load_dataset,
     pick_device,
+    restore_training_state,
     resume_args,
-    rng_state,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
+    training_state,
 )
 from ocrl.envs import Evaluator, check_dataset_fits, make_env
 from ocrl.nets import CriticEnsemble, DeterministicActor, NearestNeighbors, polyak_update
@@ -280,6 +280,10 @@ def main(args: Args) -> dict:
     device = pick_device(args.device)
     np_rng = seed_everything(args.seed)
 
+    if args.preset is not None and args.preset not in _DOMAIN and args.preset != args.dataset:
+        print(
+            f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'"
+        )
     dataset = load_dataset(args.dataset)
     env_id = args.env_id or dataset.env_id
     if env_id is None:
@@ -326,40 +330,24 @@ def main(args: Args) -> dict:
     critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
 
     run = Run("prdc", dataset.name, args.seed, args, args.run_dir)
+    parts = {
+        "actor": actor, "critic": critic, "actor_target": actor_target, "critic_target": critic_target,
+        "actor_opt": actor_opt, "critic_opt": critic_opt,
+    }  # fmt: skip
     step = 0
     if args.resume:
-        ckpt = load_checkpoint(run.checkpoint_path, map_location=device)
-        for module, key in [
-            (actor, "actor"),
-            (critic, "critic"),
-            (actor_target, "actor_target"),
-            (critic_target, "critic_target"),
-        ]:
-            module.load_state_dict(ckpt[key])
-        actor_opt.load_state_dict(ckpt["actor_opt"])
-        critic_opt.load_state_dict(ckpt["critic_opt"])
-        set_rng_state(ckpt["rng"], np_rng)
-        run.load_state_dict(ckpt["run"])
-        step = int(ckpt["step"])
+        step = restore_training_state(
+            load_checkpoint(run.checkpoint_path, device), parts, np_rng, run
+        )
     resumed_from = step
 
     def checkpoint() -> None:
-        save_checkpoint(
-            run.checkpoint_path,
-            {
-                "step": step,
-                "actor": actor.state_dict(),
-                "critic": critic.state_dict(),
-                "actor_target": actor_target.state_dict(),
-                "critic_target": critic_target.state_dict(),
-                "actor_opt": actor_opt.state_dict(),
-                "critic_opt": critic_opt.state_dict(),
-                "rng": rng_state(np_rng),
-                "run": run.state_dict(),
-                "obs_mean": None if obs_mean is None else torch.as_tensor(obs_mean),
-                "obs_std": None if obs_std is None else torch.as_tensor(obs_std),
-            },
+        normalizer = (
+            {"obs_mean": torch.as_tensor(obs_mean), "obs_std": torch.as_tensor(obs_std)}
+            if args.normalize_obs
+            else {}
         )
+        save_checkpoint(run.checkpoint_path, training_state(step, parts, np_rng, run, **normalizer))
 
     evaluator = Evaluator(
         env_id,
