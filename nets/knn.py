@@ -55,9 +55,9 @@ class NearestNeighbors:
         if backend == "auto":
             backend = "brute" if points.device.type == "cuda" else "adaptive"
         if backend in ("kdtree", "adaptive") and points.device.type != "cpu":
-            raise ValueError(
-                f"backend '{backend}' runs on the CPU; the points are on {points.device}"
-            )
+            # A CPU index for device points, as the original PRDC: queries cross to the host and back.
+            points = points.cpu()
+            self.device = points.device
         self.backend: str = backend
         self.workers, self.kdtree_eps = workers, kdtree_eps
         self.num_points, self.dim = points.shape
