@@ -137,16 +137,19 @@ def td3_bc_update(
     obs, actions, rewards, next_obs, dones = batch
     scale = actor.action_scale
     with torch.no_grad():
-        noise = (torch.randn_like(actions) * args.policy_noise).clamp(
-            -args.noise_clip, args.noise_clip
-        ) * scale
+        noise = (
+            torch.randn_like(actions)
+            .mul_(args.policy_noise)
+            .clamp_(-args.noise_clip, args.noise_clip)
+        )
         low, high = actor.action_bias - scale, actor.action_bias + scale
-        next_actions = torch.max(torch.min(actor_target(next_obs) + noise, high), low)
+        next_actions = torch.clamp(actor_target(next_obs).addcmul_(noise, scale), low, high)
         target_q = critic_target(next_obs, next_actions).min(dim=0).values
-        target = rewards + args.discount * (1.0 - dones) * target_q
+        target = torch.addcmul(rewards, 1.0 - dones, target_q, value=args.discount)
 
     q = critic(obs, actions)  # (2, B)
-    critic_loss = ((q - target) ** 2).mean(dim=1).sum()
+    # Sum over the two critics of each one's mean squared TD error.
+    critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
     critic_opt.zero_grad(set_to_none=True)
     critic_loss.backward()
     critic_opt.step()

@@ -28,7 +28,8 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(width, h))
             if layer_norm:
                 layers.append(nn.LayerNorm(h))
-            layers.append(activation())
+            # In place where possible: the pre-activation is not needed for the backward pass.
+            layers.append(activation(inplace=True) if activation is nn.ReLU else activation())
             width = h
         layers.append(nn.Linear(width, out_dim))
         if output_activation is not None:
@@ -103,7 +104,7 @@ class CriticEnsemble(nn.Module):
             layers.append(EnsembleLinear(width, h, num_critics))
             if layer_norm:
                 layers.append(EnsembleLayerNorm(h, num_critics))
-            layers.append(activation())
+            layers.append(activation(inplace=True) if activation is nn.ReLU else activation())
             width = h
         layers.append(EnsembleLinear(width, 1, num_critics))
         self.net = nn.Sequential(*layers)
