@@ -55,7 +55,6 @@ from ocrl.data import (
     cli,
     friendly_errors,
     load_checkpoint,
-    load_dataset,
     pick_device,
     restore_training_state,
     resume_args,
@@ -63,7 +62,7 @@ from ocrl.data import (
     seed_everything,
     training_state,
 )
-from ocrl.envs import Evaluator, check_dataset_fits, make_env
+from ocrl.envs import Evaluator, load_offline
 from ocrl.nets import CriticEnsemble, DeterministicActor, NearestNeighbors, polyak_update
 
 _DOMAIN = {
@@ -284,36 +283,17 @@ def main(args: Args) -> dict:
         print(
             f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'"
         )
-    dataset = load_dataset(args.dataset)
-    env_id = args.env_id or dataset.env_id
-    if env_id is None:
-        raise SystemExit(
-            f"error: dataset '{args.dataset}' names no evaluation environment; pass --env-id"
-        )
-    probe_env = make_env(env_id)
-    check_dataset_fits(dataset, probe_env)
-    action_low, action_high = probe_env.action_space.low, probe_env.action_space.high
-    probe_env.close()
-
-    data = dataset.transitions(truncated_last=args.truncated_last)
-    obs_mean, obs_std = dataset.obs_mean_std() if args.normalize_obs else (None, None)
-    if args.normalize_obs:
-        # In place: the transition arrays are already private copies, a second copy would double memory.
-        for arr in (data.observations, data.next_observations):
-            arr -= obs_mean
-            arr /= obs_std
+    offline = load_offline(
+        args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
+        truncated_last=args.truncated_last,
+    )  # fmt: skip
+    dataset, env_id, buffer = offline.dataset, offline.env_id, offline.buffer
+    obs_mean, obs_std = offline.obs_mean, offline.obs_std
+    action_low, action_high = offline.action_low, offline.action_high
     if args.reward_scale != 1.0 or args.reward_shift != 0.0:
-        shaped = data.next_observations if args.antmaze_shaping_bug else data.rewards
+        shaped = buffer.next_observations if args.antmaze_shaping_bug else buffer.rewards
         shaped *= args.reward_scale
         shaped += args.reward_shift
-    buffer = ReplayBuffer.from_arrays(
-        data.observations,
-        data.actions,
-        data.rewards,
-        data.next_observations,
-        data.terminals,
-        device=device,
-    )
     # The search space [beta * s, a] over every transition of the dataset, built once.
     points = torch.cat([args.beta * buffer.observations, buffer.actions], dim=1)
     index = NearestNeighbors(points, args.nn_backend, kdtree_eps=args.kdtree_eps)

@@ -30,13 +30,11 @@ from tqdm import tqdm
 
 from ocrl.data import (
     Batch,
-    ReplayBuffer,
     Run,
     check_finite,
     cli,
     friendly_errors,
     load_checkpoint,
-    load_dataset,
     pick_device,
     restore_training_state,
     resume_args,
@@ -44,7 +42,7 @@ from ocrl.data import (
     seed_everything,
     training_state,
 )
-from ocrl.envs import Evaluator, check_dataset_fits, make_env
+from ocrl.envs import Evaluator, load_offline
 from ocrl.nets import CriticEnsemble, DeterministicActor, polyak_update
 
 _LOCOMOTION = [
@@ -183,35 +181,16 @@ def main(args: Args) -> dict:
         print(
             f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'"
         )
-    dataset = load_dataset(args.dataset)
-    env_id = args.env_id or dataset.env_id
-    if env_id is None:
-        raise SystemExit(
-            f"error: dataset '{args.dataset}' names no evaluation environment; pass --env-id"
-        )
-    probe_env = make_env(env_id)
-    check_dataset_fits(dataset, probe_env)
-    action_low, action_high = probe_env.action_space.low, probe_env.action_space.high
-    probe_env.close()
-
-    data = dataset.transitions(truncated_last=args.truncated_last)
-    obs_mean, obs_std = dataset.obs_mean_std() if args.normalize_obs else (None, None)
-    if args.normalize_obs:
-        # In place: the transition arrays are already private copies, a second copy would double memory.
-        for arr in (data.observations, data.next_observations):
-            arr -= obs_mean
-            arr /= obs_std
+    offline = load_offline(
+        args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
+        truncated_last=args.truncated_last,
+    )  # fmt: skip
+    dataset, env_id, buffer = offline.dataset, offline.env_id, offline.buffer
+    obs_mean, obs_std = offline.obs_mean, offline.obs_std
+    action_low, action_high = offline.action_low, offline.action_high
     if args.normalize_reward:
         returns = dataset.episode_returns()
-        data.rewards *= 1000.0 / (returns.max() - returns.min())
-    buffer = ReplayBuffer.from_arrays(
-        data.observations,
-        data.actions,
-        data.rewards,
-        data.next_observations,
-        data.terminals,
-        device=device,
-    )
+        buffer.rewards *= 1000.0 / (returns.max() - returns.min())
 
     actor = DeterministicActor(
         dataset.obs_dim, dataset.act_dim, args.hidden, action_low, action_high

@@ -8,11 +8,14 @@ from ocrl.envs.evaluation import (
     normalized_score,
     reference_scores,
 )
+from ocrl.envs.offline import OfflineData, load_offline
 
 __all__ = [
     "Evaluator",
+    "OfflineData",
     "check_dataset_fits",
     "episode_seeds",
+    "load_offline",
     "make_env",
     "normalized_score",
     "reference_scores",
