@@ -1,4 +1,4 @@
-"""Torch modules shared by the algorithms: MLPs, batched critic ensembles, actors and exact k-NN search."""
+"""Torch modules shared by the algorithms: MLPs, batched critic ensembles, actors, exact k-NN search and a conditional VAE."""
 
 from ocrl.nets.core import (
     MLP,
@@ -9,9 +9,11 @@ from ocrl.nets.core import (
     polyak_update,
 )
 from ocrl.nets.knn import NearestNeighbors
+from ocrl.nets.vae import ConditionalVAE
 
 __all__ = [
     "MLP",
+    "ConditionalVAE",
     "CriticEnsemble",
     "DeterministicActor",
     "EnsembleLinear",

@@ -1,0 +1,187 @@
+"""A2PR: target selection and BC weights on hand-made batches, the conditional VAE, smoke run, resume, learning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ocrl.algos import a2pr
+from ocrl.data import load_checkpoint
+from ocrl.envs import Evaluator
+from ocrl.nets import ConditionalVAE
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"actor_hidden": (32, 32), "critic_hidden": (32, 32), "vae_hidden": (32, 32)}
+
+
+def scalars(run_dir: str, tag: str) -> list[float]:
+    acc = EventAccumulator(run_dir)
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)]
+
+
+def tags(run_dir: str) -> set[str]:
+    acc = EventAccumulator(run_dir)
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+# Five samples: VAE better, dataset better, a tie, both negative, both positive.
+ADV_DATA = torch.tensor([-1.0, 2.0, 0.5, -3.0, 1.0])
+ADV_VAE = torch.tensor([1.0, -1.0, 0.5, -2.0, 3.0])
+
+
+def test_select_target_picks_higher_advantage_ties_to_vae():
+    data = torch.arange(10.0).reshape(5, 2)
+    vae = -data - 100.0
+    target, use_vae = a2pr.select_target(ADV_DATA, ADV_VAE, data, vae)
+    assert use_vae.tolist() == [True, False, True, True, True]
+    expected = torch.stack([vae[0], data[1], vae[2], vae[3], vae[4]])
+    torch.testing.assert_close(target, expected, rtol=0, atol=0)
+
+
+def test_select_target_keeps_the_vae_actions_graph():
+    vae = torch.zeros(5, 2, requires_grad=True)
+    data = torch.ones(5, 2)
+    target, _ = a2pr.select_target(ADV_DATA, ADV_VAE, data, vae)
+    target.sum().backward()
+    # Gradient reaches a~ exactly where it is the target (rows 0, 2, 3, 4), not where a is.
+    assert vae.grad[:, 0].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_bc_weights_and_tie_rules():
+    w = a2pr.bc_weights(ADV_DATA, ADV_VAE, mask=0.4)
+    # 1[A(s,a~) >= 0] + 1[A(s,a) > 0]: (1+0), (0+1), (1+1), (0+0), (1+1)
+    torch.testing.assert_close(w, torch.tensor([0.4, 0.4, 0.8, 0.0, 0.8]))
+    # Q1(s,a) = V(s) and Q1(s,a~) = V(s): the dataset action does not count (>), the VAE action does (>=).
+    zero = torch.zeros(3)
+    torch.testing.assert_close(a2pr.bc_weights(zero, zero, mask=1.5), torch.full((3,), 1.5))
+    assert a2pr.positive_advantage(zero).tolist() == [0.0, 0.0, 0.0]
+    # A threshold eps_A moves both indicators, with the same tie rules.
+    w = a2pr.bc_weights(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.5]), mask=1.0, threshold=1.0)
+    torch.testing.assert_close(w, torch.tensor([1.0, 1.0]))
+    assert a2pr.positive_advantage(torch.tensor([1.0, 1.5]), 1.0).tolist() == [0.0, 1.0]
+
+
+def test_vae_shapes_bounds_and_gradients():
+    torch.manual_seed(0)
+    vae = ConditionalVAE(5, 3, hidden=(16, 16), action_low=-2.0, action_high=[1.0, 2.0, 3.0])
+    assert vae.latent_dim == 6  # 2 |A|
+    obs, act = torch.randn(7, 5), torch.rand(7, 3)
+    recon, mean, std = vae(obs, act)
+    assert recon.shape == (7, 3) and mean.shape == std.shape == (7, 6)
+    assert bool((std >= torch.exp(torch.tensor(-4.0)) - 1e-7).all())
+    prior = vae.decode(torch.randn(1000, 5) * 10)
+    assert bool((prior >= -2.0).all() and (prior <= torch.tensor([1.0, 2.0, 3.0])).all())
+    assert vae.decode(obs, torch.zeros(7, 6)).shape == (7, 3)
+    loss = recon.square().sum() + mean.sum() + std.sum()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.parameters())
+
+
+def test_vae_loss_decreases_on_toy_problem():
+    torch.manual_seed(0)
+    obs = torch.randn(512, 4)
+    act = torch.tanh(obs @ torch.randn(4, 2))  # a deterministic function of the state
+    vae = ConditionalVAE(4, 2, hidden=(64, 64))
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        recon, mean, std = vae(obs, act)
+        kl = -0.5 * (1.0 + torch.log(std.square()) - mean.square() - std.square()).mean()
+        return (recon - act).square().mean(), kl
+
+    with torch.no_grad():
+        first = losses()[0].item()
+    for _ in range(300):
+        recon_loss, kl = losses()
+        opt.zero_grad()
+        (recon_loss + 0.5 * kl).backward()
+        opt.step()
+    assert recon_loss.item() < 0.2 * first
+    with torch.no_grad():  # decoding from the prior also fits the data
+        assert (vae.decode(obs) - act).square().mean().item() < 0.3 * first
+
+
+def test_a2pr_smoke_logs_statistics(hopper_random_file, tmp_path):
+    args = a2pr.Args(
+        dataset=hopper_random_file, total_steps=100, eval_every=100, eval_episodes=2, log_every=50,
+        run_dir=str(tmp_path / "run"), progress=False,
+    )  # fmt: skip
+    metrics = a2pr.main(args)
+    assert metrics["steps"] == 100 and metrics["normalized_score"] is not None
+    logged = tags(str(tmp_path / "run"))
+    assert {
+        "eval/normalized_score", "losses/critic_loss", "losses/actor_loss", "losses/value_loss",
+        "losses/vae_loss", "losses/bc_loss", "losses/lmbda", "charts/updates_per_s",
+        "a2pr/vae_target_fraction", "a2pr/positive_adv_fraction", "a2pr/weight_zero_fraction",
+        "a2pr/v_mean", "a2pr/q_data_mean", "a2pr/v_target_mean", "a2pr/vae_recon_loss",
+        "a2pr/vae_kl", "a2pr/vae_policy_distance", "a2pr/q_pi_abs_mean",
+    } <= logged  # fmt: skip
+    run = str(tmp_path / "run")
+    for tag in ("a2pr/vae_target_fraction", "a2pr/positive_adv_fraction"):
+        values = scalars(run, tag)
+        assert len(values) == 2 and all(0.0 <= f <= 1.0 for f in values), (tag, values)
+    # lambda * mean|Q1(s, pi)| = alpha
+    lam, qabs = scalars(run, "losses/lmbda")[-1], scalars(run, "a2pr/q_pi_abs_mean")[-1]
+    assert lam * qabs == pytest.approx(2.5, rel=0.2)  # lambda is the last step's, |Q| a mean
+
+
+def test_a2pr_variants_run(hopper_random_file, tmp_path):
+    args = a2pr.Args(
+        dataset=hopper_random_file, total_steps=10, eval_every=10, eval_episodes=1, log_every=10,
+        value_loss="expectile", value_timing="fresh", detach_vae_target=True, adv_threshold=0.1,
+        run_dir=str(tmp_path), progress=False, **SMALL,
+    )  # fmt: skip
+    assert a2pr.main(args)["steps"] == 10
+
+
+def test_a2pr_resume_matches_uninterrupted_run(hopper_random_file, tmp_path, monkeypatch):
+    base = a2pr.Args(
+        dataset=hopper_random_file, total_steps=120, eval_every=60, eval_episodes=1, log_every=30,
+        save_model=True, progress=False, seed=3, **SMALL,
+    )  # fmt: skip
+    straight = a2pr.main(replace(base, run_dir=str(tmp_path / "straight")))
+    calls = {"n": 0}
+    real_call = Evaluator.__call__
+
+    def interrupting(self, policy):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_call(self, policy)
+
+    monkeypatch.setattr(Evaluator, "__call__", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        a2pr.main(replace(base, run_dir=str(tmp_path / "interrupted")))
+    monkeypatch.setattr(Evaluator, "__call__", real_call)
+    assert load_checkpoint(tmp_path / "interrupted")["step"] == 60
+    resumed = a2pr.main(
+        replace(a2pr.Args(), resume=str(tmp_path / "interrupted"), total_steps=120, progress=False)
+    )
+    assert resumed["resumed_from"] == 60 and resumed["steps"] == 120
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "interrupted")
+    for key in ("actor", "critic", "critic_target", "value", "vae"):
+        for name, tensor in a[key].items():
+            torch.testing.assert_close(b[key][name], tensor, rtol=0, atol=0, msg=f"{key}.{name}")
+    assert resumed["return"] == pytest.approx(straight["return"])
+
+
+def test_a2pr_presets_in_help():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "algos" / "a2pr.py"), "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0
+    for text in ("hopper-medium-v2", "halfcheetah-medium-expert-v2", "--adv-threshold", "--mask"):
+        assert text in proc.stdout, text
+    assert a2pr.PRESETS["hopper-medium-v2"] == {
+        "alpha": 2.5, "vae_weight": 1.0, "mask": 0.4, "discount": 0.995,
+    }  # fmt: skip
+    assert a2pr.PRESETS["halfcheetah-medium-v2"]["alpha"] == 40.0
