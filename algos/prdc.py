@@ -400,9 +400,9 @@ def main(args: Args) -> dict:
                 checkpoint()
         pbar.update(1)
     pbar.close()
-    evaluator.close()
     if not run.last_eval:
         evaluate()
+    evaluator.close()
     return run.finish(
         step,
         {

@@ -308,9 +308,9 @@ def main(args: Args) -> dict:
         pbar.update(step - prev_step)
     pbar.close()
     envs.close()
-    evaluator.close()
     if not run.last_eval:
         evaluate()
+    evaluator.close()
     return run.finish(step, {"resumed_from": resumed_from, "env_id": args.env_id})
 
 
