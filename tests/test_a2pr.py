@@ -12,9 +12,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ocrl.algos import a2pr
-from ocrl.data import load_checkpoint
+from ocrl.data import Batch, load_checkpoint
 from ocrl.envs import Evaluator
-from ocrl.nets import ConditionalVAE
+from ocrl.nets import MLP, ConditionalVAE, CriticEnsemble, DeterministicActor
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"actor_hidden": (32, 32), "critic_hidden": (32, 32), "vae_hidden": (32, 32)}
@@ -107,6 +107,39 @@ def test_vae_loss_decreases_on_toy_problem():
     assert recon_loss.item() < 0.2 * first
     with torch.no_grad():  # decoding from the prior also fits the data
         assert (vae.decode(obs) - act).square().mean().item() < 0.3 * first
+
+
+def test_a2pr_update_moves_the_actor_only_on_actor_iterations():
+    torch.manual_seed(0)
+    obs_dim, act_dim, b = 3, 2, 16
+    actor = DeterministicActor(obs_dim, act_dim, (8,))
+    critic = CriticEnsemble(obs_dim, act_dim, (8,))
+    value, vae = MLP(obs_dim, 1, (8,)), ConditionalVAE(obs_dim, act_dim, hidden=(8, 8))
+    actor_t, critic_t = (
+        DeterministicActor(obs_dim, act_dim, (8,)),
+        CriticEnsemble(obs_dim, act_dim, (8,)),
+    )
+    actor_t.load_state_dict(actor.state_dict())
+    critic_t.load_state_dict(critic.state_dict())
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (actor, critic, value, vae)]
+    batch = Batch(
+        torch.randn(b, obs_dim), torch.rand(b, act_dim) * 2 - 1, torch.randn(b),
+        torch.randn(b, obs_dim), torch.zeros(b),
+    )  # fmt: skip
+    args = a2pr.Args()
+    before = [p.detach().clone() for p in actor.parameters()]
+    metrics = a2pr.a2pr_update(
+        batch, actor, actor_t, critic, critic_t, value, vae, *opts, args, False
+    )
+    assert "actor_loss" not in metrics and "a2pr/vae_target_fraction" not in metrics
+    assert all(torch.equal(p, q) for p, q in zip(actor.parameters(), before, strict=True))
+    metrics = a2pr.a2pr_update(
+        batch, actor, actor_t, critic, critic_t, value, vae, *opts, args, True
+    )
+    assert all(isinstance(v, torch.Tensor) and bool(torch.isfinite(v)) for v in metrics.values())
+    assert not all(torch.equal(p, q) for p, q in zip(actor.parameters(), before, strict=True))
+    w_double = float(metrics["a2pr/weight_double_fraction"])
+    assert 0.0 <= w_double + float(metrics["a2pr/weight_zero_fraction"]) <= 1.0
 
 
 def test_a2pr_smoke_logs_statistics(hopper_random_file, tmp_path):
