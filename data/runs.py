@@ -284,6 +284,15 @@ class Run:
         metrics.update(extra or {})
         atomic_write_text(self.dir / METRICS_FILE, json.dumps(metrics, indent=2))
         self.writer.close()
+        shown = (
+            f"normalized score {score:.1f} (best {self.best_score:.1f}), "
+            if score is not None
+            else ""
+        )
+        print(
+            f"finished {steps} steps in {metrics['wall_time_s']:.0f}s: {shown}return {metrics['return']:.1f}; "
+            f"logs and metrics.json in {self.dir} (tensorboard --logdir {self.dir})"
+        )
         return metrics
 
     def close(self) -> None:
