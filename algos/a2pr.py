@@ -37,7 +37,7 @@ Cost: about 9x TD3+BC's wall-clock per update on a 2-core CPU (measured, same pr
 Evaluation follows ocrl's shared protocol (10 episodes every 5,000 updates, as the original's schedule; episode
 seeds from --seed, where the original seeds its env with seed + 100 and defaults to seed 1024).
 
-    python algos/a2pr.py --total-steps 20000            # shipped hopper data, CPU-minutes
+    python algos/a2pr.py --total-steps 20000            # shipped hopper data, ~30 min on a 2-core CPU
     python algos/a2pr.py --dataset hopper-medium-v2 --preset hopper-medium-v2
 """
 
