@@ -66,7 +66,7 @@ from ocrl.data import (
     seed_everything,
     training_state,
 )
-from ocrl.envs import Evaluator, load_offline
+from ocrl.envs import load_offline
 from ocrl.nets import MLP, ConditionalVAE, CriticEnsemble, DeterministicActor, polyak_update
 
 
@@ -379,30 +379,11 @@ def main(args: Args) -> dict:
         )
         save_checkpoint(run.checkpoint_path, training_state(step, parts, np_rng, run, **normalizer))
 
-    evaluator = Evaluator(
-        env_id,
-        args.eval_episodes,
-        args.seed,
-        obs_mean,
-        obs_std,
-        dataset.ref_min_score,
-        dataset.ref_max_score,
-        device,
-    )
+    evaluator = offline.evaluator(args.eval_episodes, args.seed, device)
     update = torch.compile(a2pr_update) if args.compile else a2pr_update
 
     def evaluate() -> None:
-        actor.eval()
-        result = evaluator(actor.act)
-        actor.train()
-        run.log_eval(step, result)
-        if pbar is not None:
-            shown = (
-                result["normalized_score"]
-                if result["normalized_score"] is not None
-                else result["return"]
-            )
-            pbar.set_postfix(score=f"{shown:.1f}")
+        pbar.set_postfix_str(run.log_eval(step, evaluator(actor.act)))
 
     pbar = tqdm(
         total=args.total_steps,

@@ -226,8 +226,7 @@ def main(args: Args) -> dict:
 
     def evaluate() -> None:
         result = evaluator(actor.act)
-        run.log_eval(step, result)
-        pbar.set_postfix(ret=f"{result['return']:.1f}")
+        pbar.set_postfix_str(run.log_eval(step, result))
         if args.save_snapshots:
             snapshot_dir.mkdir(exist_ok=True)
             save_checkpoint(

@@ -245,14 +245,17 @@ class Run:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, float(value), step)
 
-    def log_eval(self, step: int, result: Mapping[str, float | None]) -> None:
-        """Log an evaluation (`return`, `normalized_score`, ...) as eval/* and track the best."""
+    def log_eval(self, step: int, result: Mapping[str, float | None]) -> str:
+        """Log an evaluation (`return`, `normalized_score`, ...) as eval/* and track the best; return a short summary."""
         self.last_eval = dict(result)
         self.log(step, {f"eval/{k}": v for k, v in result.items() if v is not None})
         score = result.get("normalized_score")
         if score is not None:
             self.best_score = max(self.best_score, float(score))
         self.best_return = max(self.best_return, float(result["return"]))
+        if score is not None:
+            return f"score={float(score):.1f}"
+        return f"return={float(result['return']):.1f}"
 
     def state_dict(self) -> dict:
         return {

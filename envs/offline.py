@@ -10,7 +10,7 @@ import torch
 
 from ocrl.data import OfflineDataset, ReplayBuffer, load_dataset
 from ocrl.data.offline import DatasetError
-from ocrl.envs.evaluation import check_dataset_fits, make_env
+from ocrl.envs.evaluation import Evaluator, check_dataset_fits, make_env
 
 
 @dataclass
@@ -24,6 +24,15 @@ class OfflineData:
     obs_std: np.ndarray | None
     action_low: np.ndarray
     action_high: np.ndarray
+
+    def evaluator(
+        self, num_episodes: int, seed: int, device: str | torch.device = "cpu"
+    ) -> Evaluator:
+        """An Evaluator on this data's env, with its observation normalisation and reference scores."""
+        return Evaluator(
+            self.env_id, num_episodes, seed, self.obs_mean, self.obs_std,
+            self.dataset.ref_min_score, self.dataset.ref_max_score, device,
+        )  # fmt: skip
 
 
 def load_offline(
