@@ -1,4 +1,4 @@
-"""Environment construction, dataset/environment checks and batched evaluation with normalised scores."""
+"""Environment construction, dataset/environment checks, batched evaluation, and the inventory problems."""
 
 from ocrl.envs.evaluation import (
     Evaluator,
@@ -8,14 +8,19 @@ from ocrl.envs.evaluation import (
     normalized_score,
     reference_scores,
 )
+from ocrl.envs.inventory import InventoryEnv, InventoryProblem, InventorySimulator, make_problem
 from ocrl.envs.offline import OfflineData, load_offline
 
 __all__ = [
     "Evaluator",
+    "InventoryEnv",
+    "InventoryProblem",
+    "InventorySimulator",
     "OfflineData",
     "check_dataset_fits",
     "episode_seeds",
     "load_offline",
+    "make_problem",
     "make_env",
     "normalized_score",
     "reference_scores",

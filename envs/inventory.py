@@ -1,0 +1,501 @@
+"""Inventory control problems (HDPO's benchmarks): a batched, differentiable PyTorch simulator and Gymnasium envs.
+
+A problem is a set of stores, optionally fed by a chain of upstream locations (a warehouse, then echelons), all
+ordering from the location above them and the top one from an unlimited supplier. Every location keeps a vector
+of K slots: slot 0 is on-hand (this period's arrivals included), slot k >= 1 what arrives in k periods. Per
+period t, with orders a_t placed after observing the state (the dynamics of the reference, `environment.py`):
+
+    store j:     y = x_j - D_tj,  cost p_j relu(-y) + h_j relu(y);  lost sales: y = relu(y)
+    upstream u:  z = x_u - (orders of the locations it ships to),  cost h_u relu(z)
+    every location: next on-hand = y (or z) + slot 1, the pipeline shifts one slot, and the location's own
+                    order joins slot L - 1 (so an order placed at t is on hand at t + L).
+
+Nothing here keeps upstream on-hand from going negative: feasibility is the policy's job (the reference does
+the same), `check_feasibility=True` raises on a violation and `feasible_orders` scales store orders down.
+Demand traces and initial inventories are sampled ahead of time from seeded generators (a `Scenario`);
+`chunks` yields a long test scenario in pieces so that memory stays bounded.
+
+Settings (`make_problem`): one_store_lost (Poisson(5)), one_store_backlogged (Normal(5, 1.6) clipped at 0),
+serial (store <- warehouse <- 2 echelons, Normal(5, 2) clipped, backlog) and one_warehouse (S stores with
+sampled costs and lead times, correlated Normal demand clipped at 0, lost sales). `LOST_SALES_OPTIMA` and
+`backlog_optimum` are the known optima the tests and the gap table use. The Gymnasium ids `ocrl/OneStoreLost-v0`,
+`ocrl/OneStoreBacklogged-v0`, `ocrl/SerialSystem-v0` and `ocrl/OneWarehouseLost-v0` wrap the same dynamics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Literal, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import norm
+
+# (A) of the reference: DP optimum of one store, lost sales, Poisson(5), h = 1 (Zipkin 2008), {(p, L): cost}.
+# Published with two decimals, so a gap computed against them carries about +-0.1% of rounding.
+LOST_SALES_OPTIMA: dict[tuple[float, int], float] = {
+    (4.0, 1): 4.04, (4.0, 2): 4.40, (4.0, 3): 4.60, (4.0, 4): 4.73,
+    (9.0, 1): 5.44, (9.0, 2): 6.09, (9.0, 3): 6.53, (9.0, 4): 6.84,
+    (19.0, 1): 6.68, (19.0, 2): 7.66, (19.0, 3): 8.36, (19.0, 4): 8.89,
+    (39.0, 1): 7.84, (39.0, 2): 9.11, (39.0, 3): 10.04, (39.0, 4): 10.79,
+}  # fmt: skip
+BACKLOG_LEAD_TIMES = (1, 4, 7, 10, 15, 20)
+UNDERAGE_COSTS = (4.0, 9.0, 19.0, 39.0)
+
+
+def backlog_optimum(
+    p: float, lead_time: int, h: float = 1.0, mean: float = 5.0, std: float = 1.6
+) -> tuple[float, float]:
+    """(S*, cost) of the optimal base-stock policy for one backlogged store with Normal demand (clipping ignored)."""
+    spread = std * math.sqrt(lead_time + 1)
+    z = norm.ppf(p / (p + h))
+    return mean * (lead_time + 1) + spread * z, (p + h) * spread * norm.pdf(z)
+
+
+def optimum(problem: InventoryProblem) -> float | None:
+    """The known optimal cost per period per store of a one-store problem, None where none is known."""
+    if problem.n_stores != 1 or problem.n_upstream or problem.store_holding != (1.0,):
+        return None
+    p, lead_time = problem.store_underage[0], problem.store_lead_times[0]
+    demand = problem.demand
+    if problem.lost_sales and demand.kind == "poisson" and demand.mean == (5.0,):
+        return LOST_SALES_OPTIMA.get((p, lead_time))
+    if not problem.lost_sales and demand.kind == "normal":
+        return backlog_optimum(p, lead_time, mean=demand.mean[0], std=demand.std[0])[1]
+    return None
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Demand per store and period: Poisson(mean), Normal(mean, std) or a correlated multivariate Normal."""
+
+    kind: Literal["poisson", "normal", "mvnormal"]
+    mean: tuple[float, ...]
+    std: tuple[float, ...] = ()
+    correlation: float = 0.0
+    clip: bool = True
+
+    def validate(self, n_stores: int) -> None:
+        """Raise ValueError naming the bad field."""
+        if self.kind not in ("poisson", "normal", "mvnormal"):
+            raise ValueError(f"demand kind '{self.kind}' is not one of poisson, normal, mvnormal")
+        if len(self.mean) != n_stores or any(m <= 0 for m in self.mean):
+            raise ValueError(
+                f"demand mean {self.mean} needs {n_stores} positive values (one per store)"
+            )
+        if self.kind != "poisson" and (len(self.std) != n_stores or any(s < 0 for s in self.std)):
+            raise ValueError(
+                f"demand std {self.std} needs {n_stores} non-negative values (one per store)"
+            )
+        if not -1.0 / max(1, n_stores - 1) <= self.correlation < 1.0:
+            raise ValueError(
+                f"demand correlation {self.correlation} makes the covariance matrix of {n_stores} stores "
+                "not positive definite; use a value in [-1/(S-1), 1)"
+            )
+
+    def sample(self, n_paths: int, periods: int, generator: torch.Generator) -> torch.Tensor:
+        """(n_paths, stores, periods) float32 demand on the CPU, from ``generator``."""
+        mean = torch.tensor(self.mean, dtype=torch.float64)
+        shape = (n_paths, periods, len(self.mean))
+        if self.kind == "poisson":
+            out = torch.poisson(mean.expand(shape).contiguous(), generator=generator)
+        else:
+            std = torch.tensor(self.std, dtype=torch.float64)
+            noise = torch.randn(shape, generator=generator, dtype=torch.float64)
+            if self.kind == "mvnormal" and len(self.mean) > 1:
+                corr = torch.full((len(std), len(std)), self.correlation, dtype=torch.float64)
+                corr.fill_diagonal_(1.0)
+                noise = noise @ torch.linalg.cholesky(corr).T
+            out = mean + std * noise
+            if self.clip:
+                out = out.clamp(min=0.0)
+        return out.transpose(1, 2).to(torch.float32).contiguous()
+
+
+@dataclass(frozen=True)
+class InventoryProblem:
+    """One instance: stores, the upstream chain (downstream first: warehouse, then echelons) and the demand."""
+
+    name: str
+    store_lead_times: tuple[int, ...]
+    store_holding: tuple[float, ...]
+    store_underage: tuple[float, ...]
+    lost_sales: bool
+    demand: Demand
+    upstream_lead_times: tuple[int, ...] = ()
+    upstream_holding: tuple[float, ...] = ()
+    inventory_periods: int = 4
+    """minimum number of slots per location (the reference's K = max(inventory_periods, L))"""
+    order_bound_factor: float = 4.0
+    """the top location's order is at most this times the total mean demand (policies' output bound)"""
+    seed_offset: int = 0
+    """added to the demand seed (the reference shifts one-store seeds by L + 10 p)"""
+
+    @property
+    def n_stores(self) -> int:
+        return len(self.store_lead_times)
+
+    @property
+    def n_upstream(self) -> int:
+        return len(self.upstream_lead_times)
+
+    @property
+    def store_slots(self) -> int:
+        return max(self.inventory_periods, *self.store_lead_times)
+
+    @property
+    def upstream_slots(self) -> int:
+        return max(self.inventory_periods, *self.upstream_lead_times) if self.n_upstream else 0
+
+    @property
+    def obs_dim(self) -> int:
+        return self.n_stores * self.store_slots + self.n_upstream * self.upstream_slots
+
+    @property
+    def order_bound(self) -> float:
+        return self.order_bound_factor * sum(self.demand.mean)
+
+    def validate(self) -> InventoryProblem:
+        """Raise ValueError naming the bad parameter; return self."""
+        s = self.n_stores
+        if s < 1:
+            raise ValueError(f"{self.name}: at least one store is needed")
+        for label, values in [
+            ("store_holding", self.store_holding),
+            ("store_underage", self.store_underage),
+        ]:
+            if len(values) != s or any(v < 0 or not math.isfinite(v) for v in values):
+                raise ValueError(f"{self.name}: {label} {values} needs {s} finite values >= 0")
+        if any(int(lt) != lt or lt < 1 for lt in self.store_lead_times + self.upstream_lead_times):
+            raise ValueError(
+                f"{self.name}: lead times must be integers >= 1 (an order placed at t arrives at t + L), "
+                f"got stores {self.store_lead_times}, upstream {self.upstream_lead_times}"
+            )
+        if len(self.upstream_holding) != self.n_upstream or any(
+            h < 0 for h in self.upstream_holding
+        ):
+            raise ValueError(
+                f"{self.name}: upstream_holding {self.upstream_holding} needs one value >= 0 per upstream "
+                f"location ({self.n_upstream})"
+            )
+        if self.n_upstream and s > 1 and self.n_upstream > 1:
+            raise ValueError(
+                f"{self.name}: several stores under a chain of echelons is not supported"
+            )
+        if self.inventory_periods < 1:
+            raise ValueError(f"{self.name}: inventory_periods must be >= 1")
+        self.demand.validate(s)
+        return self
+
+
+def make_problem(
+    setting: str,
+    p: float = 9.0,
+    lead_time: int = 2,
+    n_stores: int = 3,
+    seed: int = 0,
+) -> InventoryProblem:
+    """The reference's benchmark settings: one_store_lost, one_store_backlogged, serial, one_warehouse."""
+    if p <= 0 or not math.isfinite(p):
+        raise ValueError(f"underage cost p must be a positive number, got {p}")
+    if int(lead_time) != lead_time or lead_time < 1:
+        raise ValueError(f"lead time must be an integer >= 1, got {lead_time}")
+    shift = int(
+        round(lead_time + 10 * p)
+    )  # the reference's "consistency with the manuscript" seed shift
+    if setting == "one_store_lost":
+        problem = InventoryProblem(
+            setting,
+            (lead_time,),
+            (1.0,),
+            (float(p),),
+            True,
+            Demand("poisson", (5.0,)),
+            seed_offset=shift,
+        )
+    elif setting == "one_store_backlogged":
+        demand = Demand("normal", (5.0,), (1.6,))
+        problem = InventoryProblem(
+            setting, (lead_time,), (1.0,), (float(p),), False, demand, seed_offset=shift
+        )
+    elif setting == "serial":
+        # store <- warehouse (h 0.5, L 3) <- echelon 1 (h 0.2, L 4) <- echelon 2 (h 0.1, L 2); the reference
+        # lists the echelons' h = [0.1, 0.2] and L = [2, 4] from the top, which is our reading.
+        problem = InventoryProblem(
+            setting,
+            (lead_time,),
+            (1.0,),
+            (float(p),),
+            False,
+            Demand("normal", (5.0,), (2.0,)),
+            upstream_lead_times=(3, 4, 2),
+            upstream_holding=(0.5, 0.2, 0.1),
+        )
+    elif setting == "one_warehouse":
+        if n_stores < 1:
+            raise ValueError(f"one_warehouse needs n_stores >= 1, got {n_stores}")
+        rng = np.random.default_rng(seed)  # the store primitives are part of the instance
+        mean = rng.uniform(2.5, 7.5, n_stores)
+        cv = rng.uniform(0.25, 0.5, n_stores)
+        problem = InventoryProblem(
+            f"{setting}_{n_stores}",
+            tuple(int(v) for v in rng.integers(2, 4, n_stores)),
+            tuple(float(v) for v in rng.uniform(0.7, 1.3, n_stores)),
+            tuple(float(v) for v in rng.uniform(6.3, 11.7, n_stores)),
+            True,
+            Demand("mvnormal", tuple(mean.tolist()), tuple((mean * cv).tolist()), 0.5),
+            upstream_lead_times=(3,),
+            upstream_holding=(0.3,),
+        )
+    else:
+        raise ValueError(
+            f"unknown inventory setting '{setting}'; choose one_store_lost, one_store_backlogged, serial "
+            "or one_warehouse"
+        )
+    return problem.validate()
+
+
+class InventoryState(NamedTuple):
+    """Inventories of a batch: stores (B, S, K) and upstream locations (B, U, Ku), slot 0 on-hand."""
+
+    stores: torch.Tensor
+    upstream: torch.Tensor
+
+    def observation(self) -> torch.Tensor:
+        """(B, obs_dim): every slot of every location, stores first."""
+        return torch.cat([self.stores.flatten(1), self.upstream.flatten(1)], dim=1)
+
+
+@dataclass
+class Scenario:
+    """Pre-sampled initial store inventories (N, S, K) and demand (N, S, T)."""
+
+    initial_stores: torch.Tensor
+    demand: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.demand.shape[0]
+
+    def subset(self, index: torch.Tensor | slice) -> Scenario:
+        """The paths at ``index``."""
+        return Scenario(self.initial_stores[index], self.demand[index])
+
+    def to(self, device: torch.device | str) -> Scenario:
+        return Scenario(self.initial_stores.to(device), self.demand.to(device))
+
+
+def sample_scenario(problem: InventoryProblem, n_paths: int, periods: int, seed: int) -> Scenario:
+    """``n_paths`` demand traces of ``periods`` periods and initial inventories, seeded (CPU, float32)."""
+    if n_paths < 1 or periods < 1:
+        raise ValueError(
+            f"a scenario needs n_paths >= 1 and periods >= 1, got {n_paths}, {periods}"
+        )
+    gen = torch.Generator().manual_seed(int(seed) + problem.seed_offset)
+    mean = torch.tensor(problem.demand.mean, dtype=torch.float32)
+    initial = mean[None, :, None] * torch.rand(
+        n_paths, problem.n_stores, problem.store_slots, generator=gen
+    )
+    return Scenario(initial, problem.demand.sample(n_paths, periods, gen))
+
+
+def scenario_chunks(
+    problem: InventoryProblem, n_paths: int, periods: int, seed: int, chunk: int
+) -> Iterator[Scenario]:
+    """A long scenario in pieces of ``chunk`` paths, each with its own seed derived from ``seed``."""
+    for i, start in enumerate(range(0, n_paths, chunk)):
+        yield sample_scenario(problem, min(chunk, n_paths - start), periods, seed * 1_000_003 + i)
+
+
+@dataclass
+class InventorySimulator:
+    """Differentiable dynamics of one problem on one device (``step`` is pure: gradients flow through it)."""
+
+    problem: InventoryProblem
+    device: torch.device | str = "cpu"
+    check_feasibility: bool = False
+    _consts: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        pb = self.problem.validate()
+        self.device = torch.device(self.device)
+        f32 = {"dtype": torch.float32, "device": self.device}
+        self.holding = torch.tensor(pb.store_holding, **f32)
+        self.underage = torch.tensor(pb.store_underage, **f32)
+        self.store_arrival = F.one_hot(torch.tensor(pb.store_lead_times) - 1, pb.store_slots).to(
+            **f32
+        )  # (S, K): where an order joins the pipeline
+        self.upstream_holding = torch.tensor(pb.upstream_holding, **f32)
+        self.upstream_arrival = (
+            F.one_hot(torch.tensor(pb.upstream_lead_times) - 1, pb.upstream_slots).to(**f32)
+            if pb.n_upstream
+            else torch.zeros(0, 0, **f32)
+        )
+
+    def initial_state(self, scenario: Scenario) -> InventoryState:
+        """Stores from the scenario, upstream locations empty (as the reference)."""
+        stores = scenario.initial_stores.to(self.device)
+        upstream = torch.zeros(
+            len(scenario), self.problem.n_upstream, self.problem.upstream_slots, device=self.device
+        )
+        return InventoryState(stores, upstream)
+
+    def step(
+        self,
+        state: InventoryState,
+        demand: torch.Tensor,
+        store_orders: torch.Tensor,
+        upstream_orders: torch.Tensor | None = None,
+    ) -> tuple[InventoryState, torch.Tensor]:
+        """One period: (next state, cost (B,) summed over locations). demand and store_orders are (B, S)."""
+        y = state.stores[..., 0] - demand
+        cost = (self.underage * F.relu(-y) + self.holding * F.relu(y)).sum(-1)
+        if self.problem.lost_sales:
+            y = F.relu(y)
+        stores = _advance(state.stores, y, store_orders, self.store_arrival)
+        upstream = state.upstream
+        if self.problem.n_upstream:
+            if upstream_orders is None:
+                raise ValueError(
+                    f"{self.problem.name}: upstream orders are needed (one per upstream location)"
+                )
+            shipped = torch.cat(
+                [store_orders.sum(-1, keepdim=True), upstream_orders[:, :-1]], dim=1
+            )
+            z = upstream[..., 0] - shipped
+            if self.check_feasibility and bool((z < -1e-4).any()):
+                raise ValueError(
+                    f"{self.problem.name}: orders exceed the on-hand inventory upstream (by up to "
+                    f"{float(-z.min()):.4g}); the policy must keep shipments within on-hand stock"
+                )
+            cost = cost + (self.upstream_holding * F.relu(z)).sum(-1)
+            upstream = _advance(upstream, z, upstream_orders, self.upstream_arrival)
+        return InventoryState(stores, upstream), cost
+
+    def feasible_orders(self, state: InventoryState, store_orders: torch.Tensor) -> torch.Tensor:
+        """Store orders scaled down proportionally where they exceed the warehouse's on-hand inventory."""
+        if not self.problem.n_upstream:
+            return store_orders
+        available = state.upstream[:, 0, :1].clamp(min=0.0)
+        total = store_orders.sum(-1, keepdim=True)
+        return store_orders * torch.where(
+            total > available, available / total.clamp(min=1e-12), 1.0
+        )
+
+
+def _advance(
+    inv: torch.Tensor, leftover: torch.Tensor, orders: torch.Tensor, arrival: torch.Tensor
+) -> torch.Tensor:
+    """Shift the pipeline one period, add the leftover to on-hand and the new orders at their lead time."""
+    shifted = torch.cat([inv[..., 1:], torch.zeros_like(inv[..., :1])], dim=-1)
+    shifted = shifted + F.pad(leftover.unsqueeze(-1), (0, inv.shape[-1] - 1))
+    return shifted + orders.unsqueeze(-1) * arrival
+
+
+class InventoryEnv(gym.Env):
+    """One problem as a Gymnasium env: observation = every inventory slot, action = the orders, reward = -cost.
+
+    The action is (store orders, upstream orders), clipped to [0, order bound]; store orders beyond the
+    warehouse's on-hand stock are scaled down proportionally (``feasible_orders``). Each episode samples its
+    demand trace from the env's seeded generator, or takes one from ``reset(options={"demand": (S, T) array,
+    "initial_stores": (S, K) array})``; it is truncated after ``horizon`` periods.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        setting: str = "one_store_lost",
+        p: float = 9.0,
+        lead_time: int = 2,
+        n_stores: int = 3,
+        horizon: int = 100,
+        instance_seed: int = 0,
+        problem: InventoryProblem | None = None,
+    ):
+        self.problem = (
+            problem.validate()
+            if problem
+            else make_problem(setting, p, lead_time, n_stores, instance_seed)
+        )
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self.horizon = horizon
+        self.sim = InventorySimulator(self.problem)
+        pb = self.problem
+        low = 0.0 if pb.lost_sales and not pb.n_upstream else -np.inf
+        self.observation_space = gym.spaces.Box(low, np.inf, (pb.obs_dim,), np.float32)
+        n_actions = pb.n_stores + pb.n_upstream
+        self.action_space = gym.spaces.Box(0.0, pb.order_bound, (n_actions,), np.float32)
+        self._state: InventoryState | None = None
+        self._scenario: Scenario | None = None
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        return self._state.observation()[0].numpy()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        if "demand" in options:
+            demand = torch.as_tensor(np.asarray(options["demand"], dtype=np.float32))
+            if demand.shape != (self.problem.n_stores, self.horizon):
+                raise ValueError(
+                    f"options['demand'] has shape {tuple(demand.shape)}, expected "
+                    f"(stores, horizon) = ({self.problem.n_stores}, {self.horizon})"
+                )
+            initial = options.get("initial_stores")
+            initial = (
+                torch.as_tensor(np.asarray(initial, dtype=np.float32))
+                if initial is not None
+                else torch.zeros(self.problem.n_stores, self.problem.store_slots)
+            )
+            self._scenario = Scenario(initial[None], demand[None])
+        else:
+            self._scenario = sample_scenario(
+                self.problem, 1, self.horizon, int(self.np_random.integers(2**31))
+            )
+        self._state = self.sim.initial_state(self._scenario)
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        if self._state is None:
+            raise RuntimeError("call reset() before step()")
+        act = np.clip(np.asarray(action, dtype=np.float32), 0.0, self.problem.order_bound)
+        if act.shape != self.action_space.shape:
+            raise ValueError(f"action has shape {act.shape}, expected {self.action_space.shape}")
+        act = torch.as_tensor(act)[None]
+        store_orders = self.sim.feasible_orders(self._state, act[:, : self.problem.n_stores])
+        upstream_orders = act[:, self.problem.n_stores :]
+        demand = self._scenario.demand[:, :, self._t]
+        self._state, cost = self.sim.step(self._state, demand, store_orders, upstream_orders)
+        self._t += 1
+        info = {"cost": float(cost[0]), "store_orders": store_orders[0].numpy()}
+        return self._obs(), -float(cost[0]), False, self._t >= self.horizon, info
+
+
+GYM_IDS = {
+    "ocrl/OneStoreLost-v0": {"setting": "one_store_lost"},
+    "ocrl/OneStoreBacklogged-v0": {"setting": "one_store_backlogged"},
+    "ocrl/SerialSystem-v0": {"setting": "serial"},
+    "ocrl/OneWarehouseLost-v0": {"setting": "one_warehouse"},
+}
+
+
+def register_envs() -> None:
+    """Register the Gymnasium ids (idempotent)."""
+    for env_id, kwargs in GYM_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=InventoryEnv, kwargs=kwargs)
+
+
+register_envs()
+
+
+def with_problem(problem: InventoryProblem, **changes) -> InventoryProblem:
+    """A validated copy of ``problem`` with some fields changed."""
+    return replace(problem, **changes).validate()
