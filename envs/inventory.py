@@ -317,29 +317,35 @@ class InventorySimulator:
     problem: InventoryProblem
     device: torch.device | str = "cpu"
     check_feasibility: bool = False
+    dtype: torch.dtype = torch.float32
+    """dtype of the costs, the initial state and the inventories (float64 for gradient checks)"""
     _consts: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         pb = self.problem.validate()
         self.device = torch.device(self.device)
-        f32 = {"dtype": torch.float32, "device": self.device}
-        self.holding = torch.tensor(pb.store_holding, **f32)
-        self.underage = torch.tensor(pb.store_underage, **f32)
+        like = {"dtype": self.dtype, "device": self.device}
+        self.holding = torch.tensor(pb.store_holding, **like)
+        self.underage = torch.tensor(pb.store_underage, **like)
         self.store_arrival = F.one_hot(torch.tensor(pb.store_lead_times) - 1, pb.store_slots).to(
-            **f32
+            **like
         )  # (S, K): where an order joins the pipeline
-        self.upstream_holding = torch.tensor(pb.upstream_holding, **f32)
+        self.upstream_holding = torch.tensor(pb.upstream_holding, **like)
         self.upstream_arrival = (
-            F.one_hot(torch.tensor(pb.upstream_lead_times) - 1, pb.upstream_slots).to(**f32)
+            F.one_hot(torch.tensor(pb.upstream_lead_times) - 1, pb.upstream_slots).to(**like)
             if pb.n_upstream
-            else torch.zeros(0, 0, **f32)
+            else torch.zeros(0, 0, **like)
         )
 
     def initial_state(self, scenario: Scenario) -> InventoryState:
         """Stores from the scenario, upstream locations empty (as the reference)."""
-        stores = scenario.initial_stores.to(self.device)
+        stores = scenario.initial_stores.to(self.device, self.dtype)
         upstream = torch.zeros(
-            len(scenario), self.problem.n_upstream, self.problem.upstream_slots, device=self.device
+            len(scenario),
+            self.problem.n_upstream,
+            self.problem.upstream_slots,
+            device=self.device,
+            dtype=self.dtype,
         )
         return InventoryState(stores, upstream)
 
@@ -399,9 +405,11 @@ class InventoryEnv(gym.Env):
     """One problem as a Gymnasium env: observation = every inventory slot, action = the orders, reward = -cost.
 
     The action is (store orders, upstream orders), clipped to [0, order bound]; store orders beyond the
-    warehouse's on-hand stock are scaled down proportionally (``feasible_orders``). Each episode samples its
-    demand trace from the env's seeded generator, or takes one from ``reset(options={"demand": (S, T) array,
-    "initial_stores": (S, K) array})``; it is truncated after ``horizon`` periods.
+    warehouse's on-hand stock are scaled down proportionally (``feasible_orders``), and an order placed with an
+    echelon is capped at that echelon's on-hand stock (``info`` has the orders actually placed). Each episode
+    samples its demand trace from the env's seeded generator, or takes one from ``reset(options={"demand":
+    (S, T) array})`` (initial stores then empty); ``options["initial_stores"]`` ((S, K) array) sets the initial
+    store inventories. An episode is truncated after ``horizon`` periods.
     """
 
     metadata = {"render_modes": []}
@@ -440,24 +448,28 @@ class InventoryEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         options = options or {}
+        pb = self.problem
         if "demand" in options:
             demand = torch.as_tensor(np.asarray(options["demand"], dtype=np.float32))
-            if demand.shape != (self.problem.n_stores, self.horizon):
+            if demand.shape != (pb.n_stores, self.horizon):
                 raise ValueError(
                     f"options['demand'] has shape {tuple(demand.shape)}, expected "
-                    f"(stores, horizon) = ({self.problem.n_stores}, {self.horizon})"
+                    f"(stores, horizon) = ({pb.n_stores}, {self.horizon})"
                 )
-            initial = options.get("initial_stores")
-            initial = (
-                torch.as_tensor(np.asarray(initial, dtype=np.float32))
-                if initial is not None
-                else torch.zeros(self.problem.n_stores, self.problem.store_slots)
-            )
+            initial = torch.zeros(pb.n_stores, pb.store_slots)
             self._scenario = Scenario(initial[None], demand[None])
         else:
             self._scenario = sample_scenario(
-                self.problem, 1, self.horizon, int(self.np_random.integers(2**31))
+                pb, 1, self.horizon, int(self.np_random.integers(2**31))
             )
+        if options.get("initial_stores") is not None:
+            initial = torch.as_tensor(np.asarray(options["initial_stores"], dtype=np.float32))
+            if initial.shape != (pb.n_stores, pb.store_slots):
+                raise ValueError(
+                    f"options['initial_stores'] has shape {tuple(initial.shape)}, expected "
+                    f"(stores, slots) = ({pb.n_stores}, {pb.store_slots})"
+                )
+            self._scenario.initial_stores = initial[None]
         self._state = self.sim.initial_state(self._scenario)
         self._t = 0
         return self._obs(), {}
@@ -465,16 +477,30 @@ class InventoryEnv(gym.Env):
     def step(self, action):
         if self._state is None:
             raise RuntimeError("call reset() before step()")
+        if self._t >= self.horizon:
+            raise RuntimeError(f"the episode ended after {self.horizon} periods; call reset()")
         act = np.clip(np.asarray(action, dtype=np.float32), 0.0, self.problem.order_bound)
         if act.shape != self.action_space.shape:
             raise ValueError(f"action has shape {act.shape}, expected {self.action_space.shape}")
         act = torch.as_tensor(act)[None]
         store_orders = self.sim.feasible_orders(self._state, act[:, : self.problem.n_stores])
         upstream_orders = act[:, self.problem.n_stores :]
+        if self.problem.n_upstream > 1:  # an echelon ships at most its on-hand stock downstream
+            upstream_orders = torch.cat(
+                [
+                    torch.minimum(upstream_orders[:, :-1], F.relu(self._state.upstream[:, 1:, 0])),
+                    upstream_orders[:, -1:],
+                ],
+                dim=1,
+            )
         demand = self._scenario.demand[:, :, self._t]
         self._state, cost = self.sim.step(self._state, demand, store_orders, upstream_orders)
         self._t += 1
-        info = {"cost": float(cost[0]), "store_orders": store_orders[0].numpy()}
+        info = {
+            "cost": float(cost[0]),
+            "store_orders": store_orders[0].numpy(),
+            "upstream_orders": upstream_orders[0].numpy(),
+        }
         return self._obs(), -float(cost[0]), False, self._t >= self.horizon, info
 
 
