@@ -163,7 +163,7 @@ def test_base_stock_learns_the_closed_form_optimum(tmp_path):
     )  # fmt: skip
     metrics = hdpo.main(args)
     level = torch.nn.functional.softplus(torch.load(tmp_path / "run" / "policy.pt")["level"])
-    # Measured: S 11.9x and gap < 0.1% after 240 steps; 0.25 units of S cost ~0.05% here.
+    # Measured over seeds 0-2: S = 11.80, 11.85, 11.81 and gaps 0.08, 0.03, 0.13% after 240 steps.
     assert float(level) == pytest.approx(s_star, abs=0.25)
     assert metrics["gap_pct"] < 0.5
 
@@ -176,5 +176,6 @@ def test_vanilla_policy_learns_lost_sales_instance(tmp_path):
         n_test=4096, test_periods=300, test_ignore=100, test_chunk=4096, epochs=60, dev_every=5,
     )  # fmt: skip
     metrics = hdpo.main(args)
-    # An untrained policy costs ~8 here (gap ~100%); measured gaps after 240 steps: see the threshold's note.
-    assert metrics["gap_pct"] < 3.0
+    # Untrained: cost 16.0 (gap 296%). Measured after 240 steps, seeds 0-2: gaps -0.17, 0.17, 0.17% (test
+    # noise of 4096 x 200 periods plus the optimum's two-decimal rounding); far below the optimum = a bug.
+    assert -1.0 < metrics["gap_pct"] < 1.5
