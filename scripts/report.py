@@ -1,19 +1,30 @@
 """Summarise a sweep's TensorBoard logs: a Markdown table, IQM with bootstrap CIs, learning-curve PNGs.
 
-Reads every run folder under RUNS_DIR named `<algo>__<dataset-or-env>__s<seed>` (what scripts/sweep.py
-and the algorithm files write) and its `eval/normalized_score` curve (`eval/return` where a task has no
-reference scores). Writes to OUT_DIR:
+Reads every finished run folder under RUNS_DIR named `<algo>__<dataset-or-env>__s<seed>` (what
+scripts/sweep.py and the algorithm files write; finished = has `metrics.json`) and its
+`eval/normalized_score` curve (`eval/return` where a task has no reference scores). Folders without
+`metrics.json` are runs still going or interrupted: they are listed as unfinished and left out of
+every number. The dataset of a run is the `dataset` (or `env_id`) field of its `config.json`, shown by
+name, or for a dataset given as a path by the Minari id in its metadata marked "(generated)" when
+scripts/collect_dataset.py made it; the folder name is the fallback. Writes to OUT_DIR:
 - report.md: final (last evaluation) and best score per algorithm x dataset, mean ± std over seeds, n;
-  and per algorithm the IQM over all runs x datasets with a 95% percentile bootstrap confidence
-  interval (runs resampled with replacement within each dataset, as rliable does);
+  with `--published CSV` the published scores of the same algorithm and dataset beside them, with
+  their sources; and per algorithm the IQM over all runs x datasets with a 95% percentile bootstrap
+  confidence interval (runs resampled with replacement within each dataset, as rliable does);
 - curves_<dataset>.png: one line per algorithm (mean over seeds) with a shaded ± std band, when
-  matplotlib is installed.
+  matplotlib is installed (`pip install -e ".[plots]"`).
 
-    python scripts/report.py runs/sweep --out-dir docs/report
+    python scripts/report.py runs/sweep --out-dir docs/report --published docs/published_scores.csv
+
+The published CSV has the columns algorithm (an algos/ file name such as td3_bc), dataset (as a run
+names it, e.g. hopper-medium-v2), score, std (may be empty) and source; several rows may share an
+(algorithm, dataset) pair.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,6 +36,7 @@ from scipy.stats import trim_mean
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 RUN_RE = re.compile(r"^(?P<algo>[A-Za-z0-9_]+)__(?P<target>.+)__s(?P<seed>\d+)(__.*)?$")
+PUBLISHED_COLUMNS = ("algorithm", "dataset", "score", "std", "source")
 
 
 @dataclass
@@ -33,39 +45,106 @@ class Args:
     """folder holding the run folders (searched recursively)"""
     out_dir: str = "report"
     """where report.md and the PNGs go"""
+    published: str | None = None
+    """CSV of published scores (algorithm,dataset,score,std,source) to show beside ours"""
     reps: int = 2000
     """bootstrap resamples for the IQM confidence intervals"""
     seed: int = 0
     """seed of the bootstrap"""
 
 
+@dataclass
+class Curve:
+    seed: int
+    steps: np.ndarray
+    values: np.ndarray
+    tag: str = "eval/normalized_score"
+
+
 def read_curve(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
-    """(tag, steps, values) of the run's evaluation curve."""
+    """(tag, steps, values) of the run's evaluation curve, one value per step."""
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     tags = acc.Tags()["scalars"]
     tag = "eval/normalized_score" if "eval/normalized_score" in tags else "eval/return"
     if tag not in tags:
         return tag, np.zeros(0), np.zeros(0)
-    events = acc.Scalars(tag)
-    return (
-        tag,
-        np.array([e.step for e in events]),
-        np.array([e.value for e in events], dtype=np.float64),
-    )
+    # A resumed run logs again from its checkpoint's step into a new event file: the later value wins.
+    by_step = {e.step: e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.wall_time)}
+    steps = np.array(sorted(by_step))
+    return tag, steps, np.array([by_step[s] for s in steps], dtype=np.float64)
 
 
-def collect(runs_dir: Path) -> dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray]]]:
-    """{(algo, dataset): [(seed, steps, values), ...]} over every run folder with an evaluation curve."""
-    runs: dict[tuple[str, str], list] = defaultdict(list)
+def describe_dataset(value: str) -> tuple[str, str]:
+    """(name, label) of a run's --dataset / --env-id value: the name matches published scores, the
+    label is what the tables show. A path is named by its Minari id when its metadata has one."""
+    is_path = value.startswith(("/", ".", "~")) or value.endswith((".hdf5", ".h5"))
+    if not is_path:
+        return value, value
+    path = Path(value).expanduser()
+    for meta_file in (path / "data" / "metadata.json", path / "metadata.json"):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("dataset_id"):
+            kind = "generated" if meta.get("collector") else "local copy"
+            return meta["dataset_id"], f"{meta['dataset_id']} ({kind})"
+    name = path.stem if path.suffix in (".hdf5", ".h5") else path.name
+    return name, f"{name} (file)"
+
+
+def run_dataset(folder: Path, slug: str) -> tuple[str, str]:
+    """(name, label) of the run's dataset from its config.json; the folder-name slug as fallback."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    value = (config.get("dataset") or config.get("env_id")) if isinstance(config, dict) else None
+    return describe_dataset(value) if isinstance(value, str) else (slug, slug)
+
+
+def collect(
+    runs_dir: Path,
+) -> tuple[dict[tuple[str, str], list[Curve]], dict[str, str], list[Path]]:
+    """({(algo, dataset label): [Curve, ...]} over the finished runs with an evaluation curve,
+    {label: dataset name}, unfinished run folders)."""
+    runs: dict[tuple[str, str], list[Curve]] = defaultdict(list)
+    names: dict[str, str] = {}
+    unfinished = []
     for folder in sorted(p.parent for p in runs_dir.rglob("config.json")):
         match = RUN_RE.match(folder.name)
         if match is None:
             continue
-        _, steps, values = read_curve(folder)
+        if not (folder / "metrics.json").exists():
+            unfinished.append(folder)
+            continue
+        tag, steps, values = read_curve(folder)
         if len(values):
-            runs[(match["algo"], match["target"])].append((int(match["seed"]), steps, values))
-    return dict(runs)
+            name, label = run_dataset(folder, match["target"])
+            names[label] = name
+            runs[(match["algo"], label)].append(Curve(int(match["seed"]), steps, values, tag))
+    return dict(runs), names, unfinished
+
+
+def read_published(path: str) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """{(algorithm, dataset): [row, ...]} from the published-scores CSV."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(PUBLISHED_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise SystemExit(f"error: {path} lacks the column(s) {', '.join(sorted(missing))}")
+        table: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+        for line, row in enumerate(reader, start=2):
+            row = {k: (row[k] or "").strip() for k in PUBLISHED_COLUMNS}
+            try:
+                float(row["score"])
+                if row["std"]:
+                    float(row["std"])
+            except ValueError:
+                raise SystemExit(f"error: {path}:{line}: score and std must be numbers") from None
+            table[(row["algorithm"], row["dataset"])].append(row)
+    return dict(table)
 
 
 def iqm_with_ci(
@@ -87,28 +166,65 @@ def fmt(values: np.ndarray) -> str:
     return f"{values.mean():.1f} ± {std:.1f}"
 
 
+def fmt_steps(curves: list[Curve]) -> str:
+    last = sorted({int(c.steps[-1]) for c in curves})
+    return f"{last[0]:,}" if len(last) == 1 else f"{last[0]:,}–{last[-1]:,}"
+
+
 def main(args: Args) -> str:
-    runs = collect(Path(args.runs_dir))
+    runs, names, unfinished = collect(Path(args.runs_dir))
     if not runs:
-        raise SystemExit(f"error: no run folders with evaluation logs under {args.runs_dir}")
+        raise SystemExit(
+            f"error: no finished run folders with evaluation logs under {args.runs_dir}"
+        )
+    published = read_published(args.published) if args.published else None
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     algos = sorted({a for a, _ in runs})
     datasets = sorted({d for _, d in runs})
+    header = "| algorithm | dataset | updates | final | best | n |"
+    rule = "|---|---|---|---|---|---|"
+    if published is not None:
+        header, rule = header + " published |", rule + "---|"
     lines = [
         f"# Results from {args.runs_dir}",
         "",
-        "Final = last evaluation, best = best evaluation; mean ± std over seeds (sample std), n seeds.",
+        "Final = last evaluation, best = best evaluation; mean ± std over seeds (sample std), n seeds;",
+        "updates = step of the last evaluation.",
         "",
-        "| algorithm | dataset | final | best | n |",
-        "|---|---|---|---|---|",
+        header,
+        rule,
     ]
+    sources: list[str] = []
     finals: dict[str, list[np.ndarray]] = defaultdict(list)
-    for (algo, dataset), seeds in sorted(runs.items()):
-        final = np.array([values[-1] for _, _, values in seeds])
-        best = np.array([values.max() for _, _, values in seeds])
+    for (algo, dataset), curves in sorted(runs.items()):
+        final = np.array([c.values[-1] for c in curves])
+        best = np.array([c.values.max() for c in curves])
         finals[algo].append(final)
-        lines.append(f"| {algo} | {dataset} | {fmt(final)} | {fmt(best)} | {len(seeds)} |")
+        row = f"| {algo} | {dataset} | {fmt_steps(curves)} | {fmt(final)} | {fmt(best)} | {len(curves)} |"
+        if published is not None:
+            cells = []
+            for entry in published.get((algo, names[dataset]), []):
+                if entry["source"] not in sources:
+                    sources.append(entry["source"])
+                std = f" ± {entry['std']}" if entry["std"] else ""
+                cells.append(f"{entry['score']}{std} [{sources.index(entry['source']) + 1}]")
+            row += f" {'; '.join(cells) or '—'} |"
+        lines.append(row)
+    if published is not None:
+        lines.append("")
+        if sources:
+            lines.append(
+                f"Published scores from {args.published}; their budgets and protocols differ:"
+            )
+            lines += ["", *[f"{i}. {source}" for i, source in enumerate(sources, start=1)]]
+        else:
+            lines.append(
+                f"No published score in {args.published} is for these (algorithm, dataset) pairs."
+            )
+    if unfinished:
+        lines += ["", "Unfinished runs (no metrics.json), left out of every number:", ""]
+        lines += [f"- `{folder.relative_to(args.runs_dir)}`" for folder in unfinished]
     rng = np.random.default_rng(args.seed)
     lines += [
         "",
@@ -132,7 +248,9 @@ def main(args: Args) -> str:
     return text
 
 
-def plot_curves(runs, algos: list[str], datasets: list[str], out: Path) -> list[Path]:
+def plot_curves(
+    runs: dict[tuple[str, str], list[Curve]], algos: list[str], datasets: list[str], out: Path
+) -> list[Path]:
     """One PNG per dataset with a mean curve and a ± std band per algorithm; [] without matplotlib."""
     try:
         import matplotlib
@@ -140,26 +258,33 @@ def plot_curves(runs, algos: list[str], datasets: list[str], out: Path) -> list[
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("note: matplotlib is not installed, so no learning-curve PNGs were drawn")
+        print(
+            "note: matplotlib is not installed, so the learning-curve PNGs were skipped; "
+            'pip install -e ".[plots]" to draw them'
+        )
         return []
     paths = []
     for dataset in datasets:
         fig, ax = plt.subplots(figsize=(6, 4))
         for algo in algos:
-            seeds = runs.get((algo, dataset))
-            if not seeds:
+            curves = runs.get((algo, dataset))
+            if not curves:
                 continue
-            length = min(len(v) for _, _, v in seeds)
-            steps = seeds[0][1][:length]
-            values = np.stack([v[:length] for _, _, v in seeds])
-            mean, std = values.mean(0), values.std(0)
-            ax.plot(steps, mean, label=f"{algo} (n={len(seeds)})")
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            length = min(len(c.values) for c in curves)
+            steps = curves[0].steps[:length]
+            values = np.stack([c.values[:length] for c in curves])
+            # Sample std, as in the table; one colour per algorithm across all the PNGs.
+            mean = values.mean(0)
+            std = values.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
+            color = f"C{algos.index(algo) % 10}"
+            ax.plot(steps, mean, color=color, label=f"{algo} (n={len(curves)})")
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+        tags = {c.tag for algo in algos for c in runs.get((algo, dataset), [])}
         ax.set_xlabel("updates")
-        ax.set_ylabel("normalised score")
+        ax.set_ylabel("normalised score" if tags == {"eval/normalized_score"} else "return")
         ax.set_title(dataset)
         ax.legend()
-        path = out / f"curves_{re.sub(r'[^A-Za-z0-9._-]+', '-', dataset)}.png"
+        path = out / f"curves_{re.sub(r'[^A-Za-z0-9._-]+', '-', dataset).strip('-')}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
