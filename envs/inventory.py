@@ -43,6 +43,14 @@ LOST_SALES_OPTIMA: dict[tuple[float, int], float] = {
     (19.0, 1): 6.68, (19.0, 2): 7.66, (19.0, 3): 8.36, (19.0, 4): 8.89,
     (39.0, 1): 7.84, (39.0, 2): 9.11, (39.0, 3): 10.04, (39.0, 4): 10.79,
 }  # fmt: skip
+# (C) of the reference: optimal cost of the 4-location serial system (echelon-stock, Clark-Scarf) on the test set
+# of the authors' fork (ray_serial_paper_comparison_8K.ipynb), {(p, store L): cost}; two decimals as well.
+SERIAL_OPTIMA: dict[tuple[float, int], float] = {
+    (4.0, 1): 6.89, (9.0, 1): 8.36, (19.0, 1): 9.59, (39.0, 1): 10.68,
+    (4.0, 2): 7.59, (9.0, 2): 9.25, (19.0, 2): 10.65, (39.0, 2): 11.89,
+    (4.0, 3): 8.20, (9.0, 3): 10.02, (19.0, 3): 11.57, (39.0, 3): 12.94,
+    (4.0, 4): 8.75, (9.0, 4): 10.72, (19.0, 4): 12.40, (39.0, 4): 13.88,
+}  # fmt: skip
 BACKLOG_LEAD_TIMES = (1, 4, 7, 10, 15, 20)
 UNDERAGE_COSTS = (4.0, 9.0, 19.0, 39.0)
 
@@ -57,11 +65,20 @@ def backlog_optimum(
 
 
 def optimum(problem: InventoryProblem) -> float | None:
-    """The known optimal cost per period per store of a one-store problem, None where none is known."""
-    if problem.n_stores != 1 or problem.n_upstream or problem.store_holding != (1.0,):
+    """The known optimal cost per period per store (one store, or the serial system), None where none is known."""
+    if problem.n_stores != 1 or problem.store_holding != (1.0,):
         return None
     p, lead_time = problem.store_underage[0], problem.store_lead_times[0]
     demand = problem.demand
+    if problem.n_upstream:
+        serial = make_problem("serial", p, lead_time)
+        same = (
+            problem.upstream_lead_times,
+            problem.upstream_holding,
+            problem.demand,
+            problem.lost_sales,
+        ) == (serial.upstream_lead_times, serial.upstream_holding, serial.demand, serial.lost_sales)
+        return SERIAL_OPTIMA.get((p, lead_time)) if same else None
     if problem.lost_sales and demand.kind == "poisson" and demand.mean == (5.0,):
         return LOST_SALES_OPTIMA.get((p, lead_time))
     if not problem.lost_sales and demand.kind == "normal":
