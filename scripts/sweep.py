@@ -21,8 +21,11 @@ Backends:
   Ray worker in the project root, so this assumes every node has the same checkout at the same path
   with ocrl installed in its Python, and sees `--out-dir` (and any dataset given as a path) at the same
   path on a shared filesystem: that is where the run writes and where this script looks for
-  `metrics.json` and checkpoints when it resumes. Ray hides GPUs from tasks that reserve none, so runs
-  meant for a GPU need `--gpus-per-run` (a fraction such as 0.25 lets runs share one GPU).
+  `metrics.json` and checkpoints when it resumes. Runs meant for a GPU should reserve one with
+  `--gpus-per-run`, so that Ray places them on GPU nodes and sets their CUDA_VISIBLE_DEVICES (a
+  fraction such as 0.25 lets four runs share a GPU); otherwise Ray schedules by CPUs alone. This script
+  connects as any Ray driver does, so a cluster's own settings apply: one with token authentication
+  (what a local `ray.init` starts with Ray 2.60) needs `RAY_AUTH_MODE=token` and its token here.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class Args:
     threads_per_run: int | None = None
     """OMP/torch threads (and Ray CPUs) of each run; default max(1, cores // workers)"""
     gpus_per_run: float = 0.0
-    """GPUs reserved by each Ray task (Ray hides the GPUs from runs that reserve none)"""
+    """GPUs reserved by each Ray task (fractions share a GPU); 0: Ray schedules runs by CPUs alone"""
     auto_preset: bool = True
     """pass --preset DATASET when the dataset is a D4RL name the algorithm has a preset for"""
     dry_run: bool = False
