@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
 import gymnasium as gym
@@ -336,7 +336,6 @@ class InventorySimulator:
     check_feasibility: bool = False
     dtype: torch.dtype = torch.float32
     """dtype of the costs, the initial state and the inventories (float64 for gradient checks)"""
-    _consts: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         pb = self.problem.validate()
@@ -344,15 +343,9 @@ class InventorySimulator:
         like = {"dtype": self.dtype, "device": self.device}
         self.holding = torch.tensor(pb.store_holding, **like)
         self.underage = torch.tensor(pb.store_underage, **like)
-        self.store_arrival = F.one_hot(torch.tensor(pb.store_lead_times) - 1, pb.store_slots).to(
-            **like
-        )  # (S, K): where an order joins the pipeline
         self.upstream_holding = torch.tensor(pb.upstream_holding, **like)
-        self.upstream_arrival = (
-            F.one_hot(torch.tensor(pb.upstream_lead_times) - 1, pb.upstream_slots).to(**like)
-            if pb.n_upstream
-            else torch.zeros(0, 0, **like)
-        )
+        self.store_slot = _arrival_slot(pb.store_lead_times)
+        self.upstream_slot = _arrival_slot(pb.upstream_lead_times)
 
     def initial_state(self, scenario: Scenario) -> InventoryState:
         """Stores from the scenario, upstream locations empty (as the reference)."""
@@ -375,10 +368,13 @@ class InventorySimulator:
     ) -> tuple[InventoryState, torch.Tensor]:
         """One period: (next state, cost (B,) summed over locations). demand and store_orders are (B, S)."""
         y = state.stores[..., 0] - demand
-        cost = (self.underage * F.relu(-y) + self.holding * F.relu(y)).sum(-1)
-        if self.problem.lost_sales:
-            y = F.relu(y)
-        stores = _advance(state.stores, y, store_orders, self.store_arrival)
+        excess = F.relu(y)
+        cost = (self.underage * (excess - y) + self.holding * excess).sum(
+            -1
+        )  # excess - y = relu(-y)
+        stores = _advance(
+            state.stores, excess if self.problem.lost_sales else y, store_orders, self.store_slot
+        )
         upstream = state.upstream
         if self.problem.n_upstream:
             if upstream_orders is None:
@@ -395,7 +391,7 @@ class InventorySimulator:
                     f"{float(-z.min()):.4g}); the policy must keep shipments within on-hand stock"
                 )
             cost = cost + (self.upstream_holding * F.relu(z)).sum(-1)
-            upstream = _advance(upstream, z, upstream_orders, self.upstream_arrival)
+            upstream = _advance(upstream, z, upstream_orders, self.upstream_slot)
         return InventoryState(stores, upstream), cost
 
     def feasible_orders(self, state: InventoryState, store_orders: torch.Tensor) -> torch.Tensor:
@@ -409,13 +405,27 @@ class InventorySimulator:
         )
 
 
+def _arrival_slot(lead_times: tuple[int, ...]) -> int | torch.Tensor:
+    """Where each location's order joins its pipeline (L - 1): one int when all lead times agree."""
+    if len(set(lead_times)) <= 1:
+        return (lead_times[0] - 1) if lead_times else 0
+    return torch.tensor([lt - 1 for lt in lead_times])
+
+
 def _advance(
-    inv: torch.Tensor, leftover: torch.Tensor, orders: torch.Tensor, arrival: torch.Tensor
+    inv: torch.Tensor, leftover: torch.Tensor, orders: torch.Tensor, slot: int | torch.Tensor
 ) -> torch.Tensor:
     """Shift the pipeline one period, add the leftover to on-hand and the new orders at their lead time."""
-    shifted = torch.cat([inv[..., 1:], torch.zeros_like(inv[..., :1])], dim=-1)
-    shifted = shifted + F.pad(leftover.unsqueeze(-1), (0, inv.shape[-1] - 1))
-    return shifted + orders.unsqueeze(-1) * arrival
+    # Few large ops: this runs T times per gradient step and dominates HDPO's cost on a CPU. The in-place
+    # additions act on pad's fresh output, which autograd does not need to keep.
+    new = F.pad(inv[..., 1:], (0, 1))
+    new[..., 0] += leftover
+    if isinstance(slot, int):
+        new[..., slot] += orders
+    else:
+        index = slot.to(inv.device).expand_as(orders).unsqueeze(-1)
+        new = new.scatter_add(-1, index, orders.unsqueeze(-1))
+    return new
 
 
 class InventoryEnv(gym.Env):

@@ -544,7 +544,8 @@ def test_backlog_optimum_matches_reference_table_b():
         )
     assert optimum(make_problem("one_store_backlogged", 9.0, 4)) == backlog_optimum(9.0, 4)[1]
     assert optimum(make_problem("one_store_lost", 9.0, 2)) == LOST_SALES_OPTIMA[(9.0, 2)] == 6.09
-    assert optimum(make_problem("serial")) is None
+    assert optimum(make_problem("serial", 9.0, 4)) == 10.72  # table (C)
+    assert optimum(make_problem("one_warehouse")) is None
     assert optimum(make_problem("one_warehouse")) is None
 
 
