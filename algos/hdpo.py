@@ -374,6 +374,7 @@ def main(args: Args) -> dict:
         )
         if epoch % args.dev_every == 0 or epoch == args.epochs or out_of_budget:
             dev_cost = average_cost(policy, sim, dev, args.dev_periods, args.dev_ignore)
+            check_finite(step, {"eval/dev_cost": dev_cost}, run)
             dev_gap = gap(dev_cost)
             if dev_cost < best_dev:
                 best_dev, best_epoch = dev_cost, epoch
