@@ -28,7 +28,10 @@ batch 8192, T = 50, dev 32768 x 100 (60 ignored) every 10 epochs, patience 500, 
 cap the gradient steps / the wall clock, and smaller N and batch are fine for one-store problems
 (see scripts/hdpo_gap_table.py for the budget we use on a 2-core CPU). The released code's `train` never runs
 its test (a bug); here every run ends with the test. The paper's symmetry-aware and GNN policies are not
-implemented.
+implemented. Measured on a 2-core CPU: every one-store lost-sales instance within 0.17% of the DP optimum
+after 2,000 steps of batch 1024 at lr 0.01 (docs/hdpo_gap_table.md); echelon_stock on the serial system
+(p 9, L 4) 10.733 after 400 steps against the reference's optimum 10.72. On backlogged instances at lr 0.01
+clip the gradient (`--grad-clip 1`): the backlog an untrained policy builds up makes the gradient explode.
 
     python algos/hdpo.py --setting one_store_lost --p 9 --lead-time 2
     python algos/hdpo.py --setting one_store_backlogged --p 4 --lead-time 1 --policy base_stock

@@ -114,7 +114,7 @@ def table(results: dict[tuple[str, int, int], list[dict]]) -> str:
     """Markdown gap table: ours (mean over seeds) beside the optimum and HDPO's published cost."""
     lines = [
         "| setting | p | L | optimum | ours: test cost | ours: gap % | seeds | published cost | published gap % "
-        "| steps | CPU min |",
+        "| steps | minutes (1 thread) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     gaps = {"one_store_lost": [], "one_store_backlogged": []}
@@ -129,7 +129,7 @@ def table(results: dict[tuple[str, int, int], list[dict]]) -> str:
         lines.append(
             f"| {setting} | {p} | {lt} | {runs[0]['optimum']:.2f} | {statistics.mean(costs):.3f} "
             f"| {statistics.mean(run_gaps):.2f}{spread} | {len(runs)} "
-            f"| {published[0] if published else '–'} | {published[1] if published else '–'} "
+            f"| {f'{published[0]:.2f}' if published else '–'} | {published[1] if published else '–'} "
             f"| {statistics.mean(r['steps'] for r in runs):.0f} "
             f"| {statistics.mean(r['wall_time_s'] for r in runs) / 60:.1f} |"
         )
