@@ -32,7 +32,7 @@ Where paper and code differ, and what the flags select:
   paper's own Algorithm 1 order is not pinned down by our reference and is not implemented (no `--variant paper`).
 * `--detach-vae-target` stops the BC gradient through a~ (an ablation, not the paper's).
 * `--actor-hidden 256 256 --critic-hidden 256 256` compares with TD3+BC at equal depth (V follows the critic).
-Cost per 1,000 updates vs TD3+BC (measured, shipped data, batch 256): one CPU thread ~86-92 s vs ~10-12 s
+Cost per 1,000 updates vs TD3+BC (measured, shipped data, batch 256): one CPU thread ~86-94 s vs ~10-12 s
 (~8x; the FLOP ratio is ~10.7x, mostly the 750-wide VAE run twice per actor step); on an H100 ~13 s vs ~4 s
 (~3.3x: both are bound by kernel launches there, not arithmetic).
 Evaluation follows ocrl's shared protocol (10 episodes every 5,000 updates, as the original's schedule; episode
