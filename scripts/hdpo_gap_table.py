@@ -121,6 +121,11 @@ def run_one(cmd: list[str], run_dir: Path) -> int:
         ).returncode
 
 
+def run_name(key: tuple[str, int, int], seed: int) -> str:
+    """Folder name of an (instance, seed)'s first attempt."""
+    return f"{key[0]}_p{key[1]}_L{key[2]}__s{seed}"
+
+
 def failed_before(run_dir: Path) -> bool:
     """Whether an earlier attempt in run_dir ended with an error (a killed one did not, and is re-run)."""
     log = run_dir / "stdout.log"
@@ -139,12 +144,9 @@ def run_with_restarts(
     setting, p, lead_time = key
     attempts: list[dict] = []
     failed: list[Path] = []
+    name = run_name(key, seed)
     for k in range(args.restarts + 1):
-        run_dir = (
-            out / f"{setting}_p{p}_L{lead_time}__s{seed}"
-            if k == 0
-            else out / (f"{setting}_p{p}_L{lead_time}__s{seed}_r{k}")
-        )
+        run_dir = out / (name if k == 0 else f"{name}_r{k}")
         metrics_path = run_dir / "metrics.json"
         if not metrics_path.exists() and not failed_before(run_dir):
             run_one(command(args, setting, p, lead_time, seed + 100 * k, run_dir), run_dir)
@@ -205,9 +207,7 @@ def table(results: dict[tuple[str, int, int], list[dict]]) -> str:
 def main(args: Args) -> str:
     out = Path(args.out_dir)
     jobs = [(key, seed) for key in instances(args) for seed in args.seeds]
-    first = {
-        job: out / f"{job[0][0]}_p{job[0][1]}_L{job[0][2]}__s{job[1]}" for job in jobs
-    }  # fmt: skip
+    first = {job: out / run_name(*job) for job in jobs}
     todo = [job for job in jobs if not (first[job] / "metrics.json").exists()]
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already finished, {len(todo)} to run")
     if args.dry_run:
