@@ -15,7 +15,8 @@ with the clip it reaches 3.97 within 300 steps. The reference's vanilla policy h
 
 Restarts: at this budget a backlogged L = 1 run can stay in its chaotic start (raw inventories of -100s
 into an MLP whose one input has weights up to 1) or diverge: (p 4, L 1) seed 0 ended at a 215% gap, seed 1
-reached the optimum in 480 steps; lr 0.003 and 0.001 did not rescue seed 0. So a run that fails, or whose
+reached a 1% dev gap in 640 steps (test gap -0.02%); seed 0 at lr 0.003 was still at 20 after 800 steps and
+at lr 0.001 ended at 372%. So a run that fails, or whose
 best *dev* cost is more than `--restart-dev-gap` % above the optimum, is run again with seed + 100 k
 (k = 1 .. `--restarts`, folder <instance>__s<seed>_r<k>) and the attempt with the lowest dev cost is kept:
 selection on dev paths only, as the reference selects its lr/batch grid by dev cost. The table counts them.
