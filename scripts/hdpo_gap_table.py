@@ -87,7 +87,7 @@ class Args:
     """extra flags of the backlogged runs: at lr 0.01 an unclipped backlog gradient explodes (see above)"""
     restarts: int = 2
     """re-runs (seed + 100 k) of a run that fails or ends more than --restart-dev-gap % above the optimum on dev"""
-    restart_dev_gap: float = 1.0
+    restart_dev_gap: float = 5.0
     """best dev gap (%) above which a run is restarted"""
     dry_run: bool = False
     """print the commands and exit"""
