@@ -11,6 +11,9 @@ dev set (no gradients, the first `dev_ignore` periods excluded) and the best par
 stops after `patience` epochs without improvement. The best policy is then tested on a new, long scenario
 (5,000 periods, the first 3,000 ignored, run in chunks of paths so memory stays bounded); for Poisson demand
 the orders are rounded at test, as the reference. Train and dev are one scenario split by path (dev first).
+The test also reports the median path's cost and warns when some paths cost over 10x the median: under
+backlog, a vanilla policy that orders nothing at a negative on-hand it never saw in training traps the few
+long test paths that reach one, and they can dominate the mean (docs/hdpo_gap_table.md, backlogged L = 1).
 
 Policies (`--policy`; feasibility is built into their outputs):
 * vanilla: one store: MLP [32, 32, 32] ELU on the store's inventory slots, q = softplus(z + 1), lr 0.003;
@@ -275,6 +278,24 @@ def simulate(
 
 
 @torch.no_grad()
+def path_costs(
+    policy: nn.Module,
+    sim: InventorySimulator,
+    scenarios: Scenario | list[Scenario],
+    periods: int,
+    ignore: int,
+    round_orders: bool = False,
+) -> torch.Tensor:
+    """Cost per period per store of every path (N,), float64 on the CPU (chunks of paths allowed)."""
+    scale = (periods - ignore) * sim.problem.n_stores
+    return torch.cat(
+        [
+            simulate(policy, sim, chunk, periods, ignore, round_orders).double().cpu() / scale
+            for chunk in ([scenarios] if isinstance(scenarios, Scenario) else scenarios)
+        ]
+    )
+
+
 def average_cost(
     policy: nn.Module,
     sim: InventorySimulator,
@@ -284,11 +305,13 @@ def average_cost(
     round_orders: bool = False,
 ) -> float:
     """Average cost per period per store over the scored periods of every path (chunks of paths allowed)."""
-    total, paths = 0.0, 0
-    for chunk in [scenarios] if isinstance(scenarios, Scenario) else scenarios:
-        total += float(simulate(policy, sim, chunk, periods, ignore, round_orders).sum())
-        paths += len(chunk)
-    return total / (paths * (periods - ignore) * sim.problem.n_stores)
+    return float(path_costs(policy, sim, scenarios, periods, ignore, round_orders).mean())
+
+
+def cost_tail(costs: torch.Tensor, factor: float = 10.0) -> tuple[int, float]:
+    """Paths costing more than ``factor`` x the median path, and their share of the total cost."""
+    tail = costs > factor * costs.median()
+    return int(tail.sum()), float(costs[tail].sum() / costs.sum())
 
 
 def instance_name(args: Args, problem: InventoryProblem) -> str:
@@ -413,25 +436,42 @@ def main(args: Args) -> dict:
             problem, args.n_test, args.test_periods, test_seed, args.test_chunk
         )
     )
-    test_cost = average_cost(
+    test_costs = path_costs(
         policy, sim, list(chunks), args.test_periods, args.test_ignore, round_test
     )
+    test_cost = float(test_costs.mean())
+    tail_paths, tail_share = cost_tail(test_costs)
     test_time = time.perf_counter() - tick
     test_gap = gap(test_cost)
     run.log(
         step,
-        {"test/cost": test_cost, **({"test/gap_pct": test_gap} if test_gap is not None else {})},
+        {
+            "test/cost": test_cost,
+            "test/median_path_cost": float(test_costs.median()),
+            "test/tail_paths": tail_paths,
+            **({"test/gap_pct": test_gap} if test_gap is not None else {}),
+        },
     )
     print(
         f"test cost {test_cost:.4f} per period per store"
         + ("" if test_gap is None else f", optimum {best_known:.4f}, gap {test_gap:+.3f}%")
         + f" (best dev {best_dev:.4f} at epoch {best_epoch}; {step} gradient steps, stopped by {stop_reason})"
     )
+    if tail_paths:
+        # A mean dominated by a few paths is a policy with states it never recovers from (e.g. no order
+        # at a backlog it never saw in training), not a uniformly worse policy: say so next to the number.
+        print(
+            f"warning: {tail_paths} of {len(test_costs)} test paths cost more than 10x the median path "
+            f"({float(test_costs.median()):.4f}) and carry {100 * tail_share:.1f}% of the total cost"
+        )
     return run.finish(
         step,
         {
             "instance": name,
             "test_cost": test_cost,
+            "test_cost_median_path": float(test_costs.median()),
+            "test_tail_paths": tail_paths,
+            "test_tail_cost_share": tail_share,
             "optimum": best_known,
             "gap_pct": test_gap,
             "dev_cost_best": best_dev,

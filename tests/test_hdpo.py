@@ -77,6 +77,36 @@ def test_chunked_average_cost_equals_one_pass():
     assert hdpo.average_cost(net, sim, chunks, 40, 10) == pytest.approx(one, rel=1e-6)
 
 
+class TrappedBaseStock(torch.nn.Module):
+    """Base-stock at S, except that it orders nothing below an on-hand of -8: a state it never leaves."""
+
+    def forward(self, state):
+        orders = torch.relu(12.0 - hdpo.inventory_position(state))
+        return torch.where(state.stores[:, :, 0] < -8.0, 0.0, orders), None
+
+
+def test_path_costs_and_the_tail_of_paths_a_policy_never_recovers_on():
+    problem = make_problem("one_store_backlogged", p=9, lead_time=1)
+    sim = InventorySimulator(problem)
+    scenario = sample_scenario(problem, 32, 80, seed=5)
+    costs = hdpo.path_costs(TrappedBaseStock(), sim, scenario, 80, 20)
+    assert costs.shape == (32,) and costs.dtype == torch.float64
+    assert hdpo.average_cost(TrappedBaseStock(), sim, scenario, 80, 20) == pytest.approx(
+        float(costs.mean()), rel=1e-12
+    )
+    assert hdpo.cost_tail(costs) == (0, 0.0)  # every path starts at on-hand >= 0 and recovers
+    stores = scenario.initial_stores.clone()
+    # Path 0 starts inside the trap, with an empty pipeline: it never orders and its backlog only grows.
+    stores[0, 0] = torch.tensor([-10.0] + [0.0] * (problem.store_slots - 1))
+    trapped = Scenario(stores, scenario.demand)
+    costs = hdpo.path_costs(TrappedBaseStock(), sim, trapped, 80, 20)
+    backlog_cost = 9.0 * (10.0 + trapped.demand[0, 0, :80].cumsum(0)[20:]).mean()
+    assert float(costs[0]) == pytest.approx(float(backlog_cost), rel=1e-4)
+    count, share = hdpo.cost_tail(costs)
+    assert count == 1 and share == pytest.approx(float(costs[0] / costs.sum()), rel=1e-9)
+    assert share > 0.5
+
+
 def test_rounding_at_test_orders_whole_units():
     problem = make_problem("one_store_lost", p=4, lead_time=1)
     net, _ = hdpo.make_policy(hdpo.Args(), problem)
