@@ -310,6 +310,8 @@ def average_cost(
 
 def cost_tail(costs: torch.Tensor, factor: float = 10.0) -> tuple[int, float]:
     """Paths costing more than ``factor`` x the median path, and their share of the total cost."""
+    if float(costs.median()) <= 0.0:  # a free median path: no scale to compare with
+        return 0, 0.0
     tail = costs > factor * costs.median()
     return int(tail.sum()), float(costs[tail].sum() / costs.sum())
 

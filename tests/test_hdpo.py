@@ -105,6 +105,7 @@ def test_path_costs_and_the_tail_of_paths_a_policy_never_recovers_on():
     count, share = hdpo.cost_tail(costs)
     assert count == 1 and share == pytest.approx(float(costs[0] / costs.sum()), rel=1e-9)
     assert share > 0.5
+    assert hdpo.cost_tail(torch.zeros(4, dtype=torch.float64)) == (0, 0.0)
 
 
 def test_rounding_at_test_orders_whole_units():
