@@ -3,11 +3,12 @@
 TD3+BC with a state-value network V and a conditional VAE (the "augmented behaviour policy") trained only on
 dataset actions with positive advantage A(s, x) = Q1(s, x) - V(s). The actor's behaviour-cloning target is
 chosen per sample between the dataset action a and the VAE's reconstruction of the policy action,
-a~ = VAE(s, pi(s)), whichever has the higher advantage; the BC weight counts the candidates with positive advantage:
+a~ = VAE(s, pi(s)), whichever has the higher advantage; the BC weight is mask when either candidate has a
+positive advantage and 0 when neither has:
 
     V:    L_V   = mean (V(s) - min(y_online, y))^2,   y = r + g nd min Q_targ(s', a'),  y_online the same with Q
     VAE:  L_VAE = mean w_v 1[A(s,a) > eps_A] (VAE(s,a) - a)^2 + 0.5 KL(q(z|s,a) || N(0, I))
-    pi:   a* = a~ if A(s,a~) >= A(s,a) else a,    w = mask (1[A(s,a~) >= eps_A] + 1[A(s,a) > eps_A])
+    pi:   a* = a~ if A(s,a~) >= A(s,a) else a,    w = mask (1[A(s,a~) >= eps_A] OR 1[A(s,a) > eps_A])
           L_pi = -lambda mean Q1(s, pi(s)) + mean w (pi(s) - a*)^2,   lambda = alpha / mean |Q1(s, pi(s))|
 
 a~ carries gradient: the BC term back-propagates through the VAE into pi (only pi's parameters are stepped).
@@ -138,7 +139,7 @@ class Args:
     alpha: float = 2.5
     """weight of the Q term against the BC term (lambda = alpha / mean|Q|)"""
     mask: float = 0.5
-    """scale of the BC weight w = mask * (1[A(s,a~) >= eps_A] + 1[A(s,a) > eps_A]) (the code's default)"""
+    """BC weight w = mask * (1[A(s,a~) >= eps_A] OR 1[A(s,a) > eps_A]), in {0, mask} (the code's default 0.5)"""
     vae_weight: float = 1.0
     """weight of the VAE's masked reconstruction loss"""
     adv_threshold: float = 0.0
@@ -187,8 +188,9 @@ def select_target(
 def bc_weights(
     adv_data: torch.Tensor, adv_vae: torch.Tensor, mask: float, threshold: float = 0.0
 ) -> torch.Tensor:
-    """w = mask * (1[A(s,a~) >= eps_A] + 1[A(s,a) > eps_A]) in {0, mask, 2 mask}: note the two tie rules."""
-    return mask * ((adv_vae >= threshold).float() + (adv_data > threshold).float())
+    """w = mask * (1[A(s,a~) >= eps_A] OR 1[A(s,a) > eps_A]) in {0, mask}: note the two tie rules."""
+    # The released code adds two bool tensors, which PyTorch evaluates as a logical OR (never 2 mask).
+    return mask * torch.logical_or(adv_vae >= threshold, adv_data > threshold).float()
 
 
 def positive_advantage(adv_data: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
@@ -312,10 +314,6 @@ def a2pr_update(
                 **{
                     "a2pr/vae_target_fraction": use_vae.float().mean(),
                     "a2pr/weight_zero_fraction": (weight == 0).float().mean(),
-                    "a2pr/weight_double_fraction": (adv_vae >= args.adv_threshold)
-                    .logical_and(adv_data > args.adv_threshold)
-                    .float()
-                    .mean(),
                     "a2pr/adv_vae_mean": adv_vae.mean(),
                     "a2pr/q_pi_abs_mean": q_pi_abs,
                     "a2pr/vae_policy_distance": (vae_action - pi).norm(dim=1).mean(),

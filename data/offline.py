@@ -63,6 +63,12 @@ class Transitions:
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
 
+    def obs_mean_std(self, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and ``std + eps`` of the training observations, as TD3+BC's code and CORL compute them."""
+        if len(self) == 0:
+            raise DatasetError("no transitions: no observations to normalise")
+        return mean_std(self.observations, eps)
+
     @property
     def nbytes(self) -> int:
         return sum(
@@ -211,24 +217,10 @@ class OfflineDataset:
 
     # ---------------------------------------------------------- normalisation
     def obs_mean_std(self, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-        """Per-dimension mean and ``std + eps`` of ``observations`` (TD3+BC), both float32 (obs_dim,).
-
-        Computed in float64 blocks (two passes), so no full-size temporary is made.
-        """
-        obs = self.observations
-        n = obs.shape[0]
-        if n == 0:
+        """Per-dimension mean and ``std + eps`` of every row's observation, float32 (obs_dim,)."""
+        if len(self) == 0:
             raise DatasetError(f"{self._where()} is empty: no observations to normalise")
-        total = np.zeros(obs.shape[1], dtype=np.float64)
-        for a in range(0, n, _CHUNK_ROWS):
-            total += obs[a : a + _CHUNK_ROWS].sum(axis=0, dtype=np.float64)
-        mean = total / n
-        sq = np.zeros_like(mean)
-        for a in range(0, n, _CHUNK_ROWS):
-            d = obs[a : a + _CHUNK_ROWS].astype(np.float64) - mean
-            sq += np.einsum("ij,ij->j", d, d)
-        std = np.sqrt(sq / n)
-        return mean.astype(np.float32), (std + eps).astype(np.float32)
+        return mean_std(self.observations, eps)
 
     # ------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -317,6 +309,21 @@ def _check_finite(arr: np.ndarray, key: str, where: str) -> None:
 
 
 # ---------------------------------------------------------------- helpers
+def mean_std(x: np.ndarray, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and ``std + eps`` of a (N, D) array, float32, in float64 blocks (no full-size copy)."""
+    n = x.shape[0]
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for a in range(0, n, _CHUNK_ROWS):
+        total += x[a : a + _CHUNK_ROWS].sum(axis=0, dtype=np.float64)
+    mean = total / n
+    sq = np.zeros_like(mean)
+    for a in range(0, n, _CHUNK_ROWS):
+        d = x[a : a + _CHUNK_ROWS].astype(np.float64) - mean
+        sq += np.einsum("ij,ij->j", d, d)
+    std = np.sqrt(sq / n)
+    return mean.astype(np.float32), (std + eps).astype(np.float32)
+
+
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """``(x - mean) / std`` as float32 (use with `OfflineDataset.obs_mean_std`; std includes eps)."""
     x = np.asarray(x, dtype=np.float32)

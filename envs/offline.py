@@ -54,7 +54,8 @@ def load_offline(
     env.close()
 
     data = dataset.transitions(truncated_last=truncated_last)
-    obs_mean, obs_std = dataset.obs_mean_std() if normalize_obs else (None, None)
+    # Over the transitions trained on (timeout rows dropped), as the original code and CORL.
+    obs_mean, obs_std = data.obs_mean_std() if normalize_obs else (None, None)
     if normalize_obs:
         # In place: the transition arrays are already private copies, a second copy would double memory.
         for arr in (data.observations, data.next_observations):

@@ -55,17 +55,31 @@ def test_select_target_keeps_the_vae_actions_graph():
     assert vae.grad[:, 0].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0]
 
 
+def test_bc_weight_is_mask_when_either_advantage_is_positive():
+    # The four cases of the released code's bool OR: both / only a~ / only a / neither positive.
+    adv_vae = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    adv_data = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    w = a2pr.bc_weights(adv_data, adv_vae, mask=0.5)
+    torch.testing.assert_close(w, torch.tensor([0.5, 0.5, 0.5, 0.0]), rtol=0, atol=0)
+    # The same as the released expression on bool tensors, written out.
+    released = 0.5 * ((adv_vae >= 0) + (adv_data > 0))
+    torch.testing.assert_close(w, released.float(), rtol=0, atol=0)
+
+
 def test_bc_weights_and_tie_rules():
     w = a2pr.bc_weights(ADV_DATA, ADV_VAE, mask=0.4)
-    # 1[A(s,a~) >= 0] + 1[A(s,a) > 0]: (1+0), (0+1), (1+1), (0+0), (1+1)
-    torch.testing.assert_close(w, torch.tensor([0.4, 0.4, 0.8, 0.0, 0.8]))
+    # 1[A(s,a~) >= 0] OR 1[A(s,a) > 0]: 1, 1, 1, 0, 1
+    torch.testing.assert_close(w, torch.tensor([0.4, 0.4, 0.4, 0.0, 0.4]))
     # Q1(s,a) = V(s) and Q1(s,a~) = V(s): the dataset action does not count (>), the VAE action does (>=).
     zero = torch.zeros(3)
     torch.testing.assert_close(a2pr.bc_weights(zero, zero, mask=1.5), torch.full((3,), 1.5))
+    torch.testing.assert_close(
+        a2pr.bc_weights(zero, torch.full((3,), -1e-6), mask=1.5), torch.zeros(3)
+    )
     assert a2pr.positive_advantage(zero).tolist() == [0.0, 0.0, 0.0]
     # A threshold eps_A moves both indicators, with the same tie rules.
-    w = a2pr.bc_weights(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.5]), mask=1.0, threshold=1.0)
-    torch.testing.assert_close(w, torch.tensor([1.0, 1.0]))
+    w = a2pr.bc_weights(torch.tensor([1.0, 2.0, 0.5]), torch.tensor([1.0, 0.5, 0.5]), mask=1.0, threshold=1.0)
+    torch.testing.assert_close(w, torch.tensor([1.0, 1.0, 0.0]))
     assert a2pr.positive_advantage(torch.tensor([1.0, 1.5]), 1.0).tolist() == [0.0, 1.0]
 
 
@@ -138,8 +152,8 @@ def test_a2pr_update_moves_the_actor_only_on_actor_iterations():
     )
     assert all(isinstance(v, torch.Tensor) and bool(torch.isfinite(v)) for v in metrics.values())
     assert not all(torch.equal(p, q) for p, q in zip(actor.parameters(), before, strict=True))
-    w_double = float(metrics["a2pr/weight_double_fraction"])
-    assert 0.0 <= w_double + float(metrics["a2pr/weight_zero_fraction"]) <= 1.0
+    # w is in {0, mask}: the zero fraction is the fraction of samples without a BC term.
+    assert 0.0 <= float(metrics["a2pr/weight_zero_fraction"]) <= 1.0
 
 
 def test_a2pr_smoke_logs_statistics(hopper_random_file, tmp_path):
