@@ -11,33 +11,26 @@ positive advantage and 0 when neither has:
     pi:   a* = a~ if A(s,a~) >= A(s,a) else a,    w = mask (1[A(s,a~) >= eps_A] OR 1[A(s,a) > eps_A])
           L_pi = -lambda mean Q1(s, pi(s)) + mean w (pi(s) - a*)^2,   lambda = alpha / mean |Q1(s, pi(s))|
 
-a~ carries gradient: the BC term back-propagates through the VAE into pi (only pi's parameters are stepped).
-The actor (3 x 256) and the twin critics and V (4 x 256) are deeper than TD3+BC's; the VAE is 750-wide with
-latent dim 2 |A| and its own Adam at lr 1e-3. The critic is TD3's (target smoothing, clipped double-Q,
-policy_freq 2, tau 0.005 for the actor and critic targets; V and the VAE have none).
+a~ carries gradient (the BC term back-propagates through the VAE; only pi is stepped). Actor 3 x 256, critics
+and V 4 x 256, VAE 750-wide with latent 2 |A| and Adam lr 1e-3; the critic and targets are TD3+BC's.
 
 Defaults reproduce the released code (ltlhuuu/A2PR @ f92a2a4): eps_A = 0, and its update order critic -> V ->
 VAE -> actor, where the VAE mask and the actor use V(s) computed *before* V's step (one step stale) and Q1 of
-the *updated* critic. `--preset` selects the per-dataset (alpha, vae_weight, mask, discount) of the authors'
-READMEs and scripts (hopper-medium-v2: 2.5 / 1.0 / 0.4 / 0.995; halfcheetah-*: alpha 40; see PRESETS; the
-released code's own default is mask 0.5, discount 0.99). Presets are missing for halfcheetah/walker2d-random,
-expert and AntMaze datasets: they are not published (any run there uses "our settings").
+the *updated* critic; the BC weight adds two bool tensors, a logical OR in PyTorch, so w is mask or 0.
+`--preset` selects the per-dataset (alpha, vae_weight, mask, discount) of the authors' READMEs and scripts
+(PRESETS; the code's own default is mask 0.5, discount 0.99); halfcheetah/walker2d-random, expert and
+AntMaze have none published.
 
 Where paper and code differ, and what the flags select:
-* Advantage threshold: the code fixes eps_A = 0; the paper names eps_A > 0 but its value is not pinned down by
-  our reference, so `--adv-threshold` takes any value and the default stays 0. How eps_A enters the BC weight is
-  our reading (the same threshold in both indicators, with the code's tie rules: `>` for a, `>=` for a~).
-* V loss: `--value-loss expectile` uses the code's unused expectile loss (weight `--expectile` 0.8 where
-  u = target - V(s) > 0, else 0.2; the code never calls it, so the sign convention is IQL's, our choice).
-* Update order: `--value-timing fresh` recomputes V(s) after its step for the VAE mask and the actor. The
-  paper's own Algorithm 1 order is not pinned down by our reference and is not implemented (no `--variant paper`).
-* `--detach-vae-target` stops the BC gradient through a~ (an ablation, not the paper's).
-* `--actor-hidden 256 256 --critic-hidden 256 256` compares with TD3+BC at equal depth (V follows the critic).
-Cost per 1,000 updates vs TD3+BC (measured, shipped data, batch 256): one CPU thread ~86-94 s vs ~10-12 s
-(~8x; the FLOP ratio is ~10.7x, mostly the 750-wide VAE run twice per actor step); on an H100 ~13 s vs ~4 s
-(~3.3x: both are bound by kernel launches there, not arithmetic).
-Evaluation follows ocrl's shared protocol (10 episodes every 5,000 updates, as the original's schedule; episode
-seeds from --seed, where the original seeds its env with seed + 100 and defaults to seed 1024).
+* Advantage threshold: the code fixes eps_A = 0; the paper's eps_A > 0 has no value in our reference, so
+  `--adv-threshold` takes any (default 0), in both indicators with the code's tie rules (`>` a, `>=` a~).
+* V loss: `--value-loss expectile` is the code's unused expectile loss (weight `--expectile` 0.8 where
+  target - V(s) > 0, else 0.2; the sign convention is IQL's, our choice, since the code never calls it).
+* Update order: `--value-timing fresh` recomputes V(s) after its step; the paper's Algorithm 1 order is not
+  pinned down by our reference and is not implemented. `--detach-vae-target` is an ablation (not the paper's).
+Cost per update vs TD3+BC (measured, batch 256): ~8x on one CPU thread (the 750-wide VAE runs twice per
+actor step), ~3.3x on an H100 (both launch-bound there).
+Evaluation: ocrl's shared protocol (10 episodes every 5,000 updates, as the original; episode seeds from --seed).
 
     python algos/a2pr.py --total-steps 20000            # shipped hopper data, ~30 min on a 2-core CPU
     python algos/a2pr.py --dataset hopper-medium-v2 --preset hopper-medium-v2
@@ -46,29 +39,24 @@ seeds from --seed, where the original seeds its env with seed + 100 and defaults
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from ocrl.data import (
-    Batch,
-    Run,
-    check_finite,
+from ocrl.data import Batch
+from ocrl.envs import load_offline_task
+from ocrl.experiment import (
+    Agent,
+    TrainingLoop,
+    check_args,
     cli,
     friendly_errors,
-    load_checkpoint,
     pick_device,
-    restore_training_state,
     resume_args,
-    save_checkpoint,
     seed_everything,
-    training_state,
 )
-from ocrl.envs import load_offline
 from ocrl.nets import MLP, ConditionalVAE, CriticEnsemble, DeterministicActor, polyak_update
 
 
@@ -156,6 +144,10 @@ class Args:
     """standardise observations with dataset mean and std (+1e-3)"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset; 'keep' also trains on timeout transitions using stored next observations"""
+    ref_min_score: float | None = None
+    """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
+    ref_max_score: float | None = None
+    """return of an expert policy for the normalised score (give both or neither)"""
     eval_every: int = 5_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -193,241 +185,163 @@ def bc_weights(
     return mask * torch.logical_or(adv_vae >= threshold, adv_data > threshold).float()
 
 
-def positive_advantage(adv_data: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
-    """The VAE's reconstruction mask 1[A(s,a) > eps_A] as floats (B,)."""
-    return (adv_data > threshold).float()
+class A2PR(Agent):
+    """TD3+BC's networks plus V and the VAE, with their optimisers; `update` is one A2PR iteration."""
 
+    def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
+        self.args = args
+        self.actor = DeterministicActor(obs_dim, act_dim, args.actor_hidden, action_low, action_high)  # fmt: skip
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.critic_hidden, num_critics=2)
+        self.value = MLP(obs_dim, 1, args.critic_hidden)
+        self.vae = ConditionalVAE(obs_dim, act_dim, args.latent_dim, args.vae_hidden, action_low, action_high)  # fmt: skip
+        self.actor.to(device), self.critic.to(device), self.value.to(device), self.vae.to(device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, fused=True)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr, fused=True)
+        self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=args.vae_lr, fused=True)
+        self.seen: dict[str, torch.Tensor] = {}  # the last update's intermediates, for diagnostics
 
-def a2pr_update(
-    batch: Batch,
-    actor: DeterministicActor,
-    actor_target: DeterministicActor,
-    critic: CriticEnsemble,
-    critic_target: CriticEnsemble,
-    value: MLP,
-    vae: ConditionalVAE,
-    actor_opt: torch.optim.Optimizer,
-    critic_opt: torch.optim.Optimizer,
-    value_opt: torch.optim.Optimizer,
-    vae_opt: torch.optim.Optimizer,
-    args: Args,
-    update_actor: bool,
-) -> dict[str, torch.Tensor]:
-    """One A2PR iteration in the code's order: critic, V, VAE, and on actor iterations the actor and the targets."""
-    obs, actions, rewards, next_obs, dones = batch
-    scale = actor.action_scale
-    not_done = 1.0 - dones
-
-    # 1. Critic: TD3's.
-    with torch.no_grad():
-        noise = (
-            torch.randn_like(actions)
-            .mul_(args.policy_noise)
-            .clamp_(-args.noise_clip, args.noise_clip)
-        )
-        low, high = actor.action_bias - scale, actor.action_bias + scale
-        next_actions = torch.clamp(actor_target(next_obs).addcmul_(noise, scale), low, high)
-        target_q = critic_target(next_obs, next_actions).min(dim=0).values
-        target = torch.addcmul(rewards, not_done, target_q, value=args.discount)
-    q = critic(obs, actions)  # (2, B)
-    critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
-    critic_opt.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_opt.step()
-
-    # 2. V: regress onto min(online, target) Bellman targets of the dataset action, with the updated critic.
-    v = value(obs).squeeze(-1)
-    with torch.no_grad():
-        online_q = critic(next_obs, next_actions).min(dim=0).values
-        value_target = torch.min(
-            torch.addcmul(rewards, not_done, online_q, value=args.discount), target
-        )
-    if args.value_loss == "expectile":
-        diff = value_target - v
-        weight = torch.where(diff > 0, args.expectile, 1.0 - args.expectile)
-        value_loss = (weight * diff.square()).mean()
-    else:
-        value_loss = F.mse_loss(v, value_target)
-    value_opt.zero_grad(set_to_none=True)
-    value_loss.backward()
-    value_opt.step()
-    if args.value_timing == "fresh":
+    def update(self, batch: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
+        """In the code's order: TD3's critic step, V, the VAE, and on actor iterations the actor and targets."""
+        args, actor, critic = self.args, self.actor, self.critic
+        obs, actions, rewards, next_obs, terminals = batch
+        scale = actor.action_scale
         with torch.no_grad():
-            v_s = value(obs).squeeze(-1)
-    else:
-        v_s = v.detach()  # the code's one-step-stale V(s)
-
-    # 3. VAE on positive-advantage dataset actions (reconstruction masked; KL on every sample).
-    with torch.no_grad():
-        q_data = critic.member(obs, actions, 0)
-        adv_data = q_data - v_s
-        positive = positive_advantage(adv_data, args.adv_threshold)
-    recon, mean, std = vae(obs, actions)
-    recon_loss = (args.vae_weight * positive.unsqueeze(-1) * (recon - actions).square()).mean()
-    kl = -0.5 * (1.0 + torch.log(std.square()) - mean.square() - std.square()).mean()
-    vae_loss = recon_loss + 0.5 * kl
-    vae_opt.zero_grad(set_to_none=True)
-    vae_loss.backward()
-    vae_opt.step()
-    metrics = {
-        "critic_loss": critic_loss.detach(),
-        "value_loss": value_loss.detach(),
-        "vae_loss": vae_loss.detach(),
-        "q_mean": q.detach().mean(),
-        "a2pr/positive_adv_fraction": positive.mean(),
-        "a2pr/v_mean": v_s.mean(),
-        "a2pr/q_data_mean": q_data.mean(),
-        "a2pr/v_target_mean": value_target.mean(),
-        "a2pr/adv_data_mean": adv_data.mean(),
-        "a2pr/vae_recon_loss": recon_loss.detach(),
-        "a2pr/vae_kl": kl.detach(),
-    }
-
-    if update_actor:
-        # 4. Actor: BC target chosen per sample by advantage between a and a~ = VAE(s, pi(s)).
-        pi = actor(obs)
-        q_pi = critic.member(obs, pi, 0)
-        q_pi_abs = q_pi.abs().mean().detach()
-        lmbda = args.alpha / q_pi_abs
-        vae_action = vae(obs, pi)[0]
-        if args.detach_vae_target:
-            vae_action = vae_action.detach()
-        with torch.no_grad():
-            adv_vae = critic.member(obs, vae_action.detach(), 0) - v_s
-        bc_target, use_vae = select_target(adv_data, adv_vae, actions, vae_action)
-        weight = bc_weights(adv_data, adv_vae, args.mask, args.adv_threshold)
-        bc_loss = (weight.unsqueeze(-1) * (pi - bc_target).square()).mean()
-        actor_loss = -lmbda * q_pi.mean() + bc_loss
-        actor_params = list(actor.parameters())
-        # Gradients for the actor only (the code's VAE and critic gradients are zeroed before use).
-        grads = torch.autograd.grad(actor_loss, actor_params)
-        for p, g in zip(actor_params, grads, strict=True):
-            p.grad = g
-        actor_opt.step()
-        polyak_update(critic_target.parameters(), critic.parameters(), args.tau)
-        polyak_update(actor_target.parameters(), actor.parameters(), args.tau)
-        with torch.no_grad():
-            metrics.update(
-                actor_loss=actor_loss.detach(),
-                bc_loss=bc_loss.detach(),
-                lmbda=lmbda.detach(),
-                **{
-                    "a2pr/vae_target_fraction": use_vae.float().mean(),
-                    "a2pr/weight_zero_fraction": (weight == 0).float().mean(),
-                    "a2pr/adv_vae_mean": adv_vae.mean(),
-                    "a2pr/q_pi_abs_mean": q_pi_abs,
-                    "a2pr/vae_policy_distance": (vae_action - pi).norm(dim=1).mean(),
-                },
+            noise = (
+                torch.randn_like(actions)
+                .mul_(args.policy_noise)
+                .clamp_(-args.noise_clip, args.noise_clip)
             )
-    return metrics
+            low, high = actor.action_bias - scale, actor.action_bias + scale
+            next_actions = torch.clamp(
+                self.actor_target(next_obs).addcmul_(noise, scale), low, high
+            )
+            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
+            target = torch.addcmul(rewards, 1.0 - terminals, target_q, value=args.discount)
+
+        q = critic(obs, actions)  # (2, B)
+        # Sum over the two critics of each one's mean squared TD error.
+        critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+
+        # V regresses onto min(online, target) Bellman targets of the dataset action, with the updated critic.
+        v = self.value(obs).squeeze(-1)
+        with torch.no_grad():
+            online_q = critic(next_obs, next_actions).min(dim=0).values
+            online = torch.addcmul(rewards, 1.0 - terminals, online_q, value=args.discount)
+            value_target = torch.min(online, target)
+        if args.value_loss == "expectile":
+            diff = value_target - v
+            weight = torch.where(diff > 0, args.expectile, 1.0 - args.expectile)
+            value_loss = (weight * diff.square()).mean()
+        else:
+            value_loss = F.mse_loss(v, value_target)
+        self.value_opt.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.value_opt.step()
+        if args.value_timing == "fresh":
+            with torch.no_grad():
+                v_s = self.value(obs).squeeze(-1)
+        else:
+            v_s = v.detach()  # the code's one-step-stale V(s)
+
+        # The VAE learns positive-advantage dataset actions (reconstruction masked; KL on every sample).
+        with torch.no_grad():
+            q_data = critic.member(obs, actions, 0)
+            adv_data = q_data - v_s
+            positive = (adv_data > args.adv_threshold).float()  # the VAE's reconstruction mask
+        recon, mean, std = self.vae(obs, actions)
+        recon_loss = (args.vae_weight * positive.unsqueeze(-1) * (recon - actions).square()).mean()
+        kl = -0.5 * (1.0 + torch.log(std.square()) - mean.square() - std.square()).mean()
+        vae_loss = recon_loss + 0.5 * kl
+        self.vae_opt.zero_grad(set_to_none=True)
+        vae_loss.backward()
+        self.vae_opt.step()
+        metrics.update(value_loss=value_loss.detach(), vae_loss=vae_loss.detach())
+        self.seen = dict(v_s=v_s, value_target=value_target, q_data=q_data, adv_data=adv_data,
+                         positive=positive, recon_loss=recon_loss.detach(), kl=kl.detach())  # fmt: skip
+
+        if update_actor:
+            # The BC target is chosen per sample by advantage between a and a~ = VAE(s, pi(s)).
+            pi = actor(obs)
+            q_pi = critic.member(obs, pi, 0)
+            lmbda = args.alpha / q_pi.abs().mean().detach()
+            vae_action = self.vae(obs, pi)[0]
+            if args.detach_vae_target:
+                vae_action = vae_action.detach()
+            with torch.no_grad():
+                adv_vae = critic.member(obs, vae_action.detach(), 0) - v_s
+            bc_target, use_vae = select_target(adv_data, adv_vae, actions, vae_action)
+            weight = bc_weights(adv_data, adv_vae, args.mask, args.adv_threshold)
+            bc_loss = (weight.unsqueeze(-1) * (pi - bc_target).square()).mean()
+            actor_loss = -lmbda * q_pi.mean() + bc_loss
+            actor_params = list(actor.parameters())
+            # Gradients for the actor only (the code's VAE and critic gradients are zeroed before use).
+            grads = torch.autograd.grad(actor_loss, actor_params)
+            for p, g in zip(actor_params, grads, strict=True):
+                p.grad = g
+            self.actor_opt.step()
+            polyak_update(self.critic_target.parameters(), critic.parameters(), args.tau)
+            polyak_update(self.actor_target.parameters(), actor.parameters(), args.tau)
+            metrics.update(
+                actor_loss=actor_loss.detach(), bc_loss=bc_loss.detach(), lmbda=lmbda.detach()
+            )
+            self.seen.update(adv_vae=adv_vae, use_vae=use_vae, weight=weight, pi=pi.detach(),
+                             vae_action=vae_action.detach(), q_pi_abs=q_pi.abs().mean().detach())  # fmt: skip
+        return metrics
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """The reference's checklist for the last update: advantages, V, targets, weights, VAE losses."""
+        seen = self.seen
+        stats = {
+            "a2pr/positive_adv_fraction": seen["positive"].mean(), "a2pr/v_mean": seen["v_s"].mean(),
+            "a2pr/q_data_mean": seen["q_data"].mean(), "a2pr/v_target_mean": seen["value_target"].mean(),
+            "a2pr/adv_data_mean": seen["adv_data"].mean(), "a2pr/vae_recon_loss": seen["recon_loss"],
+            "a2pr/vae_kl": seen["kl"],
+        }  # fmt: skip
+        if "use_vae" in seen:
+            stats.update({
+                "a2pr/vae_target_fraction": seen["use_vae"].float().mean(),
+                "a2pr/weight_zero_fraction": (seen["weight"] == 0).float().mean(),
+                "a2pr/adv_vae_mean": seen["adv_vae"].mean(), "a2pr/q_pi_abs_mean": seen["q_pi_abs"],
+                "a2pr/vae_policy_distance": (seen["vae_action"] - seen["pi"]).norm(dim=1).mean(),
+            })  # fmt: skip
+        return stats
 
 
 def main(args: Args) -> dict:
-    if args.resume:
-        args = resume_args(args)
+    args = resume_args(args) if args.resume else args
+    check_args(args)
     device = pick_device(args.device)
     np_rng = seed_everything(args.seed)
-
     if args.preset is not None and args.preset != args.dataset:
-        print(
-            f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'"
-        )
-    offline = load_offline(
+        print(f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'")  # fmt: skip
+    task = load_offline_task(
         args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
         truncated_last=args.truncated_last,
+        ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
     )  # fmt: skip
-    dataset, env_id, buffer = offline.dataset, offline.env_id, offline.buffer
-    obs_mean, obs_std = offline.obs_mean, offline.obs_std
-    action_low, action_high = offline.action_low, offline.action_high
-    obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
-
-    actor = DeterministicActor(obs_dim, act_dim, args.actor_hidden, action_low, action_high).to(
-        device
+    agent = A2PR(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
+    update = torch.compile(agent.update) if args.compile else agent.update
+    evaluator = task.evaluator(args.eval_episodes, args.seed, device)
+    loop = TrainingLoop(
+        "a2pr", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer
     )
-    critic = CriticEnsemble(obs_dim, act_dim, args.critic_hidden, num_critics=2).to(device)
-    value = MLP(obs_dim, 1, args.critic_hidden).to(device)
-    vae = ConditionalVAE(
-        obs_dim, act_dim, args.latent_dim, args.vae_hidden, action_low, action_high
-    ).to(device)
-    actor_target, critic_target = copy.deepcopy(actor), copy.deepcopy(critic)
-    for p in (*actor_target.parameters(), *critic_target.parameters()):
-        p.requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
-    value_opt = torch.optim.Adam(value.parameters(), lr=args.value_lr, fused=True)
-    vae_opt = torch.optim.Adam(vae.parameters(), lr=args.vae_lr, fused=True)
 
-    run = Run("a2pr", dataset.name, args.seed, args, args.run_dir)
-    parts = {
-        "actor": actor, "critic": critic, "actor_target": actor_target, "critic_target": critic_target,
-        "value": value, "vae": vae, "actor_opt": actor_opt, "critic_opt": critic_opt,
-        "value_opt": value_opt, "vae_opt": vae_opt,
-    }  # fmt: skip
-    step = 0
-    if args.resume:
-        step = restore_training_state(
-            load_checkpoint(run.checkpoint_path, device), parts, np_rng, run
-        )
-    resumed_from = step
+    for step in loop.steps():
+        batch = task.buffer.sample(args.batch_size)
+        metrics = update(batch, update_actor=step % args.policy_freq == 0)
+        loop.log(metrics | agent.diagnostics())
+        if loop.due(args.eval_every):
+            loop.evaluate(evaluator, agent.actor.act)
 
-    def checkpoint() -> None:
-        normalizer = (
-            {"obs_mean": torch.as_tensor(obs_mean), "obs_std": torch.as_tensor(obs_std)}
-            if args.normalize_obs
-            else {}
-        )
-        save_checkpoint(run.checkpoint_path, training_state(step, parts, np_rng, run, **normalizer))
-
-    evaluator = offline.evaluator(args.eval_episodes, args.seed, device)
-    update = torch.compile(a2pr_update) if args.compile else a2pr_update
-
-    def evaluate() -> None:
-        pbar.set_postfix_str(run.log_eval(step, evaluator(actor.act)))
-
-    pbar = tqdm(
-        total=args.total_steps,
-        initial=step,
-        desc="a2pr",
-        disable=not args.progress,
-        dynamic_ncols=True,
-    )
-    tick, tick_step = time.perf_counter(), step
-    latest: dict[str, torch.Tensor] = {}  # device tensors; read on the host only at log steps
-    sums: dict[str, torch.Tensor] = {}  # a2pr/* statistics, averaged over the log interval
-    counts: dict[str, int] = {}
-    while step < args.total_steps:
-        metrics = update(
-            buffer.sample(args.batch_size), actor, actor_target, critic, critic_target, value, vae,
-            actor_opt, critic_opt, value_opt, vae_opt, args, step % args.policy_freq == 0,
-        )  # fmt: skip
-        for key, val in metrics.items():
-            if key.startswith("a2pr/"):
-                sums[key] = sums[key] + val if key in sums else val
-                counts[key] = counts.get(key, 0) + 1
-            else:
-                latest[key] = val
-        step += 1
-        if step % args.log_every == 0 or step == args.total_steps:
-            values = {f"losses/{k}": float(v) for k, v in latest.items()}
-            values.update({k: float(v) / counts[k] for k, v in sums.items()})
-            check_finite(step, values, run)
-            sums, counts = {}, {}
-            now = time.perf_counter()
-            values["charts/updates_per_s"] = (step - tick_step) / (now - tick)
-            tick, tick_step = now, step
-            run.log(step, values)
-        if step % args.eval_every == 0 or step == args.total_steps:
-            evaluate()
-            if args.save_model:
-                checkpoint()
-        pbar.update(1)
-    pbar.close()
-    evaluator.close()
-    if not run.last_eval:
-        evaluate()
-    return run.finish(
-        step, {"resumed_from": resumed_from, "dataset": dataset.name, "env_id": env_id}
-    )
+    return loop.finish(evaluator, agent.actor.act, dataset=task.dataset.name, env_id=task.env_id)
 
 
 if __name__ == "__main__":

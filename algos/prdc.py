@@ -45,24 +45,19 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from ocrl.data import (
-    Batch,
-    ReplayBuffer,
-    Run,
-    check_finite,
+from ocrl.data import Batch, ReplayBuffer
+from ocrl.envs import load_offline_task
+from ocrl.experiment import (
+    Agent,
+    TrainingLoop,
+    check_args,
     cli,
     friendly_errors,
-    load_checkpoint,
     pick_device,
-    restore_training_state,
     resume_args,
-    save_checkpoint,
     seed_everything,
-    training_state,
 )
-from ocrl.envs import load_offline
 from ocrl.nets import CriticEnsemble, DeterministicActor, NearestNeighbors, polyak_update
 
 _DOMAIN = {
@@ -138,6 +133,10 @@ class Args:
     """standardise observations with dataset mean and std (+1e-3)"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset; 'keep' also trains on timeout transitions using stored next observations"""
+    ref_min_score: float | None = None
+    """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
+    ref_max_score: float | None = None
+    """return of an expert policy for the normalised score (give both or neither)"""
     eval_protocol: Literal["ocrl", "prdc"] = "ocrl"
     """'ocrl': 10 episodes every 5,000 updates (the shared protocol); 'prdc': the original's 50 every 1,000"""
     eval_every: int | None = None
@@ -193,206 +192,138 @@ class SearchTimer:
         return ms
 
 
-def prdc_update(
-    batch: Batch,
-    batch_idx: torch.Tensor,
-    actor: DeterministicActor,
-    actor_target: DeterministicActor,
-    critic: CriticEnsemble,
-    critic_target: CriticEnsemble,
-    actor_opt: torch.optim.Optimizer,
-    critic_opt: torch.optim.Optimizer,
-    index: NearestNeighbors,
-    buffer: ReplayBuffer,
-    args: Args,
-    update_actor: bool,
-    timer: SearchTimer,
-) -> dict[str, torch.Tensor]:
-    """One PRDC iteration: TD3+BC's critic step; on actor iterations the dataset-constrained actor step and targets."""
-    obs, actions, rewards, next_obs, dones = batch
-    scale = actor.action_scale
-    with torch.no_grad():
-        noise = (torch.randn_like(actions) * args.policy_noise).clamp(
-            -args.noise_clip, args.noise_clip
-        ) * scale
-        low, high = actor.action_bias - scale, actor.action_bias + scale
-        next_actions = torch.max(torch.min(actor_target(next_obs) + noise, high), low)
-        target_q = critic_target(next_obs, next_actions).min(dim=0).values
-        target = rewards + args.discount * (1.0 - dones) * target_q
+class PRDC(Agent):
+    """TD3+BC's networks and optimisers plus the dataset's search index; `update` is one PRDC iteration."""
 
-    q = critic(obs, actions)  # (2, B)
-    critic_loss = ((q - target) ** 2).mean(dim=1).sum()
-    critic_opt.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_opt.step()
-    metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+    def __init__(self, args: Args, buffer: ReplayBuffer, action_low, action_high, device):
+        self.args, self.buffer = args, buffer
+        obs_dim, act_dim = buffer.observations.shape[1], buffer.actions.shape[1]
+        # The search space [beta * s, a] over every transition of the dataset, built once.
+        points = torch.cat([args.beta * buffer.observations, buffer.actions], dim=1)
+        self.index = NearestNeighbors(points, args.nn_backend, kdtree_eps=args.kdtree_eps)
+        self.timer = SearchTimer(torch.device(device))
+        self.neighbours: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.actor = DeterministicActor(obs_dim, act_dim, args.hidden, action_low, action_high)
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2)
+        self.actor.to(device), self.critic.to(device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, fused=True)
 
-    if update_actor:
-        pi = actor(obs)
-        # The dataset constraint: the action of the nearest transition to (beta * s, pi(s)), a constant.
-        query = torch.cat([args.beta * obs, pi.detach()], dim=1)
-        timer.start()
-        nn_idx, nn_dist = index.query(query, k=args.k)
-        timer.stop()
-        nn_idx, nn_dist = nn_idx[:, -1], nn_dist[:, -1]
-        nn_actions = buffer.actions[nn_idx]
-        q_pi = critic.member(obs, pi, 0)
-        lmbda = args.alpha / q_pi.abs().mean().detach()
-        dc_mse = F.mse_loss(pi, nn_actions)
-        actor_loss = -lmbda * q_pi.mean() + dc_mse
-        actor_params = list(actor.parameters())
-        # Gradients for the actor only: the critic's weight gradients are not needed here.
-        grads = torch.autograd.grad(actor_loss, actor_params)
-        for p, g in zip(actor_params, grads, strict=True):
-            p.grad = g
-        actor_opt.step()
-        polyak_update(critic_target.parameters(), critic.parameters(), args.tau)
-        polyak_update(actor_target.parameters(), actor.parameters(), args.tau)
+    def update(self, batch: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
+        """TD3+BC's critic step; on actor iterations the dataset-constrained actor step and the targets."""
+        args, actor, critic = self.args, self.actor, self.critic
+        obs, actions, rewards, next_obs, terminals = batch
+        scale = actor.action_scale
         with torch.no_grad():
-            pi_d = pi.detach()
-            metrics.update(
-                actor_loss=actor_loss.detach(),
-                dc_mse=dc_mse.detach(),
-                lmbda=lmbda.detach(),
-                **{
-                    "prdc/nn_self_fraction": (nn_idx == batch_idx).float().mean(),
-                    "prdc/nn_distance": nn_dist.mean(),
-                    "prdc/nn_state_distance": (
-                        args.beta * (buffer.observations[nn_idx] - obs).norm(dim=1).mean()
-                    ),
-                    "prdc/nn_action_distance": (nn_actions - pi_d).norm(dim=1).mean(),
-                    "prdc/own_action_distance": (actions - pi_d).norm(dim=1).mean(),
-                },
+            noise = (
+                torch.randn_like(actions)
+                .mul_(args.policy_noise)
+                .clamp_(-args.noise_clip, args.noise_clip)
             )
-    return metrics
+            low, high = actor.action_bias - scale, actor.action_bias + scale
+            next_actions = torch.clamp(
+                self.actor_target(next_obs).addcmul_(noise, scale), low, high
+            )
+            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
+            target = torch.addcmul(rewards, 1.0 - terminals, target_q, value=args.discount)
+
+        q = critic(obs, actions)  # (2, B)
+        # Sum over the two critics of each one's mean squared TD error.
+        critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+
+        if update_actor:
+            pi = actor(obs)
+            # The dataset constraint: the action of the nearest transition to (beta * s, pi(s)), a constant.
+            query = torch.cat([args.beta * obs, pi.detach()], dim=1)
+            self.timer.start()
+            nn_idx, nn_dist = self.index.query(query, k=args.k)
+            self.timer.stop()
+            nn_idx, nn_dist = nn_idx[:, -1], nn_dist[:, -1]
+            self.neighbours = (nn_idx, nn_dist, pi.detach())
+            q_pi = critic.member(obs, pi, 0)
+            lmbda = args.alpha / q_pi.abs().mean().detach()
+            dc_mse = F.mse_loss(pi, self.buffer.actions[nn_idx])
+            actor_loss = -lmbda * q_pi.mean() + dc_mse
+            actor_params = list(actor.parameters())
+            # Gradients for the actor only: the critic's weight gradients are not needed here.
+            grads = torch.autograd.grad(actor_loss, actor_params)
+            for p, g in zip(actor_params, grads, strict=True):
+                p.grad = g
+            self.actor_opt.step()
+            polyak_update(self.critic_target.parameters(), critic.parameters(), args.tau)
+            polyak_update(self.actor_target.parameters(), actor.parameters(), args.tau)
+            metrics.update(
+                actor_loss=actor_loss.detach(), dc_mse=dc_mse.detach(), lmbda=lmbda.detach()
+            )
+        return metrics
+
+    @torch.no_grad()
+    def search_diagnostics(self, batch: Batch, batch_idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Where the last actor step's neighbours lie: own transition or not, and their distances."""
+        nn_idx, nn_dist, pi = self.neighbours
+        obs, actions = batch.observations, batch.actions
+        return {
+            "prdc/nn_self_fraction": (nn_idx == batch_idx).float().mean(),
+            "prdc/nn_distance": nn_dist.mean(),
+            "prdc/nn_state_distance": (
+                self.args.beta * (self.buffer.observations[nn_idx] - obs).norm(dim=1).mean()
+            ),
+            "prdc/nn_action_distance": (self.buffer.actions[nn_idx] - pi).norm(dim=1).mean(),
+            "prdc/own_action_distance": (actions - pi).norm(dim=1).mean(),
+        }
 
 
 def main(args: Args) -> dict:
-    if args.resume:
-        args = resume_args(args)
+    args = resume_args(args) if args.resume else args
     every, episodes = _EVAL_PROTOCOLS[args.eval_protocol]
     args = replace(
-        args,
-        eval_every=args.eval_every or every,
-        eval_episodes=args.eval_episodes or episodes,
+        args, eval_every=args.eval_every or every, eval_episodes=args.eval_episodes or episodes
     )
+    check_args(args)
     device = pick_device(args.device)
     np_rng = seed_everything(args.seed)
-
     if args.preset is not None and args.preset not in _DOMAIN and args.preset != args.dataset:
         print(
             f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'"
         )
-    offline = load_offline(
+    task = load_offline_task(
         args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
         truncated_last=args.truncated_last,
+        ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
     )  # fmt: skip
-    dataset, env_id, buffer = offline.dataset, offline.env_id, offline.buffer
-    obs_mean, obs_std = offline.obs_mean, offline.obs_std
-    action_low, action_high = offline.action_low, offline.action_high
     if args.reward_scale != 1.0 or args.reward_shift != 0.0:
-        shaped = buffer.next_observations if args.antmaze_shaping_bug else buffer.rewards
+        shaped = task.buffer.next_observations if args.antmaze_shaping_bug else task.buffer.rewards
         shaped *= args.reward_scale
         shaped += args.reward_shift
-    # The search space [beta * s, a] over every transition of the dataset, built once.
-    points = torch.cat([args.beta * buffer.observations, buffer.actions], dim=1)
-    index = NearestNeighbors(points, args.nn_backend, kdtree_eps=args.kdtree_eps)
-    del points
-
-    actor = DeterministicActor(
-        dataset.obs_dim, dataset.act_dim, args.hidden, action_low, action_high
-    ).to(device)
-    critic = CriticEnsemble(dataset.obs_dim, dataset.act_dim, args.hidden, num_critics=2).to(device)
-    actor_target, critic_target = copy.deepcopy(actor), copy.deepcopy(critic)
-    for p in (*actor_target.parameters(), *critic_target.parameters()):
-        p.requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
-
-    run = Run("prdc", dataset.name, args.seed, args, args.run_dir)
-    parts = {
-        "actor": actor, "critic": critic, "actor_target": actor_target, "critic_target": critic_target,
-        "actor_opt": actor_opt, "critic_opt": critic_opt,
-    }  # fmt: skip
-    step = 0
-    if args.resume:
-        step = restore_training_state(
-            load_checkpoint(run.checkpoint_path, device), parts, np_rng, run
-        )
-    resumed_from = step
-
-    def checkpoint() -> None:
-        normalizer = (
-            {"obs_mean": torch.as_tensor(obs_mean), "obs_std": torch.as_tensor(obs_std)}
-            if args.normalize_obs
-            else {}
-        )
-        save_checkpoint(run.checkpoint_path, training_state(step, parts, np_rng, run, **normalizer))
-
-    evaluator = offline.evaluator(args.eval_episodes, args.seed, device)
-    update = torch.compile(prdc_update) if args.compile else prdc_update
-    timer = SearchTimer(device)
-
-    def evaluate() -> None:
-        pbar.set_postfix_str(run.log_eval(step, evaluator(actor.act)))
-
-    pbar = tqdm(
-        total=args.total_steps,
-        initial=step,
-        desc="prdc",
-        disable=not args.progress,
-        dynamic_ncols=True,
+    agent = PRDC(args, task.buffer, task.action_low, task.action_high, device)
+    update = torch.compile(agent.update) if args.compile else agent.update
+    evaluator = task.evaluator(args.eval_episodes, args.seed, device)
+    loop = TrainingLoop(
+        "prdc", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer
     )
-    tick, tick_step = time.perf_counter(), step
-    latest: dict[str, torch.Tensor] = {}  # device tensors; read on the host only at log steps
-    sums: dict[str, torch.Tensor] = {}  # prdc/* statistics, averaged over the log interval
-    searches = 0
-    while step < args.total_steps:
-        batch_idx = torch.randint(0, len(buffer), (args.batch_size,), device=device)
-        batch = Batch(
-            buffer.observations[batch_idx], buffer.actions[batch_idx], buffer.rewards[batch_idx],
-            buffer.next_observations[batch_idx], buffer.terminations[batch_idx],
-        )  # fmt: skip
-        metrics = update(
-            batch, batch_idx, actor, actor_target, critic, critic_target, actor_opt, critic_opt,
-            index, buffer, args, step % args.policy_freq == 0, timer,
-        )  # fmt: skip
-        for key, value in metrics.items():
-            if key.startswith("prdc/"):
-                sums[key] = sums[key] + value if key in sums else value
-            else:
-                latest[key] = value
-        searches += "prdc/nn_distance" in metrics
-        step += 1
-        if step % args.log_every == 0 or step == args.total_steps:
-            values = {f"losses/{k}": float(v) for k, v in latest.items()}
-            check_finite(step, values, run)
-            if searches:
-                values.update({k: float(v) / searches for k, v in sums.items()})
-                values["prdc/search_ms"] = timer.read_ms()
-                sums, searches = {}, 0
-            now = time.perf_counter()
-            values["charts/updates_per_s"] = (step - tick_step) / (now - tick)
-            tick, tick_step = now, step
-            run.log(step, values)
-        if step % args.eval_every == 0 or step == args.total_steps:
-            evaluate()
-            if args.save_model:
-                checkpoint()
-        pbar.update(1)
-    pbar.close()
-    if not run.last_eval:
-        evaluate()
-    evaluator.close()
-    return run.finish(
-        step,
-        {
-            "resumed_from": resumed_from,
-            "dataset": dataset.name,
-            "env_id": env_id,
-            "nn_backend": index.backend,
-        },
-    )
+
+    for step in loop.steps():
+        batch_idx = task.buffer.sample_indices(args.batch_size)
+        batch = task.buffer.gather(batch_idx)
+        metrics = update(batch, update_actor=step % args.policy_freq == 0)
+        if "dc_mse" in metrics:
+            metrics |= agent.search_diagnostics(batch, batch_idx)
+        if loop.due(args.log_every):
+            metrics["prdc/search_ms"] = torch.tensor(agent.timer.read_ms())
+        loop.log(metrics)
+        if loop.due(args.eval_every):
+            loop.evaluate(evaluator, agent.actor.act)
+
+    return loop.finish(
+        evaluator, agent.actor.act, dataset=task.dataset.name, env_id=task.env_id,
+        nn_backend=agent.index.backend,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,29 +20,24 @@ deterministic actor, 10 episodes every 5,000 updates, episode seeds derived from
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from ocrl.data import (
-    Batch,
-    Run,
-    check_finite,
+from ocrl.data import Batch
+from ocrl.envs import load_offline_task
+from ocrl.experiment import (
+    Agent,
+    TrainingLoop,
+    check_args,
     cli,
     friendly_errors,
-    load_checkpoint,
     pick_device,
-    restore_training_state,
     resume_args,
-    save_checkpoint,
     seed_everything,
-    training_state,
 )
-from ocrl.envs import load_offline
 from ocrl.nets import CriticEnsemble, DeterministicActor, polyak_update
 
 _LOCOMOTION = [
@@ -99,9 +94,13 @@ class Args:
     normalize_obs: bool = True
     """standardise observations with dataset mean and std (+1e-3)"""
     normalize_reward: bool = False
-    """scale rewards by 1000 / (max - min episode return), as CORL's optional modify_reward"""
+    """scale rewards by max_episode_steps / (max - min return) over the training transitions, CORL's modify_reward"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset; 'keep' also trains on timeout transitions using stored next observations"""
+    ref_min_score: float | None = None
+    """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
+    ref_max_score: float | None = None
+    """return of an expert policy for the normalised score (give both or neither)"""
     eval_every: int = 5_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -120,149 +119,93 @@ class Args:
     """show a progress bar"""
 
 
-def td3_bc_update(
-    batch: Batch,
-    actor: DeterministicActor,
-    actor_target: DeterministicActor,
-    critic: CriticEnsemble,
-    critic_target: CriticEnsemble,
-    actor_opt: torch.optim.Optimizer,
-    critic_opt: torch.optim.Optimizer,
-    args: Args,
-    update_actor: bool,
-) -> dict[str, torch.Tensor]:
-    """One TD3+BC iteration: a critic step, and on actor iterations an actor step and the target updates."""
-    obs, actions, rewards, next_obs, dones = batch
-    scale = actor.action_scale
-    with torch.no_grad():
-        noise = (
-            torch.randn_like(actions)
-            .mul_(args.policy_noise)
-            .clamp_(-args.noise_clip, args.noise_clip)
-        )
-        low, high = actor.action_bias - scale, actor.action_bias + scale
-        next_actions = torch.clamp(actor_target(next_obs).addcmul_(noise, scale), low, high)
-        target_q = critic_target(next_obs, next_actions).min(dim=0).values
-        target = torch.addcmul(rewards, 1.0 - dones, target_q, value=args.discount)
+class TD3BC(Agent):
+    """The actor, the twin critics, their targets and optimisers; `update` is one TD3+BC iteration."""
 
-    q = critic(obs, actions)  # (2, B)
-    # Sum over the two critics of each one's mean squared TD error.
-    critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
-    critic_opt.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_opt.step()
-    metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+    def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
+        self.args = args
+        self.actor = DeterministicActor(obs_dim, act_dim, args.hidden, action_low, action_high)
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2)
+        self.actor.to(device), self.critic.to(device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, fused=True)
 
-    if update_actor:
-        pi = actor(obs)
-        q_pi = critic.member(obs, pi, 0)
-        lmbda = args.alpha / q_pi.abs().mean().detach()
-        bc_mse = F.mse_loss(pi, actions)
-        actor_loss = -lmbda * q_pi.mean() + bc_mse
-        actor_params = list(actor.parameters())
-        # Gradients for the actor only: the critic's weight gradients are not needed here.
-        grads = torch.autograd.grad(actor_loss, actor_params)
-        for p, g in zip(actor_params, grads, strict=True):
-            p.grad = g
-        actor_opt.step()
-        polyak_update(critic_target.parameters(), critic.parameters(), args.tau)
-        polyak_update(actor_target.parameters(), actor.parameters(), args.tau)
-        metrics.update(actor_loss=actor_loss.detach(), bc_mse=bc_mse.detach(), lmbda=lmbda.detach())
-    return metrics
+    def update(self, batch: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
+        """A critic step, and on actor iterations an actor step and the target updates."""
+        args, actor, critic = self.args, self.actor, self.critic
+        obs, actions, rewards, next_obs, terminals = batch
+        scale = actor.action_scale
+        with torch.no_grad():
+            noise = (
+                torch.randn_like(actions)
+                .mul_(args.policy_noise)
+                .clamp_(-args.noise_clip, args.noise_clip)
+            )
+            low, high = actor.action_bias - scale, actor.action_bias + scale
+            next_actions = torch.clamp(
+                self.actor_target(next_obs).addcmul_(noise, scale), low, high
+            )
+            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
+            target = torch.addcmul(rewards, 1.0 - terminals, target_q, value=args.discount)
+
+        q = critic(obs, actions)  # (2, B)
+        # Sum over the two critics of each one's mean squared TD error.
+        critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+
+        if update_actor:
+            pi = actor(obs)
+            q_pi = critic.member(obs, pi, 0)
+            lmbda = args.alpha / q_pi.abs().mean().detach()
+            bc_mse = F.mse_loss(pi, actions)
+            actor_loss = -lmbda * q_pi.mean() + bc_mse
+            actor_params = list(actor.parameters())
+            # Gradients for the actor only: the critic's weight gradients are not needed here.
+            grads = torch.autograd.grad(actor_loss, actor_params)
+            for p, g in zip(actor_params, grads, strict=True):
+                p.grad = g
+            self.actor_opt.step()
+            polyak_update(self.critic_target.parameters(), critic.parameters(), args.tau)
+            polyak_update(self.actor_target.parameters(), actor.parameters(), args.tau)
+            metrics.update(
+                actor_loss=actor_loss.detach(), bc_mse=bc_mse.detach(), lmbda=lmbda.detach()
+            )
+        return metrics
 
 
 def main(args: Args) -> dict:
-    if args.resume:
-        args = resume_args(args)
+    args = resume_args(args) if args.resume else args
+    check_args(args)
     device = pick_device(args.device)
     np_rng = seed_everything(args.seed)
-
     if args.preset in _LOCOMOTION and args.preset != args.dataset:
         print(
             f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'"
         )
-    offline = load_offline(
+    task = load_offline_task(
         args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
-        truncated_last=args.truncated_last,
+        normalize_reward=args.normalize_reward, truncated_last=args.truncated_last,
+        ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
     )  # fmt: skip
-    dataset, env_id, buffer = offline.dataset, offline.env_id, offline.buffer
-    obs_mean, obs_std = offline.obs_mean, offline.obs_std
-    action_low, action_high = offline.action_low, offline.action_high
-    if args.normalize_reward:
-        returns = dataset.episode_returns()
-        buffer.rewards *= 1000.0 / (returns.max() - returns.min())
-
-    actor = DeterministicActor(
-        dataset.obs_dim, dataset.act_dim, args.hidden, action_low, action_high
-    ).to(device)
-    critic = CriticEnsemble(dataset.obs_dim, dataset.act_dim, args.hidden, num_critics=2).to(device)
-    actor_target, critic_target = copy.deepcopy(actor), copy.deepcopy(critic)
-    for p in (*actor_target.parameters(), *critic_target.parameters()):
-        p.requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
-
-    run = Run("td3_bc", dataset.name, args.seed, args, args.run_dir)
-    parts = {
-        "actor": actor, "critic": critic, "actor_target": actor_target, "critic_target": critic_target,
-        "actor_opt": actor_opt, "critic_opt": critic_opt,
-    }  # fmt: skip
-    step = 0
-    if args.resume:
-        step = restore_training_state(
-            load_checkpoint(run.checkpoint_path, device), parts, np_rng, run
-        )
-    resumed_from = step
-
-    def checkpoint() -> None:
-        normalizer = (
-            {"obs_mean": torch.as_tensor(obs_mean), "obs_std": torch.as_tensor(obs_std)}
-            if args.normalize_obs
-            else {}
-        )
-        save_checkpoint(run.checkpoint_path, training_state(step, parts, np_rng, run, **normalizer))
-
-    evaluator = offline.evaluator(args.eval_episodes, args.seed, device)
-    update = torch.compile(td3_bc_update) if args.compile else td3_bc_update
-
-    def evaluate() -> None:
-        pbar.set_postfix_str(run.log_eval(step, evaluator(actor.act)))
-
-    pbar = tqdm(
-        total=args.total_steps,
-        initial=step,
-        desc="td3_bc",
-        disable=not args.progress,
-        dynamic_ncols=True,
+    agent = TD3BC(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
+    update = torch.compile(agent.update) if args.compile else agent.update
+    evaluator = task.evaluator(args.eval_episodes, args.seed, device)
+    loop = TrainingLoop(
+        "td3_bc", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer
     )
-    tick, tick_step = time.perf_counter(), step
-    latest: dict[str, torch.Tensor] = {}  # device tensors; read on the host only at log steps
-    while step < args.total_steps:
-        metrics = update(
-            buffer.sample(args.batch_size), actor, actor_target, critic, critic_target,
-            actor_opt, critic_opt, args, step % args.policy_freq == 0,
-        )  # fmt: skip
-        latest.update(metrics)
-        step += 1
-        if step % args.log_every == 0 or step == args.total_steps:
-            values = {f"losses/{k}": float(v) for k, v in latest.items()}
-            check_finite(step, values, run)
-            now = time.perf_counter()
-            values["charts/updates_per_s"] = (step - tick_step) / (now - tick)
-            tick, tick_step = now, step
-            run.log(step, values)
-        if step % args.eval_every == 0 or step == args.total_steps:
-            evaluate()
-            if args.save_model:
-                checkpoint()
-        pbar.update(1)
-    pbar.close()
-    if not run.last_eval:
-        evaluate()
-    evaluator.close()
-    return run.finish(
-        step, {"resumed_from": resumed_from, "dataset": dataset.name, "env_id": env_id}
-    )
+
+    for step in loop.steps():
+        batch = task.buffer.sample(args.batch_size)
+        loop.log(update(batch, update_actor=step % args.policy_freq == 0))
+        if loop.due(args.eval_every):
+            loop.evaluate(evaluator, agent.actor.act)
+
+    return loop.finish(evaluator, agent.actor.act, dataset=task.dataset.name, env_id=task.env_id)
 
 
 if __name__ == "__main__":

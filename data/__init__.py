@@ -1,6 +1,5 @@
-"""Datasets (D4RL, Minari, shipped), normalisation, replay buffers and run folders."""
+"""Datasets (D4RL, Minari, shipped), normalisation and replay buffers."""
 
-# --- dataset layer (ocrl.data.offline / d4rl / minari_io) ---
 from ocrl.data.offline import (
     DatasetError,
     OfflineDataset,
@@ -8,42 +7,12 @@ from ocrl.data.offline import (
     load_dataset,
 )
 from ocrl.data.replay import Batch, ReplayBuffer
-from ocrl.data.runs import (
-    Run,
-    atomic_write_text,
-    check_finite,
-    cli,
-    friendly_errors,
-    load_checkpoint,
-    pick_device,
-    restore_training_state,
-    resume_args,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-    training_state,
-)
 
 __all__ = [
+    "Batch",
     "DatasetError",
     "OfflineDataset",
     "ReplayBuffer",
-    "Batch",
-    "Run",
     "Transitions",
-    "atomic_write_text",
-    "check_finite",
-    "cli",
-    "friendly_errors",
-    "load_checkpoint",
     "load_dataset",
-    "pick_device",
-    "restore_training_state",
-    "resume_args",
-    "rng_state",
-    "save_checkpoint",
-    "seed_everything",
-    "set_rng_state",
-    "training_state",
 ]

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ocrl.data.offline import DatasetError, OfflineDataset
+from ocrl.data.offline import DatasetError, OfflineDataset, set_ordinary_permissions
 
 __all__ = [
     "D4RL_DIMS",
     "D4RL_ENV_IDS",
     "D4RL_KINDS",
+    "D4RL_MAX_EPISODE_STEPS",
     "D4RL_REF_SCORES",
     "check_near_miss",
     "d4rl_cache_dir",
@@ -35,6 +36,7 @@ __all__ = [
     "load_d4rl",
     "parse_d4rl_name",
     "read_d4rl_hdf5",
+    "synthesize_timeouts",
     "verify_d4rl_file",
     "write_d4rl_hdf5",
 ]
@@ -59,6 +61,8 @@ D4RL_DIMS: dict[str, tuple[int, int]] = {
     "walker2d": (17, 6),
     "ant": (111, 8),
 }
+#: D4RL registers every Gym-MuJoCo task with this time limit (``d4rl/gym_mujoco/__init__.py``).
+D4RL_MAX_EPISODE_STEPS = 1000
 D4RL_KINDS = ("random", "medium", "medium-replay", "medium-expert", "expert", "full-replay")
 
 _BASE_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
@@ -69,6 +73,7 @@ _NAME_RE = re.compile(
     r"-v(?P<version>[012])$"
 )
 _REQUIRED = ("observations", "actions", "rewards", "terminals")
+_FLAGS = ("terminals", "timeouts")
 
 
 # ------------------------------------------------------------------ names
@@ -189,6 +194,7 @@ def download_d4rl(url: str, path: str | os.PathLike, *, name: str | None = None)
                 "Try again; if it keeps failing, the server may be serving a broken file. "
                 + _where_to_put(label, url, path)
             ) from e
+        set_ordinary_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -278,10 +284,14 @@ def _check_layout(f, path) -> dict[str, tuple[int, ...]]:
         d = f[key]
         if not isinstance(d, h5py.Dataset):
             raise DatasetError(f"{path}: '{key}' must be an array, found a group")
-        flag = key in ("terminals", "timeouts")
-        if d.dtype.kind not in ("biu" if flag else "fiu"):
-            kind = "bool or 0/1 integer" if flag else "numeric"
-            raise DatasetError(f"{path}: '{key}' must be {kind}, got dtype {d.dtype}")
+        # Flags may be bool, 0/1 integers or 0.0/1.0 floats (many tools write floats); the values
+        # themselves are checked when read.
+        if d.dtype.kind not in "biuf":
+            kind = "bool, 0/1 integer or 0.0/1.0 float" if key in _FLAGS else "numeric"
+            raise DatasetError(
+                f"{path}: '{key}' must be {kind}, got dtype {d.dtype}; rewrite it as "
+                f"{'bool' if key in _FLAGS else 'float32'}"
+            )
         shape = tuple(d.shape)
         if key in ("observations", "actions", "next_observations"):
             if len(shape) != 2:
@@ -309,7 +319,12 @@ def _check_layout(f, path) -> dict[str, tuple[int, ...]]:
 def verify_d4rl_file(path: str | os.PathLike) -> None:
     """Cheap structural check of a D4RL file (opens as HDF5; keys, ranks, dtypes, lengths)."""
     with _open_h5(path) as f:
-        _check_layout(f, path)
+        try:
+            _check_layout(f, path)
+        except DatasetError:
+            raise
+        except Exception as e:  # a damaged file fails anywhere inside h5py, with any type
+            raise _corrupt(path, f"{type(e).__name__}: {e}") from e
 
 
 def _read_float(f, key: str, path) -> np.ndarray:
@@ -330,12 +345,16 @@ def _read_flag(f, key: str, path) -> np.ndarray:
         raise _corrupt(path, f"reading '{key}': {e}") from e
     arr = np.asarray(arr).reshape(-1)
     if arr.dtype != np.bool_:
+        # NaN compares unequal to both, so it is refused like 0.5 or 2.
         bad = np.flatnonzero((arr != 0) & (arr != 1))
         if bad.size:
+            row = int(bad[0])
             raise DatasetError(
-                f"{path}: '{key}' must hold only 0/1 (or bool), found {arr[bad[0]]!r} at row {bad[0]}"
+                f"{path}: '{key}' must hold only 0 and 1 (bool, integer or float), found "
+                f"{arr[row].item()!r} at row {row} ({bad.size} bad rows in all); fix those rows "
+                f"in the file, or rewrite '{key}' as a bool array"
             )
-        arr = arr.astype(bool)
+        arr = arr != 0
     return arr
 
 
@@ -382,32 +401,95 @@ def _read_metadata(f) -> dict:
     return out
 
 
-def read_d4rl_hdf5(path: str | os.PathLike, name: str | None = None) -> OfflineDataset:
+def synthesize_timeouts(terminals: np.ndarray, max_episode_steps: int) -> np.ndarray:
+    """Timeouts for a file that has none: every ``max_episode_steps``-th row since the last episode end."""
+    # D4RL's qlearning_dataset, without timeouts, ends an episode after max_episode_steps steps
+    # counted from the previous end. Its counter restarts one step late after a terminal (it is
+    # reset to 0 and then incremented on the terminal row); here every episode, after a terminal
+    # or a timeout alike, gets exactly max_episode_steps rows, which is what the time limit means.
+    # A row that is both the limit and a terminal is a termination (timeout = truncated and not
+    # terminated), so two episodes are never joined and no terminal is hidden.
+    if max_episode_steps < 1:
+        raise DatasetError(f"max_episode_steps must be at least 1, got {max_episode_steps}")
+    terminals = np.asarray(terminals, dtype=bool).reshape(-1)
+    n = terminals.shape[0]
+    out = np.zeros(n, dtype=bool)
+    start = 0
+    for stop in (*np.flatnonzero(terminals).tolist(), n):
+        out[start + max_episode_steps - 1 : stop : max_episode_steps] = True
+        start = stop + 1
+    return out
+
+
+def _episode_limit(env_id: str | None, domain: str | None, path) -> tuple[int, str]:
+    """(max_episode_steps, the env it came from) for synthesising missing timeouts."""
+    how = (
+        "add a bool 'timeouts' dataset to the file, or name the env: load_dataset(path, "
+        "env_id='Hopper-v4'), a D4RL file name like hopper_medium-v2.hdf5, or metadata/ocrl_env_id"
+    )
+    if env_id is None and domain is not None:
+        return D4RL_MAX_EPISODE_STEPS, f"D4RL {domain}"
+    if env_id is None:
+        raise DatasetError(
+            f"{path}: the file has no 'timeouts' and names no environment, so the ends of its "
+            f"time-limited episodes are unknown (they would be joined); {how}"
+        )
+    import gymnasium as gym
+
+    try:
+        limit = gym.spec(env_id).max_episode_steps
+    except gym.error.Error as e:
+        raise DatasetError(
+            f"{path}: the file has no 'timeouts', and its environment '{env_id}' is not a "
+            f"registered Gymnasium id ({e}), so its episode length is unknown; {how}"
+        ) from e
+    if not limit:
+        raise DatasetError(
+            f"{path}: the file has no 'timeouts', and environment '{env_id}' has no "
+            f"max_episode_steps in the Gymnasium registry; {how}"
+        )
+    return int(limit), env_id
+
+
+def read_d4rl_hdf5(
+    path: str | os.PathLike, name: str | None = None, *, env_id: str | None = None
+) -> OfflineDataset:
     """Read a D4RL-layout HDF5 file with h5py into a validated `OfflineDataset`.
 
-    Accepts float32/float64 arrays (stored as float32), bool or 0/1 flags, rewards (N,) or (N, 1),
-    files with or without ``next_observations`` and ``timeouts`` (missing timeouts -> all False,
-    noted as ``metadata["timeouts_missing"]``). ``infos/`` is ignored, scalar ``metadata/`` values
-    go into ``metadata``. env id and reference scores come from ``metadata/ocrl_env_id`` and
-    ``metadata/ref_{min,max}_score`` when present, else from ``name`` or the file name when it is a
-    D4RL name (``hopper_medium-v2.hdf5``), else None.
+    Accepts float32/float64 arrays (stored as float32), flags as bool, 0/1 integers or 0.0/1.0
+    floats, rewards (N,) or (N, 1), files with or without ``next_observations``. ``infos/`` is
+    ignored, scalar ``metadata/`` values go into ``metadata``.
+
+    env id: ``env_id``, else ``metadata/ocrl_env_id``, else the Gymnasium ``-v4`` task of a D4RL
+    ``name`` or file name (``hopper_medium-v2.hdf5``), else None. Reference scores:
+    ``metadata/ref_{min,max}_score``, else D4RL's table for a D4RL name, else None.
+
+    Without ``timeouts`` the time-limit ends are synthesised as D4RL does, from the env's
+    ``max_episode_steps`` (1000 for D4RL names; see `synthesize_timeouts`), and
+    ``metadata["timeouts_synthesized_every"]`` records the limit; when the env is unknown the
+    file is refused rather than have its episodes silently joined.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"D4RL file {path} does not exist")
     with _open_h5(path) as f:
-        shapes = _check_layout(f, path)
-        obs = _read_float(f, "observations", path)
-        act = _read_float(f, "actions", path)
-        rew = _read_float(f, "rewards", path)
-        term = _read_flag(f, "terminals", path)
-        has_timeouts = "timeouts" in shapes
-        tout = _read_flag(f, "timeouts", path) if has_timeouts else np.zeros(len(obs), bool)
-        next_obs = (
-            _read_float(f, "next_observations", path) if "next_observations" in shapes else None
-        )
-        meta = _read_metadata(f)
-        file_keys = sorted(f.keys())
+        try:
+            shapes = _check_layout(f, path)
+            obs = _read_float(f, "observations", path)
+            act = _read_float(f, "actions", path)
+            rew = _read_float(f, "rewards", path)
+            term = _read_flag(f, "terminals", path)
+            has_timeouts = "timeouts" in shapes
+            tout = _read_flag(f, "timeouts", path) if has_timeouts else None
+            next_obs = (
+                _read_float(f, "next_observations", path) if "next_observations" in shapes else None
+            )
+            meta = _read_metadata(f)
+            file_keys = sorted(f.keys())
+        except DatasetError:
+            raise
+        except Exception as e:  # a damaged file fails anywhere inside h5py, with any type
+            raise _corrupt(path, f"{type(e).__name__}: {e}") from e
     meta.update(
         {
             "format": "d4rl-hdf5",
@@ -419,10 +501,11 @@ def read_d4rl_hdf5(path: str | os.PathLike, name: str | None = None) -> OfflineD
     parsed = parse_d4rl_name(name) if name else None
     if parsed is None:
         parsed = parse_d4rl_name(path.name)
-    env_id = ref_min = ref_max = None
+    domain = ref_min = ref_max = None
+    found_env_id = None
     if parsed is not None:
         domain = parsed[0]
-        env_id = D4RL_ENV_IDS.get(domain)
+        found_env_id = D4RL_ENV_IDS.get(domain)
         ref_min, ref_max = D4RL_REF_SCORES[domain]
         meta["d4rl_domain"] = domain
         exp_obs, exp_act = D4RL_DIMS[domain]
@@ -430,10 +513,18 @@ def read_d4rl_hdf5(path: str | os.PathLike, name: str | None = None) -> OfflineD
             raise DatasetError(
                 f"{path}: named like a D4RL {domain} dataset, but its observations have "
                 f"{obs.shape[1]} dims and actions {act.shape[1]} (expected {exp_obs} and "
-                f"{exp_act}, as in {env_id or domain}). Rename the file if it is not D4RL data."
+                f"{exp_act}, as in {found_env_id or domain}). Rename the file if it is not D4RL data."
             )
-    if isinstance(meta.get("ocrl_env_id"), str):
-        env_id = meta["ocrl_env_id"]
+    file_env_id = meta.get("ocrl_env_id") if isinstance(meta.get("ocrl_env_id"), str) else None
+    if env_id is None and file_env_id:
+        env_id = file_env_id
+    if env_id is not None:
+        found_env_id = env_id
+    if tout is None:
+        limit, limit_from = _episode_limit(env_id, domain, path)
+        tout = synthesize_timeouts(term, limit)
+        meta["timeouts_synthesized_every"] = limit
+        meta["timeouts_synthesized_from"] = limit_from
     if isinstance(meta.get("ref_min_score"), int | float) and isinstance(
         meta.get("ref_max_score"), int | float
     ):
@@ -446,7 +537,7 @@ def read_d4rl_hdf5(path: str | os.PathLike, name: str | None = None) -> OfflineD
         timeouts=tout,
         next_observations=next_obs,
         name=name or str(path),
-        env_id=env_id,
+        env_id=found_env_id,
         ref_min_score=ref_min,
         ref_max_score=ref_max,
         source=str(path),
@@ -500,6 +591,7 @@ def write_d4rl_hdf5(dataset: OfflineDataset, path: str | os.PathLike) -> None:
                     continue
                 with contextlib.suppress(ValueError, TypeError):
                     meta.create_dataset(k, data=v)
+        set_ordinary_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -24,7 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ocrl.data.offline import SHIPPED_ROOT, DatasetError, OfflineDataset
+from ocrl.data.offline import (
+    SHIPPED_ROOT,
+    DatasetError,
+    OfflineDataset,
+    set_ordinary_permissions,
+)
 
 __all__ = [
     "is_local_minari",
@@ -97,6 +102,81 @@ def _data_folder(folder: Path) -> Path:
 
 
 # ------------------------------------------------------------------ reading
+_RECREATE = "re-create the dataset (or download it again)"
+_EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
+
+
+def _read_metadata_json(data_path: Path) -> dict:
+    """Parse and sanity-check ``metadata.json``; raise naming the file and the fix."""
+    file = data_path / "metadata.json"
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DatasetError(
+            f"{file} cannot be read ({e}); check its permissions or {_RECREATE}"
+        ) from e
+    except ValueError as e:  # bad UTF-8 included
+        raise DatasetError(
+            f"{file} is not valid JSON ({e}): it is truncated or corrupt; restore it or {_RECREATE}"
+        ) from e
+    if not isinstance(meta, dict):
+        raise DatasetError(
+            f"{file} must hold a JSON object, found {type(meta).__name__}; {_RECREATE}"
+        )
+    wanted = {
+        "total_steps": int,
+        "total_episodes": int,
+        "data_format": str,
+        "dataset_id": str,
+        "minari_version": str,
+    }
+    for key, typ in wanted.items():
+        value = meta.get(key)
+        if not isinstance(value, typ) or isinstance(value, bool) or value in (None, ""):
+            got = "missing" if key not in meta else f"{value!r}"
+            kind = "an integer" if typ is int else "a non-empty string"
+            raise DatasetError(
+                f"{file}: key '{key}' must be {kind}, got {got}; Minari writes it, so "
+                f"the file was damaged or hand-edited: fix that key or {_RECREATE}"
+            )
+    return meta
+
+
+def _check_hdf5_episodes(data_path: Path, meta: dict) -> None:
+    """Check that ``main_data.hdf5`` opens and has every episode group with its five arrays."""
+    import h5py
+
+    file = data_path / "main_data.hdf5"
+    if not file.is_file():
+        raise DatasetError(
+            f"{file} is missing (metadata.json says data_format 'hdf5'); copy it back or {_RECREATE}"
+        )
+    try:
+        with h5py.File(file, "r") as f:
+            for i in range(meta["total_episodes"]):
+                group = f.get(f"episode_{i}")
+                if not isinstance(group, h5py.Group):
+                    raise DatasetError(
+                        f"{file}: group 'episode_{i}' is missing (metadata.json says "
+                        f"total_episodes={meta['total_episodes']}); the file is truncated or was "
+                        f"written by another tool: fix total_episodes or {_RECREATE}"
+                    )
+                for key in _EPISODE_KEYS:
+                    if key not in group:
+                        raise DatasetError(
+                            f"{file}: 'episode_{i}/{key}' is missing (found: "
+                            f"{', '.join(sorted(group.keys())) or 'nothing'}); a Minari episode "
+                            f"needs {', '.join(_EPISODE_KEYS)}: {_RECREATE}"
+                        )
+    except DatasetError:
+        raise
+    except Exception as e:  # a damaged file fails anywhere inside h5py, with any type
+        raise DatasetError(
+            f"{file} is not a readable HDF5 file ({type(e).__name__}: {e}): it is truncated or "
+            f"corrupt; {_RECREATE}"
+        ) from e
+
+
 def _open_minari(id_or_folder, download: bool):
     """(MinariDataset, data folder, name)."""
     import minari
@@ -109,7 +189,14 @@ def _open_minari(id_or_folder, download: bool):
         data_path = _data_folder(path)
     else:
         data_path = _shipped_data_path(name)
+        if data_path is None and is_local_minari(name):
+            # Read the local copy directly, so a damaged one is reported as damaged rather than
+            # as "not available" by minari.load_dataset.
+            data_path = minari_root() / name / "data"
     if data_path is not None:
+        meta = _read_metadata_json(data_path)
+        if meta["data_format"] == "hdf5":
+            _check_hdf5_episodes(data_path, meta)
         try:
             return minari.MinariDataset(data_path), data_path, name
         except DatasetError:
@@ -117,7 +204,7 @@ def _open_minari(id_or_folder, download: bool):
         except Exception as e:
             raise DatasetError(
                 f"Minari dataset folder {data_path} cannot be read ({type(e).__name__}: {e}); "
-                "check metadata.json and main_data.hdf5, or re-create the dataset"
+                f"check metadata.json and main_data.hdf5, or {_RECREATE}"
             ) from e
     if not looks_like_minari_id(name):
         raise DatasetError(
@@ -197,36 +284,51 @@ def read_minari(id_or_folder: str | os.PathLike, *, download: bool = False) -> O
     term = np.empty(total, bool)
     tout = np.empty(total, bool)
     pos = 0
-    for ep in mds.iterate_episodes():
-        t = len(ep.rewards)
-        o = np.asarray(ep.observations)
-        if o.shape[0] != t + 1:
-            raise DatasetError(
-                f"{where}: episode {ep.id} has {o.shape[0]} observations for {t} steps; a Minari "
-                "episode needs T+1 observations (the initial one included)"
-            )
-        if pos + t > total:
-            raise DatasetError(
-                f"{where}: episodes hold more steps than metadata.json's total_steps={total}; "
-                "fix total_steps in metadata.json"
-            )
-        o = o.reshape(t + 1, -1)
-        obs[pos : pos + t] = o[:-1]
-        next_obs[pos : pos + t] = o[1:]
-        act[pos : pos + t] = np.asarray(ep.actions).reshape(t, -1)
-        rew[pos : pos + t] = np.asarray(ep.rewards).reshape(-1)
-        terminations = np.asarray(ep.terminations).reshape(-1).astype(bool)
-        truncations = np.asarray(ep.truncations).reshape(-1).astype(bool)
-        term[pos : pos + t] = terminations
-        tout[pos : pos + t] = truncations & ~terminations
-        pos += t
+    try:
+        for ep in mds.iterate_episodes():
+            t = len(ep.rewards)
+            o = np.asarray(ep.observations)
+            if o.shape[0] != t + 1:
+                raise DatasetError(
+                    f"{where}: episode {ep.id} has {o.shape[0]} observations for {t} steps; a Minari "
+                    "episode needs T+1 observations (the initial one included)"
+                )
+            if pos + t > total:
+                raise DatasetError(
+                    f"{where}: episodes hold more steps than metadata.json's total_steps={total}; "
+                    "fix total_steps in metadata.json"
+                )
+            o = o.reshape(t + 1, -1)
+            obs[pos : pos + t] = o[:-1]
+            next_obs[pos : pos + t] = o[1:]
+            act[pos : pos + t] = np.asarray(ep.actions).reshape(t, -1)
+            rew[pos : pos + t] = np.asarray(ep.rewards).reshape(-1)
+            terminations = np.asarray(ep.terminations).reshape(-1).astype(bool)
+            truncations = np.asarray(ep.truncations).reshape(-1).astype(bool)
+            term[pos : pos + t] = terminations
+            tout[pos : pos + t] = truncations & ~terminations
+            pos += t
+    except DatasetError:
+        raise
+    except Exception as e:  # damaged data fails inside minari/h5py/pyarrow, with any type
+        hdf5 = data_path / "main_data.hdf5"
+        what = hdf5 if hdf5.exists() else data_path
+        raise DatasetError(
+            f"{where}: reading the episodes failed ({type(e).__name__}: {e}); {what} is "
+            f"truncated or corrupt: {_RECREATE}"
+        ) from e
     if pos != total:
         raise DatasetError(
             f"{where}: episodes hold {pos} steps but metadata.json says total_steps={total}; "
             "fix total_steps in metadata.json"
         )
-    meta = MinariStorage.read_raw_metadata(data_path)
-    ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
+    try:
+        meta = MinariStorage.read_raw_metadata(data_path)
+    except Exception as e:
+        raise DatasetError(
+            f"{where}: metadata.json cannot be read ({type(e).__name__}: {e}); {_RECREATE}"
+        ) from e
+    ref_min, ref_max = (_score(meta, k, data_path) for k in ("ref_min_score", "ref_max_score"))
     ds = OfflineDataset(
         observations=obs,
         actions=act,
@@ -236,13 +338,25 @@ def read_minari(id_or_folder: str | os.PathLike, *, download: bool = False) -> O
         next_observations=next_obs,
         name=name,
         env_id=_env_id_from_metadata(meta),
-        ref_min_score=float(ref_min) if ref_min is not None else None,
-        ref_max_score=float(ref_max) if ref_max is not None else None,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
         source=str(data_path),
         metadata={**meta, "format": "minari"},
     )
     ds.validate()
     return ds
+
+
+def _score(meta: dict, key: str, data_path: Path) -> float | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise DatasetError(
+            f"{data_path / 'metadata.json'}: '{key}' must be a finite number, got {value!r}; fix "
+            "it, or remove ref_min_score and ref_max_score to score raw returns"
+        )
+    return float(value)
 
 
 # ------------------------------------------------------------------ writing
@@ -260,6 +374,7 @@ def _write_json_atomic(path: Path, obj) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f)
+        set_ordinary_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -415,6 +530,7 @@ def write_minari(
         (data / "metadata.json").write_text(text)
 
         _ensure_namespaces(root, m["namespace"])
+        set_ordinary_permissions(tmp, directory=True)  # mkdtemp made it 0700
         if final.exists():  # overwrite: move the old one aside, then swap
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
             os.replace(final, old / final.name)

@@ -32,6 +32,7 @@ __all__ = [
     "load_dataset",
     "normalize",
     "reward_range",
+    "set_ordinary_permissions",
     "shipped_datasets",
     "SHIPPED_ROOT",
 ]
@@ -44,6 +45,13 @@ _CHUNK_ROWS = 1 << 13  # rows per block when scanning large arrays (bounds tempo
 
 class DatasetError(ValueError):
     """Bad dataset input. The message names the file or dataset, the field, and how to fix it."""
+
+    def __init__(self, *args) -> None:
+        # One line always: command-line tools print it after "error:", and library messages
+        # (h5py, json, gymnasium) that get quoted inside it may carry newlines.
+        if args and isinstance(args[0], str):
+            args = (" ".join(args[0].split()), *args[1:])
+        super().__init__(*args)
 
 
 @dataclass
@@ -324,6 +332,15 @@ def mean_std(x: np.ndarray, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), (std + eps).astype(np.float32)
 
 
+def set_ordinary_permissions(path: str | os.PathLike, *, directory: bool = False) -> None:
+    """Give a file (0600) or folder (0700) made by `tempfile` the mode a plain open()/mkdir() would get."""
+    # tempfile makes private files so nobody reads a half-written one; once complete, the renamed
+    # result must be as readable as any file the user writes (shared caches, group-readable data).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """``(x - mean) / std`` as float32 (use with `OfflineDataset.obs_mean_std`; std includes eps)."""
     x = np.asarray(x, dtype=np.float32)
@@ -331,27 +348,29 @@ def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 
 def reward_range(transitions: Transitions, max_episode_steps: int = 1000) -> tuple[float, float]:
-    """(min, max) episode return over `transitions`, with episodes cut at a terminal or after
-    ``max_episode_steps`` transitions, as CORL's locomotion reward scaling does.
+    """(min, max) return of the episodes in `transitions`, cut at a terminal or after ``max_episode_steps``.
 
-    Used as ``r * max_episode_steps / (max - min)`` (CORL ``modify_reward``). The counting is on
-    the transition view (timeouts already dropped), which is what CORL does.
+    CORL's ``return_reward_range``: counted on the transition view (timeouts already dropped), and a
+    trailing episode that neither terminates nor reaches the limit is left out. Used as
+    ``r * max_episode_steps / (max - min)`` (CORL ``modify_reward``).
     """
-    n = len(transitions)
-    if n == 0:
-        raise DatasetError("reward_range: no transitions")
-    csum = np.concatenate(([0.0], np.cumsum(transitions.rewards, dtype=np.float64)))
-    term_ends = np.flatnonzero(transitions.terminals > 0.5) + 1
-    seg_ends = np.append(term_ends, n) if (term_ends.size == 0 or term_ends[-1] != n) else term_ends
-    seg_starts = np.concatenate(([0], seg_ends[:-1]))
+    rewards = np.asarray(transitions.rewards, dtype=np.float64).reshape(-1)
+    terminals = np.asarray(transitions.terminals).reshape(-1) > 0.5
     ends = []
-    for s, e in zip(seg_starts, seg_ends, strict=True):
-        cuts = np.arange(s + max_episode_steps, e, max_episode_steps)
-        ends.append(cuts)
-        ends.append([e])
-    ends = np.unique(np.concatenate(ends).astype(np.int64))
-    starts = np.concatenate(([0], ends[:-1]))
-    returns = csum[ends] - csum[starts]
+    length = 0
+    for i in range(len(rewards)):
+        length += 1
+        if terminals[i] or length == max_episode_steps:
+            ends.append(i + 1)
+            length = 0
+    if not ends:
+        raise DatasetError(
+            f"reward_range: no episode ends within the {len(rewards)} transitions (no terminal and "
+            f"none reaches {max_episode_steps} steps); drop --normalize-reward"
+        )
+    ends_arr = np.asarray(ends)
+    csum = np.concatenate(([0.0], np.cumsum(rewards)))
+    returns = csum[ends_arr] - csum[np.concatenate(([0], ends_arr[:-1]))]
     return float(returns.min()), float(returns.max())
 
 
@@ -369,7 +388,11 @@ def shipped_datasets() -> list[str]:
 
 # ---------------------------------------------------------------- loading
 def load_dataset(
-    name_or_path: str | os.PathLike, *, download: bool = True, cache_dir: str | None = None
+    name_or_path: str | os.PathLike,
+    *,
+    download: bool = True,
+    cache_dir: str | None = None,
+    env_id: str | None = None,
 ) -> OfflineDataset:
     """Load a dataset by path, D4RL name, shipped id or Minari id; always validated.
 
@@ -377,6 +400,10 @@ def load_dataset(
     name (``hopper-medium-v2``; downloaded into ``cache_dir``, ``$OCRL_DATA_DIR`` or
     ``~/.cache/ocrl/d4rl`` unless ``download=False``); an id shipped in ``ocrl/data/datasets``; a
     Minari id (local Minari root, then Minari's remote when ``download``).
+
+    ``env_id`` names the Gymnasium environment the data were recorded on, for sources that do not
+    say (it wins over what the source says). A D4RL-layout file without ``timeouts`` needs it, or
+    a D4RL file name, to know where its episodes end.
     """
     from ocrl.data import d4rl, minari_io
 
@@ -384,21 +411,18 @@ def load_dataset(
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir():
-            ds = minari_io.read_minari(path)
+            ds = _read_path(path, lambda: minari_io.read_minari(path), "Minari dataset folder")
         else:
-            ds = d4rl.read_d4rl_hdf5(path)
-        ds.validate()
-        return ds
+            ds = _read_path(path, lambda: d4rl.read_d4rl_hdf5(path, env_id=env_id), "file")
+        return _finish(ds, env_id)
 
     if d4rl.parse_d4rl_name(name) is not None:
         ds = d4rl.load_d4rl(name, download=download, cache_dir=cache_dir)
-        ds.validate()
-        return ds
+        return _finish(ds, env_id)
 
     if minari_io.is_shipped(name) or minari_io.is_local_minari(name):
         ds = minari_io.read_minari(name)
-        ds.validate()
-        return ds
+        return _finish(ds, env_id)
 
     d4rl.check_near_miss(name)  # raises a helpful error for e.g. "hopper-mediun-v2"
 
@@ -409,8 +433,7 @@ def load_dataset(
         except DatasetError as e:
             why = f" ({e})"
         else:
-            ds.validate()
-            return ds
+            return _finish(ds, env_id)
     if name.endswith((".hdf5", ".h5")):
         raise DatasetError(
             f"dataset file '{name}' does not exist (resolved to {path.resolve()}); check the path"
@@ -423,3 +446,35 @@ def load_dataset(
         f".hdf5 file or Minari folder, or a Minari id (e.g. mujoco/hopper/medium-v0, found in "
         f"$MINARI_DATASETS_PATH or ~/.minari/datasets); shipped datasets: {shipped}"
     )
+
+
+def _finish(ds: OfflineDataset, env_id: str | None) -> OfflineDataset:
+    if env_id is not None:
+        ds.env_id = env_id
+    ds.validate()
+    return ds
+
+
+def _read_path(path: Path, read, what: str) -> OfflineDataset:
+    """Run a reader; a library error it did not translate (h5py, json, KeyError) becomes one clear line."""
+    # The readers translate every failure they know of; this is the net for the ones they do not,
+    # so that a damaged file never shows a raw traceback from deep inside h5py or minari.
+    try:
+        return read()
+    except DatasetError:
+        raise
+    except (
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        IndexError,
+        RuntimeError,
+        AttributeError,
+    ) as e:
+        fix = (
+            "check its metadata.json and main_data.hdf5, or re-create the dataset"
+            if what.startswith("Minari")
+            else "it is probably truncated or corrupt: delete it and download or write it again"
+        )
+        raise DatasetError(f"{what} {path} cannot be read ({type(e).__name__}: {e}); {fix}") from e

@@ -9,13 +9,13 @@ import torch
 
 
 class Batch(NamedTuple):
-    """A minibatch of transitions; `dones` is 1.0 only for true terminations (never for timeouts)."""
+    """A minibatch of transitions; `terminals` is 1.0 only for true terminations (never for timeouts)."""
 
     observations: torch.Tensor
     actions: torch.Tensor
     rewards: torch.Tensor
     next_observations: torch.Tensor
-    dones: torch.Tensor
+    terminals: torch.Tensor
 
 
 def _as_tensor(
@@ -38,8 +38,8 @@ class ReplayBuffer:
         self.actions = torch.zeros(capacity, act_dim, device=self.device)
         self.rewards = torch.zeros(capacity, device=self.device)
         self.next_observations = torch.zeros(capacity, obs_dim, device=self.device)
-        self.terminations = torch.zeros(capacity, device=self.device)
-        self.truncations = torch.zeros(capacity, dtype=torch.bool, device=self.device)
+        self.terminals = torch.zeros(capacity, device=self.device)
+        self.timeouts = torch.zeros(capacity, dtype=torch.bool, device=self.device)
         self.ptr = 0
         self.size = 0
 
@@ -73,8 +73,8 @@ class ReplayBuffer:
         buf.actions = _as_tensor(actions, buf.device)
         buf.rewards = _as_tensor(rewards, buf.device).reshape(n)
         buf.next_observations = _as_tensor(next_observations, buf.device)
-        buf.terminations = _as_tensor(terminals, buf.device).reshape(n)
-        buf.truncations = torch.zeros(n, dtype=torch.bool, device=buf.device)
+        buf.terminals = _as_tensor(terminals, buf.device).reshape(n)
+        buf.timeouts = torch.zeros(n, dtype=torch.bool, device=buf.device)
         return buf
 
     def __len__(self) -> int:
@@ -98,20 +98,29 @@ class ReplayBuffer:
         self.actions[idx] = _as_tensor(action, self.device).reshape(n, -1)
         self.rewards[idx] = _as_tensor(reward, self.device).reshape(n)
         self.next_observations[idx] = _as_tensor(next_obs, self.device).reshape(n, -1)
-        self.terminations[idx] = _as_tensor(terminated, self.device).reshape(n)
-        self.truncations[idx] = _as_tensor(truncated, self.device, torch.bool).reshape(n)
+        self.terminals[idx] = _as_tensor(terminated, self.device).reshape(n)
+        self.timeouts[idx] = _as_tensor(truncated, self.device, torch.bool).reshape(n)
         self.ptr = (self.ptr + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         """Uniform sample with replacement; indices are drawn on the buffer's device."""
-        idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
+        return self.gather(self.sample_indices(batch_size, generator))
+
+    def sample_indices(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Uniform row indices with replacement, drawn on the buffer's device."""
+        return torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
+
+    def gather(self, idx: torch.Tensor) -> Batch:
+        """The transitions at row indices `idx`."""
         return Batch(
             self.observations[idx],
             self.actions[idx],
             self.rewards[idx],
             self.next_observations[idx],
-            self.terminations[idx],
+            self.terminals[idx],
         )
 
     def state_dict(self) -> dict:
@@ -122,8 +131,8 @@ class ReplayBuffer:
             "actions": self.actions[:n].cpu(),
             "rewards": self.rewards[:n].cpu(),
             "next_observations": self.next_observations[:n].cpu(),
-            "terminations": self.terminations[:n].cpu(),
-            "truncations": self.truncations[:n].cpu(),
+            "terminals": self.terminals[:n].cpu(),
+            "timeouts": self.timeouts[:n].cpu(),
             "ptr": self.ptr,
             "size": n,
         }
@@ -140,8 +149,8 @@ class ReplayBuffer:
             "actions",
             "rewards",
             "next_observations",
-            "terminations",
-            "truncations",
+            "terminals",
+            "timeouts",
         ]:
             getattr(self, name)[:n] = state[name].to(self.device)
         self.ptr, self.size = int(state["ptr"]), n

@@ -1,27 +1,31 @@
 """Environment construction, dataset/environment checks, batched evaluation, and the inventory problems."""
 
 from ocrl.envs.evaluation import (
+    EnvError,
     Evaluator,
     check_dataset_fits,
     episode_seeds,
     make_env,
     normalized_score,
     reference_scores,
+    resolve_reference_scores,
 )
 from ocrl.envs.inventory import InventoryEnv, InventoryProblem, InventorySimulator, make_problem
-from ocrl.envs.offline import OfflineData, load_offline
+from ocrl.envs.offline_task import OfflineTask, load_offline_task
 
 __all__ = [
+    "EnvError",
     "Evaluator",
     "InventoryEnv",
     "InventoryProblem",
     "InventorySimulator",
-    "OfflineData",
+    "OfflineTask",
     "check_dataset_fits",
     "episode_seeds",
-    "load_offline",
+    "load_offline_task",
     "make_problem",
     "make_env",
     "normalized_score",
     "reference_scores",
+    "resolve_reference_scores",
 ]

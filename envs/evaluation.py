@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 import warnings
 from collections.abc import Callable
 
@@ -14,18 +16,44 @@ from ocrl.data.offline import DatasetError, OfflineDataset
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
+# Gymnasium ids of the D4RL Gym-MuJoCo domains, any version (D4RL's data are -v2; ocrl evaluates on -v4).
+_D4RL_GYM_ID = re.compile(r"^(?P<task>Hopper|HalfCheetah|Walker2d|Ant)-v(?P<version>[2-5])$")
+
+
+class EnvError(DatasetError):
+    """Bad environment input (unknown id, missing extra); a DatasetError, so `friendly_errors` exits 2."""
+
+
+def _did_you_mean(env_id: str) -> str:
+    ids = [i for i in gym.registry if isinstance(i, str)]
+    by_lower = {i.lower(): i for i in ids}  # "hopper-v4" should find "Hopper-v4"
+    close = [by_lower[c] for c in difflib.get_close_matches(env_id.lower(), by_lower, n=3)]
+    if not close:
+        return "none is close: use a registered id such as 'Hopper-v4' or 'Pendulum-v1'"
+    names = [f"'{c}'" for c in close]
+    if len(names) > 2:
+        names = [", ".join(names[:-1]), names[-1]]
+    return f"did you mean {' or '.join(names)}?"
+
 
 def make_env(env_id: str, **kwargs) -> gym.Env:
-    """gym.make with a clear error for unknown ids; v4 MuJoCo deprecation warnings are silenced (D4RL data need v4)."""
+    """gym.make with a one-line `EnvError` (with a "did you mean") for unknown ids; v4 MuJoCo deprecation warnings are silenced."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*is out of date.*")
             return gym.make(env_id, **kwargs)
+    except (gym.error.NameNotFound, gym.error.VersionNotFound, gym.error.NamespaceNotFound) as err:
+        raise EnvError(
+            f"cannot make environment '{env_id}': it is not a registered Gymnasium id; "
+            f"{_did_you_mean(env_id)} (all ids: python -c 'import gymnasium; "
+            "gymnasium.pprint_registry()')"
+        ) from err
     except gym.error.Error as err:
-        raise ValueError(
-            f"cannot make environment '{env_id}': {err}. Use a registered Gymnasium id such as "
-            "'Hopper-v4' or 'Pendulum-v1' (MuJoCo tasks need `pip install gymnasium[mujoco]`)."
+        raise EnvError(
+            f"cannot make environment '{env_id}': {err}. MuJoCo tasks need "
+            "`pip install gymnasium[mujoco]`; otherwise use a registered Gymnasium id such as "
+            "'Hopper-v4' or 'Pendulum-v1'."
         ) from err
 
 
@@ -63,12 +91,63 @@ def normalized_score(
     return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
 
 
-def reference_scores(env_id: str) -> tuple[float | None, float | None]:
-    """D4RL's random/expert reference returns for the -v4 task of a D4RL domain, else (None, None)."""
+def d4rl_domain(env_id: str | None) -> str | None:
+    """The D4RL domain ("hopper", ...) of a Gymnasium MuJoCo id of any version -v2..-v5, else None."""
+    m = _D4RL_GYM_ID.match(env_id or "")
+    return m["task"].lower() if m else None
+
+
+def reference_scores(
+    env_id: str, *, any_version: bool = False
+) -> tuple[float | None, float | None]:
+    """D4RL's random/expert reference returns for the -v4 task of a D4RL domain (any -v2..-v5 with ``any_version``), else (None, None)."""
+    # Online runs (sac.py) use the default: a score "normalised" by D4RL's constants on, say,
+    # Walker2d-v5 (changed foot friction) is not comparable to the papers' tables.
+    if any_version:
+        domain = d4rl_domain(env_id)
+        return D4RL_REF_SCORES[domain] if domain else (None, None)
     for domain, d4rl_env_id in D4RL_ENV_IDS.items():
         if env_id == d4rl_env_id:
             return D4RL_REF_SCORES[domain]
     return None, None
+
+
+def resolve_reference_scores(
+    dataset_ref_min: float | None,
+    dataset_ref_max: float | None,
+    env_id: str | None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+) -> tuple[float | None, float | None, str]:
+    """(min, max, source) of the scores that normalise returns: flags > dataset > D4RL table for the env > none."""
+    if (ref_min_score is None) != (ref_max_score is None):
+        given = "--ref-min-score" if ref_min_score is not None else "--ref-max-score"
+        raise DatasetError(
+            f"only {given} was given: pass both --ref-min-score and --ref-max-score (the returns "
+            "of a random and an expert policy), or neither to use the dataset's or D4RL's scores"
+        )
+    if ref_min_score is not None:
+        lo, hi, source = (
+            float(ref_min_score),
+            float(ref_max_score),
+            "--ref-min-score/--ref-max-score",
+        )
+    elif dataset_ref_min is not None and dataset_ref_max is not None:
+        lo, hi, source = float(dataset_ref_min), float(dataset_ref_max), "dataset metadata"
+    else:
+        domain = d4rl_domain(env_id)
+        if domain is None:
+            return None, None, "none: scores are raw returns"
+        # Minari's mujoco/* datasets carry no reference scores (Minari#323) and are recorded on
+        # -v5; D4RL's constants are the only published ones for these tasks.
+        lo, hi = D4RL_REF_SCORES[domain]
+        return lo, hi, f"D4RL {domain} reference (random {lo:.2f}, expert {hi:.2f})"
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi == lo:
+        raise DatasetError(
+            f"reference scores from {source} are unusable (min {lo}, max {hi}): they must be "
+            "finite and differ; fix them or pass both --ref-min-score and --ref-max-score"
+        )
+    return lo, hi, source
 
 
 def episode_seeds(run_seed: int, num_episodes: int) -> list[int]:

@@ -9,10 +9,19 @@ name, or for a dataset given as a path by the Minari id in its metadata marked "
 scripts/collect_dataset.py made it; the folder name is the fallback. Writes to OUT_DIR:
 - report.md: final (last evaluation) and best score per algorithm x dataset, mean ± std over seeds, n;
   with `--published CSV` the published scores of the same algorithm and dataset beside them, with
-  their sources; and per algorithm the IQM over all runs x datasets with a 95% percentile bootstrap
-  confidence interval (runs resampled with replacement within each dataset, as rliable does);
-- curves_<dataset>.png: one line per algorithm (mean over seeds) with a shaded ± std band, when
-  matplotlib is installed (`pip install -e ".[plots]"`).
+  their sources; and per algorithm the IQM of the final scores over runs x datasets with a 95%
+  percentile stratified-bootstrap confidence interval, both from rliable (Agarwal et al., 2021):
+  `get_interval_estimates` with `aggregate_iqm`, runs resampled with replacement within each dataset,
+  datasets kept fixed. rliable needs a rectangular (runs x datasets) matrix per algorithm, so where an
+  algorithm has unequal seed counts across its datasets only its k lowest-numbered seeds of every
+  dataset count (k = its smallest seed count); the runs this leaves out are listed under the table.
+  Seeds are chosen by number, never by score, and no dataset is dropped: restricting to the datasets
+  every algorithm ran would leave nothing when a sweep runs algorithms on different datasets, so the
+  `datasets` column says how many datasets each algorithm's IQM covers;
+- curves_<dataset>.png: one line per algorithm (mean over seeds) with a shaded ± std band, and
+  performance_profile.png: rliable's score distribution (fraction of runs with final score > tau, with
+  95% bootstrap bands) over the same matrices, linked from report.md. Both need matplotlib and the IQM
+  needs rliable (`pip install -e ".[plots]"`); without them that part is skipped with a note.
 
     python scripts/report.py runs/sweep --out-dir docs/report --published docs/published_scores.csv
 
@@ -23,16 +32,17 @@ names it, e.g. hopper-medium-v2), score, std (may be empty) and source; several 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tyro
-from scipy.stats import trim_mean
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 RUN_RE = re.compile(r"^(?P<algo>[A-Za-z0-9_]+)__(?P<target>.+)__s(?P<seed>\d+)(__.*)?$")
@@ -48,7 +58,7 @@ class Args:
     published: str | None = None
     """CSV of published scores (algorithm,dataset,score,std,source) to show beside ours"""
     reps: int = 2000
-    """bootstrap resamples for the IQM confidence intervals"""
+    """bootstrap resamples for the IQM confidence intervals and the performance-profile bands"""
     seed: int = 0
     """seed of the bootstrap"""
 
@@ -147,31 +157,85 @@ def read_published(path: str) -> dict[tuple[str, str], list[dict[str, str]]]:
     return dict(table)
 
 
+def score_matrices(
+    runs: dict[tuple[str, str], list[Curve]],
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]], list[tuple[str, str, int]]]:
+    """Per algorithm the (runs x datasets) matrix of final scores that rliable takes, the datasets of
+    its columns, and the (algorithm, dataset, seed) runs left out to make it rectangular.
+
+    An algorithm with k seeds on its least-run dataset keeps its k lowest-numbered seeds on every
+    dataset: picking by seed number cannot favour good runs, and a sweep's seeds 0..k-1 are the ones
+    every dataset has. Each algorithm keeps all of its datasets (see the module docstring)."""
+    matrices: dict[str, np.ndarray] = {}
+    columns: dict[str, list[str]] = {}
+    left_out: list[tuple[str, str, int]] = []
+    for algo in sorted({a for a, _ in runs}):
+        datasets = sorted(d for a, d in runs if a == algo)
+        k = min(len(runs[(algo, d)]) for d in datasets)
+        finals = []
+        for dataset in datasets:
+            curves = sorted(runs[(algo, dataset)], key=lambda c: c.seed)
+            finals.append([c.values[-1] for c in curves[:k]])
+            left_out += [(algo, dataset, c.seed) for c in curves[k:]]
+        matrices[algo] = np.array(finals, dtype=np.float64).T
+        columns[algo] = datasets
+    return matrices, columns, left_out
+
+
+@contextlib.contextmanager
+def global_numpy_seed(seed: int) -> Iterator[None]:
+    """Seed numpy's global RNG for the block and restore its state afterwards.
+
+    rliable 1.2's StratifiedBootstrap draws its indices with np.random.choice, ignoring the
+    random_state it is given, and create_performance_profile takes no random state at all, so the
+    global RNG is the only way to make the intervals reproducible; restoring it keeps callers'
+    random streams as they were."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def iqm_with_ci(
-    per_task: list[np.ndarray], reps: int, rng: np.random.Generator
-) -> tuple[float, float, float]:
-    """IQM over all runs of all tasks and its 95% percentile-bootstrap interval (runs resampled per task)."""
-    point = float(trim_mean(np.concatenate(per_task), 0.25))
-    boot = np.empty(reps)
-    for i in range(reps):
-        boot[i] = trim_mean(
-            np.concatenate([rng.choice(x, size=len(x), replace=True) for x in per_task]), 0.25
-        )
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return point, float(lo), float(hi)
+    scores: dict[str, np.ndarray], reps: int, seed: int
+) -> dict[str, tuple[float, float, float]]:
+    """{algorithm: (IQM, CI low, CI high)} of {algorithm: (runs x tasks) scores}: rliable's
+    aggregate_iqm and its 95% percentile stratified-bootstrap interval (runs resampled within each
+    task, tasks fixed). Raises ImportError without rliable."""
+    from rliable import library, metrics
+
+    def iqm(x: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(x)])
+
+    result = {}
+    for algo, matrix in scores.items():
+        # One call per algorithm, each from the same seed, so that an algorithm's interval does not
+        # depend on which other algorithms the report holds (rliable draws them from one stream).
+        with global_numpy_seed(seed):
+            points, intervals = library.get_interval_estimates(
+                {algo: matrix}, iqm, method="percentile", reps=reps
+            )
+        lo, hi = intervals[algo][:, 0]
+        result[algo] = (float(points[algo][0]), float(lo), float(hi))
+    return result
 
 
 def fmt(values: np.ndarray) -> str:
+    """The values' mean ± sample std as text (std 0 for a single value)."""
     std = values.std(ddof=1) if len(values) > 1 else 0.0
     return f"{values.mean():.1f} ± {std:.1f}"
 
 
 def fmt_steps(curves: list[Curve]) -> str:
+    """The step of the runs' last evaluation, or its range when the runs differ."""
     last = sorted({int(c.steps[-1]) for c in curves})
     return f"{last[0]:,}" if len(last) == 1 else f"{last[0]:,}–{last[-1]:,}"
 
 
 def main(args: Args) -> str:
+    """Write report.md and the PNGs to args.out_dir; return the Markdown, which is also printed."""
     runs, names, unfinished = collect(Path(args.runs_dir))
     if not runs:
         raise SystemExit(
@@ -196,11 +260,9 @@ def main(args: Args) -> str:
         rule,
     ]
     sources: list[str] = []
-    finals: dict[str, list[np.ndarray]] = defaultdict(list)
     for (algo, dataset), curves in sorted(runs.items()):
         final = np.array([c.values[-1] for c in curves])
         best = np.array([c.values.max() for c in curves])
-        finals[algo].append(final)
         row = f"| {algo} | {dataset} | {fmt_steps(curves)} | {fmt(final)} | {fmt(best)} | {len(curves)} |"
         if published is not None:
             cells = []
@@ -225,21 +287,46 @@ def main(args: Args) -> str:
     if unfinished:
         lines += ["", "Unfinished runs (no metrics.json), left out of every number:", ""]
         lines += [f"- `{folder.relative_to(args.runs_dir)}`" for folder in unfinished]
-    rng = np.random.default_rng(args.seed)
-    lines += [
-        "",
-        "Aggregate over datasets: IQM of the final scores, 95% bootstrap CI.",
-        "",
-        "| algorithm | IQM | 95% CI | runs | datasets |",
-        "|---|---|---|---|---|",
-    ]
-    for algo in algos:
-        point, lo, hi = iqm_with_ci(finals[algo], args.reps, rng)
-        n_runs = sum(len(x) for x in finals[algo])
-        lines.append(
-            f"| {algo} | {point:.1f} | [{lo:.1f}, {hi:.1f}] | {n_runs} | {len(finals[algo])} |"
-        )
+    scores, _, left_out = score_matrices(runs)
+    try:
+        aggregates = iqm_with_ci(scores, args.reps, args.seed)
+    except ImportError:
+        aggregates = None
+        note = 'rliable is not installed, so the IQM was skipped; pip install -e ".[plots]"'
+        print(f"note: {note}")
+        lines += ["", f"Aggregate over datasets: {note}."]
+    if aggregates is not None:
+        lines += [
+            "",
+            "Aggregate over datasets: IQM of the final scores, 95% stratified-bootstrap CI (rliable,",
+            f"{args.reps} resamples of the runs within each dataset, seed {args.seed}).",
+            "",
+        ]
+        lines += ["| algorithm | IQM | 95% CI | runs | datasets |", "|---|---|---|---|---|"]
+        for algo in algos:
+            point, lo, hi = aggregates[algo]
+            n_runs, n_datasets = scores[algo].shape
+            lines.append(
+                f"| {algo} | {point:.1f} | [{lo:.1f}, {hi:.1f}] | {n_runs * n_datasets} | {n_datasets} |"
+            )
+        if left_out:
+            lines += [
+                "",
+                "Left out of the IQM, the CI and the performance profile so that each algorithm has",
+                "as many runs on every dataset (its lowest-numbered seeds are kept):",
+                "",
+            ]
+            lines += [f"- {algo} on {dataset}: seed {seed}" for algo, dataset, seed in left_out]
     pngs = plot_curves(runs, algos, datasets, out)
+    tags = {c.tag for curves in runs.values() for c in curves}
+    profile = plot_performance_profile(
+        scores, algos, out, args.reps, args.seed, normalized=tags == {"eval/normalized_score"}
+    )
+    if profile is not None:
+        lines += [
+            "",
+            f"Performance profile of the final scores: ![performance profile]({profile.name})",
+        ]
     if pngs:
         lines += ["", *[f"![{p.stem}]({p.name})" for p in pngs]]
     text = "\n".join(lines) + "\n"
@@ -290,6 +377,61 @@ def plot_curves(
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_performance_profile(
+    scores: dict[str, np.ndarray],
+    algos: list[str],
+    out: Path,
+    reps: int,
+    seed: int,
+    normalized: bool = True,
+) -> Path | None:
+    """performance_profile.png: per algorithm the fraction of its runs x datasets whose final score
+    exceeds tau, with 95% stratified-bootstrap bands (rliable's create_performance_profile and
+    plot_performance_profiles); None without matplotlib or rliable."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from rliable import library, plot_utils
+    except ImportError:
+        print(
+            "note: matplotlib or rliable is not installed, so the performance profile was skipped; "
+            'pip install -e ".[plots]" to draw it'
+        )
+        return None
+    every = np.concatenate([m.ravel() for m in scores.values()])
+    low, high = float(every.min()), float(every.max())
+    # tau spans the observed scores, so every profile falls from 1 to 0 within the plot.
+    tau = np.linspace(low, high if high > low else low + 1.0, 101)
+    profiles, bands = {}, {}
+    for algo, matrix in scores.items():
+        # Per algorithm from one seed, as in iqm_with_ci: a band does not depend on the others.
+        with global_numpy_seed(seed):
+            profile, band = library.create_performance_profile({algo: matrix}, tau, reps=reps)
+        profiles[algo], bands[algo] = profile[algo], band[algo]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot_utils.plot_performance_profiles(
+        profiles,
+        tau,
+        performance_profile_cis=bands,
+        ax=ax,
+        # The curves' colours, so an algorithm looks the same in every PNG of the report.
+        colors={algo: f"C{algos.index(algo) % 10}" for algo in profiles},
+        xlabel=f"final {'normalised score' if normalized else 'score'} (τ)",
+        ylabel="fraction of runs with score > τ",
+        labelsize="medium",
+        ticklabelsize="medium",
+        legend=True,
+        legendsize="small",
+    )
+    path = out / "performance_profile.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ def test_drop_mode_is_qlearning_dataset(tmp_path, dtype, next_observations, gzip
 
 
 def test_drop_mode_without_timeouts_still_uses_the_next_row(tmp_path):
-    path = tmp_path / "no_timeouts.hdf5"
+    path = tmp_path / "hopper_medium-v2.hdf5"  # a D4RL name: timeouts every 1000 rows, none here
     arrays = write_d4rl_fixture(path, timeouts=False)  # file next_observations differ at terminals
     tr = load_dataset(path).transitions()
     assert len(tr) == N - 1
@@ -255,27 +255,36 @@ def test_float64_file_is_read_as_float32(tmp_path):
     assert ds.terminals.dtype == np.bool_ and ds.timeouts.dtype == np.bool_
 
 
-def test_numeric_flags_rewards_2d_and_missing_timeouts(tmp_path):
-    path = tmp_path / "legacy.h5"
+@pytest.mark.parametrize("flag_dtype", [np.uint8, np.int64, np.float32, np.float64])
+def test_numeric_flags_rewards_2d_and_missing_timeouts(tmp_path, flag_dtype):
+    path = tmp_path / "hopper_medium-v0.h5"  # legacy: no timeouts, but a D4RL name gives the limit
     arrays = write_d4rl_fixture(
-        path, timeouts=False, next_observations=False, rewards_2d=True, flag_dtype=np.uint8
+        path, timeouts=False, next_observations=False, rewards_2d=True, flag_dtype=flag_dtype
     )
     ds = load_dataset(path)
     assert ds.rewards.shape == (N,)
     np.testing.assert_array_equal(ds.rewards, arrays["rewards"])
     np.testing.assert_array_equal(ds.terminals, arrays["terminals"])
+    assert ds.terminals.dtype == np.bool_
     assert not ds.timeouts.any() and ds.metadata["timeouts_missing"] is True
+    assert ds.metadata["timeouts_synthesized_every"] == 1000  # D4RL's time limit; N < 1000
     assert len(ds.transitions()) == N - 1  # the rule still applies, nothing to skip
 
 
-def test_flags_other_than_0_1_are_rejected(tmp_path):
+@pytest.mark.parametrize(
+    "dtype,value", [(np.int32, 2), (np.int8, -1), (np.float32, 0.5), (np.float64, np.nan)]
+)
+@pytest.mark.parametrize("key", ["terminals", "timeouts"])
+def test_flags_other_than_0_1_are_rejected(tmp_path, key, dtype, value):
     path = tmp_path / "flags.hdf5"
     arrays = make_d4rl_arrays()
-    arrays["terminals"] = arrays["terminals"].astype(np.int32)
-    arrays["terminals"][9] = 2
+    arrays[key] = arrays[key].astype(dtype)
+    arrays[key][9] = value
+    arrays[key][17] = value
     write_d4rl_fixture(path, arrays)
-    with pytest.raises(DatasetError, match=r"terminals.*row 9"):
+    with pytest.raises(DatasetError, match=rf"'{key}'.* at row 9 .*2 bad rows") as e:
         load_dataset(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_metadata_and_infos_groups(d4rl_file):
@@ -568,16 +577,39 @@ def test_episodes_and_returns(d4rl_file):
     assert [(s.start, s.stop) for s in trailing.episodes()] == [(0, 6), (6, 23), (23, 40)]
 
 
+def corl_return_reward_range(rewards, terminals, max_episode_steps):
+    """CORL's return_reward_range, written plainly: the trailing unfinished episode is not counted."""
+    returns, ep_ret, ep_len = [], 0.0, 0
+    for r, d in zip(rewards, terminals, strict=True):
+        ep_ret += float(r)
+        ep_len += 1
+        if d or ep_len == max_episode_steps:
+            returns.append(ep_ret)
+            ep_ret, ep_len = 0.0, 0
+    return min(returns), max(returns)
+
+
 def test_reward_range():
     tr = offline.Transitions(
         observations=np.zeros((7, 1), np.float32),
         actions=np.zeros((7, 1), np.float32),
-        rewards=np.array([1, 1, 1, 5, 2, 2, 2], np.float32),
+        rewards=np.array([1, 1, 1, 5, 2, 2, -9], np.float32),
         next_observations=np.zeros((7, 1), np.float32),
         terminals=np.array([0, 1, 0, 0, 0, 0, 0], np.float32),
     )
-    # episodes: [0,2) terminal; then cut every 2 steps: [2,4) [4,6) [6,7)
+    # episodes: [0,2) terminal; then cut every 2 steps: [2,4) [4,6); the unfinished [6,7) is left out
     assert offline.reward_range(tr, max_episode_steps=2) == (2.0, 6.0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(5, 300))
+        rewards = rng.normal(size=n).astype(np.float32)
+        terminals = (rng.random(n) < 0.05).astype(np.float32)
+        tr = offline.Transitions(
+            np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32), rewards,
+            np.zeros((n, 1), np.float32), terminals,
+        )  # fmt: skip
+        expected = corl_return_reward_range(rewards, terminals, 17)
+        np.testing.assert_allclose(offline.reward_range(tr, 17), expected, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- round trips

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ocrl.algos import td3_bc
-from ocrl.data import (
-    ReplayBuffer,
+from ocrl.data import ReplayBuffer
+from ocrl.experiment import (
     check_finite,
     cli,
     load_checkpoint,
@@ -110,8 +110,14 @@ def test_cli_presets_and_explicit_flags():
     assert args.alpha == 3.0 and args.preset == "halfcheetah-alpha40"
     # --dataset alone never changes hyperparameters
     assert cli(td3_bc.Args, td3_bc.PRESETS, ["--dataset", "halfcheetah-medium-v2"]).alpha == 2.5
-    with pytest.raises(SystemExit, match="unknown --preset 'nope'"):
+
+
+def test_cli_unknown_preset_exits_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         cli(td3_bc.Args, td3_bc.PRESETS, ["--preset", "nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown --preset 'nope'") and "\n" not in err
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):
@@ -157,7 +163,7 @@ def test_replay_buffer_ring_and_state():
         4.0,
     ]  # row 0 overwritten by the 6th add
     batch = buf.sample(64)
-    assert batch.observations.shape == (64, 2) and batch.dones.shape == (64,)
+    assert batch.observations.shape == (64, 2) and batch.terminals.shape == (64,)
     torch.testing.assert_close(batch.next_observations, batch.observations + 1)
     other = ReplayBuffer(2, 1, capacity=8)
     other.load_state_dict(buf.state_dict())

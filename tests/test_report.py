@@ -47,12 +47,12 @@ def write_run(
 def test_report_table_and_iqm_from_known_event_files(tmp_path):
     report = load_script()
     finals = {
-        ("td3_bc", "d1"): [10.0, 20.0, 30.0],
-        ("td3_bc", "d2"): [50.0, 70.0],
-        ("prdc", "d1"): [40.0, 40.0, 40.0],
+        ("td3_bc", "d1"): {0: 20.0, 1: 10.0, 4: 30.0},
+        ("td3_bc", "d2"): {0: 50.0, 1: 70.0},
+        ("prdc", "d1"): {0: 40.0, 1: 40.0, 2: 40.0},
     }
-    for (algo, dataset), values in finals.items():
-        for seed, final in enumerate(values):
+    for (algo, dataset), by_seed in finals.items():
+        for seed, final in by_seed.items():
             write_run(tmp_path / "runs", f"{algo}__{dataset}__s{seed}", [0.0, final + 100.0, final])
     write_run(tmp_path / "runs", "sac__Pendulum-v1__s0", [-900.0, -200.0], tag="eval/return")
     (tmp_path / "runs" / "not_a_run").mkdir()
@@ -67,19 +67,65 @@ def test_report_table_and_iqm_from_known_event_files(tmp_path):
     assert "| sac | Pendulum-v1 | 2,000 | -200.0 ± 0.0 | -200.0 ± 0.0 | 1 |" in text
     assert "Unfinished runs (no metrics.json)" in text and "- `td3_bc__d1__s7`" in text
     assert "published" not in text
-    expected_iqm = trim_mean([10.0, 20.0, 30.0, 50.0, 70.0], 0.25)
+    # td3_bc has 2 seeds on d2, so on d1 its two lowest-numbered seeds (0, 1) count and seed 4 not.
+    assert "- td3_bc on d1: seed 4\n" in text and "seed 0\n" not in text and "seed 1\n" not in text
+    expected_iqm = trim_mean([20.0, 10.0, 50.0, 70.0], 0.25)  # 35; with seed 4's 30 it would be 40
     row = next(line for line in text.splitlines() if line.startswith("| td3_bc | ") and "[" in line)
-    point, ci = row.split("|")[2].strip(), row.split("|")[3].strip()
-    assert float(point) == pytest.approx(expected_iqm, abs=0.05)
-    lo, hi = (float(x) for x in ci.strip("[]").split(","))
-    assert lo <= expected_iqm <= hi and hi - lo > 0
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert float(cells[1]) == pytest.approx(expected_iqm, abs=0.05)
+    lo, hi = (float(x) for x in cells[2].strip("[]").split(","))
+    assert 10.0 <= lo <= expected_iqm <= hi <= 70.0 and hi - lo > 0
+    assert cells[3:] == ["4", "2"]  # runs in the IQM, datasets
     assert "| prdc | 40.0 | [40.0, 40.0] | 3 | 1 |" in text  # identical runs: a zero-width interval
+    assert "| sac | -200.0 | [-200.0, -200.0] | 1 | 1 |" in text
+    assert "![performance profile](performance_profile.png)" in text
+    assert (tmp_path / "out" / "performance_profile.png").is_file()
+
+
+def test_score_matrices_keep_the_lowest_seeds_of_every_dataset():
+    report = load_script()
+
+    def curves(by_seed):
+        return [report.Curve(seed, np.array([1000]), np.array([v])) for seed, v in by_seed.items()]
+
+    runs = {
+        ("a", "x"): curves({3: 3.0, 0: 0.0, 8: 8.0}),
+        ("a", "y"): curves({5: 15.0, 2: 12.0}),
+        ("b", "x"): curves({1: 1.0}),
+    }
+    scores, columns, left_out = report.score_matrices(runs)
+    assert columns == {"a": ["x", "y"], "b": ["x"]}
+    np.testing.assert_array_equal(scores["a"], [[0.0, 12.0], [3.0, 15.0]])  # runs x datasets
+    np.testing.assert_array_equal(scores["b"], [[1.0]])
+    assert left_out == [("a", "x", 8)]
+
+
+def test_iqm_and_ci_against_values_computed_here():
+    report = load_script()
+    matrix = np.random.default_rng(3).normal(50.0, 20.0, size=(6, 4))  # 6 runs x 4 tasks
+    state = np.random.get_state()
+    (point, lo, hi), *_ = report.iqm_with_ci({"a": matrix}, 400, seed=1).values()
+    assert point == pytest.approx(trim_mean(matrix.ravel(), 0.25))
+    assert matrix.min() <= lo < point < hi <= matrix.max()
+    # The caller's global numpy stream is left as it was (rliable draws from it).
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), state, strict=True))
+    # Reproducible from the seed, whatever else the report holds; another seed resamples anew.
+    again = report.iqm_with_ci({"b": matrix * 2, "a": matrix}, 400, seed=1)
+    assert again["a"] == (point, lo, hi)
+    assert report.iqm_with_ci({"a": matrix}, 400, seed=2)["a"] != (point, lo, hi)
+    # An independent stratified percentile bootstrap gives about the same interval.
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 6, size=(4000, 6, 4))
+    boot = trim_mean(matrix[rows, np.arange(4)].reshape(4000, -1), 0.25, axis=1)
+    ref_lo, ref_hi = np.percentile(boot, [2.5, 97.5])
+    tol = 0.15 * (ref_hi - ref_lo)
+    assert lo == pytest.approx(ref_lo, abs=tol) and hi == pytest.approx(ref_hi, abs=tol)
 
 
 def test_iqm_with_ci_bootstrap_is_stratified():
     report = load_script()
-    rng = np.random.default_rng(0)
-    point, lo, hi = report.iqm_with_ci([np.array([1.0, 1.0]), np.array([5.0, 5.0])], 200, rng)
+    scores = {"a": np.array([[1.0, 5.0], [1.0, 5.0]])}  # 2 runs x 2 tasks
+    point, lo, hi = report.iqm_with_ci(scores, 200, seed=0)["a"]
     # Resampling within each task keeps both tasks in every resample, so the IQM never moves.
     assert point == lo == hi == pytest.approx(trim_mean([1.0, 1.0, 5.0, 5.0], 0.25))
 
@@ -148,25 +194,42 @@ def test_resumed_run_curve_keeps_the_later_value_of_a_step(tmp_path):
     assert steps.tolist() == [1000, 2000, 3000] and values.tolist() == [5.0, 7.0, 8.0]
 
 
-def test_learning_curve_pngs(tmp_path, capsys, monkeypatch):
+def test_learning_curve_and_performance_profile_pngs(tmp_path, capsys, monkeypatch):
     # Not importorskip: CI installs the [plots] extra, so the PNG path is tested there.
     import matplotlib.image
 
     report = load_script()
     for seed in range(2):
-        write_run(tmp_path / "runs", f"td3_bc__d1__s{seed}", [1.0, 2.0 + seed, 3.0])
+        write_run(tmp_path / "runs", f"td3_bc__d1__s{seed}", [1.0, 2.0 + seed, 3.0 + seed])
     write_run(tmp_path / "runs", "prdc__d1__s0", [2.0, 4.0, 6.0])
     text = report.main(report.Args(str(tmp_path / "runs"), out_dir=str(tmp_path / "out"), reps=50))
-    png = tmp_path / "out" / "curves_d1.png"
-    assert "![curves_d1](curves_d1.png)" in text
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
-    assert matplotlib.image.imread(png).shape[:2] == (400, 600)  # decodes; 6x4 inches at 100 dpi
+    for name in ("curves_d1", "performance_profile"):
+        png = tmp_path / "out" / f"{name}.png"
+        assert f"]({name}.png)" in text
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
+        assert matplotlib.image.imread(png).shape[:2] == (
+            400,
+            600,
+        )  # decodes; 6x4 inches at 100 dpi
 
-    # Without matplotlib the report is still written, and says how to get the PNGs.
+    # Without matplotlib the report and its IQM are still written, and it says how to get the PNGs.
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     text = report.main(report.Args(str(tmp_path / "runs"), out_dir=str(tmp_path / "o2"), reps=50))
     assert "| td3_bc | d1 |" in text and not list((tmp_path / "o2").glob("*.png"))
-    assert 'skipped; pip install -e ".[plots]"' in capsys.readouterr().out
+    assert "| td3_bc | 3.5 | [3.0, 4.0] | 2 | 1 |" in text and ".png" not in text
+    out = capsys.readouterr().out
+    assert "learning-curve PNGs were skipped" in out and "performance profile was skipped" in out
+
+
+def test_report_without_rliable_skips_the_iqm_with_a_note(tmp_path, capsys, monkeypatch):
+    report = load_script()
+    write_run(tmp_path / "runs", "td3_bc__d1__s0", [1.0, 3.0])
+    monkeypatch.setitem(sys.modules, "rliable", None)
+    text = report.main(report.Args(str(tmp_path / "runs"), out_dir=str(tmp_path / "out"), reps=50))
+    assert "| td3_bc | d1 | 2,000 | 3.0 ± 0.0 |" in text and "| IQM |" not in text
+    assert "rliable is not installed, so the IQM was skipped" in text
+    assert not (tmp_path / "out" / "performance_profile.png").exists()
+    assert 'pip install -e ".[plots]"' in capsys.readouterr().out
 
 
 def test_shipped_published_scores_parse_and_name_d4rl_datasets():

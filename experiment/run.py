@@ -1,4 +1,4 @@
-"""Run folders: command-line parsing with presets, seeding, device choice, TensorBoard logs, metrics and checkpoints."""
+"""Run folders: command-line parsing with presets and checks, seeding, device choice, TensorBoard logs, metrics and checkpoints."""
 
 from __future__ import annotations
 
@@ -26,6 +26,43 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+class UsageError(ValueError):
+    """A bad flag value; the message names the flag, the value and the fix."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the run; the message names the file and the fix."""
+
+
+#: Fields that must be positive wherever an Args dataclass has them.
+POSITIVE_FIELDS = (
+    "total_steps", "batch_size", "eval_every", "eval_episodes", "log_every", "num_envs",
+    "buffer_size", "policy_freq",
+)  # fmt: skip
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_args(args: Any, positive: Sequence[str] = POSITIVE_FIELDS) -> None:
+    """Raise UsageError for a non-positive count among `positive` (e.g. --batch-size 0) before anything is written."""
+    fields = {f.name: f for f in dataclasses.fields(args)}
+    for name in positive:
+        if name not in fields:
+            continue
+        value = getattr(args, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            default = fields[name].default
+            hint = f" (the default is {default})" if isinstance(default, int) else ""
+            raise UsageError(
+                f"{_flag(name)} {value}: must be a positive whole number{hint}"
+            )
+    for name in ("discount", "tau"):
+        if name in fields and not 0.0 <= getattr(args, name) <= 1.0:
+            raise UsageError(f"{_flag(name)} {getattr(args, name)}: must lie in [0, 1]")
+
+
 def cli(
     args_cls: type[ArgsT],
     presets: Mapping[str, Mapping[str, Any]] | None = None,
@@ -46,19 +83,22 @@ def cli(
     if name is not None and name not in ("None",):
         if name not in presets:
             known = ", ".join(sorted(presets)) or "(none)"
-            raise SystemExit(f"error: unknown --preset '{name}'. Known presets: {known}")
+            print(f"error: unknown --preset '{name}'. Known presets: {known}", file=sys.stderr)
+            raise SystemExit(2)
         default = dataclasses.replace(default, **presets[name])
     return tyro.cli(args_cls, default=default, args=argv)
 
 
 @contextlib.contextmanager
 def friendly_errors() -> Iterator[None]:
-    """For `__main__` blocks: bad input (unknown dataset, missing file, divergence) exits with one clear line."""
+    """For `__main__` blocks: bad input (flag, dataset, file, checkpoint) or divergence exits 2 with one clear line."""
     from ocrl.data.offline import DatasetError
 
     try:
         yield
-    except (DatasetError, FileNotFoundError, FloatingPointError) as err:
+    except (
+        UsageError, CheckpointError, DatasetError, FileNotFoundError, FloatingPointError
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -69,8 +109,8 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            f"error: --device {device} asked for CUDA, but torch.cuda.is_available() is False"
+        raise UsageError(
+            f"--device {device}: asks for CUDA, but torch.cuda.is_available() is False; use --device cpu"
         )
     return dev
 
@@ -124,31 +164,35 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary file in the same folder, renamed into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """torch.save through a temporary file renamed into place, so a crash never leaves half a checkpoint."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed into place with ordinary permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        yield Path(tmp)
+        # mkstemp makes the file 0600; readers on a shared disk or a Ray cluster need what open() gives.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file through a temporary file in the same folder, renamed into place."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """torch.save through a temporary file renamed into place, so a crash never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -161,7 +205,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"no checkpoint at {path}: --resume needs a run folder written with --save-model "
             f"(it holds {CHECKPOINT_FILE})"
         )
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"{path} is not a readable ocrl checkpoint ({type(err).__name__}): it is truncated, corrupt "
+            "or not written by ocrl; resume from another run folder or start a new run"
+        ) from None
 
 
 def training_state(
@@ -174,36 +224,73 @@ def training_state(
 
 
 def restore_training_state(
-    ckpt: dict, parts: Mapping[str, Any], np_rng: np.random.Generator | None, run: Run
+    ckpt: dict, parts: Mapping[str, Any], np_rng: np.random.Generator | None, run: Run | None
 ) -> int:
     """Load what `training_state` saved back into `parts`, the RNGs and the run; return the step to continue from."""
-    for name, part in parts.items():
-        part.load_state_dict(ckpt[name])
-    set_rng_state(ckpt["rng"], np_rng)
-    run.load_state_dict(ckpt["run"])
-    return int(ckpt["step"])
+    try:
+        for name, part in parts.items():
+            part.load_state_dict(ckpt[name])
+        set_rng_state(ckpt["rng"], np_rng)
+        if run is not None:
+            run.load_state_dict(ckpt["run"])
+        return int(ckpt["step"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        detail = f"no '{err.args[0]}' entry" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint does not fit this run ({detail[:160]}): was it written by another algorithm "
+            "or with other network sizes? Resume with the flags of the run that wrote it"
+        ) from None
 
 
 def resume_args(
-    args: ArgsT, keep: Sequence[str] = ("total_steps", "resume", "device", "compile")
+    args: ArgsT, keep: Sequence[str] = ("total_steps", "resume", "device", "compile", "progress")
 ) -> ArgsT:
-    """The arguments a resumed run continues with: its saved config.json, except the fields named in `keep`."""
+    """The arguments a resumed run continues with: its saved config.json, except the fields named in `keep`; says which flags it ignores."""
     run_dir = Path(args.resume)  # type: ignore[attr-defined]
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"--resume {run_dir}: no {CONFIG_FILE} there; is it a run folder?")
-    saved = json.loads(config_path.read_text())
+    try:
+        saved = json.loads(config_path.read_text())
+    except json.JSONDecodeError:
+        raise CheckpointError(
+            f"--resume {run_dir}: {CONFIG_FILE} is not valid JSON; the run folder is damaged"
+        ) from None
+    defaults = type(args)()  # type: ignore[operator]
     fields = {f.name for f in dataclasses.fields(args)}  # type: ignore[arg-type]
     updates = {k: v for k, v in saved.items() if k in fields and k not in keep}
     for k, v in updates.items():
         if isinstance(getattr(args, k), tuple) and isinstance(v, list):
             updates[k] = tuple(v)
+    ignored = [
+        f"{_flag(k)} {getattr(args, k)}"
+        for k, v in updates.items()
+        if k != "run_dir" and getattr(args, k) != getattr(defaults, k) and getattr(args, k) != v
+    ]
+    if ignored:
+        print(
+            f"note: --resume {run_dir} continues with its saved config.json; ignoring "
+            f"{', '.join(ignored)} (only {', '.join(_flag(k) for k in keep if k != 'resume')} may change)"
+        )
     updates["run_dir"] = str(run_dir)
     return dataclasses.replace(args, **updates)  # type: ignore[type-var]
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
+def _new_folder(base: Path) -> Path:
+    """Create and return `base`, or `base-2`, `base-3`, ... when another run took it (mkdir is atomic)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free run folder name beside {base}")
 
 
 class Run:
@@ -216,13 +303,15 @@ class Run:
 
         if run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir = os.path.join("runs", f"{algo}__{_slug(target)}__s{seed}__{stamp}")
-        self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir = _new_folder(Path("runs") / f"{algo}__{_slug(target)}__s{seed}__{stamp}")
+        else:
+            self.dir = Path(run_dir)
+            self.dir.mkdir(parents=True, exist_ok=True)
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()}
-        if not (self.dir / CONFIG_FILE).exists():
-            atomic_write_text(self.dir / CONFIG_FILE, json.dumps(cfg, indent=2, default=str))
+        # Rewritten at every start, so a reused --run-dir describes the run that is in it now.
+        atomic_write_text(self.dir / CONFIG_FILE, json.dumps(cfg, indent=2, default=str))
+        print(f"run folder: {self.dir} (tensorboard --logdir {self.dir})")
         self.writer = SummaryWriter(str(self.dir))
         table = "\n".join(f"|{k}|{v}|" for k, v in cfg.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")

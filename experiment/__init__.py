@@ -1,0 +1,46 @@
+"""Running an experiment: the CLI with presets and checks, run folders, logs, checkpoints and the training-loop plumbing."""
+
+from ocrl.experiment.loop import Agent, TrainingLoop
+from ocrl.experiment.run import (
+    CheckpointError,
+    Run,
+    UsageError,
+    atomic_path,
+    atomic_write_text,
+    check_args,
+    check_finite,
+    cli,
+    friendly_errors,
+    load_checkpoint,
+    pick_device,
+    restore_training_state,
+    resume_args,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    training_state,
+)
+
+__all__ = [
+    "Agent",
+    "CheckpointError",
+    "Run",
+    "TrainingLoop",
+    "UsageError",
+    "atomic_path",
+    "atomic_write_text",
+    "check_args",
+    "check_finite",
+    "cli",
+    "friendly_errors",
+    "load_checkpoint",
+    "pick_device",
+    "restore_training_state",
+    "resume_args",
+    "rng_state",
+    "save_checkpoint",
+    "seed_everything",
+    "set_rng_state",
+    "training_state",
+]

@@ -1,0 +1,207 @@
+"""The plumbing of a training loop, once for every algorithm: resume, checkpoints, loss logs, progress, final evaluation.
+
+An algorithm file keeps its loop visible and calls one method for each of these:
+
+    loop = TrainingLoop("td3_bc", dataset.name, args, agent.parts(), np_rng, normalizer=...)
+    for step in loop.steps():                      # continues from the checkpoint on --resume
+        metrics = agent.update(buffer.sample(args.batch_size), ...)
+        loop.log(metrics)                          # every --log-every steps: floats, finiteness, rate
+        if loop.due(args.eval_every):
+            loop.evaluate(evaluator, agent.actor.act)  # also the checkpoint with --save-model
+    return loop.finish(evaluator, agent.actor.act, dataset=...)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ocrl.experiment.run import (
+    CheckpointError,
+    Run,
+    check_finite,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
+
+
+class Agent:
+    """Base of a file's networks, targets and optimisers; its checkpoint parts are the attributes that have a state."""
+
+    def parts(self) -> dict[str, Any]:
+        """Every attribute with a state_dict (modules, optimisers, buffers) or that is a tensor, by attribute name."""
+        return {
+            name: value
+            for name, value in vars(self).items()
+            if isinstance(value, torch.Tensor) or hasattr(value, "state_dict")
+        }
+
+
+class TensorPart:
+    """A bare tensor (e.g. SAC's log-temperature) as a checkpoint part with state_dict/load_state_dict."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def state_dict(self) -> torch.Tensor:
+        return self.tensor.detach().clone()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.tensor.copy_(state)
+
+
+def _as_parts(parts: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: TensorPart(v) if isinstance(v, torch.Tensor) else v for k, v in parts.items()}
+
+
+def _all_finite(state: Any) -> bool:
+    """True when every floating tensor in a (nested) state dict is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, Mapping):
+        return all(_all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(_all_finite(v) for v in state)
+    return not isinstance(state, float) or math.isfinite(state)
+
+
+class TrainingLoop:
+    """Resume, progress bar, interval loss logs with the finiteness check, evaluation, checkpoints and metrics.json."""
+
+    def __init__(
+        self,
+        algo: str,
+        target: str,
+        args: Any,
+        parts: Mapping[str, Any],
+        np_rng: np.random.Generator | None,
+        *,
+        normalizer: Mapping[str, np.ndarray | None] | None = None,
+        rate_tag: str = "charts/updates_per_s",
+    ) -> None:
+        self.args = args
+        self.total = int(args.total_steps)
+        self.parts = _as_parts(parts)
+        self.np_rng = np_rng
+        self.normalizer = {
+            k: torch.as_tensor(v) for k, v in (normalizer or {}).items() if v is not None
+        }
+        self.rate_tag = rate_tag
+        self.step = 0
+        ckpt = None
+        if getattr(args, "resume", None):
+            # Read and check the checkpoint before the run folder is touched: a bad file changes nothing.
+            ckpt = load_checkpoint(Path(args.resume), "cpu")
+            self._check_normalizer(ckpt, Path(args.resume))
+            self.step = restore_training_state(ckpt, self.parts, np_rng, None)
+        self.run = Run(algo, target, args.seed, args, args.run_dir)
+        if ckpt is not None:
+            self.run.load_state_dict(ckpt["run"])
+        self.resumed_from = self.step
+        self._stride = 1
+        self._latest: dict[str, torch.Tensor] = {}  # device tensors, read on the host at log steps
+        self._sums: dict[str, torch.Tensor] = {}  # keys with a '/': interval means
+        self._counts: dict[str, int] = {}
+        self._tick, self._tick_step = time.perf_counter(), self.step
+        self.pbar = tqdm(
+            total=self.total,
+            initial=self.step,
+            desc=algo,
+            disable=not getattr(args, "progress", True),
+            dynamic_ncols=True,
+        )
+
+    def _check_normalizer(self, ckpt: dict, where: Path) -> None:
+        saved = ckpt.get("normalizer", {})
+        for name, value in self.normalizer.items():
+            if name not in saved or not torch.allclose(saved[name], value, rtol=1e-5, atol=1e-6):
+                raise CheckpointError(
+                    f"--resume {where}: the data's '{name}' differs from the checkpoint's; resume "
+                    "with the dataset and normalisation flags of the run that wrote it"
+                )
+
+    @property
+    def dir(self) -> Path:
+        """The run folder."""
+        return self.run.dir
+
+    def steps(self, stride: int = 1) -> Iterator[int]:
+        """Yield the count of steps done before each iteration (from the checkpoint's on --resume); `self.step` is the count after it."""
+        self._stride = stride
+        while self.step < self.total:
+            start = self.step
+            self.step = start + stride
+            yield start
+            self.pbar.update(stride)
+
+    def due(self, every: int) -> bool:
+        """Whether this iteration reaches a multiple of `every` steps, or is the last."""
+        return self.step // every > (self.step - self._stride) // every or self.step >= self.total
+
+    def log(self, metrics: Mapping[str, torch.Tensor]) -> None:
+        """Keep an update's metrics; every --log-every steps write losses/<name> (latest) and '<group>/<name>' (interval means)."""
+        for key, value in metrics.items():
+            if "/" in key:
+                self._sums[key] = self._sums[key] + value if key in self._sums else value
+                self._counts[key] = self._counts.get(key, 0) + 1
+            else:
+                self._latest[key] = value
+        if self.due(self.args.log_every):
+            self.flush()
+
+    def _host_values(self) -> dict[str, float]:
+        values = {f"losses/{k}": float(v) for k, v in self._latest.items()}
+        values.update({k: float(v) / self._counts[k] for k, v in self._sums.items()})
+        return values
+
+    def flush(self) -> None:
+        """Write the kept metrics now (one host synchronisation), stopping the run if any is not finite."""
+        if not (self._latest or self._sums):
+            return
+        values = self._host_values()
+        check_finite(self.step, values, self.run)
+        self._sums, self._counts = {}, {}
+        now = time.perf_counter()
+        values[self.rate_tag] = (self.step - self._tick_step) / max(now - self._tick, 1e-9)
+        self._tick, self._tick_step = now, self.step
+        self.run.log(self.step, values)
+
+    def checkpoint(self) -> None:
+        """Save every part, the RNG states and the normaliser atomically, only from finite losses and weights."""
+        if self._latest or self._sums:
+            check_finite(self.step, self._host_values(), self.run)
+        state = training_state(
+            self.step, self.parts, self.np_rng, self.run, normalizer=self.normalizer
+        )
+        bad = [name for name in self.parts if not _all_finite(state[name])]
+        if bad:
+            check_finite(self.step, {f"weights of {', '.join(bad)}": math.nan}, self.run)
+        save_checkpoint(self.run.checkpoint_path, state)
+
+    def evaluate(
+        self, evaluator: Callable[[Any], dict], policy: Callable[[torch.Tensor], torch.Tensor]
+    ) -> dict:
+        """Evaluate `policy`, log eval/*, show the score, and with --save-model write the checkpoint."""
+        result = evaluator(policy)
+        self.pbar.set_postfix_str(self.run.log_eval(self.step, result))
+        if getattr(self.args, "save_model", False):
+            self.checkpoint()
+        return result
+
+    def finish(self, evaluator: Any, policy: Callable[[Any], Any], **extra: Any) -> dict:
+        """Evaluate once if this run never did (a resumed finished run), close everything, write metrics.json."""
+        self.pbar.close()
+        if not self.run.last_eval:
+            self.pbar.set_postfix_str(self.run.log_eval(self.step, evaluator(policy)))
+        evaluator.close()
+        return self.run.finish(self.step, {"resumed_from": self.resumed_from, **extra})
