@@ -282,9 +282,9 @@ class PRDC(Agent):
 def main(args: Args) -> dict:
     args = resume_args(args) if args.resume else args
     every, episodes = _EVAL_PROTOCOLS[args.eval_protocol]
-    args = replace(
-        args, eval_every=args.eval_every or every, eval_episodes=args.eval_episodes or episodes
-    )
+    every = every if args.eval_every is None else args.eval_every
+    episodes = episodes if args.eval_episodes is None else args.eval_episodes
+    args = replace(args, eval_every=every, eval_episodes=episodes)
     check_args(args)
     device = pick_device(args.device)
     np_rng = seed_everything(args.seed)

@@ -1,18 +1,31 @@
 """SAC: "Soft Actor-Critic Algorithms and Applications" (Haarnoja et al., 2018, arXiv 1812.05905).
 
-Online continuous control with a squashed-Gaussian actor, twin Q-networks with Polyak targets and an
-automatically tuned entropy temperature:
+Online continuous control with a squashed-Gaussian actor, twin Q-networks (one batched ensemble, the
+same maths as two networks with one optimiser) with Polyak targets, and an automatically tuned entropy
+temperature alpha = exp(log_alpha):
 
-    y     = r + gamma * (1 - terminated) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),  a' ~ pi(s')
-    L_Q   = sum_j mean (Q_j(s, a) - y)^2
-    L_pi  = mean (alpha * log pi(a|s) - min_j Q_j(s, a)),                               a ~ pi(s)
-    L_alpha = mean (-alpha * (log pi(a|s) + target_entropy)),  target_entropy = -|A|
+    y       = r + discount * (1 - terminal) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),  a' ~ pi(s')
+    L_Q     = sum_j mean (Q_j(s, a) - y)^2
+    L_pi    = mean (alpha * log pi(a|s) - min_j Q_j(s, a)),                                a ~ pi(s)
+    L_alpha = mean (-exp(log_alpha) * (log pi(a|s) + target_entropy)),  target_entropy = -|A|
 
-Defaults follow CleanRL's `sac_continuous_action.py` (the baseline the later methods are compared with):
-5,000 random steps first, actor lr 3e-4, critic and temperature lr 1e-3, the actor and temperature
-updated `policy_frequency` times every `policy_frequency` steps, log-std in [-5, 2]. Truncated episodes
-bootstrap (only `terminated` ends the return). Evaluation: deterministic (mean) actor, 10 episodes every
-5,000 environment steps, episode seeds derived from --seed; D4RL tasks also get a normalised score.
+with a = tanh(u) * scale + bias, u ~ N(mu(s), sigma(s)), and
+
+    log pi(a|s) = sum_i [log N(u_i; mu_i, sigma_i) - log(1 - tanh(u_i)^2) - log scale_i],
+
+where log(1 - tanh(u)^2) is computed exactly, as 2 (log 2 - u - softplus(-2u)), which stays finite for
+large |u| (nets.TanhGaussianActor). CleanRL's `sac_continuous_action.py` subtracts
+log(scale * (1 - tanh(u)^2) + 1e-6) instead: the two differ only by that 1e-6 inside the logarithm.
+The difference is negligible until tanh(u) saturates; there CleanRL's term stops near log 1e-6 per
+dimension while the exact one keeps falling (about log 4 - 2|u|).
+
+Defaults are CleanRL's: 5,000 uniformly random steps first, actor lr 3e-4, critic and temperature
+lr 1e-3, batch 256, tau 0.005, log alpha starting at 0, log-std squashed into [-5, 2] by tanh, and the
+actor and temperature taking `policy_freq` steps every `policy_freq` updates (one update per vector
+step once learning starts). Truncated episodes bootstrap (only `terminated` ends the return).
+Evaluation follows ocrl's shared protocol: deterministic (mean) actor, 10 episodes every 5,000
+environment steps, episode seeds derived from --seed; Hopper-v4, HalfCheetah-v4 and Walker2d-v4 also
+get D4RL's normalised score.
 
     python algos/sac.py --env-id Pendulum-v1 --total-steps 10000
     python algos/sac.py --env-id Hopper-v4
@@ -22,30 +35,26 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ocrl.data import (
-    Batch,
-    ReplayBuffer,
-    Run,
-    check_finite,
+from ocrl.data import Batch, ReplayBuffer
+from ocrl.envs import Evaluator, make_env, reference_scores
+from ocrl.experiment import (
+    Agent,
+    TrainingLoop,
+    UsageError,
+    check_args,
     cli,
     friendly_errors,
-    load_checkpoint,
     pick_device,
-    restore_training_state,
     resume_args,
     save_checkpoint,
     seed_everything,
-    training_state,
 )
-from ocrl.envs import Evaluator, make_env, reference_scores
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
 
 
@@ -63,20 +72,20 @@ class Args:
     """parallel training environments; one gradient update per vector step"""
     buffer_size: int = 1_000_000
     """replay buffer capacity"""
-    gamma: float = 0.99
-    """discount factor"""
+    discount: float = 0.99
+    """discount factor gamma"""
     tau: float = 0.005
     """Polyak rate of the target critics"""
     batch_size: int = 256
-    """transitions per update"""
+    """transitions per update, sampled uniformly with replacement"""
     learning_starts: int = 5_000
-    """uniformly random actions for this many steps before learning starts"""
+    """uniformly random actions for this many steps; updates start after it"""
     policy_lr: float = 3e-4
     """Adam learning rate of the actor"""
     q_lr: float = 1e-3
     """Adam learning rate of the critics (and of the temperature)"""
-    policy_frequency: int = 2
-    """the actor (and temperature) take policy_frequency steps every policy_frequency updates"""
+    policy_freq: int = 2
+    """the actor (and temperature) take policy_freq steps every policy_freq updates"""
     target_network_frequency: int = 1
     """updates between Polyak updates of the target critics"""
     alpha: float = 0.2
@@ -105,57 +114,94 @@ class Args:
     """show a progress bar"""
 
 
-def sac_update(
-    batch: Batch,
-    actor: TanhGaussianActor,
-    critic: CriticEnsemble,
-    critic_target: CriticEnsemble,
-    log_alpha: torch.Tensor,
-    actor_opt: torch.optim.Optimizer,
-    critic_opt: torch.optim.Optimizer,
-    alpha_opt: torch.optim.Optimizer | None,
-    target_entropy: float,
-    args: Args,
-    actor_steps: int,
-) -> dict[str, torch.Tensor]:
-    """A critic step, then `actor_steps` actor (and temperature) steps on the same observations."""
-    obs, actions, rewards, next_obs, dones = batch
-    alpha = log_alpha.exp().detach()
-    with torch.no_grad():
-        next_actions, next_log_prob, _ = actor(next_obs)
-        next_q = critic_target(next_obs, next_actions).min(dim=0).values - alpha * next_log_prob
-        target = rewards + args.gamma * (1.0 - dones) * next_q
-    q = critic(obs, actions)
-    critic_loss = ((q - target) ** 2).mean(dim=1).sum()
-    critic_opt.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_opt.step()
-    metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "alpha": alpha}
+class SAC(Agent):
+    """The actor, the twin critics, their targets, the log-temperature and the optimisers; `update` is one SAC iteration."""
 
-    actor_params = list(actor.parameters())
-    for _ in range(actor_steps):
-        pi, log_prob, _ = actor(obs)
-        actor_loss = (alpha * log_prob - critic(obs, pi).min(dim=0).values).mean()
-        # Gradients for the actor only: the critic's weight gradients are not needed here.
-        for p, g in zip(actor_params, torch.autograd.grad(actor_loss, actor_params), strict=True):
-            p.grad = g
-        actor_opt.step()
-        metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean())
-        if alpha_opt is not None:
-            with torch.no_grad():
-                _, log_prob, _ = actor(obs)
-            alpha_loss = (-log_alpha.exp() * (log_prob + target_entropy)).mean()
-            alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            alpha_opt.step()
-            alpha = log_alpha.exp().detach()
-            metrics["alpha_loss"] = alpha_loss.detach()
-    return metrics
+    def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
+        self.args = args
+        self.actor = TanhGaussianActor(obs_dim, act_dim, args.hidden, action_low, action_high)
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2)
+        self.actor.to(device), self.critic.to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, fused=True)
+        self.target_entropy = -float(act_dim)
+        self.log_alpha = torch.tensor(
+            0.0 if args.autotune else float(np.log(args.alpha)),
+            device=device,
+            requires_grad=args.autotune,
+        )
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.q_lr) if args.autotune else None
+
+    def update(
+        self, batch: Batch, actor_steps: int, update_target: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """A critic step, then `actor_steps` actor (and temperature) steps on the same observations, then the Polyak update of the target critics when `update_target`."""
+        args, actor, critic = self.args, self.actor, self.critic
+        obs, actions, rewards, next_obs, terminals = batch
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_actions, next_log_prob, _ = actor(next_obs)
+            next_q = (
+                self.critic_target(next_obs, next_actions).min(dim=0).values - alpha * next_log_prob
+            )
+            target = rewards + args.discount * (1.0 - terminals) * next_q
+        q = critic(obs, actions)  # (2, B)
+        critic_loss = ((q - target) ** 2).mean(dim=1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "alpha": alpha}
+
+        actor_params = list(actor.parameters())
+        for _ in range(actor_steps):
+            pi, log_prob, _ = actor(obs)
+            actor_loss = (alpha * log_prob - critic(obs, pi).min(dim=0).values).mean()
+            # Gradients for the actor only: the critic's weight gradients are not needed here.
+            grads = torch.autograd.grad(actor_loss, actor_params)
+            for p, g in zip(actor_params, grads, strict=True):
+                p.grad = g
+            self.actor_opt.step()
+            metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean())
+            if self.alpha_opt is not None:
+                with torch.no_grad():
+                    _, log_prob, _ = actor(obs)
+                alpha_loss = (-self.log_alpha.exp() * (log_prob + self.target_entropy)).mean()
+                self.alpha_opt.zero_grad(set_to_none=True)
+                alpha_loss.backward()
+                self.alpha_opt.step()
+                alpha = self.log_alpha.exp().detach()
+                metrics["alpha_loss"] = alpha_loss.detach()
+        if update_target:
+            polyak_update(self.critic_target.parameters(), critic.parameters(), args.tau)
+        return metrics
+
+
+class SnapshotEvaluator:
+    """An evaluator that also keeps the evaluated actor in snapshots/ (actor_<step>.pt and a line of index.jsonl)."""
+
+    def __init__(self, evaluator: Evaluator, actor: TanhGaussianActor, loop: TrainingLoop) -> None:
+        self.evaluator, self.actor, self.loop = evaluator, actor, loop
+        self.folder = loop.dir / "snapshots"
+
+    def __call__(self, policy) -> dict:
+        result = self.evaluator(policy)
+        step, name = self.loop.step, f"actor_{self.loop.step:09d}.pt"
+        self.folder.mkdir(exist_ok=True)
+        save_checkpoint(
+            self.folder / name, {"actor": self.actor.state_dict(), "step": step, **result}
+        )
+        with open(self.folder / "index.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "file": name, **result}) + "\n")
+        return result
+
+    def close(self) -> None:
+        self.evaluator.close()
 
 
 def main(args: Args) -> dict:
-    if args.resume:
-        args = resume_args(args)
+    args = resume_args(args) if args.resume else args
+    check_args(args)
     device = pick_device(args.device)
     np_rng = seed_everything(args.seed)
 
@@ -165,152 +211,68 @@ def main(args: Args) -> dict:
     )
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
     if not isinstance(act_space, gym.spaces.Box) or len(obs_space.shape or ()) != 1:
-        raise SystemExit(
-            f"error: SAC needs flat Box observation and action spaces; {args.env_id} has {obs_space}, {act_space}"
+        envs.close()
+        raise UsageError(
+            f"--env-id {args.env_id}: SAC needs flat Box observation and action spaces, "
+            f"this environment has {obs_space} and {act_space}"
         )
     obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
     envs.action_space.seed(args.seed)
 
-    actor = TanhGaussianActor(obs_dim, act_dim, args.hidden, act_space.low, act_space.high).to(
-        device
-    )
-    critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2).to(device)
-    critic_target = copy.deepcopy(critic).requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.q_lr, fused=True)
-    target_entropy = -float(act_dim)
-    log_alpha = torch.tensor(
-        0.0 if args.autotune else float(np.log(args.alpha)),
-        device=device,
-        requires_grad=args.autotune,
-    )
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.q_lr) if args.autotune else None
+    agent = SAC(args, obs_dim, act_dim, act_space.low, act_space.high, device)
     buffer = ReplayBuffer(obs_dim, act_dim, args.buffer_size, device)
-
-    run = Run("sac", args.env_id, args.seed, args, args.run_dir)
-    parts = {
-        "actor": actor,
-        "critic": critic,
-        "critic_target": critic_target,
-        "actor_opt": actor_opt,
-        "critic_opt": critic_opt,
-        "buffer": buffer,
-    }
-    if alpha_opt is not None:
-        parts["alpha_opt"] = alpha_opt
-    step = 0
-    if args.resume:
-        ckpt = load_checkpoint(run.checkpoint_path, device)
-        step = restore_training_state(ckpt, parts, np_rng, run)
-        with torch.no_grad():
-            log_alpha.copy_(ckpt["log_alpha"])
-    resumed_from = step
-
-    def checkpoint() -> None:
-        save_checkpoint(
-            run.checkpoint_path,
-            training_state(step, parts, np_rng, run, log_alpha=log_alpha.detach()),
-        )
-
-    snapshot_dir = run.dir / "snapshots"
+    update = torch.compile(agent.update) if args.compile else agent.update
     ref_min, ref_max = reference_scores(args.env_id)
     evaluator = Evaluator(
-        args.env_id,
-        args.eval_episodes,
-        args.seed,
-        ref_min_score=ref_min,
-        ref_max_score=ref_max,
+        args.env_id, args.eval_episodes, args.seed, ref_min_score=ref_min, ref_max_score=ref_max,
         device=device,
-    )
-    update = torch.compile(sac_update) if args.compile else sac_update
-
-    def evaluate() -> None:
-        result = evaluator(actor.act)
-        pbar.set_postfix_str(run.log_eval(step, result))
-        if args.save_snapshots:
-            snapshot_dir.mkdir(exist_ok=True)
-            save_checkpoint(
-                snapshot_dir / f"actor_{step:09d}.pt",
-                {"actor": actor.state_dict(), "step": step, **result},
-            )
-            index = snapshot_dir / "index.jsonl"
-            with open(index, "a") as f:
-                f.write(json.dumps({"step": step, "file": f"actor_{step:09d}.pt", **result}) + "\n")
-
+    )  # fmt: skip
+    loop = TrainingLoop(
+        "sac", args.env_id, args, agent.parts() | {"buffer": buffer}, np_rng,
+        rate_tag="charts/steps_per_s",
+    )  # fmt: skip
     obs, _ = envs.reset(seed=[args.seed + i for i in range(args.num_envs)])
     episode_return = np.zeros(args.num_envs)
     episode_length = np.zeros(args.num_envs, dtype=np.int64)
-    pbar = tqdm(
-        total=args.total_steps,
-        initial=step,
-        desc="sac",
-        disable=not args.progress,
-        dynamic_ncols=True,
-    )
-    if args.save_snapshots and step == 0:
-        evaluate()  # the untrained actor, which scripts/collect_dataset.py uses for "random" data
-    latest: dict[str, torch.Tensor] = {}  # device tensors; read on the host only at log steps
-    tick, tick_step = time.perf_counter(), step
-    updates = 0
-    while step < args.total_steps:
+    if args.save_snapshots:
+        evaluator = SnapshotEvaluator(evaluator, agent.actor, loop)
+        # The untrained actor first: scripts/collect_dataset.py uses it for the "random" data.
+        if loop.step == 0:
+            loop.evaluate(evaluator, agent.actor.act)
+    for step in loop.steps(stride=args.num_envs):
         if step < args.learning_starts:
             action = envs.action_space.sample()
         else:
             with torch.no_grad():
-                action = (
-                    actor(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
-                )
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                action = agent.actor(obs_t)[0].cpu().numpy()
         next_obs, reward, terminated, truncated, infos = envs.step(action)
         real_next_obs = next_obs.copy()
         done = terminated | truncated
-        if done.any():
-            # SAME_STEP autoreset: next_obs already starts the new episode; the true last state is in infos.
-            for i in np.flatnonzero(done):
-                real_next_obs[i] = infos["final_obs"][i]
+        # SAME_STEP autoreset: next_obs already starts the new episode; the true last state is in infos.
+        for i in np.flatnonzero(done):
+            real_next_obs[i] = infos["final_obs"][i]
         buffer.add(obs, action, reward, real_next_obs, terminated, truncated)
         episode_return += reward
         episode_length += 1
         for i in np.flatnonzero(done):
-            run.log(
-                step,
-                {
-                    "charts/episodic_return": episode_return[i],
-                    "charts/episodic_length": episode_length[i],
-                },
-            )
+            loop.run.log(step, {"charts/episodic_return": episode_return[i],
+                                "charts/episodic_length": episode_length[i]})  # fmt: skip
             episode_return[i], episode_length[i] = 0.0, 0
         obs = next_obs
-        prev_step, step = step, step + args.num_envs
 
-        if step > args.learning_starts:
-            updates += 1
-            actor_steps = args.policy_frequency if updates % args.policy_frequency == 0 else 0
-            latest.update(update(
-                buffer.sample(args.batch_size), actor, critic, critic_target, log_alpha,
-                actor_opt, critic_opt, alpha_opt, target_entropy, args, actor_steps,
-            ))  # fmt: skip
-            if updates % args.target_network_frequency == 0:
-                polyak_update(critic_target.parameters(), critic.parameters(), args.tau)
-        if latest and (
-            step // args.log_every > prev_step // args.log_every or step >= args.total_steps
-        ):
-            values = {f"losses/{k}": float(v) for k, v in latest.items()}
-            check_finite(step, values, run)
-            now = time.perf_counter()
-            values["charts/steps_per_s"] = (step - tick_step) / (now - tick)
-            tick, tick_step = now, step
-            run.log(step, values)
-        if step // args.eval_every > prev_step // args.eval_every or step >= args.total_steps:
-            evaluate()
-            if args.save_model:
-                checkpoint()
-        pbar.update(step - prev_step)
-    pbar.close()
+        if loop.step > args.learning_starts:
+            # Updates so far, this one included (one per vector step after learning_starts); derived
+            # from the step count, so a resumed run keeps the schedule of an uninterrupted one.
+            updates = loop.step // args.num_envs - args.learning_starts // args.num_envs
+            actor_steps = args.policy_freq if updates % args.policy_freq == 0 else 0
+            batch = buffer.sample(args.batch_size)
+            loop.log(update(batch, actor_steps, updates % args.target_network_frequency == 0))
+        if loop.due(args.eval_every):
+            loop.evaluate(evaluator, agent.actor.act)
+
     envs.close()
-    if not run.last_eval:
-        evaluate()
-    evaluator.close()
-    return run.finish(step, {"resumed_from": resumed_from, "env_id": args.env_id})
+    return loop.finish(evaluator, agent.actor.act, env_id=args.env_id)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ period t, with orders a_t placed after observing the state (the dynamics of the 
 Nothing here keeps upstream on-hand from going negative: feasibility is the policy's job (the reference does
 the same), `check_feasibility=True` raises on a violation and `feasible_orders` scales store orders down.
 Demand traces and initial inventories are sampled ahead of time from seeded generators (a `Scenario`);
-`chunks` yields a long test scenario in pieces so that memory stays bounded.
+`scenario_chunks` yields a long test scenario in pieces so that memory stays bounded. `simulate` rolls a policy
+out over a scenario (the cost per path, differentiable), `path_costs`/`average_cost` score it per period and
+store without gradients (`long_run_costs` on a new scenario, in chunks), `cost_tail` counts the paths that
+cost over 10x the median one, `cost_summary` gathers mean, median and tail, and `gap_pct` is the gap to `optimum`.
 
 Settings (`make_problem`): one_store_lost (Poisson(5)), one_store_backlogged (Normal(5, 1.6) clipped at 0),
 serial (store <- warehouse <- 2 echelons, Normal(5, 2) clipped, backlog) and one_warehouse (S stores with
@@ -25,7 +28,7 @@ sampled costs and lead times, correlated Normal demand clipped at 0, lost sales)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
@@ -426,6 +429,120 @@ def _advance(
         index = slot.to(inv.device).expand_as(orders).unsqueeze(-1)
         new = new.scatter_add(-1, index, orders.unsqueeze(-1))
     return new
+
+
+# ------------------------------------------------------------------------ rolling a policy out on scenarios
+
+#: A policy maps a batch of states to (store orders (B, S), upstream orders (B, U) or None).
+Policy = Callable[[InventoryState], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def inventory_position(state: InventoryState) -> torch.Tensor:
+    """(B, S): every slot of each store (on-hand, possibly negative under backlog, plus its pipeline)."""
+    return state.stores.sum(-1)
+
+
+def upstream_bounds(problem: InventoryProblem, state: InventoryState) -> torch.Tensor:
+    """(B, U + 1): what each location may order: the on-hand stock above it, the order bound for the top one."""
+    top = torch.full_like(state.upstream[:, :1, 0], problem.order_bound)
+    return torch.cat([F.relu(state.upstream[..., 0]), top], dim=1)
+
+
+def simulate(
+    policy: Policy,
+    sim: InventorySimulator,
+    scenario: Scenario,
+    periods: int,
+    ignore: int = 0,
+    round_orders: bool = False,
+) -> torch.Tensor:
+    """Total cost per path (B,) over periods ignore..periods-1, back-propagatable through the whole horizon."""
+    state = sim.initial_state(scenario)
+    demand = scenario.demand.to(sim.device)
+    total = torch.zeros(len(scenario), device=sim.device)
+    for t in range(periods):
+        store_orders, upstream_orders = policy(state)
+        if round_orders:
+            store_orders = torch.round(store_orders)
+            upstream_orders = None if upstream_orders is None else torch.round(upstream_orders)
+        state, cost = sim.step(state, demand[:, :, t], store_orders, upstream_orders)
+        if t >= ignore:
+            total = total + cost
+    return total
+
+
+@torch.no_grad()
+def path_costs(
+    policy: Policy,
+    sim: InventorySimulator,
+    scenarios: Scenario | Iterable[Scenario],
+    periods: int,
+    ignore: int,
+    round_orders: bool = False,
+) -> torch.Tensor:
+    """Cost per period per store of every path (N,), float64 on the CPU (chunks of paths allowed)."""
+    scale = (periods - ignore) * sim.problem.n_stores
+    chunks = [scenarios] if isinstance(scenarios, Scenario) else scenarios
+    return torch.cat(
+        [
+            simulate(policy, sim, c, periods, ignore, round_orders).double().cpu() / scale
+            for c in chunks
+        ]
+    )
+
+
+def long_run_costs(
+    policy: Policy,
+    sim: InventorySimulator,
+    n_paths: int,
+    periods: int,
+    ignore: int,
+    seed: int,
+    chunk: int,
+    round_orders: bool = False,
+) -> torch.Tensor:
+    """``path_costs`` on a new scenario of ``n_paths`` paths (``scenario_chunks``), ``chunk`` paths at a time."""
+    chunks = (c.to(sim.device) for c in scenario_chunks(sim.problem, n_paths, periods, seed, chunk))
+    return path_costs(policy, sim, chunks, periods, ignore, round_orders)
+
+
+def gap_pct(cost: float, best: float | None) -> float | None:
+    """100 (cost - best) / best, the gap to a known optimum; None where none is known."""
+    return None if best is None else 100.0 * (cost - best) / best
+
+
+class CostSummary(NamedTuple):
+    """Per-path costs in four numbers: mean, median path, and the ``cost_tail`` (paths over 10x the median)."""
+
+    cost: float
+    cost_median_path: float
+    tail_paths: int
+    tail_cost_share: float
+
+
+def cost_summary(costs: torch.Tensor) -> CostSummary:
+    """The mean and median of per-path costs (N,) and their ``cost_tail``."""
+    return CostSummary(float(costs.mean()), float(costs.median()), *cost_tail(costs))
+
+
+def average_cost(
+    policy: Policy,
+    sim: InventorySimulator,
+    scenarios: Scenario | Iterable[Scenario],
+    periods: int,
+    ignore: int,
+    round_orders: bool = False,
+) -> float:
+    """Average cost per period per store over the scored periods of every path (chunks of paths allowed)."""
+    return float(path_costs(policy, sim, scenarios, periods, ignore, round_orders).mean())
+
+
+def cost_tail(costs: torch.Tensor, factor: float = 10.0) -> tuple[int, float]:
+    """Paths costing more than ``factor`` x the median path, and their share of the total cost."""
+    if float(costs.median()) <= 0.0:  # a free median path: no scale to compare with
+        return 0, 0.0
+    tail = costs > factor * costs.median()
+    return int(tail.sum()), float(costs[tail].sum() / costs.sum())
 
 
 class InventoryEnv(gym.Env):

@@ -21,6 +21,7 @@
 
     python scripts/bench.py                    # CPU, Hopper sizes, batch 256
     python scripts/bench.py --device cuda
+    python scripts/bench.py --only updates     # the TD3+BC update benchmark alone
     python scripts/bench.py --only knn         # the nearest-neighbour benchmark alone (--knn-rows for smaller)
     python scripts/bench.py --only hdpo        # the inventory simulator alone
 """
@@ -47,7 +48,7 @@ from torch import nn
 from ocrl.algos import td3_bc
 from ocrl.data import OfflineDataset, ReplayBuffer, load_dataset
 from ocrl.data.d4rl import write_d4rl_hdf5
-from ocrl.nets import CriticEnsemble, DeterministicActor, NearestNeighbors
+from ocrl.nets import NearestNeighbors
 
 
 @dataclass
@@ -180,7 +181,7 @@ def ocrl_trainer(
     device: torch.device,
     compiled: bool,
 ) -> Callable[[int], None]:
-    """The update of algos/td3_bc.py, on a device-resident buffer; returns step(iteration)."""
+    """`TD3BC.update` of algos/td3_bc.py, on a device-resident buffer; returns step(iteration)."""
     buffer = ReplayBuffer.from_arrays(
         data["observations"],
         data["actions"],
@@ -189,28 +190,12 @@ def ocrl_trainer(
         data["terminals"],
         device,
     )
-    actor = DeterministicActor(obs_dim, act_dim).to(device)
-    critic = CriticEnsemble(obs_dim, act_dim).to(device)
-    actor_t, critic_t = copy.deepcopy(actor), copy.deepcopy(critic)
-    for p in (*actor_t.parameters(), *critic_t.parameters()):
-        p.requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=3e-4, fused=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=3e-4, fused=True)
-    args = td3_bc.Args()
-    update = torch.compile(td3_bc.td3_bc_update) if compiled else td3_bc.td3_bc_update
+    # The defaults match the baseline: hidden (256, 256), lr 3e-4, alpha 2.5, discount 0.99, tau 0.005.
+    agent = td3_bc.TD3BC(td3_bc.Args(), obs_dim, act_dim, -1.0, 1.0, device)
+    update = torch.compile(agent.update) if compiled else agent.update
 
     def step(it: int) -> None:
-        update(
-            buffer.sample(batch),
-            actor,
-            actor_t,
-            critic,
-            critic_t,
-            actor_opt,
-            critic_opt,
-            args,
-            it % 2 == 0,
-        )
+        update(buffer.sample(batch), it % 2 == 0)
 
     return step
 

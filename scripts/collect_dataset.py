@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -30,11 +30,12 @@ import torch
 import tyro
 
 from ocrl.algos import sac
-from ocrl.data import OfflineDataset, load_checkpoint, seed_everything
+from ocrl.data import OfflineDataset
 from ocrl.data.collect import rollout
 from ocrl.data.d4rl import D4RL_ENV_IDS, D4RL_REF_SCORES, write_d4rl_hdf5
 from ocrl.data.minari_io import write_minari
 from ocrl.envs import make_env
+from ocrl.experiment import friendly_errors, load_checkpoint, seed_everything
 from ocrl.nets import TanhGaussianActor
 
 KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
@@ -100,6 +101,12 @@ def main(args: Args) -> list[str]:
     unknown = set(args.kinds) - set(KINDS)
     if unknown:
         raise SystemExit(f"error: unknown --kinds {sorted(unknown)}; choose from {KINDS}")
+    sac_fields = {f.name for f in fields(sac.Args)}
+    unknown = sorted(set(args.sac_overrides) - sac_fields)
+    if unknown:
+        raise SystemExit(
+            f"error: unknown --sac-overrides {unknown}; SAC's arguments are {sorted(sac_fields)}"
+        )
 
     # 1. Train the behaviour policy (or resume / reuse it).
     sac_args = sac.Args(
@@ -167,8 +174,8 @@ def main(args: Args) -> list[str]:
         if kind == "medium-replay":
             buf = load_checkpoint(sac_dir / "checkpoint.pt")["buffer"]
             n = min(int(medium_snap["step"]), int(buf["size"]))
-            terminals = buf["terminations"][:n].numpy() > 0.5
-            timeouts = buf["truncations"][:n].numpy() & ~terminals
+            terminals = buf["terminals"][:n].numpy() > 0.5
+            timeouts = buf["timeouts"][:n].numpy() & ~terminals
             timeouts[-1] |= not terminals[-1]  # the cut ends the last episode
             return {
                 "observations": buf["observations"][:n].numpy(), "actions": buf["actions"][:n].numpy(),
@@ -224,4 +231,5 @@ def main(args: Args) -> list[str]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    with friendly_errors():
+        main(tyro.cli(Args))

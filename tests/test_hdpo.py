@@ -1,4 +1,6 @@
-"""HDPO: policies' feasibility, the training loop end to end, chunked test, bad flags, and learning tests."""
+"""HDPO: policies' feasibility, the training loop end to end, chunked test, bad flags, and learning tests.
+
+The rollout helpers (simulate, path_costs, average_cost, cost_tail, ...) live in ocrl.envs.inventory."""
 
 from __future__ import annotations
 
@@ -15,11 +17,19 @@ from ocrl.algos import hdpo
 from ocrl.envs.inventory import (
     InventorySimulator,
     Scenario,
+    average_cost,
     backlog_optimum,
+    cost_summary,
+    cost_tail,
+    inventory_position,
+    long_run_costs,
     make_problem,
+    path_costs,
     sample_scenario,
     scenario_chunks,
+    simulate,
 )
+from ocrl.experiment import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,15 +83,18 @@ def test_chunked_average_cost_equals_one_pass():
     whole = Scenario(
         torch.cat([c.initial_stores for c in chunks]), torch.cat([c.demand for c in chunks])
     )
-    one = hdpo.average_cost(net, sim, whole, 40, 10)
-    assert hdpo.average_cost(net, sim, chunks, 40, 10) == pytest.approx(one, rel=1e-6)
+    one = average_cost(net, sim, whole, 40, 10)
+    assert average_cost(net, sim, chunks, 40, 10) == pytest.approx(one, rel=1e-6)
+    # The test's helper samples the same chunks itself, one at a time.
+    lazy = long_run_costs(net, sim, 250, 40, 10, seed=3, chunk=64)
+    assert torch.equal(lazy, path_costs(net, sim, chunks, 40, 10))
 
 
 class TrappedBaseStock(torch.nn.Module):
     """Base-stock at S, except that it orders nothing below an on-hand of -8: a state it never leaves."""
 
     def forward(self, state):
-        orders = torch.relu(12.0 - hdpo.inventory_position(state))
+        orders = torch.relu(12.0 - inventory_position(state))
         return torch.where(state.stores[:, :, 0] < -8.0, 0.0, orders), None
 
 
@@ -89,23 +102,26 @@ def test_path_costs_and_the_tail_of_paths_a_policy_never_recovers_on():
     problem = make_problem("one_store_backlogged", p=9, lead_time=1)
     sim = InventorySimulator(problem)
     scenario = sample_scenario(problem, 32, 80, seed=5)
-    costs = hdpo.path_costs(TrappedBaseStock(), sim, scenario, 80, 20)
+    costs = path_costs(TrappedBaseStock(), sim, scenario, 80, 20)
     assert costs.shape == (32,) and costs.dtype == torch.float64
-    assert hdpo.average_cost(TrappedBaseStock(), sim, scenario, 80, 20) == pytest.approx(
+    assert average_cost(TrappedBaseStock(), sim, scenario, 80, 20) == pytest.approx(
         float(costs.mean()), rel=1e-12
     )
-    assert hdpo.cost_tail(costs) == (0, 0.0)  # every path starts at on-hand >= 0 and recovers
+    assert cost_tail(costs) == (0, 0.0)  # every path starts at on-hand >= 0 and recovers
     stores = scenario.initial_stores.clone()
     # Path 0 starts inside the trap, with an empty pipeline: it never orders and its backlog only grows.
     stores[0, 0] = torch.tensor([-10.0] + [0.0] * (problem.store_slots - 1))
     trapped = Scenario(stores, scenario.demand)
-    costs = hdpo.path_costs(TrappedBaseStock(), sim, trapped, 80, 20)
+    costs = path_costs(TrappedBaseStock(), sim, trapped, 80, 20)
     backlog_cost = 9.0 * (10.0 + trapped.demand[0, 0, :80].cumsum(0)[20:]).mean()
     assert float(costs[0]) == pytest.approx(float(backlog_cost), rel=1e-4)
-    count, share = hdpo.cost_tail(costs)
+    count, share = cost_tail(costs)
     assert count == 1 and share == pytest.approx(float(costs[0] / costs.sum()), rel=1e-9)
     assert share > 0.5
-    assert hdpo.cost_tail(torch.zeros(4, dtype=torch.float64)) == (0, 0.0)
+    summary = cost_summary(costs)
+    assert summary.cost == pytest.approx(float(costs.mean()), rel=1e-12)
+    assert (summary.cost_median_path, summary.tail_paths) == (float(costs.median()), 1)
+    assert cost_tail(torch.zeros(4, dtype=torch.float64)) == (0, 0.0)
 
 
 def test_rounding_at_test_orders_whole_units():
@@ -120,14 +136,20 @@ def test_rounding_at_test_orders_whole_units():
         seen.append(state.stores.clone())
         return net(state)
 
-    hdpo.simulate(recording, sim, scenario, 5, round_orders=True)
+    simulate(recording, sim, scenario, 5, round_orders=True)
     # Integer demand, integer start and rounded orders keep every inventory slot integral.
     assert all(torch.equal(s, s.round()) for s in seen)
 
 
 def test_run_end_to_end_writes_metrics(tmp_path):
-    metrics = hdpo.main(tiny_args(tmp_path, setting="one_store_lost", p=4, lead_time=2, epochs=3))
+    args = tiny_args(
+        tmp_path, setting="one_store_lost", p=4, lead_time=2, epochs=3, save_model=True
+    )
+    metrics = hdpo.main(args)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # policy.pt is written through a temporary file renamed into place: nothing else is left behind.
+    files = sorted(f.name for f in (tmp_path / "run").iterdir() if not f.name.startswith("events"))
+    assert files == ["config.json", "metrics.json", "policy.pt"]
     assert saved["instance"] == "one_store_lost_p4_L2"
     assert saved["optimum"] == 4.40 and saved["epochs"] == 3 and saved["steps"] == 6
     assert saved["gap_pct"] == pytest.approx(100 * (saved["test_cost"] / 4.40 - 1))
@@ -151,11 +173,22 @@ def test_patience_stops_training(tmp_path):
     assert metrics["stop_reason"] == "patience" and metrics["epochs"] == 4
 
 
+def test_non_finite_dev_cost_stops_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(hdpo, "average_cost", lambda *args, **kwargs: float("nan"))
+    with pytest.raises(
+        FloatingPointError, match="diverged at step 2: non-finite eval/dev_cost=nan"
+    ):
+        hdpo.main(tiny_args(tmp_path, epochs=3))
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
 @pytest.mark.parametrize(
     "changes,message",
     [
-        ({"lead_time": 0}, "lead time"),
+        ({"lead_time": 0}, "--lead-time 0"),
         ({"p": -1.0}, "underage cost"),
+        ({"epochs": 0}, "--epochs 0"),
+        ({"grad_clip": 0.0}, "--grad-clip"),
         ({"batch_size": 512}, "--n-train"),
         ({"dev_ignore": 30}, "--dev-ignore"),
         ({"policy": "echelon_stock"}, "serial"),
@@ -163,26 +196,31 @@ def test_patience_stops_training(tmp_path):
     ],
 )
 def test_bad_settings_raise_clear_errors(tmp_path, changes, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UsageError, match=message):
         hdpo.main(replace(tiny_args(tmp_path), **changes))
+    assert not (tmp_path / "run").exists()  # checked before the run folder is created
 
 
-def test_cli_reports_bad_input_in_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--epochs", "0"], "--epochs 0: must be a positive whole number"),
+        (["--lead-time", "0"], "--lead-time 0: must be a positive whole number"),
+        (["--n-train", "100", "--batch-size", "200"], "--n-train 100: must be >= --batch-size 200"),
+        (["--policy", "echelon_stock"], "--policy echelon_stock: needs a serial system"),
+    ],
+)
+def test_cli_bad_flags_exit_2_in_one_line_without_a_run_folder(tmp_path, flags, message):
+    run_dir = tmp_path / "run"
     out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "algos" / "hdpo.py"),
-            "--lead-time",
-            "0",
-            "--run-dir",
-            str(tmp_path),
-        ],
+        [sys.executable, str(ROOT / "algos" / "hdpo.py"), *flags, "--run-dir", str(run_dir)],
         capture_output=True,
         text=True,
     )
-    assert out.returncode != 0
-    assert "error: lead time must be an integer >= 1" in out.stderr
-    assert "Traceback" not in out.stderr
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"error: {message}") and out.stderr.count("\n") == 1
+    assert out.stdout == ""
+    assert not run_dir.exists()
 
 
 def test_base_stock_learns_the_closed_form_optimum(tmp_path):

@@ -1,0 +1,270 @@
+"""What every algorithm file promises, checked for each: help text, a smoke run, tags, metrics.json,
+bit-exact resume and clean failures on bad flags. A new file gets these tests by adding a row to ALGOS."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ocrl.envs import Evaluator
+from ocrl.experiment import cli, friendly_errors, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = {"dataset", "env_id"}
+
+# name -> (tiny flags as Args fields, the rate tag, the loss tags it must log). "{data}" is the
+# session's small D4RL file; budgets are steps of the file's own loop. Online files (ONLINE) restore
+# networks, optimisers, buffer and RNGs, but their environments restart their episodes on --resume.
+ALGOS: dict[str, tuple[dict, str, set[str]]] = {
+    "td3_bc": (
+        dict(dataset="{data}", total_steps=40, eval_every=20, log_every=10, hidden=(16, 16)),
+        "charts/updates_per_s",
+        {"losses/critic_loss", "losses/actor_loss", "losses/bc_mse"},
+    ),
+    "prdc": (
+        dict(dataset="{data}", total_steps=40, eval_every=20, log_every=10, hidden=(16, 16)),
+        "charts/updates_per_s",
+        {"losses/critic_loss", "losses/dc_mse", "prdc/nn_distance"},
+    ),
+    "a2pr": (
+        dict(
+            dataset="{data}",
+            total_steps=40,
+            eval_every=20,
+            log_every=10,
+            actor_hidden=(16,),
+            critic_hidden=(16,),
+            vae_hidden=(16, 16),
+        ),  # fmt: skip
+        "charts/updates_per_s",
+        {"losses/critic_loss", "losses/value_loss", "losses/bc_loss", "a2pr/vae_target_fraction"},
+    ),
+    "sac": (
+        dict(
+            env_id="Pendulum-v1",
+            total_steps=120,
+            learning_starts=40,
+            eval_every=60,
+            log_every=20,
+            batch_size=16,
+        ),  # fmt: skip
+        "charts/steps_per_s",
+        {"losses/critic_loss", "losses/actor_loss", "losses/alpha"},
+    ),
+}
+
+
+ONLINE = {"sac"}
+# Every file in algos/ gets the help and exit-code tests; these have no evaluation episodes or --resume,
+# and their own smoke and flag tests, with the reason why.
+OWN_LOOP = {"hdpo": "trains on simulated paths with dev selection; see tests/test_hdpo.py"}
+ALL_FILES = sorted(p.stem for p in (ROOT / "algos").glob("*.py") if p.stem != "__init__")
+
+
+def test_every_algorithm_file_is_covered():
+    assert set(ALL_FILES) == set(ALGOS) | set(OWN_LOOP), ALL_FILES
+
+
+def module(name: str):
+    return importlib.import_module(f"ocrl.algos.{name}")
+
+
+def make_args(name: str, data: str, **over):
+    flags, _, _ = ALGOS[name]
+    fields = {k: (v.format(data=data) if isinstance(v, str) else v) for k, v in flags.items()}
+    fields.update(eval_episodes=1, progress=False)
+    fields.update(over)
+    return module(name).Args(**fields)
+
+
+def tags(run_dir: Path) -> set[str]:
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def run_cli(name: str, argv: list[str], capsys) -> tuple[int, str]:
+    """What `python algos/<name>.py ARGV` does, in-process: (exit code, stderr)."""
+    mod = module(name)
+    with pytest.raises(SystemExit) as exit_info, friendly_errors():
+        mod.main(cli(mod.Args, getattr(mod, "PRESETS", None), argv))
+        raise SystemExit(0)
+    return exit_info.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_every_args_field_has_a_docstring_and_a_flag(name):
+    tree = ast.parse((ROOT / "algos" / f"{name}.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Args")
+    body = cls.body
+    missing = [
+        stmt.target.id
+        for i, stmt in enumerate(body)
+        if isinstance(stmt, ast.AnnAssign)
+        and not (
+            i + 1 < len(body)
+            and isinstance(body[i + 1], ast.Expr)
+            and isinstance(body[i + 1].value, ast.Constant)
+            and isinstance(body[i + 1].value.value, str)
+        )
+    ]
+    assert not missing, f"Args fields without a docstring in algos/{name}.py: {missing}"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "algos" / f"{name}.py"), "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for field in dataclasses.fields(module(name).Args):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in proc.stdout, flag
+    assert (module(name).__doc__ or "").count("arXiv") >= 1  # the paper is named
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_smoke_run_writes_the_run_folder(name, hopper_random_file, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    metrics = module(name).main(make_args(name, hopper_random_file, run_dir=str(run_dir)))
+    _, rate_tag, loss_tags = ALGOS[name]
+    assert f"run folder: {run_dir}" in capsys.readouterr().out  # printed when the run starts
+    assert metrics["steps"] == make_args(name, hopper_random_file).total_steps
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk["steps"] == metrics["steps"] and on_disk["return"] == pytest.approx(
+        metrics["return"]
+    )
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["total_steps"] == metrics["steps"] and config["run_dir"] == str(run_dir)
+    assert {"eval/return", rate_tag, *loss_tags} <= tags(run_dir)
+    if "dataset" in ALGOS[name][0]:
+        # The small Hopper file has D4RL reference scores: offline runs report a normalised score.
+        assert isinstance(metrics["normalized_score"], float)
+        assert metrics["normalized_score_best"] >= metrics["normalized_score"]
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_resume_after_interruption_is_bit_exact(name, hopper_random_file, tmp_path, monkeypatch):
+    base = make_args(name, hopper_random_file, save_model=True, seed=3)
+    straight = module(name).main(dataclasses.replace(base, run_dir=str(tmp_path / "straight")))
+
+    calls = {"n": 0}
+    real_call = Evaluator.__call__
+
+    def interrupting(self, policy):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_call(self, policy)
+
+    monkeypatch.setattr(Evaluator, "__call__", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        module(name).main(dataclasses.replace(base, run_dir=str(tmp_path / "interrupted")))
+    monkeypatch.setattr(Evaluator, "__call__", real_call)
+    first_eval = base.eval_every
+    assert load_checkpoint(tmp_path / "interrupted")["step"] == first_eval
+    assert not (tmp_path / "interrupted" / "metrics.json").exists()
+
+    resumed = module(name).main(
+        module(name).Args(resume=str(tmp_path / "interrupted"), total_steps=base.total_steps)
+    )
+    assert resumed["resumed_from"] == first_eval and resumed["steps"] == base.total_steps
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)
+    assert a.keys() == b.keys() and a["step"] == b["step"] == base.total_steps
+    compared = sum(
+        isinstance(t, torch.Tensor)
+        for key, part in a.items()
+        if isinstance(part, dict) and key not in ("rng", "run", "normalizer")
+        for t in part.values()
+    )
+    assert compared > 10
+    if name in ONLINE:
+        return
+    for key, part in a.items():
+        if isinstance(part, dict) and key not in ("rng", "run", "normalizer"):
+            for sub, tensor in part.items():
+                if isinstance(tensor, torch.Tensor):
+                    torch.testing.assert_close(b[key][sub], tensor, rtol=0, atol=0, msg=key + sub)
+    assert resumed["return"] == straight["return"]
+
+
+BAD_FLAGS = [
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--batch-size", "-5"], "--batch-size -5"),
+    (["--eval-every", "0"], "--eval-every 0"),
+    (["--eval-episodes", "0"], "--eval-episodes 0"),
+    (["--total-steps", "0"], "--total-steps 0"),
+    (["--env-id", "Hoper-v4"], "did you mean 'Hopper-v4'"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+@pytest.mark.parametrize("name", ALGOS)
+def test_bad_flag_is_one_line_exit_2_and_no_folder(name, argv, expected, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, err = run_cli(name, [*argv, "--run-dir", str(run_dir), "--no-progress"], capsys)
+    assert code == 2
+    assert err.startswith("error:") and "\n" not in err and expected in err, err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_garbage_checkpoint_for_resume_is_refused(name, hopper_random_file, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    module(name).main(make_args(name, hopper_random_file, run_dir=str(run_dir), total_steps=20))
+    (run_dir / "checkpoint.pt").write_bytes(b"\x80\x02not a checkpoint at all")
+    before = sorted(p.name for p in run_dir.iterdir())
+    capsys.readouterr()
+    code, err = run_cli(name, ["--resume", str(run_dir), "--no-progress"], capsys)
+    assert code == 2 and "\n" not in err and "checkpoint.pt" in err, err
+    assert "weights_only" not in err
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_the_real_command_exits_2_without_a_traceback(name, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "algos" / f"{name}.py"), "--batch-size", "0", "--run-dir",
+         str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_damaged_minari_folder_is_refused_cleanly(tmp_path, capsys):
+    folder = tmp_path / "broken" / "data"
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text('{"dataset_id": "broken-v0", "total_ep')  # truncated
+    (folder / "main_data.hdf5").write_bytes(b"\x89HDF\r\n")
+    run_dir = tmp_path / "run"
+    code, err = run_cli("td3_bc", ["--dataset", str(folder), "--run-dir", str(run_dir)], capsys)
+    assert code == 2 and "\n" not in err and "metadata.json" in err, err
+    assert not run_dir.exists()
+
+
+def test_float_flag_file_reports_a_normalised_score_on_hopper_v5(hopper_random_file, tmp_path):
+    # A D4RL-layout file written by another tool: float 0/1 flags, no name or metadata to go by.
+    import h5py
+
+    path = tmp_path / "from_elsewhere.hdf5"
+    with h5py.File(hopper_random_file, "r") as src, h5py.File(path, "w") as dst:
+        for key in ("observations", "actions", "rewards", "next_observations"):
+            dst.create_dataset(key, data=src[key][()])
+        for key in ("terminals", "timeouts"):
+            dst.create_dataset(key, data=src[key][()].astype("float32"))
+    metrics = module("td3_bc").main(
+        make_args("td3_bc", str(path), env_id="Hopper-v5", run_dir=str(tmp_path / "run"))
+    )
+    assert isinstance(metrics["normalized_score"], float)
+    hopper_random_return = -20.272305  # D4RL's hopper reference: a score of 0
+    expected = 100 * (metrics["return"] - hopper_random_return) / (3234.3 - hopper_random_return)
+    assert metrics["normalized_score"] == pytest.approx(expected, rel=1e-4)

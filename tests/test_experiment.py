@@ -1,0 +1,92 @@
+"""The run plumbing: run folders, config.json, permissions, --resume notes and finite-only checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from ocrl.experiment import Run, TrainingLoop, load_checkpoint, resume_args, save_checkpoint
+
+
+@dataclasses.dataclass
+class ToyArgs:
+    seed: int = 0
+    total_steps: int = 30
+    log_every: int = 20
+    eval_every: int = 5
+    save_model: bool = True
+    resume: str | None = None
+    run_dir: str | None = None
+    progress: bool = False
+    lr: float = 0.1
+
+
+class ToyEvaluator:
+    def __call__(self, policy) -> dict:
+        return {"return": 1.0, "normalized_score": None}
+
+    def close(self) -> None:
+        pass
+
+
+def test_runs_started_in_the_same_second_never_share_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda fmt: "20261130-080000")
+    first = Run("algo", "data", 0, ToyArgs())
+    second = Run("algo", "data", 0, ToyArgs())
+    assert first.dir != second.dir and first.dir.is_dir() and second.dir.is_dir()
+    assert second.dir.name == first.dir.name + "-2"
+    first.close(), second.close()
+
+
+def test_config_is_rewritten_in_a_reused_run_dir_and_files_are_world_readable(tmp_path):
+    old = os.umask(0o022)
+    try:
+        Run("algo", "data", 0, ToyArgs(lr=0.1), str(tmp_path)).close()
+        run = Run("algo", "data", 0, ToyArgs(lr=0.5), str(tmp_path))
+        assert '"lr": 0.5' in (tmp_path / "config.json").read_text()
+        save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
+        run.log_eval(1, {"return": 2.0, "normalized_score": None})
+        run.finish(1)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "checkpoint.pt", "metrics.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_resume_says_which_flags_it_ignores(tmp_path, capsys):
+    Run("algo", "data", 0, ToyArgs(lr=0.1), str(tmp_path)).close()
+    args = resume_args(ToyArgs(resume=str(tmp_path), lr=0.3, total_steps=60))
+    assert args.lr == 0.1 and args.total_steps == 60
+    out = capsys.readouterr().out
+    assert "ignoring --lr 0.3" in out and "--total-steps" in out.split("only")[1]
+
+
+@pytest.mark.parametrize("logged_loss_is_finite", [True, False])
+def test_checkpoints_are_written_only_from_finite_weights(tmp_path, logged_loss_is_finite):
+    # --eval-every 5 --log-every 20 --save-model: the weights turn NaN at step 8, between two log steps.
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    args = ToyArgs(run_dir=str(tmp_path))
+    loop = TrainingLoop("toy", "data", args, {"net": net}, np.random.default_rng(0))
+    with pytest.raises(FloatingPointError, match=r"diverged at step 10: non-finite .*") as err:
+        for step in loop.steps():
+            if step == 7:
+                with torch.no_grad():
+                    net.weight.fill_(math.nan)
+            # A loss that stays finite: the weights themselves must be checked before saving.
+            loop.log(
+                {"loss": torch.tensor(step if logged_loss_is_finite else float(net.weight.sum()))}
+            )
+            if loop.due(args.eval_every):
+                loop.evaluate(ToyEvaluator(), net)
+    assert "last good checkpoint" in str(err.value)
+    assert ("weights of net" in str(err.value)) == logged_loss_is_finite
+    saved = load_checkpoint(tmp_path)
+    assert saved["step"] == 5 and torch.isfinite(saved["net"]["weight"]).all()
