@@ -270,7 +270,6 @@ def check_hdpo_args(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
-    check_args(args)
     check_hdpo_args(args)  # every flag, before the run folder is created
     device = pick_device(args.device)
     seed_everything(args.seed)

@@ -48,6 +48,7 @@ from torch import nn
 from ocrl.algos import td3_bc
 from ocrl.data import OfflineDataset, ReplayBuffer, load_dataset
 from ocrl.data.d4rl import write_d4rl_hdf5
+from ocrl.experiment import TrainingLoop
 from ocrl.nets import NearestNeighbors
 
 
@@ -200,6 +201,25 @@ def ocrl_trainer(
     return step
 
 
+def ocrl_loop_trainer(
+    data: dict[str, np.ndarray], obs_dim: int, act_dim: int, batch: int, device: torch.device
+) -> Callable[[int], None]:
+    """The same update with the plumbing every algorithm file now runs per step (`TrainingLoop.log`)."""
+    buffer = ReplayBuffer.from_arrays(
+        data["observations"], data["actions"], data["rewards"], data["next_observations"],
+        data["terminals"], device,
+    )  # fmt: skip
+    args = td3_bc.Args(progress=False, run_dir=tempfile.mkdtemp(prefix="ocrl-bench-"))
+    ocrl_agent = td3_bc.TD3BC(args, obs_dim, act_dim, -1.0, 1.0, device)
+    loop = TrainingLoop("bench", "synthetic", args, ocrl_agent.parts(), None)
+
+    def step(it: int) -> None:
+        loop.step = it + 1  # what loop.steps() sets before each iteration
+        loop.log(ocrl_agent.update(buffer.sample(batch), it % 2 == 0))
+
+    return step
+
+
 def synthetic(rows: int, obs_dim: int, act_dim: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     obs = rng.standard_normal((rows, obs_dim), dtype=np.float32)
@@ -237,6 +257,9 @@ def bench_updates(args: Args) -> dict[str, float]:
             data, args.obs_dim, args.act_dim, args.batch_size, device, compiled=False
         ),
     }
+    variants["ocrl eager + TrainingLoop.log"] = ocrl_loop_trainer(
+        data, args.obs_dim, args.act_dim, args.batch_size, device
+    )
     if args.compile:
         variants["ocrl compiled"] = ocrl_trainer(
             data, args.obs_dim, args.act_dim, args.batch_size, device, compiled=True
