@@ -55,9 +55,7 @@ def check_args(args: Any, positive: Sequence[str] = POSITIVE_FIELDS) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             default = fields[name].default
             hint = f" (the default is {default})" if isinstance(default, int) else ""
-            raise UsageError(
-                f"{_flag(name)} {value}: must be a positive whole number{hint}"
-            )
+            raise UsageError(f"{_flag(name)} {value}: must be a positive whole number{hint}")
     for name in ("discount", "tau"):
         if name in fields and not 0.0 <= getattr(args, name) <= 1.0:
             raise UsageError(f"{_flag(name)} {getattr(args, name)}: must lie in [0, 1]")
@@ -97,7 +95,11 @@ def friendly_errors() -> Iterator[None]:
     try:
         yield
     except (
-        UsageError, CheckpointError, DatasetError, FileNotFoundError, FloatingPointError
+        UsageError,
+        CheckpointError,
+        DatasetError,
+        FileNotFoundError,
+        FloatingPointError,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -235,7 +237,9 @@ def restore_training_state(
             run.load_state_dict(ckpt["run"])
         return int(ckpt["step"])
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
-        detail = f"no '{err.args[0]}' entry" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        detail = (
+            f"no '{err.args[0]}' entry" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        )
         raise CheckpointError(
             f"checkpoint does not fit this run ({detail[:160]}): was it written by another algorithm "
             "or with other network sizes? Resume with the flags of the run that wrote it"

@@ -8,15 +8,6 @@ import torch
 
 from ocrl.algos import td3_bc
 from ocrl.data import ReplayBuffer
-from ocrl.experiment import (
-    check_finite,
-    cli,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
 from ocrl.data.d4rl import D4RL_REF_SCORES
 from ocrl.data.offline import DatasetError
 from ocrl.envs import (
@@ -26,6 +17,15 @@ from ocrl.envs import (
     make_env,
     normalized_score,
     reference_scores,
+)
+from ocrl.experiment import (
+    check_finite,
+    cli,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
 )
 
 
