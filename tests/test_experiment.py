@@ -82,7 +82,11 @@ def test_checkpoints_are_written_only_from_finite_weights(tmp_path, logged_loss_
                     net.weight.fill_(math.nan)
             # A loss that stays finite: the weights themselves must be checked before saving.
             loop.log(
-                {"loss": torch.tensor(step if logged_loss_is_finite else float(net.weight.sum()))}
+                {
+                    "loss": torch.tensor(
+                        step if logged_loss_is_finite else float(net.weight.detach().sum())
+                    )
+                }
             )
             if loop.due(args.eval_every):
                 loop.evaluate(ToyEvaluator(), net)
