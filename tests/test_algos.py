@@ -142,3 +142,24 @@ def test_td3_bc_actor_loss_equals_the_formula():
     ):
         torch.testing.assert_close(wt2, 0.005 * w + 0.995 * wt)
         torch.testing.assert_close(bt2, 0.005 * b + 0.995 * bt)
+
+
+def test_normalize_reward_is_corls_modify_reward(hopper_random_file):
+    # CORL: r * max_episode_steps / (max - min return), returns over the transition view, episodes cut
+    # at a terminal or after max_episode_steps (1000 for Hopper-v4), the unfinished last one left out.
+    from ocrl.data import load_dataset
+    from ocrl.envs import load_offline_task
+
+    transitions = load_dataset(hopper_random_file).transitions()
+    returns, ep_ret, ep_len = [], 0.0, 0
+    for r, d in zip(transitions.rewards, transitions.terminals, strict=True):
+        ep_ret, ep_len = ep_ret + float(r), ep_len + 1
+        if d or ep_len == 1000:
+            returns.append(ep_ret)
+            ep_ret, ep_len = 0.0, 0
+    scale = 1000.0 / (max(returns) - min(returns))
+    task = load_offline_task(hopper_random_file, normalize_reward=True)
+    assert task.reward_scale == pytest.approx(scale, rel=1e-6)
+    torch.testing.assert_close(
+        task.buffer.rewards, torch.as_tensor(transitions.rewards) * scale, rtol=1e-5, atol=1e-6
+    )
