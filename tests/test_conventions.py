@@ -48,6 +48,11 @@ ALGOS: dict[str, tuple[dict, str, set[str]]] = {
         "charts/updates_per_s",
         {"losses/critic_loss", "losses/value_loss", "losses/bc_loss", "a2pr/vae_target_fraction"},
     ),
+    "iql": (
+        dict(dataset="{data}", total_steps=40, eval_every=20, log_every=10, hidden=(16, 16)),
+        "charts/updates_per_s",
+        {"losses/value_loss", "losses/actor_loss", "iql/weight_clip_fraction"},
+    ),
     "sac": (
         dict(
             env_id="Pendulum-v1",

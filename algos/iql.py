@@ -1,0 +1,292 @@
+"""IQL: "Offline Reinforcement Learning with Implicit Q-Learning" (Kostrikov, Nair & Levine, ICLR 2022, arXiv 2110.06169).
+
+IQL never queries Q at actions outside the dataset. A state value V learns an upper expectile of the
+target critics' Q over the dataset's actions, the twin critics regress onto r + gamma (1 - d) V(s'), and
+the policy is extracted by advantage-weighted regression onto the dataset's actions:
+
+    V:   u = min(Q1_targ, Q2_targ)(s, a) - V(s),   L_V  = mean |tau_e - 1[u < 0]| u^2        (expectile tau_e)
+    Q:   y = r + gamma (1 - d) V(s'),              L_Q  = 1/2 sum_i mean (Q_i(s, a) - y)^2
+    pi:  w = min(exp(beta A), 100), A = u,         L_pi = mean w * (-log pi(a|s))   or   mean w * |pi(s) - a|^2
+
+Defaults follow CORL's algorithms/offline/iql.py (tinkoff-ai/CORL @ 6afec90), which is the reference here:
+its update order (V(s') and A from V before V's step, then V, the critics and their Polyak targets, then the
+actor), beta 3.0, expectile 0.7, Adam 3e-4 for V, Q and the actor, the actor's lr decayed by a cosine to 0
+over --total-steps, 2 x 256 ReLU networks, tau 0.005, gamma 0.99, batch 256, 1M updates, observations
+standardised (std + 1e-3). `--actor gaussian` (CORL's default) is CORL's GaussianPolicy: a Normal whose mean
+is tanh(MLP(s)) and whose std exp(log_std) is one state-independent parameter (log_std initialised to 0,
+clamped to [-20, 2]); -log pi(a|s) is the plain Normal log-density of the dataset action summed over action
+dimensions, with no tanh change-of-variables term, and evaluation takes the mean. `--actor deterministic`
+is CORL's DeterministicPolicy: tanh(MLP(s)) regressed with a per-sample squared error summed over action
+dimensions. Both are CORL's losses when the action bounds are +-1 (every D4RL task); for other bounds the
+Gaussian models actions rescaled to [-1, 1] and the squared error is in the action's own units.
+`--preset` applies CORL's per-dataset YAMLs: hopper-medium and -medium-replay use the deterministic actor,
+CORL's reward scaling and tau 0.001; hopper-medium-expert beta 6 and expectile 0.5; AntMaze beta 10,
+expectile 0.9, reward - 1 (`--reward-shift -1`) and 100 evaluation episodes. CORL's actor dropout (Adroit
+only) is not implemented. This is CORL's variant, not the authors' JAX code (ikostrikov/implicit_q_learning),
+which uses V *after* its step for the advantages and the critics' target, and differs in data handling
+(tinkoff-ai/CORL#33); there is no flag for it.
+Logged: the losses, and iql/v_mean, iql/q_mean, iql/adv_mean, iql/weight_clip_fraction (share of weights
+at the clip 100), iql/actor_lr. Evaluation: ocrl's shared protocol (deterministic actor, 10 episodes every
+5,000 updates, episode seeds from --seed): CORL's cadence and episode count, not its env seeds.
+
+    python algos/iql.py --total-steps 20000 --preset hopper-medium-v2   # shipped hopper data, CPU minutes
+    python algos/iql.py --dataset antmaze-umaze-v2 --preset antmaze-umaze-v2
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from ocrl.data import Batch
+from ocrl.envs import load_offline_task
+from ocrl.experiment import (
+    Agent,
+    TrainingLoop,
+    UsageError,
+    check_args,
+    cli,
+    friendly_errors,
+    pick_device,
+    resume_args,
+    seed_everything,
+)
+from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
+
+_DEFAULT = {"beta": 3.0, "expectile": 0.7, "actor": "gaussian", "tau": 0.005,
+            "normalize_reward": False, "reward_shift": 0.0}  # fmt: skip
+_HOPPER_DETERMINISTIC = {"actor": "deterministic", "normalize_reward": True, "tau": 0.001}
+_ANTMAZE = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")  # fmt: skip
+PRESETS: dict[str, dict] = {
+    # CORL's configs/offline/iql/<domain>/<dataset>.yaml; every other locomotion YAML uses CORL's defaults.
+    **{
+        f"{domain}-{kind}-v2": dict(_DEFAULT)
+        for domain in ("halfcheetah", "hopper", "walker2d")
+        for kind in ("random", "medium", "medium-replay", "medium-expert", "expert", "full-replay")
+    },
+    "hopper-medium-v2": _DEFAULT | _HOPPER_DETERMINISTIC,
+    "hopper-medium-replay-v2": _DEFAULT | _HOPPER_DETERMINISTIC,
+    "hopper-medium-expert-v2": _DEFAULT | {"beta": 6.0, "expectile": 0.5},
+    # AntMaze: CORL's normalize_reward means r - 1 there (modify_reward), and 100 evaluation episodes.
+    **{
+        f"antmaze-{maze}-v2": _DEFAULT
+        | {"beta": 10.0, "expectile": 0.9, "reward_shift": -1.0, "eval_episodes": 100}
+        for maze in _ANTMAZE
+    },
+}
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+@dataclass
+class Args:
+    dataset: str = "ocrl/hopper/medium-v0"
+    """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id; the default is shipped"""
+    env_id: str | None = None
+    """evaluation environment; by default the one the dataset names (D4RL tasks evaluate on Gymnasium -v4)"""
+    preset: PresetName | None = None  # type: ignore[valid-type]
+    """per-dataset hyperparameters of CORL's YAMLs (hopper-medium(-replay)-v2: deterministic actor, reward scaling, tau 0.001; antmaze-*: beta 10, expectile 0.9, reward - 1); explicit flags override them; --dataset alone changes none"""
+    seed: int = 0
+    """seed of torch, numpy and the evaluation episodes"""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
+    total_steps: int = 1_000_000
+    """gradient updates (one V, Q and actor step each), CORL's 1M; also the length of the actor's cosine lr decay (a --resume keeps the first run's)"""
+    batch_size: int = 256
+    """transitions per update, sampled uniformly with replacement"""
+    discount: float = 0.99
+    """discount factor gamma"""
+    tau: float = 0.005
+    """Polyak rate of the target critics (CORL's hopper-medium(-replay) YAMLs: 0.001)"""
+    beta: float = 3.0
+    """inverse temperature of the advantage weights exp(beta A): small is BC, large maximises Q"""
+    expectile: float = 0.7
+    """expectile tau_e of V's asymmetric loss (CORL's iql_tau), in (0, 1); 0.5 is a mean"""
+    max_weight: float = 100.0
+    """clip of the advantage weights exp(beta A) (CORL's EXP_ADV_MAX)"""
+    actor: Literal["gaussian", "deterministic"] = "gaussian"
+    """'gaussian': -log pi(a|s) of CORL's Normal(tanh MLP(s), state-independent std); 'deterministic': squared error to tanh MLP(s)"""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor at step 0; a cosine takes it to 0 at --total-steps"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the twin critics"""
+    value_lr: float = 3e-4
+    """Adam learning rate of V"""
+    hidden: tuple[int, ...] = (256, 256)
+    """hidden layer widths of the actor, the critics and V"""
+    normalize_obs: bool = True
+    """standardise observations with dataset mean and std (+1e-3)"""
+    normalize_reward: bool = False
+    """scale rewards by max_episode_steps / (max - min return) over the training transitions, CORL's modify_reward for locomotion"""
+    reward_shift: float = 0.0
+    """added to every reward after any scaling: -1 is CORL's AntMaze modify_reward (AntMaze presets)"""
+    truncated_last: Literal["drop", "keep"] = "drop"
+    """'drop' reproduces D4RL's qlearning_dataset (CORL); 'keep' also trains on timeout transitions using stored next observations"""
+    ref_min_score: float | None = None
+    """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
+    ref_max_score: float | None = None
+    """return of an expert policy for the normalised score (give both or neither)"""
+    eval_every: int = 5_000
+    """updates between evaluations"""
+    eval_episodes: int = 10
+    """episodes per evaluation, run in parallel (CORL: 10, AntMaze 100)"""
+    log_every: int = 1_000
+    """updates between loss logs (the only host synchronisations of the loop); iql/* values are interval means"""
+    save_model: bool = False
+    """write checkpoint.pt (atomically) at every evaluation and at the end"""
+    resume: str | None = None
+    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
+    compile: bool = False
+    """wrap the update in torch.compile (off by default: on a CPU compile time dominates short runs)"""
+    run_dir: str | None = None
+    """run folder; default runs/iql__<dataset>__s<seed>__<time>"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+class GaussianActor(nn.Module):
+    """CORL's GaussianPolicy: Normal(tanh(MLP(s)), exp(log_std)) over actions scaled to [-1, 1]; log_std is one parameter vector."""
+
+    def __init__(self, obs_dim, act_dim, hidden, action_low, action_high) -> None:
+        super().__init__()
+        self.net = MLP(obs_dim, act_dim, hidden, output_activation=nn.Tanh)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log pi(a|s) summed over action dimensions (B,): the Normal density, no tanh correction."""
+        mean, log_std = self.net(obs), self.log_std.clamp(-20.0, 2.0)
+        z = (actions - self.action_bias) / self.action_scale
+        return (-0.5 * ((z - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)  # fmt: skip
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """The mean action, used at evaluation time."""
+        return self.net(obs) * self.action_scale + self.action_bias
+
+
+def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
+    """mean |tau_e - 1[u < 0]| u^2: residuals above V weigh tau_e, those below 1 - tau_e."""
+    return (torch.abs(expectile - (u < 0).float()) * u.square()).mean()
+
+
+class IQL(Agent):
+    """V, the twin critics and their targets, the actor, their optimisers and the actor's lr schedule."""
+
+    def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
+        self.args = args
+        actor_cls = GaussianActor if args.actor == "gaussian" else DeterministicActor
+        self.actor = actor_cls(obs_dim, act_dim, args.hidden, action_low, action_high)
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2)
+        self.value = MLP(obs_dim, 1, args.hidden)
+        self.actor.to(device), self.critic.to(device), self.value.to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, fused=True)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr, fused=True)
+        self.actor_schedule = CosineAnnealingLR(self.actor_opt, args.total_steps)
+        self.seen: dict[str, torch.Tensor] = {}  # the last update's intermediates, for diagnostics
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One iteration in CORL's order: V's expectile step, the critics' step and targets, the actor's step."""
+        args = self.args
+        obs, actions, rewards, next_obs, terminals = batch
+        with torch.no_grad():
+            next_v = self.value(next_obs).squeeze(-1)
+            target_q = self.critic_target(obs, actions).min(dim=0).values
+
+        # V: an upper expectile of the target critics' Q over the dataset's actions.
+        v = self.value(obs).squeeze(-1)
+        adv = target_q - v
+        value_loss = expectile_loss(adv, args.expectile)
+        self.value_opt.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.value_opt.step()
+
+        # Q: both critics regress onto r + gamma (1 - d) V(s'), with V from before its step.
+        target = torch.addcmul(rewards, 1.0 - terminals, next_v, value=args.discount)
+        q = self.critic(obs, actions)  # (2, B)
+        critic_loss = F.mse_loss(q, target.expand_as(q))  # the mean of the two critics' MSEs
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        polyak_update(self.critic_target.parameters(), self.critic.parameters(), args.tau)
+
+        # pi: advantage-weighted regression onto the dataset's actions, weights clipped at max_weight.
+        adv = adv.detach()
+        weight = torch.exp(args.beta * adv).clamp(max=args.max_weight)
+        if args.actor == "gaussian":
+            bc_loss = -self.actor.log_prob(obs, actions)
+        else:
+            bc_loss = (self.actor(obs) - actions).square().sum(-1)
+        actor_loss = (weight * bc_loss).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.actor_schedule.step()
+
+        self.seen = dict(v=v.detach(), q=q.detach(), adv=adv, weight=weight)
+        return {"value_loss": value_loss.detach(), "critic_loss": critic_loss.detach(),
+                "actor_loss": actor_loss.detach()}  # fmt: skip
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """The reference's checks for the last update: V below Q for tau_e > 0.5, and the share of clipped weights."""
+        seen = self.seen
+        return {
+            "iql/v_mean": seen["v"].mean(), "iql/q_mean": seen["q"].mean(),
+            "iql/adv_mean": seen["adv"].mean(),
+            "iql/weight_clip_fraction": (seen["weight"] >= self.args.max_weight).float().mean(),
+            "iql/actor_lr": self.actor_opt.param_groups[0]["lr"],
+        }  # fmt: skip
+
+
+def check_iql_args(args: Args) -> None:
+    check_args(args)
+    if not 0.0 < args.expectile < 1.0:
+        raise UsageError(f"--expectile {args.expectile}: must lie in (0, 1); CORL uses 0.7 (AntMaze 0.9)")  # fmt: skip
+    if not args.max_weight > 0.0:
+        raise UsageError(f"--max-weight {args.max_weight}: must be positive; CORL clips at 100")
+
+
+def main(args: Args) -> dict:
+    args = resume_args(args) if args.resume else args
+    check_iql_args(args)
+    device = pick_device(args.device)
+    np_rng = seed_everything(args.seed)
+    if args.preset is not None and args.preset != args.dataset:
+        print(f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'")  # fmt: skip
+    task = load_offline_task(
+        args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
+        normalize_reward=args.normalize_reward, truncated_last=args.truncated_last,
+        ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
+    )  # fmt: skip
+    task.buffer.rewards.add_(args.reward_shift)
+    agent = IQL(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
+    update = torch.compile(agent.update) if args.compile else agent.update
+    evaluator = task.evaluator(args.eval_episodes, args.seed, device)
+    loop = TrainingLoop(
+        "iql", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer
+    )
+
+    for _ in loop.steps():
+        metrics = update(task.buffer.sample(args.batch_size))
+        loop.log(metrics | agent.diagnostics())
+        if loop.due(args.eval_every):
+            loop.evaluate(evaluator, agent.actor.act)
+
+    return loop.finish(evaluator, agent.actor.act, dataset=task.dataset.name, env_id=task.env_id)
+
+
+if __name__ == "__main__":
+    with friendly_errors():
+        main(cli(Args, PRESETS))
