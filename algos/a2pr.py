@@ -141,7 +141,7 @@ class Args:
     detach_vae_target: bool = False
     """stop the BC gradient through a~ = VAE(s, pi(s)) (an ablation; the code back-propagates through it)"""
     normalize_obs: bool = True
-    """standardise observations with dataset mean and std (+1e-3)"""
+    """standardise observations with the mean and std (+1e-3) of the training transitions"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset; 'keep' also trains on timeout transitions using stored next observations"""
     ref_min_score: float | None = None

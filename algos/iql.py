@@ -121,7 +121,7 @@ class Args:
     hidden: tuple[int, ...] = (256, 256)
     """hidden layer widths of the actor, the critics and V"""
     normalize_obs: bool = True
-    """standardise observations with dataset mean and std (+1e-3)"""
+    """standardise observations with the mean and std (+1e-3) of the training transitions"""
     normalize_reward: bool = False
     """scale rewards by max_episode_steps / (max - min return) over the training transitions, CORL's modify_reward for locomotion"""
     reward_shift: float = 0.0

@@ -130,7 +130,7 @@ class Args:
     antmaze_shaping_bug: bool = False
     """reproduce the original's bug: apply the reward scale/shift to the next state instead of the reward"""
     normalize_obs: bool = True
-    """standardise observations with dataset mean and std (+1e-3)"""
+    """standardise observations with the mean and std (+1e-3) of the training transitions"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset; 'keep' also trains on timeout transitions using stored next observations"""
     ref_min_score: float | None = None

@@ -4,8 +4,8 @@ TD3 trained on a fixed dataset, with a behaviour-cloning term in the actor loss:
 
     L_pi = -lambda * mean Q1(s, pi(s)) + mean (pi(s) - a)^2,   lambda = alpha / mean |Q1(s, pi(s))|
 
-Observations are standardised with dataset statistics, transitions follow D4RL's `qlearning_dataset`
-(timeout rows dropped, done = terminal only). The critic is TD3's: twin Q-networks (here one batched
+Transitions follow D4RL's `qlearning_dataset` (timeout rows dropped, done = terminal only) and observations
+are standardised with the mean and std (+1e-3) of those training transitions, as the reference code. The critic is TD3's: twin Q-networks (here one batched
 ensemble, which is the same maths as two networks with one optimiser), clipped target-policy noise, the
 minimum of the two targets, and an actor/target update every `policy_freq` critic steps.
 
@@ -92,7 +92,7 @@ class Args:
     alpha: float = 2.5
     """weight of the Q term against behaviour cloning (lambda = alpha / mean|Q|)"""
     normalize_obs: bool = True
-    """standardise observations with dataset mean and std (+1e-3)"""
+    """standardise observations with the mean and std (+1e-3) of the training transitions"""
     normalize_reward: bool = False
     """scale rewards by max_episode_steps / (max - min return) over the training transitions, CORL's modify_reward"""
     truncated_last: Literal["drop", "keep"] = "drop"
