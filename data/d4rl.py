@@ -14,13 +14,12 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from ocrl.data.offline import DatasetError, OfflineDataset, set_ordinary_permissions
+from ocrl.data.offline import DatasetError, OfflineDataset, atomic_path
 
 __all__ = [
     "D4RL_DIMS",
@@ -175,9 +174,7 @@ def download_d4rl(url: str, path: str | os.PathLike, *, name: str | None = None)
             f"cannot create the D4RL cache folder {path.parent} ({e}). "
             + _where_to_put(label, url, path)
         ) from e
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".part") as tmp:
         print(f"ocrl: downloading {url} -> {path}", file=sys.stderr)
         try:
             _fetch(url, tmp)
@@ -194,12 +191,6 @@ def download_d4rl(url: str, path: str | os.PathLike, *, name: str | None = None)
                 "Try again; if it keeps failing, the server may be serving a broken file. "
                 + _where_to_put(label, url, path)
             ) from e
-        set_ordinary_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
     return path
 
 
@@ -558,11 +549,7 @@ def write_d4rl_hdf5(dataset: OfflineDataset, path: str | os.PathLike) -> None:
     import h5py
 
     dataset.validate()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             arrays = {
                 "observations": dataset.observations,
@@ -591,9 +578,3 @@ def write_d4rl_hdf5(dataset: OfflineDataset, path: str | os.PathLike) -> None:
                     continue
                 with contextlib.suppress(ValueError, TypeError):
                     meta.create_dataset(k, data=v)
-        set_ordinary_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise

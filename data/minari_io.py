@@ -14,7 +14,6 @@ Each ``episode_{i}`` group holds ``observations`` (T+1 rows, the initial observa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from ocrl.data.offline import (
     SHIPPED_ROOT,
     DatasetError,
     OfflineDataset,
+    atomic_path,
     set_ordinary_permissions,
 )
 
@@ -370,16 +370,8 @@ def _spec_json(env_id: str) -> str | None:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        set_ordinary_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj))
 
 
 def write_minari(

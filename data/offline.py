@@ -18,7 +18,10 @@ This module needs numpy only; h5py and minari are imported by the readers when u
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +35,7 @@ __all__ = [
     "load_dataset",
     "normalize",
     "reward_range",
+    "atomic_path",
     "set_ordinary_permissions",
     "shipped_datasets",
     "SHIPPED_ROOT",
@@ -339,6 +343,22 @@ def set_ordinary_permissions(path: str | os.PathLike, *, directory: bool = False
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it gets ordinary permissions and is renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        set_ordinary_permissions(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -6,11 +6,9 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+from ocrl.data.offline import atomic_path
 
 ArgsT = TypeVar("ArgsT")
 
@@ -164,25 +164,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
     return x
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed into place with ordinary permissions."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        # mkstemp makes the file 0600; readers on a shared disk or a Ray cluster need what open() gives.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
