@@ -135,13 +135,12 @@ def resolve_reference_scores(
     elif dataset_ref_min is not None and dataset_ref_max is not None:
         lo, hi, source = float(dataset_ref_min), float(dataset_ref_max), "dataset metadata"
     else:
-        domain = d4rl_domain(env_id)
-        if domain is None:
-            return None, None, "none: scores are raw returns"
         # Minari's mujoco/* datasets carry no reference scores (Minari#323) and are recorded on
         # -v5; D4RL's constants are the only published ones for these tasks.
-        lo, hi = D4RL_REF_SCORES[domain]
-        return lo, hi, f"D4RL {domain} reference (random {lo:.2f}, expert {hi:.2f})"
+        lo, hi = reference_scores(env_id or "", any_version=True)
+        if lo is None:
+            return None, None, "none: scores are raw returns"
+        return lo, hi, f"D4RL {d4rl_domain(env_id)} reference (random {lo:.2f}, expert {hi:.2f})"
     if not (np.isfinite(lo) and np.isfinite(hi)) or hi == lo:
         raise DatasetError(
             f"reference scores from {source} are unusable (min {lo}, max {hi}): they must be "
