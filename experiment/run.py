@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ocrl.data.offline import atomic_path
+from ocrl.data.offline import DatasetError, atomic_path
 
 ArgsT = TypeVar("ArgsT")
 
@@ -90,8 +90,6 @@ def cli(
 @contextlib.contextmanager
 def friendly_errors() -> Iterator[None]:
     """For `__main__` blocks: bad input (flag, dataset, file, checkpoint) or divergence exits 2 with one clear line."""
-    from ocrl.data.offline import DatasetError
-
     try:
         yield
     except (
