@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from ocrl.data import OfflineDataset
+from ocrl.data import Batch, OfflineDataset
 from ocrl.data.collect import rollout
 from ocrl.data.d4rl import D4RL_REF_SCORES, write_d4rl_hdf5
 from ocrl.envs import make_env
@@ -28,3 +29,18 @@ def hopper_random_file(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("d4rl") / "hopper_random_small.hdf5"
     write_d4rl_hdf5(random_rollouts("Hopper-v4", 2000), path)
     return str(path)
+
+
+@pytest.fixture
+def fixed_batch():
+    """A function (obs_dim, act_dim, b) -> the same random Batch every time, with ~30% terminals."""
+
+    def make(obs_dim: int = 3, act_dim: int = 2, b: int = 8) -> Batch:
+        g = torch.Generator().manual_seed(7)
+        return Batch(
+            torch.randn(b, obs_dim, generator=g), torch.rand(b, act_dim, generator=g) * 2 - 1,
+            torch.randn(b, generator=g), torch.randn(b, obs_dim, generator=g),
+            (torch.rand(b, generator=g) < 0.3).float(),
+        )  # fmt: skip
+
+    return make

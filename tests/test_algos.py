@@ -11,7 +11,6 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ocrl.algos import td3_bc
-from ocrl.data import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,16 +78,7 @@ def actor_layers(actor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
-def fixed_batch(obs_dim: int = 3, act_dim: int = 2, b: int = 8) -> Batch:
-    g = torch.Generator().manual_seed(7)
-    return Batch(
-        torch.randn(b, obs_dim, generator=g), torch.rand(b, act_dim, generator=g) * 2 - 1,
-        torch.randn(b, generator=g), torch.randn(b, obs_dim, generator=g),
-        (torch.rand(b, generator=g) < 0.3).float(),
-    )  # fmt: skip
-
-
-def test_td3_bc_update_equals_the_two_network_formula():
+def test_td3_bc_update_equals_the_two_network_formula(fixed_batch):
     torch.manual_seed(0)
     args = td3_bc.Args(hidden=(16, 16), alpha=2.5, discount=0.9, policy_noise=0.2, noise_clip=0.5)
     low, high = torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0])
@@ -115,7 +105,7 @@ def test_td3_bc_update_equals_the_two_network_formula():
     torch.testing.assert_close(metrics["critic_loss"], expected_critic, rtol=1e-5, atol=1e-6)
 
 
-def test_td3_bc_actor_loss_equals_the_formula():
+def test_td3_bc_actor_loss_equals_the_formula(fixed_batch):
     torch.manual_seed(0)
     args = td3_bc.Args(hidden=(16, 16), alpha=2.5)
     agent = td3_bc.TD3BC(args, 3, 2, -1.0, 1.0, "cpu")

@@ -9,16 +9,6 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ocrl.algos import iql
-from ocrl.data import Batch
-
-
-def fixed_batch(obs_dim: int = 3, act_dim: int = 2, b: int = 16) -> Batch:
-    g = torch.Generator().manual_seed(7)
-    return Batch(
-        torch.randn(b, obs_dim, generator=g), torch.rand(b, act_dim, generator=g) * 2 - 1,
-        torch.randn(b, generator=g), torch.randn(b, obs_dim, generator=g),
-        (torch.rand(b, generator=g) < 0.3).float(),
-    )  # fmt: skip
 
 
 def plain(module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -76,13 +66,13 @@ def beta_that_clips_some(u: torch.Tensor) -> float:
     return 1.5 * math.log(100.0) / u.max().item()
 
 
-def test_update_equals_the_formulas_deterministic_actor():
+def test_update_equals_the_formulas_deterministic_actor(fixed_batch):
     torch.manual_seed(0)
     args = iql.Args(hidden=(16, 16), actor="deterministic", discount=0.9, expectile=0.7,
                     total_steps=10, tau=0.01)  # fmt: skip
     low, high = torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0])
     agent = iql.IQL(args, 3, 2, low, high, "cpu")
-    s, a, *_ = batch = fixed_batch()
+    s, a, *_ = batch = fixed_batch(b=16)
     center_advantages(agent, batch)
     u, v, q, value_loss, critic_loss = expected_iql(agent, batch, 0.9, 0.7)
     args.beta = beta_that_clips_some(u)
@@ -110,13 +100,13 @@ def test_update_equals_the_formulas_deterministic_actor():
     assert agent.actor_opt.param_groups[0]["lr"] == pytest.approx(3e-4 * (1 + math.cos(math.pi / 10)) / 2)  # fmt: skip
 
 
-def test_update_equals_the_formulas_gaussian_actor():
+def test_update_equals_the_formulas_gaussian_actor(fixed_batch):
     torch.manual_seed(1)
     args = iql.Args(hidden=(16, 16), actor="gaussian", discount=0.99, expectile=0.9)
     agent = iql.IQL(args, 3, 2, -1.0, 1.0, "cpu")
     with torch.no_grad():
         agent.actor.log_std.copy_(torch.tensor([0.3, -0.5]))
-    s, a, *_ = batch = fixed_batch()
+    s, a, *_ = batch = fixed_batch(b=16)
     center_advantages(agent, batch)
     u, _, _, value_loss, critic_loss = expected_iql(agent, batch, 0.99, 0.9)
     args.beta = beta_that_clips_some(u)
