@@ -5,6 +5,7 @@ from ocrl.data.offline import (
     OfflineDataset,
     Transitions,
     load_dataset,
+    source_statistics_metadata,
 )
 from ocrl.data.replay import Batch, ReplayBuffer
 
@@ -15,4 +16,5 @@ __all__ = [
     "ReplayBuffer",
     "Transitions",
     "load_dataset",
+    "source_statistics_metadata",
 ]

@@ -398,6 +398,13 @@ def write_minari(
     termination, and dropped by ``transitions("drop")`` after a timeout), and the very last row of
     the dataset, which has no next row, is not written. ``metadata.json`` then records
     ``"ocrl_final_observation": "next_row"``.
+
+    Scalar entries (str, bool, int, finite float) of ``dataset.metadata`` are written to
+    ``metadata.json`` as `write_d4rl_hdf5` writes them to ``metadata/``, so markers such as
+    ``ocrl_layout`` and provenance survive; ``extra_metadata`` wins over them, and the keys this
+    writer derives from the data (ids, spaces, sizes, env, scores) win over both. A
+    transitions-layout dataset (`OfflineDataset.from_transitions`) becomes one Minari episode per
+    row; Minari's per-episode groups make that far slower and larger than `write_d4rl_hdf5`.
     """
     import gymnasium as gym
     import h5py
@@ -484,7 +491,8 @@ def write_minari(
                 total_steps += t
                 n_eps += 1
 
-        meta = dict(extra)
+        meta = _scalar_metadata(dataset.metadata)
+        meta.update(extra)
         meta.update(
             {
                 "dataset_id": dataset_id,
@@ -534,6 +542,34 @@ def write_minari(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return str(final)
+
+
+# What readers add about the file they read, and what write_minari derives itself: never carried.
+_NOT_CARRIED = _RESERVED_KEYS | {
+    "format",
+    "file_keys",
+    "timeouts_missing",
+    "has_next_observations",
+    "algorithm_name",
+    "description",
+    "ref_min_score",
+    "ref_max_score",
+    "ocrl_env_id",
+    "ocrl_final_observation",
+}
+
+
+def _scalar_metadata(metadata: dict) -> dict:
+    """The JSON scalar entries of a dataset's metadata that `write_minari` carries over."""
+    out = {}
+    for key, value in metadata.items():
+        if key in _NOT_CARRIED or not isinstance(key, str):
+            continue
+        if isinstance(value, float) and not np.isfinite(value):
+            continue  # not valid JSON
+        if isinstance(value, str | bool | int | float):
+            out[key] = value
+    return out
 
 
 def _ensure_namespaces(root: Path, namespace: str | None) -> None:

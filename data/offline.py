@@ -13,12 +13,19 @@ Transition semantics follow D4RL's ``qlearning_dataset`` exactly by default: row
 ``(obs[i], act[i], rew[i], obs[i+1], terminals[i])`` for ``i < N-1``, rows with ``timeouts[i]``
 are skipped, and a timeout is never a ``done``. See ``reference/datasets.md``.
 
+A dataset whose ``metadata["ocrl_layout"]`` is ``"transitions"`` (made by
+`OfflineDataset.from_transitions`, e.g. synthetic samples of a diffusion model) holds independent
+transitions instead: every row is its own one-step episode with its stored ``next_observations``.
+Such files may carry the source dataset's normalisation statistics (`source_statistics_metadata`).
+
 This module needs numpy only; h5py and minari are imported by the readers when used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +42,10 @@ __all__ = [
     "load_dataset",
     "normalize",
     "reward_range",
+    "source_statistics_metadata",
+    "metadata_obs_stats",
+    "metadata_return_range",
+    "TRANSITIONS_LAYOUT",
     "atomic_path",
     "set_ordinary_permissions",
     "shipped_datasets",
@@ -45,6 +56,9 @@ __all__ = [
 SHIPPED_ROOT = Path(__file__).resolve().parent / "datasets"
 
 _CHUNK_ROWS = 1 << 13  # rows per block when scanning large arrays (bounds temporary memory)
+
+#: ``metadata["ocrl_layout"]`` of a dataset of independent transitions (one-step episodes).
+TRANSITIONS_LAYOUT = "transitions"
 
 
 class DatasetError(ValueError):
@@ -117,6 +131,64 @@ class OfflineDataset:
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_transitions(
+        cls,
+        observations: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_observations: np.ndarray,
+        terminals: np.ndarray,
+        *,
+        name: str,
+        env_id: str | None = None,
+        ref_min_score: float | None = None,
+        ref_max_score: float | None = None,
+        source: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> OfflineDataset:
+        """A validated dataset of independent transitions: every row is its own one-step episode.
+
+        Arrays are converted to float32 (rewards and terminals may be (N,) or (N, 1); terminals
+        bool or 0/1). ``timeouts = ~terminals`` so that every row ends an episode (both writers
+        keep each row apart), and ``metadata["ocrl_layout"] = "transitions"`` tells
+        `transitions` to use the stored ``next_observations`` of every row.
+        """
+        where = f"dataset '{name or '<unnamed>'}'"
+        meta = dict(metadata or {})
+        if meta.get("ocrl_layout", TRANSITIONS_LAYOUT) != TRANSITIONS_LAYOUT:
+            raise DatasetError(
+                f"{where}: from_transitions got metadata ocrl_layout={meta['ocrl_layout']!r}; "
+                f"it writes {TRANSITIONS_LAYOUT!r} itself, so drop that key"
+            )
+        meta["ocrl_layout"] = TRANSITIONS_LAYOUT
+        term = _as_flag(terminals, "terminals", where)
+        ds = cls(
+            observations=_as_float32(observations, "observations", where),
+            actions=_as_float32(actions, "actions", where),
+            rewards=_as_float32(rewards, "rewards", where, column=True),
+            terminals=term,
+            timeouts=~term,
+            next_observations=_as_float32(next_observations, "next_observations", where),
+            name=name,
+            env_id=env_id,
+            ref_min_score=ref_min_score,
+            ref_max_score=ref_max_score,
+            source=source,
+            metadata=meta,
+        )
+        ds.validate()
+        # Malformed source statistics are reported now, not when an algorithm loads the file.
+        metadata_obs_stats(ds)
+        metadata_return_range(ds)
+        return ds
+
+    @property
+    def is_transitions_layout(self) -> bool:
+        """True when the rows are independent transitions (``metadata["ocrl_layout"] == "transitions"``)."""
+        return self.metadata.get("ocrl_layout") == TRANSITIONS_LAYOUT
+
     # ------------------------------------------------------------------ sizes
     @property
     def obs_dim(self) -> int:
@@ -146,8 +218,25 @@ class OfflineDataset:
         ``"keep"`` needs ``next_observations``: every row is a transition with
         ``s' = next_observations[i]``, so the final step of a truncated episode is kept (with
         ``not_done = 1``).
+
+        A transitions-layout dataset (``metadata["ocrl_layout"] == "transitions"``, see
+        `from_transitions`) has no truncated final steps to drop: both modes return every row
+        with its stored ``next_observations``, and its ``timeouts`` are ignored.
         """
         n = len(self)
+        if truncated_last not in ("drop", "keep"):
+            raise DatasetError(
+                f"transitions(truncated_last={truncated_last!r}): expected 'drop' (D4RL parity) "
+                "or 'keep'"
+            )
+        if self.is_transitions_layout:
+            if self.next_observations is None:
+                raise DatasetError(
+                    f"{self._where()} has independent transitions (metadata ocrl_layout="
+                    f"'{TRANSITIONS_LAYOUT}') but no 'next_observations'; write the file again "
+                    "with OfflineDataset.from_transitions"
+                )
+            return self._all_rows()
         if truncated_last == "drop":
             keep = ~self.timeouts[: n - 1]
             if bool(keep.all()):
@@ -168,23 +257,24 @@ class OfflineDataset:
             idx += 1  # in place: no second index array
             next_obs = np.take(self.observations, idx, axis=0)
             return Transitions(obs, act, rew, next_obs, term)
-        if truncated_last == "keep":
-            if self.next_observations is None:
-                raise DatasetError(
-                    f"{self._where()} has no 'next_observations', so transitions('keep') cannot "
-                    "give the final step of a truncated episode a next state. Use "
-                    "transitions('drop') (D4RL parity), or a source that stores next "
-                    "observations (D4RL v2 files, Minari datasets)."
-                )
-            return Transitions(
-                observations=self.observations.copy(),
-                actions=self.actions.copy(),
-                rewards=self.rewards.copy(),
-                next_observations=self.next_observations.copy(),
-                terminals=self.terminals.astype(np.float32),
+        if self.next_observations is None:
+            raise DatasetError(
+                f"{self._where()} has no 'next_observations', so transitions('keep') cannot "
+                "give the final step of a truncated episode a next state. Use "
+                "transitions('drop') (D4RL parity), or a source that stores next "
+                "observations (D4RL v2 files, Minari datasets)."
             )
-        raise DatasetError(
-            f"transitions(truncated_last={truncated_last!r}): expected 'drop' (D4RL parity) or 'keep'"
+        return self._all_rows()
+
+    def _all_rows(self) -> Transitions:
+        """Every row as a transition with its stored next observation (fresh arrays)."""
+        assert self.next_observations is not None  # checked by the caller, with its message
+        return Transitions(
+            observations=self.observations.copy(),
+            actions=self.actions.copy(),
+            rewards=self.rewards.copy(),
+            next_observations=self.next_observations.copy(),
+            terminals=self.terminals.astype(np.float32),
         )
 
     # --------------------------------------------------------------- episodes
@@ -291,6 +381,35 @@ class OfflineDataset:
             if arr.dtype != np.float32:
                 raise DatasetError(f"{where}: '{key}' must be float32, got {arr.dtype}")
             _check_finite(arr, key, where)
+        self._validate_layout(where)
+
+    def _validate_layout(self, where: str) -> None:
+        """A layout marker must be known, and independent transitions need s' and one-row episodes."""
+        layout = self.metadata.get("ocrl_layout")
+        if layout is None:
+            return
+        if layout != TRANSITIONS_LAYOUT:
+            # An unknown marker (a typo) would silently read as consecutive episodes.
+            raise DatasetError(
+                f"{where}: metadata ocrl_layout={layout!r} is unknown; the only layout marker is "
+                f"'{TRANSITIONS_LAYOUT}' (independent transitions): fix or remove that key"
+            )
+        if self.next_observations is None:
+            raise DatasetError(
+                f"{where} has independent transitions (metadata ocrl_layout="
+                f"'{TRANSITIONS_LAYOUT}') but no 'next_observations'; write the file again with "
+                "OfflineDataset.from_transitions"
+            )
+        open_rows = np.flatnonzero(~(self.terminals | self.timeouts))
+        if open_rows.size:
+            # A row that ends no episode would be merged with the next one by episode-based
+            # writers (Minari) and its next observation lost.
+            raise DatasetError(
+                f"{where} has independent transitions (metadata ocrl_layout="
+                f"'{TRANSITIONS_LAYOUT}') but row {int(open_rows[0])} ({open_rows.size} rows in "
+                "all) has neither terminals nor timeouts set; every row must end its own episode: "
+                "build it with OfflineDataset.from_transitions (timeouts = ~terminals)"
+            )
 
     # ------------------------------------------------------------------- misc
     def __repr__(self) -> str:
@@ -318,6 +437,36 @@ def _check_finite(arr: np.ndarray, key: str, where: str) -> None:
             f"{where}: '{key}' has a non-finite value (NaN or inf) at row {row}: {value!r}. "
             "Fix or remove that row in the source file."
         )
+
+
+def _as_float32(x, key: str, where: str, *, column: bool = False) -> np.ndarray:
+    """``x`` as a C-contiguous float32 array; a (N, 1) column becomes (N,) when ``column``."""
+    try:
+        arr = np.ascontiguousarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{where}: '{key}' is not a numeric array ({e}); pass numbers") from e
+    if column and arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.reshape(-1)
+    return arr
+
+
+def _as_flag(x, key: str, where: str) -> np.ndarray:
+    """``x`` as an (N,) bool array; numbers must be exactly 0 or 1."""
+    arr = np.asarray(x)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.reshape(-1)
+    if arr.dtype == np.bool_:
+        return arr.copy()
+    if arr.dtype.kind not in "iuf":
+        raise DatasetError(f"{where}: '{key}' must be bool or 0/1 numbers, got dtype {arr.dtype}")
+    bad = np.flatnonzero((arr != 0) & (arr != 1))
+    if bad.size:
+        row = int(bad[0])
+        raise DatasetError(
+            f"{where}: '{key}' must hold only 0 and 1, found {arr.flat[row].item()!r} at row "
+            f"{row} ({bad.size} bad rows in all); threshold it first (e.g. x > 0.5)"
+        )
+    return arr != 0
 
 
 # ---------------------------------------------------------------- helpers
@@ -392,6 +541,85 @@ def reward_range(transitions: Transitions, max_episode_steps: int = 1000) -> tup
     csum = np.concatenate(([0.0], np.cumsum(rewards)))
     returns = csum[ends_arr] - csum[np.concatenate(([0], ends_arr[:-1]))]
     return float(returns.min()), float(returns.max())
+
+
+def source_statistics_metadata(transitions: Transitions, max_episode_steps: int) -> dict[str, str]:
+    """Metadata keys carrying a real dataset's normalisation statistics into a synthetic one.
+
+    ``ocrl_obs_mean`` and ``ocrl_obs_std`` are `Transitions.obs_mean_std` (what
+    `load_offline_task` computes for the same transitions) and ``ocrl_return_range`` is
+    `reward_range`, each JSON-encoded as a string so it survives D4RL's scalar-only metadata.
+    Pass ``dataset.transitions()`` of the real dataset; raises `DatasetError` when no episode
+    of it ends.
+    """
+    mean, std = transitions.obs_mean_std()
+    lo, hi = reward_range(transitions, max_episode_steps)
+    # float32 -> Python float is exact and json writes the shortest exact repr, so the
+    # statistics read back bit-for-bit.
+    return {
+        "ocrl_obs_mean": json.dumps([float(v) for v in mean]),
+        "ocrl_obs_std": json.dumps([float(v) for v in std]),
+        "ocrl_return_range": json.dumps([lo, hi]),
+    }
+
+
+def _metadata_numbers(dataset: OfflineDataset, key: str) -> list[float]:
+    """The finite numbers of JSON list metadata ``key`` (a string, or a list from metadata.json)."""
+    value = dataset.metadata[key]
+    where = f"{dataset._where()}: metadata '{key}'"
+    fix = "write it with source_statistics_metadata, or remove it"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise DatasetError(f"{where} is not valid JSON ({e}); {fix}") from e
+    if not isinstance(value, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    ):
+        raise DatasetError(
+            f"{where} must be a JSON list of finite numbers, got {value!r:.80}; {fix}"
+        )
+    return [float(v) for v in value]
+
+
+def metadata_obs_stats(dataset: OfflineDataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, std) float32 from metadata ``ocrl_obs_mean``/``ocrl_obs_std`` (the source data's), or None."""
+    keys = ("ocrl_obs_mean", "ocrl_obs_std")
+    present = [k for k in keys if k in dataset.metadata]
+    if not present:
+        return None
+    if len(present) == 1:
+        missing = next(k for k in keys if k not in present)
+        raise DatasetError(
+            f"{dataset._where()}: metadata has '{present[0]}' but not '{missing}'; write both "
+            "with source_statistics_metadata, or neither"
+        )
+    mean, std = (np.asarray(_metadata_numbers(dataset, k), dtype=np.float32) for k in keys)
+    for key, arr in zip(keys, (mean, std), strict=True):
+        if arr.shape != (dataset.obs_dim,):
+            raise DatasetError(
+                f"{dataset._where()}: metadata '{key}' has {arr.size} values but observations "
+                f"have {dataset.obs_dim} dims; write the statistics of the matching source dataset"
+            )
+    if not bool((std > 0).all()):
+        raise DatasetError(
+            f"{dataset._where()}: metadata 'ocrl_obs_std' has a value <= 0 at dim "
+            f"{int(np.flatnonzero(std <= 0)[0])}; a std includes eps > 0: write it again"
+        )
+    return mean, std
+
+
+def metadata_return_range(dataset: OfflineDataset) -> tuple[float, float] | None:
+    """(lo, hi) episode return range from metadata ``ocrl_return_range`` (the source data's), or None."""
+    if "ocrl_return_range" not in dataset.metadata:
+        return None
+    values = _metadata_numbers(dataset, "ocrl_return_range")
+    if len(values) != 2 or not values[0] < values[1]:
+        raise DatasetError(
+            f"{dataset._where()}: metadata 'ocrl_return_range' must be [lo, hi] with lo < hi, "
+            f"got {values}; write it with source_statistics_metadata"
+        )
+    return values[0], values[1]
 
 
 def shipped_datasets() -> list[str]:

@@ -9,7 +9,12 @@ import numpy as np
 import torch
 
 from ocrl.data import OfflineDataset, ReplayBuffer, load_dataset
-from ocrl.data.offline import DatasetError, reward_range
+from ocrl.data.offline import (
+    DatasetError,
+    metadata_obs_stats,
+    metadata_return_range,
+    reward_range,
+)
 from ocrl.envs.evaluation import (
     Evaluator,
     check_dataset_fits,
@@ -67,7 +72,13 @@ def load_offline_task(
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
 ) -> OfflineTask:
-    """Load a dataset, check it fits its evaluation env, standardise observations (std + 1e-3), fill a buffer."""
+    """Load a dataset, check it fits its evaluation env, standardise observations (std + 1e-3), fill a buffer.
+
+    Observation statistics and the return range of ``normalize_reward`` come from the dataset's
+    metadata (``ocrl_obs_mean``/``ocrl_obs_std``, ``ocrl_return_range``: the real source
+    dataset's, written by `source_statistics_metadata` into synthetic data, as SynthER does)
+    when it has them, else from the transitions trained on.
+    """
     dataset = load_dataset(name)
     env_id = env_id or dataset.env_id
     if env_id is None:
@@ -82,9 +93,26 @@ def load_offline_task(
     )
     print(f"scores of {env_id}: {source}")
 
+    # Synthetic data keep the real data's statistics (SynthER); checked even when unused.
+    file_obs_stats = metadata_obs_stats(dataset)
+    file_return_range = metadata_return_range(dataset)
+    from_file = [
+        what
+        for what, used in (
+            ("observation statistics", normalize_obs and file_obs_stats is not None),
+            ("return range", normalize_reward and file_return_range is not None),
+        )
+        if used
+    ]
+    if from_file:
+        print(f"{' and '.join(from_file)} of '{name}': from its metadata (the source dataset's)")
     data = dataset.transitions(truncated_last=truncated_last)
-    # Over the transitions trained on (timeout rows dropped), as the original code and CORL.
-    obs_mean, obs_std = data.obs_mean_std() if normalize_obs else (None, None)
+    obs_mean = obs_std = None
+    if normalize_obs and file_obs_stats is not None:
+        obs_mean, obs_std = file_obs_stats
+    elif normalize_obs:
+        # Over the transitions trained on (timeout rows dropped), as the original code and CORL.
+        obs_mean, obs_std = data.obs_mean_std()
     if normalize_obs:
         # In place: the transition arrays are already private copies, a second copy would double memory.
         for arr in (data.observations, data.next_observations):
@@ -93,7 +121,16 @@ def load_offline_task(
     reward_scale = 1.0
     if normalize_reward:
         # CORL's modify_reward for locomotion: r * max_episode_steps / (max - min episode return).
-        low_return, high_return = reward_range(data, max_episode_steps)
+        if file_return_range is not None:
+            low_return, high_return = file_return_range
+        elif dataset.is_transitions_layout:
+            raise DatasetError(
+                f"--normalize-reward: dataset '{name}' has independent synthetic transitions, so "
+                "episode returns cannot be measured; write ocrl_return_range into its metadata "
+                "(source_statistics_metadata) or drop --normalize-reward"
+            )
+        else:
+            low_return, high_return = reward_range(data, max_episode_steps)
         if high_return - low_return <= 0:
             raise DatasetError(
                 f"--normalize-reward: every episode of dataset '{name}' has the same return "
