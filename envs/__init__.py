@@ -1,5 +1,6 @@
 """Environment construction, dataset/environment checks, batched evaluation, and the inventory problems."""
 
+from ocrl.envs.dynamics import DYNAMICS_ENV_IDS, dynamics_error
 from ocrl.envs.evaluation import (
     EnvError,
     Evaluator,
@@ -14,6 +15,7 @@ from ocrl.envs.inventory import InventoryEnv, InventoryProblem, InventorySimulat
 from ocrl.envs.offline_task import OfflineTask, load_offline_task
 
 __all__ = [
+    "DYNAMICS_ENV_IDS",
     "EnvError",
     "Evaluator",
     "InventoryEnv",
@@ -21,6 +23,7 @@ __all__ = [
     "InventorySimulator",
     "OfflineTask",
     "check_dataset_fits",
+    "dynamics_error",
     "episode_seeds",
     "load_offline_task",
     "make_problem",
