@@ -136,8 +136,12 @@ def test_layout_errors():
 
 # ------------------------------------------------------------- round trips
 def assert_round_trip(back: OfflineDataset, ds: OfflineDataset) -> None:
+    rows = synthetic_arrays()
     for mode in ("drop", "keep"):
-        assert_same_transitions(back.transitions(mode), ds.transitions(mode))
+        tr = back.transitions(mode)
+        assert_same_transitions(tr, ds.transitions(mode))
+        for key in FIELDS:  # the rows given to from_transitions, not just the same view twice
+            np.testing.assert_array_equal(getattr(tr, key), rows[key], err_msg=f"{mode} {key}")
     assert back.is_transitions_layout and back.env_id == "Hopper-v4"
     assert (back.ref_min_score, back.ref_max_score) == D4RL_REF_SCORES["hopper"]
     for key in (*PROVENANCE, "ocrl_obs_mean", "ocrl_obs_std", "ocrl_return_range"):
