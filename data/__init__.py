@@ -1,4 +1,4 @@
-"""Datasets (D4RL, Minari, shipped), normalisation and replay buffers."""
+"""Datasets (D4RL, Minari, shipped), normalisation, trajectory windows and replay buffers."""
 
 from ocrl.data.offline import (
     DatasetError,
@@ -8,6 +8,7 @@ from ocrl.data.offline import (
     source_statistics_metadata,
 )
 from ocrl.data.replay import Batch, ReplayBuffer
+from ocrl.data.windows import trajectory_windows, window_rows
 
 __all__ = [
     "Batch",
@@ -17,4 +18,6 @@ __all__ = [
     "Transitions",
     "load_dataset",
     "source_statistics_metadata",
+    "trajectory_windows",
+    "window_rows",
 ]
