@@ -198,10 +198,12 @@ class TrainingLoop:
             self.checkpoint()
         return result
 
-    def finish(self, evaluator: Any, policy: Callable[[Any], Any], **extra: Any) -> dict:
-        """Evaluate once if this run never did (a resumed finished run), close everything, write metrics.json."""
+    def finish(self, evaluator: Any, policy: Callable[[Any], Any] | None, **extra: Any) -> dict:
+        """Evaluate once if this run never did (a resumed finished run; not for evaluator None, a model with no
+        policy), close everything, write metrics.json."""
         self.pbar.close()
-        if not self.run.last_eval:
-            self.pbar.set_postfix_str(self.run.log_eval(self.step, evaluator(policy)))
-        evaluator.close()
+        if evaluator is not None:
+            if not self.run.last_eval:
+                self.pbar.set_postfix_str(self.run.log_eval(self.step, evaluator(policy)))
+            evaluator.close()
         return self.run.finish(self.step, {"resumed_from": self.resumed_from, **extra})

@@ -364,8 +364,10 @@ class Run:
             if score is not None
             else ""
         )
+        if metrics["return"] is not None:
+            shown += f"return {metrics['return']:.1f}; "
         print(
-            f"finished {steps} steps in {metrics['wall_time_s']:.0f}s: {shown}return {metrics['return']:.1f}; "
+            f"finished {steps} steps in {metrics['wall_time_s']:.0f}s: {shown}"
             f"logs and metrics.json in {self.dir} (tensorboard --logdir {self.dir})"
         )
         return metrics

@@ -71,7 +71,10 @@ ALGOS: dict[str, tuple[dict, str, set[str]]] = {
 ONLINE = {"sac"}
 # Every file in algos/ gets the help and exit-code tests; these have no evaluation episodes or --resume,
 # and their own smoke and flag tests, with the reason why.
-OWN_LOOP = {"hdpo": "trains on simulated paths with dev selection; see tests/test_hdpo.py"}
+OWN_LOOP = {
+    "hdpo": "trains on simulated paths with dev selection; see tests/test_hdpo.py",
+    "diffusion": "a generative model with no policy to evaluate; see tests/test_diffusion.py",
+}
 ALL_FILES = sorted(p.stem for p in (ROOT / "algos").glob("*.py") if p.stem != "__init__")
 
 
