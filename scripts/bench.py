@@ -18,12 +18,27 @@
    policy): simulated path-periods per second, forward only and forward + backward through T = 50
    periods, and the time of one epoch at the reference's N = 32768 paths, batch 8192, against a plain
    version of the same dynamics written with clones and slice assignments in the same run.
+5. Diffusion (`ocrl.nets.diffusion`, `algos/diffusion.py`) against the original SynthER code
+   (conglu1997/SynthER @ e6835a5, imported from an outside source tree given by --synther-path; not part
+   of ocrl), on the same rows and network size (the cpu-small preset: residual MLP width 256, depth 4,
+   dim_t 128, no LayerNorm; Hopper rows d_in = 27, batch 256; --diffusion-width for 1024/2048): training
+   steps per second (`Diffusion.update` against ElucidatedDiffusion.forward + backward + clip 1.0 + AdamW
+   + CosineAnnealingLR + ema_pytorch EMA, as SynthER's Trainer.train_on_batch does it) and samples per
+   second (`heun_sample`, 128 steps with churn, + unnormalise against ElucidatedDiffusion.sample), as
+   ratios against SynthER, interleaved rounds, medians. First a same-maths check with SynthER's weights
+   loaded into ours: D(x; sigma), the network alone in float64, the loss with the same draws, the sampler
+   with the same noise. On CUDA also ours in bf16 autocast + TF32 (and with --compile the CUDA-graph
+   sampler) and the achieved FLOP/s as a fraction of --peak-tflops. SynthER's unused heavy imports
+   (wandb, accelerate, redq, torchdiffeq, gym) are stubbed for the import only; it needs
+   `pip install einops gin-config ema-pytorch` in the environment.
 
     python scripts/bench.py                    # CPU, Hopper sizes, batch 256
     python scripts/bench.py --device cuda
     python scripts/bench.py --only updates     # the TD3+BC update benchmark alone
     python scripts/bench.py --only knn         # the nearest-neighbour benchmark alone (--knn-rows for smaller)
     python scripts/bench.py --only hdpo        # the inventory simulator alone
+    python scripts/bench.py --only diffusion   # ocrl's diffusion against SynthER's (--synther-path, default
+                                               # /work/synther_src; --diffusion-sample-steps 16 for a quick run)
 """
 
 from __future__ import annotations
@@ -84,7 +99,29 @@ class Args:
     """run the inventory-simulator benchmark"""
     hdpo_batches: tuple[int, ...] = (1024, 8192)
     """paths per simulated batch"""
-    only: Literal["updates", "memory", "knn", "hdpo"] | None = None
+    diffusion: bool = True
+    """run the diffusion benchmark (ocrl against SynthER's code)"""
+    synther_path: str = "/work/synther_src"
+    """folder holding SynthER's source tree (its synther/ package), e.g. a `git archive` of conglu1997/SynthER"""
+    diffusion_width: int = 256
+    """residual-MLP width (algos/diffusion.py's cpu-small preset: 256; SynthER: 1024/2048)"""
+    diffusion_depth: int = 4
+    """residual blocks (cpu-small: 4; SynthER: 6)"""
+    diffusion_d_in: int = 27
+    """row size (Hopper [s, a, r, s', terminal]: 11 + 3 + 1 + 11 + 1)"""
+    diffusion_train_steps: int = 100
+    """training steps per timed round"""
+    diffusion_sample_batch: int = 10_000
+    """rows per sampling pass"""
+    diffusion_sample_steps: int = 128
+    """Heun steps N of the sampler (2N - 1 network evaluations per row)"""
+    diffusion_sample_rounds: int = 3
+    """interleaved sampling passes per variant; the median is reported"""
+    peak_tflops: float = 989.0
+    """the device's dense bf16 matmul peak in TFLOP/s for the roofline fraction (H100/H200 SXM: 989)"""
+    threads: int | None = None
+    """torch CPU threads (default: torch's); benchmark on a shared machine with 1"""
+    only: Literal["updates", "memory", "knn", "hdpo", "diffusion"] | None = None
     """run this one benchmark alone"""
 
 
@@ -515,7 +552,365 @@ def bench_hdpo(args: Args) -> dict[str, float]:
     return out
 
 
+# ----------------------------------------------------------------------------- diffusion (SynthER)
+def import_synther(path: str):
+    """SynthER's (ElucidatedDiffusion, ResidualMLPDenoiser, Normalizer) from a source tree at `path`, or None.
+
+    synther/diffusion/elucidated_diffusion.py imports packages that forward/sample never touch (wandb,
+    accelerate, redq, torchdiffeq, synther.online.utils -> gym/redq). Those that are not installed are
+    replaced by empty stand-in modules in sys.modules for the import only, and removed again afterwards.
+    einops, gin-config and ema-pytorch (what forward/sample/EMA use) must be installed; nothing of SynthER
+    is modified or copied.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if not (Path(path) / "synther" / "diffusion" / "elucidated_diffusion.py").is_file():
+        return None
+    stubs: dict[str, types.ModuleType] = {}
+
+    def stub(name: str, **attrs) -> None:
+        root = name.split(".")[0]
+        if name in sys.modules and name not in stubs:
+            return
+        if root != "synther" and root not in stubs and importlib.util.find_spec(root):
+            return
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        stubs[name] = sys.modules[name] = module
+
+    class _Unused:  # stands for a class the benchmark never instantiates
+        def __init__(self, *args, **kwargs) -> None:
+            raise RuntimeError("a stand-in of the SynthER benchmark was called")
+
+    stub("wandb", log=lambda *a, **k: None)
+    stub("accelerate", Accelerator=_Unused)
+    stub("torchdiffeq", odeint=_Unused)
+    for name in ("redq", "redq.algos"):
+        stub(name)
+    stub("redq.algos.core", ReplayBuffer=_Unused)
+    stub("synther.online.utils", make_inputs_from_replay_buffer=_Unused)
+    sys.path.insert(0, str(path))
+    try:
+        ed = importlib.import_module("synther.diffusion.elucidated_diffusion")
+        dn = importlib.import_module("synther.diffusion.denoiser_network")
+        norm = importlib.import_module("synther.diffusion.norm")
+    except ImportError as e:
+        print(f"SynthER import failed ({e}); pip install einops gin-config ema-pytorch")
+        return None
+    finally:
+        sys.path.remove(str(path))
+        for name in stubs:
+            sys.modules.pop(name, None)
+    return ed.ElucidatedDiffusion, dn.ResidualMLPDenoiser, norm.Normalizer
+
+
+def synther_to_ocrl_state(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """SynthER ResidualMLPDenoiser state_dict -> ocrl ResidualMLPDenoiser names.
+
+    time_mlp.* (RandomOrLearnedSinusoidalPosEmb.weights, a frozen Parameter there, is a buffer in ours) and
+    proj.* keep their names; residual_mlp.network.0 -> input_layer, residual_mlp.network.{i+1}.linear ->
+    blocks.{i}, .ln -> norms.{i}, residual_mlp.network.{depth+1} (final LayerNorm) -> final_norm,
+    residual_mlp.final_linear -> output_layer.
+    """
+    out = {}
+    for key, value in state.items():
+        if key.startswith(("time_mlp.", "proj.")):
+            new = key
+        elif key.startswith("residual_mlp.final_linear."):
+            new = "output_layer." + key.split(".", 2)[2]
+        else:
+            _, _, index, rest = key.split(".", 3)  # residual_mlp.network.<i>.<rest>
+            i = int(index)
+            if i == 0:
+                new = f"input_layer.{rest}"
+            elif i == depth + 1:
+                new = f"final_norm.{rest}"
+            else:
+                part, leaf = rest.split(".", 1)
+                group = {"linear": "blocks", "ln": "norms"}[part]
+                new = f"{group}.{i - 1}.{leaf}"
+        out[new] = value
+    return out
+
+
+def resmlp_macs(d_in: int, width: int, depth: int, dim_t: int, fourier: int = 16) -> int:
+    """Multiply-accumulates of one residual-MLP evaluation (one row)."""
+    return (
+        (fourier + 1) * dim_t
+        + dim_t * dim_t
+        + d_in * dim_t
+        + dim_t * width
+        + depth * width**2
+        + width * d_in
+    )
+
+
+def diffusion_same_maths(args: Args, synther) -> str:
+    """Load SynthER's network weights into ours and compare F, D(x; sigma), the loss and the sampler."""
+    from ocrl.nets.diffusion import EDMDenoiser, ResidualMLPDenoiser, heun_sample
+
+    ElucidatedDiffusion, SynResMLP, SynNormalizer = synther
+    d_in, width, depth, dim_t = args.diffusion_d_in, args.diffusion_width, args.diffusion_depth, 128
+    lines = []
+    for layer_norm in (False, True):
+        torch.manual_seed(1)
+        theirs = SynResMLP(
+            d_in, dim_t=dim_t, mlp_width=width, num_layers=depth, layer_norm=layer_norm
+        )
+        # Non-trivial LayerNorm affine parameters, so that a misplaced norm would show.
+        if layer_norm:
+            with torch.no_grad():
+                for m in theirs.modules():
+                    if isinstance(m, nn.LayerNorm):
+                        m.weight.normal_(1.0, 0.3), m.bias.normal_(0.0, 0.3)
+        ours = ResidualMLPDenoiser(d_in, width, depth, dim_t, layer_norm=layer_norm)
+        ours.load_state_dict(synther_to_ocrl_state(theirs.state_dict(), depth), strict=True)
+        torch.manual_seed(5)
+        x = torch.randn(4096, d_in) * 2
+        sigma = (-1.2 + 1.2 * torch.randn(4096)).exp()
+        sigma[:2] = torch.tensor([0.002, 80.0])
+        x = x + sigma[:, None] * torch.randn_like(x)
+        # F alone in float64: a structural difference (layer order, activation placement) would show far
+        # above rounding; D(x; sigma) in float32, ours through EDMDenoiser, theirs through
+        # ElucidatedDiffusion.preconditioned_network_forward.
+        with torch.no_grad():
+            th64, ou64 = copy.deepcopy(theirs).double(), copy.deepcopy(ours).double()
+            c_noise = 0.25 * sigma.double().log()
+            f_diff = (ou64(x.double(), c_noise) - th64(x.double(), c_noise)).abs().max().item()
+            edm = ElucidatedDiffusion(theirs, normalizer=nn.Identity(), event_shape=[d_in])
+            d_ours, d_theirs = (
+                EDMDenoiser(ours)(x, sigma),
+                edm.preconditioned_network_forward(x, sigma),
+            )
+        diff = (d_ours - d_theirs).abs().max().item()
+        rel = ((d_ours - d_theirs).abs() / d_theirs.abs().clamp_min(1.0)).max().item()
+        lines.append(f"LayerNorm {layer_norm}: max |D_ours - D_synther| = {diff:.2e} (float32; relative to "
+                     f"max(|D|, 1) {rel:.1e}); network F alone in float64: {f_diff:.1e}")  # fmt: skip
+    # The loss with the same sigma and noise draws (SynthER draws from the global RNG, ours from a generator
+    # seeded alike: sigma first, then the noise), through SynthER's Normalizer on raw rows.
+    torch.manual_seed(2)
+    theirs = SynResMLP(d_in, dim_t=dim_t, mlp_width=width, num_layers=depth, layer_norm=False)
+    ours = ResidualMLPDenoiser(d_in, width, depth, dim_t)
+    ours.load_state_dict(synther_to_ocrl_state(theirs.state_dict(), depth))
+    raw = torch.randn(20_000, d_in) * 3 + 1
+    raw[:, -1] = (torch.rand(20_000) < 0.01).float()
+    normalizer = _quiet(SynNormalizer, raw, skip_dims=[d_in - 1])
+    edm = ElucidatedDiffusion(theirs, normalizer=normalizer, event_shape=[d_in])
+    den = EDMDenoiser(ours)
+    batch = raw[:256]
+    torch.manual_seed(3)
+    loss_theirs = edm(batch).item()
+    loss_ours = den.loss(normalizer.normalize(batch), torch.Generator().manual_seed(3)).item()
+    lines.append(f"EDM loss, same draws: ours {loss_ours:.6f}, SynthER {loss_theirs:.6f}, "
+                 f"|diff| {abs(loss_ours - loss_theirs):.1e}")  # fmt: skip
+    # The stochastic Heun sampler with the same noise (x_0 then one eps per step, in the same order).
+    steps = min(args.diffusion_sample_steps, 32)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        s_theirs = edm.sample(512, num_sample_steps=steps, clamp=False, disable_tqdm=True)
+        s_ours = normalizer.unnormalize(
+            heun_sample(den, (512, d_in), steps, generator=torch.Generator().manual_seed(4))
+        )
+    diff = (s_ours - s_theirs).abs().max().item()
+    scale = s_theirs.abs().max().item()
+    lines.append(f"sampler, same noise, {steps} steps, 512 rows: max |x_ours - x_synther| = {diff:.2e} "
+                 f"(max |x| {scale:.1f}; schedules in float64->32 vs float32)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _quiet(fn, *a, **k):
+    """SynthER's Normalizer prints its statistics; keep the benchmark's output readable."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*a, **k)
+
+
+def bench_diffusion(args: Args) -> dict[str, float]:
+    from ocrl.algos import diffusion as algo
+    from ocrl.nets.diffusion import (
+        DiffusionNormalizer,
+        EDMConfig,
+        EDMDenoiser,
+        build_network,
+        heun_sample,
+    )
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    d_in, width, depth, dim_t = args.diffusion_d_in, args.diffusion_width, args.diffusion_depth, 128
+    batch, steps = args.batch_size, args.diffusion_sample_steps
+    n_sample = args.diffusion_sample_batch
+    synther = import_synther(args.synther_path)
+    if synther is None:
+        print(f"\nSynthER not found at {args.synther_path}: only ocrl's numbers")
+    # Hopper-sized rows [s, a, r, s', terminal] (11 + 3 + 1 + 11 + 1 = 27 by default), on the device.
+    gen = np.random.default_rng(0)
+    rows = gen.standard_normal((100_000, d_in)).astype(np.float32) * 2 + 0.5
+    rows[:, -1] = gen.random(100_000) < 0.01
+    raw = torch.from_numpy(rows)
+    normalizer = DiffusionNormalizer.fit(raw, skip=(d_in - 1,))
+    raw_dev, norm_dev = raw.to(device), normalizer.normalize(raw).to(device)
+
+    # ---- ours: algos/diffusion.py's Diffusion agent (cpu-small network), fp32 and (CUDA) bf16 autocast
+    def ours_agent(bf16: bool):
+        dargs = algo.Args(width=width, depth=depth, dim_t=dim_t, total_steps=100_000, bf16=bf16)
+        kwargs = dict(d_in=d_in, width=width, depth=depth, dim_t=dim_t, layer_norm=False)
+        return algo.Diffusion(dargs, build_network("resmlp", kwargs), normalizer, device)
+
+    def tf32(on: bool) -> None:
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = on
+            torch.backends.cudnn.allow_tf32 = on
+
+    train: dict[str, Callable[[int], None]] = {}
+    sample: dict[str, Callable[[], torch.Tensor]] = {}
+    agent = ours_agent(bf16=False)
+
+    def ours_step(_: int, agent=agent) -> None:
+        agent.update(norm_dev[torch.randint(len(norm_dev), (batch,), device=device)])
+
+    def ours_sample(net=EDMDenoiser(agent.ema.ema_model, EDMConfig()), gen=None) -> torch.Tensor:
+        g = gen or torch.Generator(device).manual_seed(0)
+        x = heun_sample(net, (n_sample, d_in), steps, device=device, generator=g)
+        return agent.normalizer.unnormalize(x)
+
+    if synther is not None:
+        from ema_pytorch import EMA as SynEMA
+
+        ElucidatedDiffusion, SynResMLP, SynNormalizer = synther
+        net = SynResMLP(d_in, dim_t=dim_t, mlp_width=width, num_layers=depth, layer_norm=False)
+        syn_norm = _quiet(SynNormalizer, raw, skip_dims=[d_in - 1])
+        model = ElucidatedDiffusion(net, normalizer=syn_norm, event_shape=[d_in]).to(device)
+        # Trainer.__init__: AdamW over two (weight-decay 0) groups, betas (0.9, 0.99), lr 3e-4 (SynthER's
+        # offline config), ema_pytorch EMA 0.995 every 10, CosineAnnealingLR over the training steps.
+        no_decay = ["bias", "LayerNorm.weight", "norm.weight", ".g"]
+        named = list(model.named_parameters())
+        opt = torch.optim.AdamW(
+            [{"params": [p for n, p in named if not any(k in n for k in no_decay)], "weight_decay": 0.0},
+             {"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0}],
+            lr=3e-4, betas=(0.9, 0.99),
+        )  # fmt: skip
+        ema = SynEMA(model, beta=0.995, update_every=10)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 100_000)
+
+        def synther_step(_: int) -> None:  # Trainer.train_on_batch without wandb/accelerate
+            data = raw_dev[torch.randint(len(raw_dev), (batch,), device=device)]
+            loss = model(data)
+            loss.item()  # train_on_batch reads the loss every step (total_loss += loss.item())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+            ema.update()
+            sched.step()
+
+        def synther_sample() -> torch.Tensor:
+            return ema.ema_model.sample(
+                n_sample, num_sample_steps=steps, clamp=False, disable_tqdm=True
+            )
+
+        train["SynthER"], sample["SynthER"] = synther_step, synther_sample
+    train["ocrl fp32"], sample["ocrl fp32"] = ours_step, ours_sample
+    if cuda:
+        agent16 = ours_agent(bf16=True)
+        den16 = EDMDenoiser(agent16.ema.ema_model, EDMConfig(), torch.bfloat16)
+
+        def ours16_step(it: int) -> None:
+            tf32(True)
+            ours_step(it, agent16)
+            tf32(False)
+
+        def ours16_sample(net=den16) -> torch.Tensor:
+            tf32(True)
+            x = ours_sample(net)
+            tf32(False)
+            return x
+
+        train["ocrl bf16+TF32"], sample["ocrl bf16+TF32"] = ours16_step, ours16_sample
+        if args.compile:
+            compiled = torch.compile(den16, mode="reduce-overhead", dynamic=False)
+            sample["ocrl bf16+TF32 compiled"] = lambda: ours16_sample(compiled)
+
+    macs = resmlp_macs(d_in, width, depth, dim_t)
+    print(f"\nDiffusion (SynthER residual MLP: d_in {d_in}, width {width}, depth {depth}, dim_t {dim_t}, no "
+          f"LayerNorm; {macs * 1e-6:.2f}M MACs/row) on {device}, torch threads {torch.get_num_threads()}")  # fmt: skip
+    if synther is not None:
+        print("same maths (SynthER's weights loaded into ours):")
+        for line in diffusion_same_maths(args, synther).splitlines():
+            print(f"  {line}")
+    tf32(False)
+    for step in train.values():  # warm-up (compilation; also the EMA's first copies)
+        time_round(step, 20, device)
+    for name, fn in sample.items():
+        if "compiled" in name:
+            fn()
+    rounds = args.rounds
+    t_rates: dict[str, list[float]] = {n: [] for n in train}
+    s_rates: dict[str, list[float]] = {n: [] for n in sample}
+    # Interleaved: a training round of every variant in turn, then one sampling pass of each in turn.
+    for _ in range(rounds):
+        for name, step in train.items():
+            t_rates[name].append(time_round(step, args.diffusion_train_steps, device))
+    for _ in range(args.diffusion_sample_rounds):
+        for name, fn in sample.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            s_rates[name].append(n_sample / (time.perf_counter() - t))
+    t_med = {n: statistics.median(r) for n, r in t_rates.items()}
+    s_med = {n: statistics.median(r) for n, r in s_rates.items()}
+    base_name = "SynthER" if synther is not None else "ocrl fp32"
+    # FLOPs: a training step is forward + backward (~3x the forward MACs) on `batch` rows; sampling is
+    # (2N - 1) forward evaluations per row.
+    t_flop = 2 * 3 * macs * batch
+    s_flop = 2 * macs * (2 * steps - 1)
+
+    def roof(flops: float) -> str:
+        return f"{flops / 1e12:.3f} TFLOP/s" + (
+            f" = {flops / (args.peak_tflops * 1e12):.1%} of peak" if cuda else ""
+        )
+
+    print(f"| variant | train steps/s (batch {batch}) | ratio vs {base_name} | achieved | "
+          f"samples/s ({n_sample} rows, {steps} steps) | ratio vs {base_name} | achieved |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    out: dict[str, float] = {}
+    for name in dict.fromkeys([*train, *sample]):
+        tr, sr = t_med.get(name), s_med.get(name)
+        cells = []
+        for rate, base, flop in (
+            (tr, t_med.get(base_name), t_flop),
+            (sr, s_med.get(base_name), s_flop),
+        ):
+            if rate is None:
+                cells += ["", "", ""]
+            else:
+                cells += [f"{rate:.1f}", f"{rate / base:.2f}x", roof(rate * flop)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+        if tr is not None:
+            out[f"train {name}"] = tr
+        if sr is not None:
+            out[f"sample {name}"] = sr
+    print(f"(median of {rounds} interleaved rounds of {args.diffusion_train_steps} steps and "
+          f"{args.diffusion_sample_rounds} interleaved sampling passes; ocrl trains on pre-normalised rows "
+          "as algos/diffusion.py does, SynthER normalises inside forward)")  # fmt: skip
+    if cuda:
+        print(
+            f"roofline: achieved = 2 x MACs x evaluations / time against --peak-tflops {args.peak_tflops}"
+        )
+    else:
+        print("CUDA: not measured: no device")
+    return out
+
+
 def main(args: Args) -> None:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.only in (None, "updates"):
         bench_updates(args)
     if (args.memory and args.only is None) or args.only == "memory":
@@ -524,6 +919,8 @@ def main(args: Args) -> None:
         bench_knn(args)
     if (args.hdpo and args.only is None) or args.only == "hdpo":
         bench_hdpo(args)
+    if (args.diffusion and args.only is None) or args.only == "diffusion":
+        bench_diffusion(args)
 
 
 if __name__ == "__main__":
