@@ -524,6 +524,7 @@ def main(args: Args) -> dict:
                 f"dataset '{args.dataset}' has {source.obs_dim}/{source.act_dim}; pass its dataset"
             )
         args.level = layout.level
+        args.trajectory_length = int(saved.get("trajectory_length", args.trajectory_length))
         run = Run("diffusion", source.name, args.seed, args, args.run_dir)
         run_dir, model_path, steps = run.dir, Path(args.model), 0
         data = None
