@@ -38,7 +38,7 @@
     python scripts/bench.py --only knn         # the nearest-neighbour benchmark alone (--knn-rows for smaller)
     python scripts/bench.py --only hdpo        # the inventory simulator alone
     python scripts/bench.py --only diffusion   # ocrl's diffusion against SynthER's (--synther-path, default
-                                               # /work/synther_src; --diffusion-sample-steps 16 for a quick run)
+                                               # ../SynthER; --diffusion-sample-steps 16 for a quick run)
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ class Args:
     """paths per simulated batch"""
     diffusion: bool = True
     """run the diffusion benchmark (ocrl against SynthER's code)"""
-    synther_path: str = "/work/synther_src"
-    """folder holding SynthER's source tree (its synther/ package), e.g. a `git archive` of conglu1997/SynthER"""
+    synther_path: str = "../SynthER"
+    """folder holding SynthER's source tree (its synther/ package): `git clone https://github.com/conglu1997/SynthER ../SynthER`"""
     diffusion_width: int = 256
     """residual-MLP width (algos/diffusion.py's cpu-small preset: 256; SynthER: 1024/2048)"""
     diffusion_depth: int = 4
