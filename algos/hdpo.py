@@ -9,7 +9,10 @@ horizon of a differentiable inventory simulator (`ocrl.envs.inventory`), on dema
 An epoch is one shuffled pass over the training paths; every `dev_every` epochs the dev cost picks the best
 parameters, `patience` epochs without a better one stop training, and the best policy is tested on a new, long
 scenario (orders rounded for Poisson demand, as the reference), with the median path and a warning when a few
-paths cost over 10x it (a backlog trap, docs/hdpo_gap_table.md). Each policy class gives its formula. Every
+paths cost over 10x it (a backlog trap, docs/hdpo_gap_table.md). Scenarios start every store slot at mean
+demand x U[0, 1], as the reference, except the one-store backlogged on-hand: U[-1, 1] (`make_problem`), so the
+policy is trained at the negative on-hand long test paths reach; with U[0, 1] its order there fell to 0 once the
+initial backlog cleared and a path that dipped below 0 never recovered. Each policy class gives its formula. Every
 location has K = max(4, L) inventory slots, so one_warehouse (store L in {2, 3}, warehouse L 3) feeds its MLP
 S x 4 store slots and the warehouse's 4: the rule K = max(inventory_periods, L) that the reference page gives
 for the released code (../shared/reference/hdpo.md, "Simulator dynamics"; it also says the authors' fork uses

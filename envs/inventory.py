@@ -18,7 +18,8 @@ out over a scenario (the cost per path, differentiable), `path_costs`/`average_c
 store without gradients (`long_run_costs` on a new scenario, in chunks), `cost_tail` counts the paths that
 cost over 10x the median one, `cost_summary` gathers mean, median and tail, and `gap_pct` is the gap to `optimum`.
 
-Settings (`make_problem`): one_store_lost (Poisson(5)), one_store_backlogged (Normal(5, 1.6) clipped at 0),
+Settings (`make_problem`): one_store_lost (Poisson(5)), one_store_backlogged (Normal(5, 1.6) clipped at 0; its
+paths start with on-hand 5 x U[-1, 1], every other slot of every setting starts at mean demand x U[0, 1]),
 serial (store <- warehouse <- 2 echelons, Normal(5, 2) clipped, backlog) and one_warehouse (S stores with
 sampled costs and lead times, correlated Normal demand clipped at 0, lost sales). `LOST_SALES_OPTIMA` and
 `backlog_optimum` are the known optima the tests and the gap table use. The Gymnasium ids `ocrl/OneStoreLost-v0`,
@@ -154,6 +155,8 @@ class InventoryProblem:
     """the top location's order is at most this times the total mean demand (policies' output bound)"""
     seed_offset: int = 0
     """added to the demand seed (the reference shifts one-store seeds by L + 10 p)"""
+    initial_on_hand: tuple[float, float] = (0.0, 1.0)
+    """initial on-hand range in multiples of mean demand, U[lo, hi] (pipeline slots: U[0, 1], the reference's)"""
 
     @property
     def n_stores(self) -> int:
@@ -208,6 +211,16 @@ class InventoryProblem:
             )
         if self.inventory_periods < 1:
             raise ValueError(f"{self.name}: inventory_periods must be >= 1")
+        lo, hi = self.initial_on_hand
+        if not (
+            math.isfinite(lo)
+            and math.isfinite(hi)
+            and lo <= hi
+            and (lo >= 0 or not self.lost_sales)
+        ):
+            raise ValueError(
+                f"{self.name}: initial_on_hand {self.initial_on_hand} needs finite lo <= hi (lo >= 0 under lost sales)"
+            )
         self.demand.validate(s)
         return self
 
@@ -238,9 +251,20 @@ def make_problem(
             seed_offset=shift,
         )
     elif setting == "one_store_backlogged":
+        # Initial on-hand U[-1, 1] x mean demand (the reference: U[0, 1]): a trained policy never meets a
+        # negative on-hand otherwise, its order there sinks into softplus's flat tail when the initial
+        # backlog clears and is never trained back, and long test paths that dip below 0 stay trapped
+        # (docs/hdpo_gap_table.md, "Reading the numbers").
         demand = Demand("normal", (5.0,), (1.6,))
         problem = InventoryProblem(
-            setting, (lead_time,), (1.0,), (float(p),), False, demand, seed_offset=shift
+            setting,
+            (lead_time,),
+            (1.0,),
+            (float(p),),
+            False,
+            demand,
+            seed_offset=shift,
+            initial_on_hand=(-1.0, 1.0),
         )
     elif setting == "serial":
         # store <- warehouse (h 0.5, L 3) <- echelon 1 (h 0.2, L 4) <- echelon 2 (h 0.1, L 2); the reference
@@ -316,10 +340,10 @@ def sample_scenario(problem: InventoryProblem, n_paths: int, periods: int, seed:
         )
     gen = torch.Generator().manual_seed(int(seed) + problem.seed_offset)
     mean = torch.tensor(problem.demand.mean, dtype=torch.float32)
-    initial = mean[None, :, None] * torch.rand(
-        n_paths, problem.n_stores, problem.store_slots, generator=gen
-    )
-    return Scenario(initial, problem.demand.sample(n_paths, periods, gen))
+    u = torch.rand(n_paths, problem.n_stores, problem.store_slots, generator=gen)
+    lo, hi = problem.initial_on_hand
+    u[..., 0] = lo + (hi - lo) * u[..., 0]  # the same draws: (0, 1) leaves every scenario as it was
+    return Scenario(mean[None, :, None] * u, problem.demand.sample(n_paths, periods, gen))
 
 
 def scenario_chunks(

@@ -107,7 +107,7 @@ def test_path_costs_and_the_tail_of_paths_a_policy_never_recovers_on():
     assert average_cost(TrappedBaseStock(), sim, scenario, 80, 20) == pytest.approx(
         float(costs.mean()), rel=1e-12
     )
-    assert cost_tail(costs) == (0, 0.0)  # every path starts at on-hand >= 0 and recovers
+    assert cost_tail(costs) == (0, 0.0)  # every path starts at on-hand >= -5, above the trap
     stores = scenario.initial_stores.clone()
     # Path 0 starts inside the trap, with an empty pipeline: it never orders and its backlog only grows.
     stores[0, 0] = torch.tensor([-10.0] + [0.0] * (problem.store_slots - 1))

@@ -619,9 +619,31 @@ def test_scenarios_are_seeded():
     unshifted = with_problem(problem, seed_offset=0)
     assert problem.seed_offset == 5 + 90
     assert torch.equal(sample_scenario(unshifted, 8, 20, seed=1 + 95).demand, a.demand)
-    # initial inventories: every slot in [0, mean demand]
-    assert ((a.initial_stores >= 0) & (a.initial_stores <= 5.0)).all()
+    # initial inventories: on-hand in [-mean, mean] (backlog), every pipeline slot in [0, mean demand]
+    assert ((a.initial_stores[..., 0] >= -5.0) & (a.initial_stores[..., 0] <= 5.0)).all()
+    assert ((a.initial_stores[..., 1:] >= 0) & (a.initial_stores[..., 1:] <= 5.0)).all()
     assert len(a) == 8 and torch.equal(a.subset(slice(2, 4)).demand, a.demand[2:4])
+
+
+def test_backlogged_paths_start_at_negative_on_hand_too():
+    # One store under backlog: on-hand starts at mean x U[-1, 1], pipeline slots at mean x U[0, 1] (the
+    # reference's range). Without negative starting stock a trained vanilla policy never meets a negative
+    # on-hand, orders nothing there and leaves long test paths that dip below 0 trapped in a growing
+    # backlog (docs/hdpo_gap_table.md). Written out from the same uniform draws: u = rand(N, 1, K).
+    backlog = make_problem("one_store_backlogged", p=4.0, lead_time=1)
+    n, seed = 4000, 3
+    u = torch.rand(n, 1, 4, generator=torch.Generator().manual_seed(seed + backlog.seed_offset))
+    initial = sample_scenario(backlog, n, 5, seed).initial_stores
+    assert torch.allclose(initial[..., 0], 5.0 * (2.0 * u[..., 0] - 1.0))
+    assert torch.allclose(initial[..., 1:], 5.0 * u[..., 1:])
+    # about half the paths start in backlog
+    assert 0.45 < float((initial[..., 0] < 0).float().mean()) < 0.55
+    # Lost sales keeps the reference's U[0, 1] x mean in every slot (on-hand cannot be negative there).
+    lost = make_problem("one_store_lost", p=4.0, lead_time=1)
+    u = torch.rand(n, 1, 4, generator=torch.Generator().manual_seed(seed + lost.seed_offset))
+    assert torch.equal(sample_scenario(lost, n, 5, seed).initial_stores, 5.0 * u)
+    with pytest.raises(ValueError, match="initial_on_hand"):
+        with_problem(lost, initial_on_hand=(-1.0, 1.0))
 
 
 def test_scenario_chunks_add_up_and_are_seeded():
