@@ -74,6 +74,8 @@ ONLINE = {"sac"}
 OWN_LOOP = {
     "hdpo": "trains on simulated paths with dev selection; see tests/test_hdpo.py",
     "diffusion": "a generative model with no policy to evaluate; see tests/test_diffusion.py",
+    "pgd": "needs a trained trajectory model file (--diffusion-model); smoke, tags, bit-exact resume "
+    "and bad flags with a tiny model in tests/test_pgd.py",
 }
 ALL_FILES = sorted(p.stem for p in (ROOT / "algos").glob("*.py") if p.stem != "__init__")
 

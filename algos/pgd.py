@@ -1,0 +1,608 @@
+"""PGD: "Policy-Guided Diffusion" (Jackson, Matthews, Lu, Ellis, Whiteson & Foerster, RLC 2024, arXiv 2404.06356).
+
+A trajectory diffusion model of the offline data (the behaviour distribution) is sampled with the gradient of
+the *target* policy's action log-likelihood added to the action channels, which moves the synthetic
+trajectories on-policy; an offline agent (TD3+BC or IQL) trains on a mix of synthetic and real transitions.
+Before EDM step k = 0..N-1 of the stochastic Heun sampler, in the model's normalised space:
+
+    lambda_k = coef * [(1 - k/N) + c_cos * sin(pi (k+1) / N)]  for k < N - 1,   lambda_{N-1} = 0
+    g        = d/d a~  sum_t log pi( tanh(unnormalise(a~_t)) | s_t ),   s_t = unnormalise(x_k[t, obs]) (constant)
+    g        <- g / ||g||_F + 1e-8   (--normalize-action-guidance; the norm is over one trajectory's L x A block)
+    x_k[:, :, act] <- x_k[:, :, act] + lambda_k * g
+
+then the usual churn + Heun step runs from the shifted x_k. log pi is Normal(mu(s), 1) on the squashed action
+for TD3+BC's deterministic actor and IQL's tanh-mean Gaussian (state-independent std) without a tanh Jacobian.
+The initial synthetic set is generated unguided at step 0; every --synth-dataset-lifetime updates (not at
+step 0) it is regenerated with guidance from the current actor. Each batch holds --synth-batch-size
+synthetic transitions and batch_size - synth_batch_size real ones (240 + 16 by default).
+
+The agents are PGD's versions (rl/td3_bc.py, rl/iql.py of EmptyJackson/policy-guided-diffusion @ 9da606c):
+one Adam(lr 3e-4, eps 1e-5) per network, constant lr, targets Polyak-updated (0.005) at the *start* of every
+step. TD3+BC: an actor step every step, L_pi = -(alpha / mean|Q1(s, pi(s))|) mean Q1(s, pi(s)) + mean (pi(s) -
+a)^2, then --critic-updates (2) critic steps on y = r + gamma (1 - d) min_i Q_i'(s', clip(pi'(s') + clip(N(0,
+0.2^2), +-0.5), +-1)). IQL: L_V = mean |tau - 1[A < 0]| A^2 with A = min_i Q_i'(s, a) - V(s) from the target
+Qs, L_Q = sum_i mean (Q_i(s, a) - r - gamma (1 - d) V(s'))^2 / 2 with V(s') from before V's step, L_pi =
+mean min(exp(beta A), 100) * (-sum_j log pi(a_j | s)); the mean action is evaluated.
+
+This file does not train the diffusion model: --diffusion-model is the model.pt that `python algos/diffusion.py
+--preset pgd-unguided --dataset <data>` writes in its run folder (EMA U-Net, normaliser, window length).
+
+Defaults are the released code's, except: the sampled window length is the model's training length
+(--num-rollout-steps defaults to trajectory_length - 1; 128 is the code's value, a horizon mismatch); the
+regeneration runs before update K, 2K, ... (the code's runs after update K, an off-by-one); observations are
+standardised (the code's --normalize_obs is off by default; here --no-normalize-obs); synthetic transitions
+are drawn with replacement (the code draws a batch without replacement). --guidance-norm-eps-in-denominator
+gives the safer g / (||g|| + 1e-8); --tanh-jacobian adds log(1 - tanh^2) to IQL's guidance density.
+--guidance-coef 0 is the unguided baseline: the sampler is then bit-identical to algos/diffusion.py's for the
+same generator and the actor is never called. The `cpu-small` preset (1,024 trajectories per regeneration,
+32 Heun steps instead of 256, evaluation every 5k) is what the tests and docs/results/pgd.md use.
+
+    python algos/diffusion.py --preset pgd-unguided --dataset hopper-medium-replay-v2   # then, with its model.pt:
+    python algos/pgd.py --dataset hopper-medium-replay-v2 --diffusion-model runs/diffusion__.../model.pt \\
+        --agent td3_bc --guidance-coef 0.1 --normalize-action-guidance
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ocrl.data import Batch, ReplayBuffer
+from ocrl.envs import load_offline_task
+from ocrl.experiment import (
+    Agent,
+    CheckpointError,
+    TrainingLoop,
+    UsageError,
+    check_args,
+    cli,
+    friendly_errors,
+    load_checkpoint,
+    pick_device,
+    resume_args,
+    seed_everything,
+)
+from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
+from ocrl.nets.diffusion import (
+    DiffusionNormalizer,
+    EDMConfig,
+    EDMDenoiser,
+    build_network,
+    heun_sample,
+)
+
+PRESETS: dict[str, dict] = {
+    # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256).
+    "cpu-small": {
+        "num_synth_trajectories": 1024,
+        "sample_batch_size": 256,
+        "sample_steps": 32,
+        "synth_dataset_lifetime": 10_000,
+    },
+}
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+@dataclass
+class Args:
+    dataset: str = "ocrl/hopper/medium-v0"
+    """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id: the real data"""
+    env_id: str | None = None
+    """evaluation environment; by default the one the dataset names (D4RL tasks evaluate on Gymnasium -v4)"""
+    preset: PresetName | None = None  # type: ignore[valid-type]
+    """'cpu-small': 1,024 trajectories and 32 Heun steps per regeneration; explicit flags override it"""
+    diffusion_model: str | None = None
+    """model.pt of `python algos/diffusion.py --preset pgd-unguided --dataset <data>` (required; not trained here)"""
+    agent: Literal["td3_bc", "iql"] = "iql"
+    """offline agent trained on the mixed batches (PGD's versions of their losses; the code's default is iql)"""
+    seed: int = 0
+    """seed of torch, numpy, the evaluation episodes and the sampler's noise"""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
+    total_steps: int = 1_000_000
+    """agent updates (PGD: 1M)"""
+    batch_size: int = 256
+    """transitions per update: synthetic plus real"""
+    synth_batch_size: int = 240
+    """synthetic transitions per update; the other batch_size - synth_batch_size are real (PGD: 240 of 256)"""
+    synth_dataset_lifetime: int = 10_000
+    """updates between regenerations of the synthetic set (guided by the current actor; never at step 0)"""
+    num_synth_trajectories: int = 8192
+    """trajectories per (re)generation (PGD: 32 workers x 256 rollouts)"""
+    sample_batch_size: int = 256
+    """trajectories per sampler call"""
+    num_rollout_steps: int | None = None
+    """transitions per sampled trajectory (rows - 1); default the model's trajectory_length - 1 (PGD's code: 128)"""
+    sample_steps: int = 256
+    """Heun steps N of the sampler (PGD's diffusion_timesteps)"""
+    euler_origin: Literal["x_hat", "x_i"] = "x_i"
+    """Euler predictor from the churned x_hat (EDM) or from x_i (PGD's code)"""
+    churn: bool = True
+    """stochastic sampler (EDM Algorithm 2); --no-churn is deterministic Heun"""
+    guidance_coef: float = 0.0
+    """lambda scale `coef` of policy guidance; 0 is the unguided baseline (PGD's policy_guidance_coeff)"""
+    guidance_cosine_coef: float = 0.3
+    """c_cos of the schedule lambda_k = coef [(1 - k/N) + c_cos sin(pi (k+1)/N)]"""
+    normalize_action_guidance: bool = False
+    """g / ||g||_F + 1e-8 per trajectory (PGD's --normalize_action_guidance, off by default there too)"""
+    guidance_norm_eps_in_denominator: bool = False
+    """with --normalize-action-guidance: g / (||g||_F + 1e-8) instead of the code's g / ||g||_F + 1e-8"""
+    denoised_guidance: bool = False
+    """evaluate the policy at D(x_k; sigma_k) (one extra network call per step) instead of x_k"""
+    tanh_jacobian: bool = False
+    """IQL guidance: add the tanh change of variables sum log(1 - tanh(u)^2) (PGD's code has none)"""
+    bf16: bool = True
+    """on CUDA, run the U-Net in bf16 autocast (sigma maths in fp32); ignored on the CPU"""
+    discount: float = 0.99
+    """discount factor gamma"""
+    tau: float = 0.005
+    """Polyak rate of the target networks (updated at the start of every step)"""
+    lr: float = 3e-4
+    """Adam learning rate of every network (eps 1e-5, constant; PGD's default since 3 Jul 2024)"""
+    hidden: tuple[int, ...] = (256, 256)
+    """hidden layer widths of the actor, the critics and V (ReLU)"""
+    alpha: float = 2.5
+    """TD3+BC: weight of the Q term against behaviour cloning (lambda = alpha / mean|Q|)"""
+    policy_noise: float = 0.2
+    """TD3+BC: std of the target-policy smoothing noise, times the action scale"""
+    noise_clip: float = 0.5
+    """TD3+BC: clip of the target-policy smoothing noise, times the action scale"""
+    critic_updates: int = 2
+    """TD3+BC: critic steps per update, after the actor step (PGD's num_critic_updates_per_step)"""
+    beta: float = 3.0
+    """IQL: inverse temperature of the advantage weights exp(beta A)"""
+    expectile: float = 0.7
+    """IQL: expectile tau of V's asymmetric loss, in (0, 1)"""
+    max_weight: float = 100.0
+    """IQL: clip of the advantage weights (EXP_ADV_MAX)"""
+    normalize_obs: bool = True
+    """standardise observations (real and synthetic) with the real transitions' mean and std (+1e-3)"""
+    ref_min_score: float | None = None
+    """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
+    ref_max_score: float | None = None
+    """return of an expert policy for the normalised score (give both or neither)"""
+    eval_every: int = 5_000
+    """updates between evaluations"""
+    eval_episodes: int = 10
+    """episodes per evaluation, run in parallel"""
+    log_every: int = 1_000
+    """updates between loss logs (the only host synchronisations of the loop)"""
+    save_model: bool = False
+    """write checkpoint.pt (atomically; it holds the synthetic set) at every evaluation and at the end"""
+    resume: str | None = None
+    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
+    run_dir: str | None = None
+    """run folder; default runs/pgd__<dataset>__s<seed>__<time>"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+# ------------------------------------------------------------------------------------------- actors
+class GaussianActor(nn.Module):
+    """PGD's IQL actor: Normal(bias + scale tanh(MLP(s)), exp(clip(log_std, -20, 2))), log_std one parameter."""
+
+    def __init__(self, obs_dim, act_dim, hidden, action_low, action_high) -> None:
+        super().__init__()
+        self.net = MLP(obs_dim, act_dim, hidden)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def mean(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.action_bias + self.action_scale * torch.tanh(self.net(obs))
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """sum_j log Normal(a_j; mean_j(s), std_j) over the last axis, on the squashed action (no Jacobian)."""
+        log_std = self.log_std.clamp(-20.0, 2.0)
+        z = (actions - self.mean(obs)) / log_std.exp()
+        return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """The mean action, used at evaluation time."""
+        return self.mean(obs)
+
+
+def policy_log_prob(
+    agent_name: str, actor: nn.Module, obs: torch.Tensor, actions: torch.Tensor
+) -> torch.Tensor:
+    """The guidance density log pi(a | s) summed over action dimensions (the leading axes are kept).
+
+    TD3+BC: Normal(mu(s), 1) around the deterministic action (PGD's det_guidance); IQL: the actor's Normal."""
+    if agent_name == "td3_bc":
+        mu = actor(obs)
+        return (-0.5 * (actions - mu).square() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return actor.log_prob(obs, actions)
+
+
+# ------------------------------------------------------------------------------------------- agents
+class TD3BC(Agent):
+    """PGD's TD3+BC: targets first, one actor step, then `critic_updates` steps of the twin critics."""
+
+    def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
+        self.args = args
+        self.actor = DeterministicActor(obs_dim, act_dim, args.hidden, action_low, action_high)
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2)
+        self.actor.to(device), self.critic.to(device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # One Adam for the two critics is two Adams: each critic's loss reaches only its own weights.
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.lr, eps=1e-5)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.lr, eps=1e-5)
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        args, actor, critic = self.args, self.actor, self.critic
+        obs, actions, rewards, next_obs, terminals = batch
+        # Targets at the start of the step (a copy at step 0: the deepcopy, then a no-op lerp).
+        polyak_update(self.critic_target.parameters(), critic.parameters(), args.tau)
+        polyak_update(self.actor_target.parameters(), actor.parameters(), args.tau)
+
+        pi = actor(obs)
+        q_pi = critic.member(obs, pi, 0)
+        lmbda = args.alpha / (q_pi.abs().mean().detach() + 1e-7)
+        bc_mse = (pi - actions).square().mean()
+        actor_loss = -lmbda * q_pi.mean() + bc_mse
+        actor_params = list(actor.parameters())
+        grads = torch.autograd.grad(actor_loss, actor_params)
+        for p, g in zip(actor_params, grads, strict=True):
+            p.grad = g
+        self.actor_opt.step()
+
+        scale, bias = actor.action_scale, actor.action_bias
+        for _ in range(args.critic_updates):
+            with torch.no_grad():
+                noise = (
+                    torch.randn_like(actions)
+                    .mul_(args.policy_noise)
+                    .clamp_(-args.noise_clip, args.noise_clip)
+                )
+                next_actions = torch.clamp(
+                    self.actor_target(next_obs) + noise * scale, bias - scale, bias + scale
+                )
+                target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
+                target = rewards + args.discount * (1.0 - terminals) * target_q
+            q = critic(obs, actions)  # (2, B)
+            # Each critic's mean squared error; their sum steps both (the gradients do not mix).
+            critic_loss = (q - target).square().mean(dim=1).sum()
+            self.critic_opt.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            self.critic_opt.step()
+        return {
+            "critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
+            "bc_mse": bc_mse.detach(), "q_mean": q.detach().mean(), "lmbda": lmbda.detach(),
+        }  # fmt: skip
+
+
+class IQL(Agent):
+    """PGD's IQL: target Qs first, V's expectile step, the critics' step, the advantage-weighted actor step."""
+
+    def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
+        self.args = args
+        self.actor = GaussianActor(obs_dim, act_dim, args.hidden, action_low, action_high)
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2)
+        self.value = MLP(obs_dim, 1, args.hidden)
+        self.actor.to(device), self.critic.to(device), self.value.to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.lr, eps=1e-5)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.lr, eps=1e-5)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.lr, eps=1e-5)
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        args = self.args
+        obs, actions, rewards, next_obs, terminals = batch
+        polyak_update(self.critic_target.parameters(), self.critic.parameters(), args.tau)
+        with torch.no_grad():
+            target_q = self.critic_target(obs, actions).min(dim=0).values
+            next_v = self.value(next_obs).squeeze(-1)
+
+        v = self.value(obs).squeeze(-1)
+        adv = target_q - v
+        value_loss = (torch.abs(args.expectile - (adv < 0).float()) * adv.square()).mean()
+        self.value_opt.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.value_opt.step()
+
+        target = rewards + args.discount * (1.0 - terminals) * next_v
+        q = self.critic(obs, actions)  # (2, B)
+        critic_loss = (q - target).square().mean()  # PGD: the mean over both critics and the batch
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        weight = torch.exp(args.beta * adv.detach()).clamp(max=args.max_weight)
+        actor_loss = (weight * -self.actor.log_prob(obs, actions)).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        return {
+            "value_loss": value_loss.detach(), "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(), "pgd/v_mean": v.detach().mean(),
+            "pgd/weight_clip_fraction": (weight >= args.max_weight).float().mean(),
+        }  # fmt: skip
+
+
+# -------------------------------------------------------------------------------- the trajectory model
+@dataclass
+class TrajectoryModel:
+    """The EMA denoiser of algos/diffusion.py --level trajectory, its normaliser and the row layout."""
+
+    denoiser: EDMDenoiser
+    normalizer: DiffusionNormalizer
+    obs_dim: int
+    act_dim: int
+    trajectory_length: int
+
+
+def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) -> TrajectoryModel:
+    """Read the model.pt that algos/diffusion.py --level trajectory wrote; a UsageError/CheckpointError if not one."""
+    make = "python algos/diffusion.py --preset pgd-unguided --dataset <data>"
+    if path is None:
+        raise UsageError(
+            f"--diffusion-model: required; train the trajectory model first with `{make}` and pass "
+            "the model.pt in its run folder"
+        )
+    try:
+        state = load_checkpoint(path, "cpu")
+    except FileNotFoundError:
+        raise UsageError(
+            f"--diffusion-model {path}: no such file; `{make}` writes model.pt in its run folder"
+        ) from None
+    if state.get("format") != "ocrl-diffusion-1" or state.get("level") != "trajectory":
+        raise CheckpointError(
+            f"--diffusion-model {path}: not a trajectory diffusion model (format 'ocrl-diffusion-1', "
+            f"level 'trajectory'); train one with `{make}`"
+        )
+    try:
+        network = build_network(state["network"], state["network_kwargs"])
+        network.load_state_dict(state["ema"])
+        normalizer = DiffusionNormalizer(state["normalizer"]["mean"], state["normalizer"]["std"])
+        obs_dim, act_dim = int(state["obs_dim"]), int(state["act_dim"])
+        length = int(state["trajectory_length"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"--diffusion-model {path}: the file is damaged ({type(e).__name__}: {e})"
+        ) from e
+    autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
+    network.to(device).eval().requires_grad_(False)
+    denoiser = EDMDenoiser(network, EDMConfig(), autocast_dtype=autocast)
+    return TrajectoryModel(denoiser, normalizer.to(device), obs_dim, act_dim, length)
+
+
+def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float]:
+    """lambda_k = coef [(1 - k/N) + c_cos sin(pi (k+1)/N)] for k < N - 1, and 0 at the last step."""
+    lambdas = [
+        coef * ((1.0 - k / steps) + cosine_coef * math.sin(math.pi * (k + 1) / steps))
+        for k in range(steps - 1)
+    ]
+    return [*lambdas, 0.0]
+
+
+class Guidance:
+    """The sampler's pre-step hook: x_k[:, :, act] += lambda_k g, g the gradient of the target policy's log pi."""
+
+    def __init__(
+        self, args: Args, model: TrajectoryModel, actor: nn.Module,
+        obs_mean: torch.Tensor | None, obs_std: torch.Tensor | None,
+    ) -> None:  # fmt: skip
+        self.args, self.model, self.actor = args, model, actor
+        self.obs_mean, self.obs_std = obs_mean, obs_std
+        self.lambdas = guidance_schedule(
+            args.guidance_coef, args.guidance_cosine_coef, args.sample_steps
+        )
+
+    def log_likelihood(self, traj: torch.Tensor, act_model: torch.Tensor) -> torch.Tensor:
+        """sum_t log pi(tanh(unnormalise(a~_t)) | s_t) per trajectory, s_t from `traj` (model space)."""
+        m, o, a = self.model, self.model.obs_dim, self.model.act_dim
+        obs = traj[..., :o] * m.normalizer.std[:o] + m.normalizer.mean[:o]
+        if self.obs_mean is not None:
+            obs = (obs - self.obs_mean) / self.obs_std  # as the agent sees states
+        u = act_model * m.normalizer.std[o : o + a] + m.normalizer.mean[o : o + a]
+        actions = torch.tanh(u)
+        logp = policy_log_prob(self.args.agent, self.actor, obs, actions)
+        if self.args.tanh_jacobian and self.args.agent == "iql":
+            logp = logp + torch.log1p(-actions.square() + 1e-6).sum(-1)
+        return logp.sum(-1)
+
+    def gradient(self, traj: torch.Tensor) -> torch.Tensor:
+        """g = d log-likelihood / d a~ (states constant), normalised per trajectory with the flag."""
+        o, a = self.model.obs_dim, self.model.act_dim
+        traj = traj.detach()
+        act = traj[..., o : o + a].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(self.log_likelihood(traj, act).sum(), act)
+        if self.args.normalize_action_guidance:
+            norm = g.flatten(1).norm(dim=1).view(-1, 1, 1)
+            if self.args.guidance_norm_eps_in_denominator:
+                g = g / (norm + 1e-8)
+            else:
+                g = g / norm + 1e-8  # PGD's precedence: the epsilon is added after the division
+        return g
+
+    def __call__(self, k: int, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        lam = self.lambdas[k]
+        if lam == 0.0:
+            return x
+        traj = x
+        if self.args.denoised_guidance:
+            with torch.no_grad():
+                traj = self.model.denoiser(x, sigma.expand(x.shape[0]))
+        o, a = self.model.obs_dim, self.model.act_dim
+        x = x.clone()
+        x[..., o : o + a] += lam * self.gradient(traj)
+        return x
+
+
+def sample_trajectories(
+    model: TrajectoryModel, args: Args, rows: int, generator: torch.Generator,
+    device: torch.device, guidance: Guidance | None,
+) -> torch.Tensor:  # fmt: skip
+    """`num_synth_trajectories` un-normalised windows (n, rows, channels); guided when `guidance` is given."""
+    channels = model.normalizer.mean.numel()
+    parts, left = [], args.num_synth_trajectories
+    while left > 0:
+        n = min(args.sample_batch_size, left)
+        x = heun_sample(
+            model.denoiser, (n, rows, channels), args.sample_steps, model.denoiser.config,
+            device=device, generator=generator, pre_step=guidance,
+            euler_origin=args.euler_origin, churn=args.churn,
+        )  # fmt: skip
+        parts.append(model.normalizer.unnormalize(x))
+        left -= n
+    return torch.cat(parts)
+
+
+def decode(windows: torch.Tensor, obs_dim: int, act_dim: int) -> dict[str, torch.Tensor]:
+    """Windows [s, arctanh a, r, done] to transitions (rows t -> t+1), each window cut after its first done."""
+    o, a = obs_dim, act_dim
+    done = windows[:, :-1, -1] > 0.5
+    before_done = (done.cumsum(dim=1) - done.long()) < 1
+    return {
+        "observations": windows[:, :-1, :o][before_done],
+        "actions": torch.tanh(windows[:, :-1, o : o + a])[before_done],
+        "rewards": windows[:, :-1, o + a][before_done],
+        "next_observations": windows[:, 1:, :o][before_done],
+        "terminals": done[before_done].float(),
+    }
+
+
+class SyntheticSet:
+    """The current synthetic transitions (observations as the agent sees them); a checkpoint part."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buffer: ReplayBuffer | None = None
+        self.regenerations = 0  # generations after the initial unguided one
+
+    def fill(self, t: dict[str, torch.Tensor], obs_mean, obs_std) -> None:
+        obs, next_obs = t["observations"], t["next_observations"]
+        if obs_mean is not None:
+            obs, next_obs = (obs - obs_mean) / obs_std, (next_obs - obs_mean) / obs_std
+        self.buffer = ReplayBuffer.from_arrays(
+            obs, t["actions"], t["rewards"], next_obs, t["terminals"], device=self.device
+        )
+
+    def state_dict(self) -> dict:
+        assert self.buffer is not None
+        return {"buffer": self.buffer.state_dict(), "regenerations": self.regenerations}
+
+    def load_state_dict(self, state: dict) -> None:
+        b = state["buffer"]
+        self.buffer = ReplayBuffer.from_arrays(
+            b["observations"], b["actions"], b["rewards"], b["next_observations"],
+            b["terminals"], device=self.device,
+        )  # fmt: skip
+        self.regenerations = int(state["regenerations"])
+
+
+def regeneration_seed(seed: int, index: int) -> int:
+    """The sampler's seed for generation `index` (0 = the initial set): independent of the run's other draws."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def mixed_batch(
+    real: ReplayBuffer, synthetic: ReplayBuffer, batch_size: int, n_synth: int
+) -> Batch:
+    """n_synth uniform synthetic transitions followed by batch_size - n_synth uniform real ones."""
+    s, r = synthetic.sample(n_synth), real.sample(batch_size - n_synth)
+    return Batch(*(torch.cat([a, b]) for a, b in zip(s, r, strict=True)))
+
+
+def check_pgd_args(args: Args) -> None:
+    check_args(args)
+    for name in ("synth_dataset_lifetime", "num_synth_trajectories", "sample_batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
+    if not 0 <= args.synth_batch_size <= args.batch_size:
+        raise UsageError(
+            f"--synth-batch-size {args.synth_batch_size}: must lie in [0, --batch-size "
+            f"{args.batch_size}] (PGD: 240 of 256)"
+        )
+    if args.sample_steps < 2:
+        raise UsageError(f"--sample-steps {args.sample_steps}: the Heun sampler needs at least 2")
+    if args.num_rollout_steps is not None and args.num_rollout_steps < 1:
+        raise UsageError(f"--num-rollout-steps {args.num_rollout_steps}: must be positive")
+    if args.critic_updates < 1:
+        raise UsageError(f"--critic-updates {args.critic_updates}: must be positive")
+    if not 0.0 < args.expectile < 1.0:
+        raise UsageError(f"--expectile {args.expectile}: must lie in (0, 1); PGD uses 0.7")
+    for name in ("guidance_coef", "guidance_cosine_coef", "lr", "alpha", "beta", "max_weight"):
+        if not math.isfinite(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be finite")
+    if not (args.lr > 0 and args.max_weight > 0):
+        raise UsageError("--lr and --max-weight must be positive")
+
+
+def main(args: Args) -> dict:
+    args = resume_args(args) if args.resume else args
+    check_pgd_args(args)
+    device = pick_device(args.device)
+    np_rng = seed_everything(args.seed)
+    task = load_offline_task(
+        args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
+        ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
+    )  # fmt: skip
+    model = load_trajectory_model(args.diffusion_model, device, args.bf16)
+    if (model.obs_dim, model.act_dim) != (task.obs_dim, task.act_dim):
+        raise UsageError(
+            f"--diffusion-model {args.diffusion_model} was trained on obs/act dims {model.obs_dim}/"
+            f"{model.act_dim}, dataset '{args.dataset}' has {task.obs_dim}/{task.act_dim}"
+        )
+    rows = (args.num_rollout_steps or model.trajectory_length - 1) + 1
+    if args.synth_batch_size == args.batch_size:
+        print("note: --synth-batch-size = --batch-size trains on synthetic data only (IQL's V and Q may diverge)")  # fmt: skip
+    agent_cls = TD3BC if args.agent == "td3_bc" else IQL
+    agent = agent_cls(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
+    synthetic = SyntheticSet(device)
+    agent.synthetic = synthetic  # a checkpoint part: a resumed run continues on the same set
+    obs_mean = obs_std = None
+    if task.obs_mean is not None:
+        obs_mean = torch.as_tensor(task.obs_mean, dtype=torch.float32, device=device)
+        obs_std = torch.as_tensor(task.obs_std, dtype=torch.float32, device=device)
+    evaluator = task.evaluator(args.eval_episodes, args.seed, device)
+    loop = TrainingLoop(
+        "pgd", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer
+    )
+
+    def generate(index: int, guided: bool) -> float:
+        start = time.perf_counter()
+        guide = None
+        if guided and args.guidance_coef != 0.0:
+            guide = Guidance(args, model, agent.actor, obs_mean, obs_std)
+        gen = torch.Generator(device).manual_seed(regeneration_seed(args.seed, index))
+        windows = sample_trajectories(model, args, rows, gen, device, guide)
+        synthetic.fill(decode(windows, model.obs_dim, model.act_dim), obs_mean, obs_std)
+        return time.perf_counter() - start
+
+    # The initial set is unguided; a resumed run has restored its set from the checkpoint.
+    if loop.step == 0:
+        seconds = generate(0, guided=False)
+        print(f"generated {len(synthetic.buffer)} synthetic transitions in {seconds:.1f} s")
+    regen_seconds = []
+    for step in loop.steps():
+        if step > 0 and step % args.synth_dataset_lifetime == 0:
+            synthetic.regenerations += 1
+            regen_seconds.append(generate(synthetic.regenerations, guided=True))
+        batch = mixed_batch(task.buffer, synthetic.buffer, args.batch_size, args.synth_batch_size)
+        loop.log(agent.update(batch))
+        if loop.due(args.eval_every):
+            loop.evaluate(evaluator, agent.actor.act)
+
+    extra = {
+        "dataset": task.dataset.name, "env_id": task.env_id, "agent": args.agent,
+        "regenerations": synthetic.regenerations, "synthetic_transitions": len(synthetic.buffer),
+        "regeneration_seconds_mean": float(np.mean(regen_seconds)) if regen_seconds else None,
+    }  # fmt: skip
+    return loop.finish(evaluator, agent.actor.act, **extra)
+
+
+if __name__ == "__main__":
+    with friendly_errors():
+        main(cli(Args, PRESETS))
