@@ -111,7 +111,7 @@ class Args:
     batch_size: int = 256
     """transitions per update: synthetic plus real"""
     synth_batch_size: int = 240
-    """synthetic transitions per update; the other batch_size - synth_batch_size are real (PGD: 240 of 256)"""
+    """synthetic transitions per update; the other batch_size - synth_batch_size are real (PGD: 240 of 256); 0 = real data only, nothing generated"""
     synth_dataset_lifetime: int = 10_000
     """updates between regenerations of the synthetic set (guided by the current actor; never at step 0)"""
     num_synth_trajectories: int = 8192
@@ -490,16 +490,19 @@ class SyntheticSet:
         )
 
     def state_dict(self) -> dict:
-        assert self.buffer is not None
-        return {"buffer": self.buffer.state_dict(), "regenerations": self.regenerations}
+        buffer = None if self.buffer is None else self.buffer.state_dict()
+        return {"buffer": buffer, "regenerations": self.regenerations}
 
     def load_state_dict(self, state: dict) -> None:
         b = state["buffer"]
+        self.regenerations = int(state["regenerations"])
+        if b is None:
+            self.buffer = None
+            return
         self.buffer = ReplayBuffer.from_arrays(
             b["observations"], b["actions"], b["rewards"], b["next_observations"],
             b["terminals"], device=self.device,
         )  # fmt: skip
-        self.regenerations = int(state["regenerations"])
 
 
 def regeneration_seed(seed: int, index: int) -> int:
@@ -508,9 +511,11 @@ def regeneration_seed(seed: int, index: int) -> int:
 
 
 def mixed_batch(
-    real: ReplayBuffer, synthetic: ReplayBuffer, batch_size: int, n_synth: int
+    real: ReplayBuffer, synthetic: ReplayBuffer | None, batch_size: int, n_synth: int
 ) -> Batch:
     """n_synth uniform synthetic transitions followed by batch_size - n_synth uniform real ones."""
+    if n_synth == 0:
+        return real.sample(batch_size)
     s, r = synthetic.sample(n_synth), real.sample(batch_size - n_synth)
     return Batch(*(torch.cat([a, b]) for a, b in zip(s, r, strict=True)))
 
@@ -582,12 +587,14 @@ def main(args: Args) -> dict:
         return time.perf_counter() - start
 
     # The initial set is unguided; a resumed run has restored its set from the checkpoint.
-    if loop.step == 0:
+    # --synth-batch-size 0 (the real-data baseline with PGD's agent) generates nothing.
+    use_synthetic = args.synth_batch_size > 0
+    if loop.step == 0 and use_synthetic:
         seconds = generate(0, guided=False)
         print(f"generated {len(synthetic.buffer)} synthetic transitions in {seconds:.1f} s")
     regen_seconds = []
     for step in loop.steps():
-        if step > 0 and step % args.synth_dataset_lifetime == 0:
+        if use_synthetic and step > 0 and step % args.synth_dataset_lifetime == 0:
             synthetic.regenerations += 1
             regen_seconds.append(generate(synthetic.regenerations, guided=True))
         batch = mixed_batch(task.buffer, synthetic.buffer, args.batch_size, args.synth_batch_size)
@@ -597,7 +604,7 @@ def main(args: Args) -> dict:
 
     extra = {
         "dataset": task.dataset.name, "env_id": task.env_id, "agent": args.agent,
-        "regenerations": synthetic.regenerations, "synthetic_transitions": len(synthetic.buffer),
+        "regenerations": synthetic.regenerations, "synthetic_transitions": len(synthetic.buffer) if synthetic.buffer is not None else 0,
         "regeneration_seconds_mean": float(np.mean(regen_seconds)) if regen_seconds else None,
     }  # fmt: skip
     return loop.finish(evaluator, agent.actor.act, **extra)

@@ -39,6 +39,17 @@
     python scripts/bench.py --only hdpo        # the inventory simulator alone
     python scripts/bench.py --only diffusion   # ocrl's diffusion against SynthER's (--synther-path, default
                                                # ../SynthER; --diffusion-sample-steps 16 for a quick run)
+    python scripts/bench.py --only pgd         # PGD's regeneration, guided against unguided
+    python scripts/bench.py --only pgd --pgd-model M/model.pt --pgd-run R --pgd-quality   # + the table
+
+6. PGD (`algos/pgd.py`): seconds per regeneration of the synthetic set (--pgd-trajectories windows of the
+   trajectory U-Net, --pgd-sample-steps Heun steps), unguided (the plain sampler) against guided (the
+   policy's log-likelihood gradient before every step: one actor forward + backward per step, plus one
+   extra U-Net call with --pgd-denoised-guidance), interleaved rounds, medians, and the ratio. Without
+   --pgd-model a U-Net of random weights of the same size stands in (the cost does not depend on the
+   weights); without --pgd-run a fresh actor guides. With --pgd-quality (needs both) it prints, per
+   guidance coefficient in --pgd-coefs, the target policy's mean log-likelihood of the synthetic actions
+   and the one-step dynamics error of the synthetic transitions, with the real data's beside them.
 """
 
 from __future__ import annotations
@@ -121,7 +132,37 @@ class Args:
     """the device's dense bf16 matmul peak in TFLOP/s for the roofline fraction (H100/H200 SXM: 989)"""
     threads: int | None = None
     """torch CPU threads (default: torch's); benchmark on a shared machine with 1"""
-    only: Literal["updates", "memory", "knn", "hdpo", "diffusion"] | None = None
+    pgd: bool = True
+    """run PGD's regeneration benchmark (guided against unguided sampling)"""
+    pgd_model: str | None = None
+    """model.pt of algos/diffusion.py --level trajectory; default a random U-Net of --pgd-unet-features"""
+    pgd_run: str | None = None
+    """an algos/pgd.py run folder written with --save-model: its actor guides (default: a fresh actor)"""
+    pgd_agent: Literal["td3_bc", "iql"] = "td3_bc"
+    """the guiding actor's kind when --pgd-run is not given"""
+    pgd_unet_features: int = 64
+    """U-Net width of the stand-in model (the docs/results/pgd.md model: 64, 2 blocks)"""
+    pgd_length: int = 16
+    """rows per window of the stand-in model"""
+    pgd_trajectories: int = 1024
+    """windows per regeneration (algos/pgd.py's cpu-small preset: 1024; PGD: 8192)"""
+    pgd_sample_steps: int = 32
+    """Heun steps per regeneration (cpu-small: 32; PGD: 256)"""
+    pgd_rounds: int = 3
+    """interleaved timed regenerations per variant; the median is reported"""
+    pgd_coef: float = 1.0
+    """guidance coefficient of the timed guided variant"""
+    pgd_normalize: bool = True
+    """--normalize-action-guidance for the guided variants"""
+    pgd_denoised_guidance: bool = False
+    """--denoised-guidance for the guided variants"""
+    pgd_quality: bool = False
+    """also print the log-likelihood / dynamics-error table over --pgd-coefs (needs --pgd-model and --pgd-run)"""
+    pgd_coefs: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)
+    """guidance coefficients of the table"""
+    pgd_quality_transitions: int = 5000
+    """transitions (synthetic and real each) of the dynamics error"""
+    only: Literal["updates", "memory", "knn", "hdpo", "diffusion", "pgd"] | None = None
     """run this one benchmark alone"""
 
 
@@ -908,6 +949,142 @@ def bench_diffusion(args: Args) -> dict[str, float]:
     return out
 
 
+# ------------------------------------------------------------------------------------------- PGD
+def pgd_setup(args: Args, device: torch.device):
+    """(pgd module, trajectory model, guiding actor, agent name, obs mean, obs std, run config)."""
+    import json
+
+    from ocrl.algos import pgd
+    from ocrl.nets.diffusion import DiffusionNormalizer, EDMConfig, EDMDenoiser, TemporalUNet
+
+    obs_dim, act_dim = args.obs_dim, args.act_dim
+    if args.pgd_model is not None:
+        model = pgd.load_trajectory_model(args.pgd_model, device, bf16=True)
+        obs_dim, act_dim = model.obs_dim, model.act_dim
+    else:
+        channels = obs_dim + act_dim + 2
+        net = TemporalUNet(channels, features=args.pgd_unet_features, num_blocks=2)
+        net.to(device).eval().requires_grad_(False)
+        normalizer = DiffusionNormalizer(torch.zeros(channels), torch.ones(channels)).to(device)
+        model = pgd.TrajectoryModel(
+            EDMDenoiser(net, EDMConfig()), normalizer, obs_dim, act_dim, args.pgd_length
+        )
+    config: dict = {"agent": args.pgd_agent}
+    obs_mean = obs_std = None
+    if args.pgd_run is not None:
+        config = json.loads((Path(args.pgd_run) / "config.json").read_text())
+    low, high = -torch.ones(act_dim), torch.ones(act_dim)
+    hidden = tuple(config.get("hidden", (256, 256)))
+    if config["agent"] == "td3_bc":
+        from ocrl.nets import DeterministicActor
+
+        actor = DeterministicActor(obs_dim, act_dim, hidden, low, high)
+    else:
+        actor = pgd.GaussianActor(obs_dim, act_dim, hidden, low, high)
+    if args.pgd_run is not None:
+        ckpt = torch.load(
+            Path(args.pgd_run) / "checkpoint.pt", map_location="cpu", weights_only=True
+        )
+        actor.load_state_dict(ckpt["actor"])
+        if "obs_mean" in ckpt.get("normalizer", {}):
+            obs_mean = ckpt["normalizer"]["obs_mean"].float().to(device)
+            obs_std = ckpt["normalizer"]["obs_std"].float().to(device)
+    return pgd, model, actor.to(device).requires_grad_(False), config, obs_mean, obs_std
+
+
+def bench_pgd(args: Args) -> dict[str, float]:
+    device = torch.device(args.device)
+    pgd, model, actor, config, obs_mean, obs_std = pgd_setup(args, device)
+    rows = model.trajectory_length
+
+    def regenerate(coef: float, seed: int = 0) -> torch.Tensor:
+        pargs = pgd.Args(
+            agent=config["agent"], guidance_coef=coef, sample_steps=args.pgd_sample_steps,
+            num_synth_trajectories=args.pgd_trajectories, sample_batch_size=256,
+            normalize_action_guidance=args.pgd_normalize, denoised_guidance=args.pgd_denoised_guidance,
+        )  # fmt: skip
+        guide = pgd.Guidance(pargs, model, actor, obs_mean, obs_std) if coef != 0 else None
+        gen = torch.Generator(device).manual_seed(seed)
+        return pgd.sample_trajectories(model, pargs, rows, gen, device, guide)
+
+    times: dict[str, list[float]] = {"unguided": [], "guided": []}
+    for _ in range(args.pgd_rounds):
+        for name, coef in (("unguided", 0.0), ("guided", args.pgd_coef)):
+            sync(device)
+            start = time.perf_counter()
+            regenerate(coef)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    source = args.pgd_model or f"random U-Net F={args.pgd_unet_features}"
+    print(
+        f"\nPGD regeneration ({source}; {args.pgd_trajectories} windows x {rows} rows, "
+        f"{args.pgd_sample_steps} Heun steps, {config['agent']} actor, device {device}):"
+    )
+    print(f"  unguided: {med['unguided']:.2f} s per regeneration")
+    print(
+        f"  guided (coef {args.pgd_coef}, normalised {args.pgd_normalize}, denoised "
+        f"{args.pgd_denoised_guidance}): {med['guided']:.2f} s, "
+        f"{med['guided'] / med['unguided']:.2f}x the unguided"
+    )
+    out = {f"pgd_{k}_s": v for k, v in med.items()}
+    if args.pgd_quality:
+        out.update(pgd_quality(args, pgd, model, actor, config, obs_mean, obs_std, regenerate))
+    return out
+
+
+def pgd_quality(args, pgd, model, actor, config, obs_mean, obs_std, regenerate) -> dict:
+    """Target-policy log-likelihood and one-step dynamics error of the synthetic set per coefficient."""
+    from ocrl.envs.dynamics import dynamics_error
+
+    if args.pgd_model is None or args.pgd_run is None:
+        raise SystemExit("--pgd-quality needs --pgd-model and --pgd-run")
+    state = torch.load(args.pgd_model, map_location="cpu", weights_only=True)
+    real = load_dataset(config["dataset"])  # the run's real data
+    real = real.transitions()
+    env_id = state["env_id"]
+    scale = real.next_observations.std(axis=0) + 1e-6
+    device = obs_mean.device if obs_mean is not None else torch.device(args.device)
+    n = args.pgd_quality_transitions
+
+    def loglik(obs: np.ndarray | torch.Tensor, act) -> float:
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        act = torch.as_tensor(act, dtype=torch.float32, device=device)
+        if obs_mean is not None:
+            obs = (obs - obs_mean) / obs_std
+        with torch.no_grad():
+            return float(pgd.policy_log_prob(config["agent"], actor, obs, act).mean())
+
+    def dyn(obs, act, nxt, rew, term) -> float:
+        keep = ~np.asarray(term, dtype=bool)
+        err = dynamics_error(
+            env_id, obs[keep], act[keep], nxt[keep], rewards=rew[keep], scale=scale,
+            max_transitions=min(n, int(keep.sum())), seed=0,
+        )  # fmt: skip
+        return float(err["normalized_mse"])
+
+    print(
+        f"\nPGD on-policyness ({config['agent']} actor of {args.pgd_run}; mean log pi(a|s) per "
+        "transition; dynamics error = one-step normalised MSE, non-terminal transitions):"
+    )
+    print("| coefficient | log pi(a|s) synthetic | dynamics error synthetic | transitions |")
+    print("|---|---|---|---|")
+    out = {}
+    for coef in args.pgd_coefs:
+        t = pgd.decode(regenerate(coef, seed=1), model.obs_dim, model.act_dim)
+        t = {k: v.cpu().numpy() for k, v in t.items()}
+        ll = loglik(t["observations"], t["actions"])
+        de = dyn(t["observations"], t["actions"], t["next_observations"], t["rewards"], t["terminals"] > 0.5)  # fmt: skip
+        print(f"| {coef:g} | {ll:.3f} | {de:.4f} | {len(t['rewards'])} |")
+        out[f"pgd_loglik_{coef:g}"], out[f"pgd_dynamics_{coef:g}"] = ll, de
+    idx = np.random.default_rng(0).choice(len(real.rewards), min(20 * n, len(real.rewards)), replace=False)  # fmt: skip
+    ll = loglik(real.observations[idx], real.actions[idx])
+    de = dyn(real.observations[idx], real.actions[idx], real.next_observations[idx], real.rewards[idx], real.terminals[idx] > 0.5)  # fmt: skip
+    print(f"| real data (floor) | {ll:.3f} | {de:.2e} | {len(idx)} |")
+    out["pgd_loglik_real"], out["pgd_dynamics_real"] = ll, de
+    return out
+
+
 def main(args: Args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -921,6 +1098,8 @@ def main(args: Args) -> None:
         bench_hdpo(args)
     if (args.diffusion and args.only is None) or args.only == "diffusion":
         bench_diffusion(args)
+    if (args.pgd and args.only is None) or args.only == "pgd":
+        bench_pgd(args)
 
 
 if __name__ == "__main__":

@@ -497,6 +497,21 @@ def test_diverging_losses_stop_the_run_with_the_projects_message(
         )
 
 
+def test_synth_batch_size_0_is_the_real_data_baseline_and_generates_nothing(
+    hopper_random_file, tiny_model, tmp_path, monkeypatch
+):
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled with --synth-batch-size 0")
+
+    monkeypatch.setattr(pgd, "sample_trajectories", no_sampling)
+    args = tiny_args(hopper_random_file, tiny_model, synth_batch_size=0, save_model=True,
+                     run_dir=str(tmp_path / "run"))  # fmt: skip
+    metrics = pgd.main(args)
+    assert metrics["regenerations"] == 0 and metrics["synthetic_transitions"] == 0
+    resumed = pgd.main(pgd.Args(resume=str(tmp_path / "run"), total_steps=50))
+    assert resumed["steps"] == 50
+
+
 def test_batch_is_a_batch():  # the mixed batch is the project's Batch, so agents see named fields
     b = pgd.mixed_batch(
         ReplayBuffer.from_arrays(torch.zeros(4, 1), torch.zeros(4, 1), torch.zeros(4), torch.zeros(4, 1), torch.zeros(4)),  # fmt: skip
