@@ -256,7 +256,7 @@ def test_regeneration_happens_every_lifetime_steps_but_not_at_step_0_and_feeds_t
     synth_obs = {}
 
     def sample(model, a, rows, gen, device, guidance):
-        calls.append((updates["n"], guidance is not None))
+        calls.append((updates["n"], guidance is not None, rows))
         out = real_sample(model, a, rows, gen, device, guidance)
         return out
 
@@ -271,7 +271,8 @@ def test_regeneration_happens_every_lifetime_steps_but_not_at_step_0_and_feeds_t
     monkeypatch.setattr(pgd, "sample_trajectories", sample)
     monkeypatch.setattr(pgd.TD3BC, "update", update)
     metrics = pgd.main(args)
-    assert calls == [(0, False), (10, True), (20, True)]
+    # Windows of the model's training length (8 rows) by default, not the code's 129.
+    assert calls == [(0, False, 8), (10, True, 8), (20, True, 8)]
     assert metrics["regenerations"] == 2
     assert synth_obs["ok"]  # the first synth_batch_size rows come from the current synthetic set
 
