@@ -32,7 +32,9 @@ Defaults are the released code's, except: the sampled window length is the model
 regeneration runs before update K, 2K, ... (the code's runs after update K, an off-by-one); observations are
 standardised (the code's --normalize_obs is off by default; here --no-normalize-obs); synthetic transitions
 are drawn with replacement (the code draws a batch without replacement). --guidance-norm-eps-in-denominator
-gives the safer g / (||g|| + 1e-8); --tanh-jacobian adds log(1 - tanh^2) to IQL's guidance density.
+gives the safer g / (||g|| + 1e-8); --tanh-jacobian adds log(1 - tanh^2) to IQL's guidance density. A
+trajectory whose actions are all tanh-saturated (common at sigma ~ 80 for short windows) has g = 0, which the
+code's g / ||g|| turns into NaN; here its normalised g is 0 (+ 1e-8).
 --guidance-coef 0 is the unguided baseline: the sampler is then bit-identical to algos/diffusion.py's for the
 same generator and the actor is never called. The `cpu-small` preset (1,024 trajectories per regeneration,
 32 Heun steps instead of 256, evaluation every 5k) is what the tests and docs/results/pgd.md use.
@@ -423,7 +425,10 @@ class Guidance:
             if self.args.guidance_norm_eps_in_denominator:
                 g = g / (norm + 1e-8)
             else:
-                g = g / norm + 1e-8  # PGD's precedence: the epsilon is added after the division
+                # PGD's precedence: the epsilon is added after the division. A trajectory whose every
+                # tanh is saturated (|u| > ~9 at sigma ~ 80) has g = 0 exactly: 0/0 is NaN in the code,
+                # here g/||g|| counts as 0 (a shift of 1e-8).
+                g = g / norm.clamp_min(torch.finfo(g.dtype).tiny) + 1e-8
         return g
 
     def __call__(self, k: int, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

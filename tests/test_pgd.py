@@ -122,6 +122,20 @@ def test_normalised_guidance_is_per_trajectory_frobenius_with_the_codes_epsilon(
         assert not torch.equal(got, raw / raw.flatten(1).norm(dim=1).view(-1, 1, 1))
 
 
+def test_normalised_guidance_of_a_saturated_trajectory_is_finite():
+    # At sigma ~ 80 every tanh of a short window can saturate: g = 0 exactly, and the code's g / ||g||
+    # is NaN. Here that trajectory gets no shift (the code's + 1e-8), the others are normalised.
+    guide, traj, _, (o, a) = fp64_setup("td3_bc", normalize=True)
+    traj = traj.float()
+    guide.model.normalizer.float(), guide.actor.float()
+    guide.obs_mean, guide.obs_std = guide.obs_mean.float(), guide.obs_std.float()
+    traj[0, :, o : o + a] = 500.0  # tanh(u) == 1 in float32 for every entry of trajectory 0
+    g = guide.gradient(traj)
+    assert torch.isfinite(g).all()
+    assert torch.equal(g[0], torch.full_like(g[0], 1e-8))
+    assert float(g[1].norm()) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_lambda_schedule_shape_and_formula():
     n, coef = 256, 2.0
     for c_cos in (0.3, 0.5):
