@@ -36,8 +36,9 @@ gives the safer g / (||g|| + 1e-8); --tanh-jacobian adds log(1 - tanh^2) to IQL'
 trajectory whose actions are all tanh-saturated (common at sigma ~ 80 for short windows) has g = 0, which the
 code's g / ||g|| turns into NaN; here its normalised g is 0 (+ 1e-8).
 --guidance-coef 0 is the unguided baseline: the sampler is then bit-identical to algos/diffusion.py's for the
-same generator and the actor is never called. The `cpu-small` preset (1,024 trajectories per regeneration,
-32 Heun steps instead of 256, evaluation every 5k) is what the tests and docs/results/pgd.md use.
+same generator and the actor is never called; --synth-batch-size 0 trains on real data only (nothing is
+generated). The `cpu-small` preset (1,024 trajectories per regeneration, 32 Heun steps instead of 256) is
+what docs/results/pgd.md uses.
 
     python algos/diffusion.py --preset pgd-unguided --dataset hopper-medium-replay-v2   # then, with its model.pt:
     python algos/pgd.py --dataset hopper-medium-replay-v2 --diffusion-model runs/diffusion__.../model.pt \\
