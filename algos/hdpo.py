@@ -12,7 +12,8 @@ scenario (orders rounded for Poisson demand, as the reference), with the median 
 paths cost over 10x it (a backlog trap, docs/hdpo_gap_table.md). Scenarios start every store slot at mean
 demand x U[0, 1], as the reference, except the one-store backlogged on-hand: U[-1, 1] (`make_problem`), so the
 policy is trained at the negative on-hand long test paths reach; with U[0, 1] its order there fell to 0 once the
-initial backlog cleared and a path that dipped below 0 never recovered. Each policy class gives its formula. Every
+initial backlog cleared and a path that dipped below 0 never recovered (`--initial-on-hand 0 1` restores the
+reference's starts). Each policy class gives its formula. Every
 location has K = max(4, L) inventory slots, so one_warehouse (store L in {2, 3}, warehouse L 3) feeds its MLP
 S x 4 store slots and the warehouse's 4: the rule K = max(inventory_periods, L) that the reference page gives
 for the released code (../shared/reference/hdpo.md, "Simulator dynamics"; it also says the authors' fork uses
@@ -31,6 +32,7 @@ are not implemented. On backlogged instances at lr 0.01 clip the gradient (`--gr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -94,6 +96,9 @@ class Args:
     """Adam learning rate; default per policy: 0.003 vanilla one store, 0.01 serial, 3e-4 warehouse, 0.5 base/echelon stock, 1.0 capped"""
     grad_clip: float | None = None
     """clip the gradient norm to this value (off in the reference's vanilla policies)"""
+    initial_on_hand: tuple[float, float] | None = None
+    """initial on-hand as U[lo, hi] x mean demand; default the setting's (backlogged one store: -1 1, else 0 1;
+    the reference: 0 1)"""
     n_train: int = 32768
     """training paths (demand traces)"""
     batch_size: int = 8192
@@ -267,6 +272,11 @@ def check_hdpo_args(args: Args) -> None:
         (args.grad_clip is None or args.grad_clip > 0, f"--grad-clip {args.grad_clip}: must be > 0 (or left out: no clipping)"),
         (args.max_minutes is None or args.max_minutes > 0, f"--max-minutes {args.max_minutes}: must be > 0 (or left out)"),
         (all(w >= 1 for w in args.hidden or ()), f"--hidden {args.hidden}: widths must be >= 1"),
+        (args.initial_on_hand is None or (
+            all(math.isfinite(v) for v in args.initial_on_hand)
+            and args.initial_on_hand[0] <= args.initial_on_hand[1]
+            and (args.initial_on_hand[0] >= 0 or args.setting not in ("one_store_lost", "one_warehouse"))
+        ), f"--initial-on-hand {args.initial_on_hand}: needs finite lo <= hi, lo >= 0 under lost sales"),
     ]  # fmt: skip
     for message in (m for ok, m in checks if not ok):
         raise UsageError(message)
@@ -277,6 +287,10 @@ def main(args: Args) -> dict:
     device = pick_device(args.device)
     seed_everything(args.seed)
     problem = make_problem(args.setting, args.p, args.lead_time, args.n_stores, args.instance_seed)
+    if args.initial_on_hand is not None:
+        problem = dataclasses.replace(
+            problem, initial_on_hand=tuple(args.initial_on_hand)
+        ).validate()
     agent = HDPO(args, problem, device)
     policy, sim, best_known = agent.policy, agent.sim, optimum(problem)
     round_test = problem.demand.kind == "poisson" if args.round_test is None else args.round_test

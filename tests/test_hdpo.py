@@ -193,6 +193,8 @@ def test_non_finite_dev_cost_stops_the_run(tmp_path, monkeypatch):
         ({"dev_ignore": 30}, "--dev-ignore"),
         ({"policy": "echelon_stock"}, "serial"),
         ({"setting": "serial", "policy": "base_stock"}, "echelon_stock"),
+        ({"initial_on_hand": (-1.0, 1.0)}, "--initial-on-hand"),  # negative stock under lost sales
+        ({"initial_on_hand": (1.0, 0.0)}, "--initial-on-hand"),
     ],
 )
 def test_bad_settings_raise_clear_errors(tmp_path, changes, message):
@@ -251,3 +253,19 @@ def test_vanilla_policy_learns_lost_sales_instance(tmp_path):
     # Untrained: cost 16.0 (gap 296%). Measured after 240 steps, seeds 0-2: gaps -0.17, 0.17, 0.17% (test
     # noise of 4096 x 200 periods plus the optimum's two-decimal rounding); far below the optimum = a bug.
     assert -1.0 < metrics["gap_pct"] < 1.5
+
+
+def test_initial_on_hand_flag_restores_the_reference_starts(tmp_path, monkeypatch):
+    seen = {}
+    real = hdpo.sample_scenario
+
+    def spy(problem, *a, **k):
+        seen["range"] = problem.initial_on_hand
+        return real(problem, *a, **k)
+
+    monkeypatch.setattr(hdpo, "sample_scenario", spy)
+    args = replace(tiny_args(tmp_path), setting="one_store_backlogged", grad_clip=1.0)
+    hdpo.main(replace(args, run_dir=str(tmp_path / "a")))
+    assert seen["range"] == (-1.0, 1.0)  # ocrl's default for the backlogged store
+    hdpo.main(replace(args, run_dir=str(tmp_path / "b"), initial_on_hand=(0.0, 1.0)))
+    assert seen["range"] == (0.0, 1.0)  # the released code's
