@@ -264,7 +264,7 @@ def test_initial_on_hand_flag_restores_the_reference_starts(tmp_path, monkeypatc
         return real(problem, *a, **k)
 
     monkeypatch.setattr(hdpo, "sample_scenario", spy)
-    args = replace(tiny_args(tmp_path), setting="one_store_backlogged", grad_clip=1.0)
+    args = replace(tiny_args(tmp_path), setting="one_store_backlogged", grad_clip=1.0, epochs=1)
     hdpo.main(replace(args, run_dir=str(tmp_path / "a")))
     assert seen["range"] == (-1.0, 1.0)  # ocrl's default for the backlogged store
     hdpo.main(replace(args, run_dir=str(tmp_path / "b"), initial_on_hand=(0.0, 1.0)))
