@@ -60,6 +60,7 @@ from ocrl.envs.dynamics import dynamics_error
 from ocrl.envs.evaluation import EnvError, make_env, resolve_reference_scores
 from ocrl.experiment import (
     Agent,
+    CheckpointError,
     Run,
     TrainingLoop,
     UsageError,
@@ -74,10 +75,12 @@ from ocrl.experiment import (
 )
 from ocrl.nets.diffusion import (
     EMA,
+    MODEL_FORMAT,
     DiffusionNormalizer,
     EDMConfig,
     EDMDenoiser,
     build_network,
+    denoiser_from_state,
     heun_sample,
 )
 
@@ -325,7 +328,7 @@ def save_model(path: Path, agent: Diffusion, kind: str, kwargs: dict, layout: La
     save_checkpoint(
         path,
         {
-            "format": "ocrl-diffusion-1",
+            "format": MODEL_FORMAT,
             "network": kind,
             "network_kwargs": kwargs,
             "ema": agent.ema.ema_model.state_dict(),
@@ -340,26 +343,16 @@ def save_model(path: Path, agent: Diffusion, kind: str, kwargs: dict, layout: La
 
 def load_model(path: str, device: torch.device, bf16: bool):
     """(EMA denoiser, normaliser, layout, the file's dict) from a model.pt; CheckpointError when it is not one."""
-    from ocrl.experiment import CheckpointError
-
     state = load_checkpoint(Path(path), "cpu")
-    if state.get("format") != "ocrl-diffusion-1":
-        raise CheckpointError(
-            f"--model {path}: not a diffusion model file (no format 'ocrl-diffusion-1'); pass the "
-            "model.pt that algos/diffusion.py wrote in its run folder"
-        )
-    try:
-        network = build_network(state["network"], state["network_kwargs"])
-        network.load_state_dict(state["ema"])
-        normalizer = DiffusionNormalizer(state["normalizer"]["mean"], state["normalizer"]["std"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(
-            f"--model {path}: the file is damaged ({type(e).__name__}: {e})"
-        ) from e
     autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
-    denoiser = EDMDenoiser(network.to(device).eval(), EDMConfig(), autocast_dtype=autocast)
-    layout = Layout(state["level"], int(state["obs_dim"]), int(state["act_dim"]))
-    return denoiser, normalizer.to(device), layout, state
+    try:
+        denoiser, normalizer = denoiser_from_state(state, device, autocast)
+        layout = Layout(state["level"], int(state["obs_dim"]), int(state["act_dim"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"--model {path}: {e}; pass the model.pt that algos/diffusion.py wrote in its run folder"
+        ) from e
+    return denoiser, normalizer, layout, state
 
 
 # ------------------------------------------------------------------------------------------ sampling

@@ -75,9 +75,8 @@ from ocrl.experiment import (
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
 from ocrl.nets.diffusion import (
     DiffusionNormalizer,
-    EDMConfig,
     EDMDenoiser,
-    build_network,
+    denoiser_from_state,
     heun_sample,
 )
 
@@ -359,25 +358,19 @@ def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) ->
         raise UsageError(
             f"--diffusion-model {path}: no such file; `{make}` writes model.pt in its run folder"
         ) from None
-    if state.get("format") != "ocrl-diffusion-1" or state.get("level") != "trajectory":
-        raise CheckpointError(
-            f"--diffusion-model {path}: not a trajectory diffusion model (format 'ocrl-diffusion-1', "
-            f"level 'trajectory'); train one with `{make}`"
-        )
+    autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
     try:
-        network = build_network(state["network"], state["network_kwargs"])
-        network.load_state_dict(state["ema"])
-        normalizer = DiffusionNormalizer(state["normalizer"]["mean"], state["normalizer"]["std"])
+        if state.get("level") != "trajectory":
+            raise ValueError(f"level {state.get('level')!r}, not 'trajectory'")
+        denoiser, normalizer = denoiser_from_state(state, device, autocast)
         obs_dim, act_dim = int(state["obs_dim"]), int(state["act_dim"])
         length = int(state["trajectory_length"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(
-            f"--diffusion-model {path}: the file is damaged ({type(e).__name__}: {e})"
+            f"--diffusion-model {path}: not a trajectory diffusion model ({e}); train one with "
+            f"`{make}`"
         ) from e
-    autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
-    network.to(device).eval().requires_grad_(False)
-    denoiser = EDMDenoiser(network, EDMConfig(), autocast_dtype=autocast)
-    return TrajectoryModel(denoiser, normalizer.to(device), obs_dim, act_dim, length)
+    return TrajectoryModel(denoiser, normalizer, obs_dim, act_dim, length)
 
 
 def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float]:

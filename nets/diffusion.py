@@ -420,3 +420,23 @@ def build_network(kind: str, kwargs: dict[str, Any]) -> nn.Module:
 def edm_config_dict(config: EDMConfig) -> dict[str, float]:
     """EDMConfig as a plain dict (for checkpoints)."""
     return asdict(config)
+
+
+#: The "format" of the model.pt that algos/diffusion.py writes (and algos/pgd.py reads).
+MODEL_FORMAT = "ocrl-diffusion-1"
+
+
+def denoiser_from_state(
+    state: dict[str, Any], device: torch.device | str, autocast_dtype: torch.dtype | None = None
+) -> tuple[EDMDenoiser, DiffusionNormalizer]:
+    """The EMA denoiser (eval, frozen) and normaliser of a model.pt dict; ValueError naming what is wrong."""
+    if state.get("format") != MODEL_FORMAT:
+        raise ValueError(f"not a diffusion model file (no format '{MODEL_FORMAT}')")
+    try:
+        network = build_network(state["network"], state["network_kwargs"])
+        network.load_state_dict(state["ema"])
+        normalizer = DiffusionNormalizer(state["normalizer"]["mean"], state["normalizer"]["std"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"the file is damaged ({type(e).__name__}: {e})") from e
+    network.to(device).eval().requires_grad_(False)
+    return EDMDenoiser(network, EDMConfig(), autocast_dtype), normalizer.to(device)
