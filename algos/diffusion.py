@@ -55,7 +55,7 @@ from ocrl.data import OfflineDataset, load_dataset
 from ocrl.data.d4rl import write_d4rl_hdf5
 from ocrl.data.minari_io import write_minari
 from ocrl.data.offline import source_statistics_metadata
-from ocrl.data.windows import trajectory_windows, window_rows
+from ocrl.data.windows import trajectory_windows, window_rows, windows_to_transitions
 from ocrl.envs.dynamics import dynamics_error
 from ocrl.envs.evaluation import EnvError, make_env, resolve_reference_scores
 from ocrl.experiment import (
@@ -232,8 +232,9 @@ def trajectory_rows(dataset: OfflineDataset, length: int, stride: int) -> np.nda
 def decode(x: torch.Tensor, layout: Layout) -> dict[str, np.ndarray]:
     """Un-normalised samples back to transitions; terminal/done = 1[x > 0.5]; windows are cut after a done."""
     o, a = layout.obs_dim, layout.act_dim
-    x = x.float().cpu().numpy()
+    x = x.float().cpu()
     if layout.level == "transition":
+        x = x.numpy()
         return {
             "observations": x[:, :o],
             "actions": x[:, o : o + a],
@@ -241,16 +242,7 @@ def decode(x: torch.Tensor, layout: Layout) -> dict[str, np.ndarray]:
             "next_observations": x[:, o + a + 1 : 2 * o + a + 1],
             "terminals": x[:, -1] > 0.5,
         }
-    done = x[:, :-1, -1] > 0.5
-    # Keep the steps up to and including the first done of each window: later rows follow a terminal.
-    before_done = np.cumsum(done, axis=1) - done < 1
-    return {
-        "observations": x[:, :-1, :o][before_done],
-        "actions": np.tanh(x[:, :-1, o : o + a])[before_done],
-        "rewards": x[:, :-1, o + a][before_done],
-        "next_observations": x[:, 1:, :o][before_done],
-        "terminals": done[before_done],
-    }
+    return {k: v.numpy() for k, v in windows_to_transitions(x, o, a).items()}
 
 
 # ------------------------------------------------------------------------------------------ the model

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from ocrl.data import Batch, ReplayBuffer
+from ocrl.data.windows import windows_to_transitions
 from ocrl.envs import load_offline_task
 from ocrl.experiment import (
     Agent,
@@ -458,20 +459,6 @@ def sample_trajectories(
     return torch.cat(parts)
 
 
-def decode(windows: torch.Tensor, obs_dim: int, act_dim: int) -> dict[str, torch.Tensor]:
-    """Windows [s, arctanh a, r, done] to transitions (rows t -> t+1), each window cut after its first done."""
-    o, a = obs_dim, act_dim
-    done = windows[:, :-1, -1] > 0.5
-    before_done = (done.cumsum(dim=1) - done.long()) < 1
-    return {
-        "observations": windows[:, :-1, :o][before_done],
-        "actions": torch.tanh(windows[:, :-1, o : o + a])[before_done],
-        "rewards": windows[:, :-1, o + a][before_done],
-        "next_observations": windows[:, 1:, :o][before_done],
-        "terminals": done[before_done].float(),
-    }
-
-
 class SyntheticSet:
     """The current synthetic transitions (observations as the agent sees them); a checkpoint part."""
 
@@ -582,7 +569,9 @@ def main(args: Args) -> dict:
             guide = Guidance(args, model, agent.actor, obs_mean, obs_std)
         gen = torch.Generator(device).manual_seed(regeneration_seed(args.seed, index))
         windows = sample_trajectories(model, args, rows, gen, device, guide)
-        synthetic.fill(decode(windows, model.obs_dim, model.act_dim), obs_mean, obs_std)
+        synthetic.fill(
+            windows_to_transitions(windows, model.obs_dim, model.act_dim), obs_mean, obs_std
+        )
         return time.perf_counter() - start
 
     # The initial set is unguided; a resumed run has restored its set from the checkpoint.

@@ -17,10 +17,11 @@ of an episode independent of the others (the episode-start window is added by PG
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ocrl.data.offline import DatasetError, OfflineDataset
 
-__all__ = ["trajectory_windows", "window_rows"]
+__all__ = ["trajectory_windows", "window_rows", "windows_to_transitions"]
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -94,3 +95,20 @@ def window_rows(
     rew = dataset.rewards[rows][..., None]
     done = dataset.terminals[rows].astype(np.float32)[..., None]
     return obs, act, rew, done
+
+
+def windows_to_transitions(
+    windows: torch.Tensor, obs_dim: int, act_dim: int
+) -> dict[str, torch.Tensor]:
+    """Generated windows (W, L, [s, arctanh a, r, done]) to transitions t -> t+1, a = tanh, each window cut after its first done."""
+    o, a = obs_dim, act_dim
+    done = windows[:, :-1, -1] > 0.5
+    # Keep the steps up to and including the first done of each window: later rows follow a terminal.
+    before_done = (done.cumsum(dim=1) - done.long()) < 1
+    return {
+        "observations": windows[:, :-1, :o][before_done],
+        "actions": torch.tanh(windows[:, :-1, o : o + a])[before_done],
+        "rewards": windows[:, :-1, o + a][before_done],
+        "next_observations": windows[:, 1:, :o][before_done],
+        "terminals": done[before_done].float(),
+    }

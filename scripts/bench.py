@@ -74,6 +74,7 @@ from torch import nn
 from ocrl.algos import td3_bc
 from ocrl.data import OfflineDataset, ReplayBuffer, load_dataset
 from ocrl.data.d4rl import write_d4rl_hdf5
+from ocrl.data.windows import windows_to_transitions
 from ocrl.experiment import TrainingLoop
 from ocrl.nets import NearestNeighbors
 
@@ -1071,7 +1072,7 @@ def pgd_quality(args, pgd, model, actor, config, obs_mean, obs_std, regenerate) 
     print("|---|---|---|---|")
     out = {}
     for coef in args.pgd_coefs:
-        t = pgd.decode(regenerate(coef, seed=1), model.obs_dim, model.act_dim)
+        t = windows_to_transitions(regenerate(coef, seed=1), model.obs_dim, model.act_dim)
         t = {k: v.cpu().numpy() for k, v in t.items()}
         ll = loglik(t["observations"], t["actions"])
         de = dyn(t["observations"], t["actions"], t["next_observations"], t["rewards"], t["terminals"] > 0.5)  # fmt: skip

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ocrl.algos import diffusion as diffusion_algo
 from ocrl.algos import pgd
 from ocrl.data import Batch, ReplayBuffer
+from ocrl.data.windows import windows_to_transitions
 from ocrl.envs import Evaluator
 from ocrl.experiment import cli, friendly_errors, load_checkpoint
 from ocrl.nets.diffusion import DiffusionNormalizer, heun_sample
@@ -240,7 +241,7 @@ def test_run_with_coefficient_zero_regenerates_the_unguided_samples_without_the_
     model = pgd.load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
     gen = torch.Generator().manual_seed(pgd.regeneration_seed(args.seed, 1))
     windows = pgd.sample_trajectories(model, args, 8, gen, torch.device("cpu"), None)
-    expected = pgd.decode(windows, 11, 3)
+    expected = windows_to_transitions(windows, 11, 3)
     for key, value in expected.items():
         assert torch.equal(seen[1][key], value), key
 
@@ -384,7 +385,7 @@ def test_decode_cuts_each_window_after_its_first_done():
     w = torch.zeros(2, 4, o + a + 2)
     w[..., 0] = torch.arange(4.0)  # obs[0] = row index
     w[0, 1, -1] = 1.0  # window 0: done at row 1 -> transitions 0, 1
-    t = pgd.decode(w, o, a)
+    t = windows_to_transitions(w, o, a)
     assert t["observations"][:, 0].tolist() == [0.0, 1.0, 0.0, 1.0, 2.0]
     assert t["next_observations"][:, 0].tolist() == [1.0, 2.0, 1.0, 2.0, 3.0]
     assert t["terminals"].tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
