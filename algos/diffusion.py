@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ocrl.data import OfflineDataset, load_dataset
+from ocrl.data import OfflineDataset, Transitions, load_dataset
 from ocrl.data.d4rl import write_d4rl_hdf5
 from ocrl.data.minari_io import write_minari
 from ocrl.data.offline import source_statistics_metadata
@@ -212,9 +212,8 @@ class Layout:
         return 2 * o + a + 2 if self.level == "transition" else o + a + 2
 
 
-def transition_rows(dataset: OfflineDataset) -> np.ndarray:
+def transition_rows(t: Transitions) -> np.ndarray:
     """SynthER's x = [s, a, r, s', terminal] for every TD transition of the dataset (qlearning_dataset's)."""
-    t = dataset.transitions()
     return np.concatenate(
         [t.observations, t.actions, t.rewards[:, None], t.next_observations, t.terminals[:, None]],
         axis=1,
@@ -227,6 +226,13 @@ def trajectory_rows(dataset: OfflineDataset, length: int, stride: int) -> np.nda
     obs, act, rew, done = window_rows(dataset, starts, length)
     act = np.arctanh(np.clip(act, -0.999, 0.999))
     return np.concatenate([obs, act, rew, done], axis=-1).astype(np.float32)
+
+
+def model_rows(source: OfflineDataset, real: Transitions, layout: Layout, args: Args) -> np.ndarray:
+    """The rows the model is fitted to: transition rows of `real`, or the source's trajectory windows."""
+    if layout.level == "transition":
+        return transition_rows(real)
+    return trajectory_rows(source, args.trajectory_length, args.window_stride)
 
 
 def decode(x: torch.Tensor, layout: Layout) -> dict[str, np.ndarray]:
@@ -427,11 +433,10 @@ def sample_quality(real, synthetic, env_id: str, n: int, seed: int) -> dict[str,
 
 
 def write_dataset(
-    path: Path, source: OfflineDataset, env_id: str, samples: dict[str, np.ndarray],
-    args: Args, provenance: dict,
+    path: Path, source: OfflineDataset, real: Transitions, env_id: str,
+    samples: dict[str, np.ndarray], args: Args, provenance: dict,
 ) -> Path:  # fmt: skip
-    """Write the synthetic transitions (+ the real ones with --mix-real) as a D4RL file or a Minari folder."""
-    real = source.transitions()
+    """Write the synthetic transitions (+ the real ones `real` with --mix-real) as a D4RL file or a Minari folder."""
     if args.mix_real:
         samples = {
             "observations": np.concatenate([samples["observations"], real.observations]),
@@ -461,14 +466,12 @@ def write_dataset(
 
 
 def check_diffusion_args(args: Args) -> None:
-    for name in ("width", "depth", "dim_t", "unet_features", "unet_blocks", "sample_steps"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
+    counts = ("total_steps", "log_every", "width", "depth", "dim_t", "unet_features", "unet_blocks")
+    counts += ("sample_steps", "num_samples", "sample_batch_size", "ema_every", "window_stride")
+    # batch_size None is SynthER's rule, settled once the data size is known (main).
+    check_args(args, counts + ("batch_size",) * (args.batch_size is not None))
     if args.sample_steps < 2:
         raise UsageError(f"--sample-steps {args.sample_steps}: the Heun sampler needs at least 2")
-    for name in ("num_samples", "sample_batch_size", "ema_every", "window_stride"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
     if args.trajectory_length < 2:
         raise UsageError(f"--trajectory-length {args.trajectory_length}: a window needs >= 2 rows")
     if not 0.0 <= args.ema_decay < 1.0:
@@ -487,10 +490,6 @@ def check_diffusion_args(args: Args) -> None:
 
 def main(args: Args) -> dict:
     args = resume_args(args) if args.resume else args
-    if args.batch_size is None:  # SynthER's rule, settled once the data size is known (below)
-        check_args(args, positive=("total_steps", "log_every"))
-    else:
-        check_args(args)
     check_diffusion_args(args)
     device = pick_device(args.device)
     if device.type == "cuda" and args.bf16:
@@ -514,15 +513,12 @@ def main(args: Args) -> dict:
         args.trajectory_length = int(saved.get("trajectory_length", args.trajectory_length))
         run = Run("diffusion", source.name, args.seed, args, args.run_dir)
         run_dir, model_path, steps = run.dir, Path(args.model), 0
-        data = None
+        rows = None
     else:
         layout = Layout(args.level, source.obs_dim, source.act_dim)
-        if args.level == "transition":
-            rows = transition_rows(source)
-            skip = (layout.channels - 1,)  # SynthER leaves the terminal dimension raw
-        else:
-            rows = trajectory_rows(source, args.trajectory_length, args.window_stride)
-            skip = ()
+        rows = model_rows(source, real, layout, args)
+        # SynthER leaves the terminal dimension raw; PGD z-scores every channel, done included.
+        skip = (layout.channels - 1,) if layout.level == "transition" else ()
         if args.batch_size is None:
             args.batch_size = 1024 if len(rows) >= 800_000 else 256
         normalizer = DiffusionNormalizer.fit(torch.from_numpy(rows), skip)
@@ -556,12 +552,8 @@ def main(args: Args) -> dict:
 
     data_range = None
     if args.clamp:
-        full = torch.from_numpy(
-            transition_rows(source)
-            if layout.level == "transition"
-            else trajectory_rows(source, args.trajectory_length, args.window_stride)
-        )
-        flat = full.reshape(-1, layout.channels)
+        rows = model_rows(source, real, layout, args) if rows is None else rows
+        flat = torch.from_numpy(rows).reshape(-1, layout.channels)
         data_range = (flat.min(0).values.to(device), flat.max(0).values.to(device))
     start = time.perf_counter()
     samples = generate(denoiser, normalizer, layout, args, device, data_range)
@@ -581,7 +573,7 @@ def main(args: Args) -> dict:
         "ocrl_num_synthetic": len(samples["rewards"]),
         "ocrl_num_real": len(real) if args.mix_real else 0,
     }
-    write_dataset(out, source, env_id, samples, args, provenance)
+    write_dataset(out, source, real, env_id, samples, args, provenance)
     print(f"wrote {out}")
     quality = sample_quality(real, samples, env_id, args.quality_samples, args.seed)
     for key, value in quality.items():
