@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -415,11 +415,6 @@ def build_network(kind: str, kwargs: dict[str, Any]) -> nn.Module:
     if kind == "unet":
         return TemporalUNet(**kwargs)
     raise ValueError(f"unknown denoiser network '{kind}': expected 'resmlp' or 'unet'")
-
-
-def edm_config_dict(config: EDMConfig) -> dict[str, float]:
-    """EDMConfig as a plain dict (for checkpoints)."""
-    return asdict(config)
 
 
 #: The "format" of the model.pt that algos/diffusion.py writes (and algos/pgd.py reads).
