@@ -55,7 +55,7 @@ from ocrl.data import OfflineDataset, Transitions, load_dataset
 from ocrl.data.d4rl import write_d4rl_hdf5
 from ocrl.data.minari_io import write_minari
 from ocrl.data.offline import source_statistics_metadata
-from ocrl.data.windows import trajectory_windows, window_rows, windows_to_transitions
+from ocrl.data.windows import trajectory_rows, windows_to_transitions
 from ocrl.envs.dynamics import dynamics_error
 from ocrl.envs.evaluation import EnvError, make_env, resolve_reference_scores
 from ocrl.experiment import (
@@ -75,13 +75,14 @@ from ocrl.experiment import (
 )
 from ocrl.nets.diffusion import (
     EMA,
-    MODEL_FORMAT,
     DiffusionNormalizer,
     EDMConfig,
     EDMDenoiser,
     build_network,
     denoiser_from_state,
     heun_sample,
+    lr_factor,
+    model_state,
 )
 
 PRESETS: dict[str, dict] = {
@@ -220,14 +221,6 @@ def transition_rows(t: Transitions) -> np.ndarray:
     ).astype(np.float32)
 
 
-def trajectory_rows(dataset: OfflineDataset, length: int, stride: int) -> np.ndarray:
-    """PGD's windows (W, length, [s, arctanh(clip(a, +-0.999)), r, done]) that never cross an episode end."""
-    starts = trajectory_windows(dataset, length, stride)
-    obs, act, rew, done = window_rows(dataset, starts, length)
-    act = np.arctanh(np.clip(act, -0.999, 0.999))
-    return np.concatenate([obs, act, rew, done], axis=-1).astype(np.float32)
-
-
 def model_rows(source: OfflineDataset, real: Transitions, layout: Layout, args: Args) -> np.ndarray:
     """The rows the model is fitted to: transition rows of `real`, or the source's trajectory windows."""
     if layout.level == "transition":
@@ -265,24 +258,6 @@ def network_spec(args: Args, layout: Layout) -> tuple[str, dict]:
         groupnorm=args.groupnorm,
     )  # fmt: skip
     return "unet", kwargs
-
-
-def lr_factor(schedule: str, total: int):
-    """Multiplier of the peak lr at step s: cosine to 0 (SynthER), 10% linear warm-up from 0.1 then cosine (PGD)."""
-
-    def factor(step: int) -> float:
-        if schedule == "constant":
-            return 1.0
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-        warmup = max(1, total // 10)
-        if step < warmup:
-            return 0.1 + 0.9 * step / warmup
-        return 0.5 * (
-            1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup))
-        )
-
-    return factor
 
 
 class Diffusion(Agent):
@@ -323,20 +298,11 @@ class Diffusion(Agent):
 
 def save_model(path: Path, agent: Diffusion, kind: str, kwargs: dict, layout: Layout, meta: dict):
     """model.pt: the EMA network, its constructor, the normaliser and the layout (what algos/pgd.py loads)."""
-    save_checkpoint(
-        path,
-        {
-            "format": MODEL_FORMAT,
-            "network": kind,
-            "network_kwargs": kwargs,
-            "ema": agent.ema.ema_model.state_dict(),
-            "normalizer": agent.normalizer.state_dict(),
-            "level": layout.level,
-            "obs_dim": layout.obs_dim,
-            "act_dim": layout.act_dim,
-            **meta,
-        },
-    )
+    state = model_state(
+        kind, kwargs, agent.ema, agent.normalizer, layout.level, layout.obs_dim, layout.act_dim,
+        **meta,
+    )  # fmt: skip
+    save_checkpoint(path, state)
 
 
 def load_model(path: str, device: torch.device, bf16: bool):

@@ -24,8 +24,14 @@ a)^2, then --critic-updates (2) critic steps on y = r + gamma (1 - d) min_i Q_i'
 Qs, L_Q = sum_i mean (Q_i(s, a) - r - gamma (1 - d) V(s'))^2 / 2 with V(s') from before V's step, L_pi =
 mean min(exp(beta A), 100) * (-sum_j log pi(a_j | s)); the mean action is evaluated.
 
-This file does not train the diffusion model: --diffusion-model is the model.pt that `python algos/diffusion.py
---preset pgd-unguided --dataset <data>` writes in its run folder (EMA U-Net, normaliser, window length).
+The trajectory model is PGD's unguided diffusion model of windows [s, arctanh a, r, done] (train_diffusion.py):
+--diffusion-model loads the model.pt that `python algos/diffusion.py --preset pgd-unguided --dataset <data>`
+writes (EMA U-Net, normaliser, window length); or --diffusion-steps N trains one here first, with PGD's settings:
+EDM's loss with one sigma per window, a temporal U-Net (--unet-features, --unet-blocks, GroupNorm per time step),
+Adam(2e-3, betas (0.9, 0.999)) with 10% warm-up from 0.1 then cosine to 0, no clipping, batches of 32 windows drawn
+with replacement (PGD shuffles epochs), EMA 0.995 every 10 steps, and writes it as model.pt in the run folder
+(a resumed run reloads it). Seeded by --seed alone, it is the model algos/diffusion.py trains with the same
+settings, weight for weight.
 
 Defaults are the released code's, except: the sampled window length is the model's training length
 (--num-rollout-steps defaults to trajectory_length - 1; 128 is the code's value, a horizon mismatch); the
@@ -43,6 +49,8 @@ what docs/results/pgd.md uses.
     python algos/diffusion.py --preset pgd-unguided --dataset hopper-medium-replay-v2   # then, with its model.pt:
     python algos/pgd.py --dataset hopper-medium-replay-v2 --diffusion-model runs/diffusion__.../model.pt \\
         --agent td3_bc --guidance-coef 0.1 --normalize-action-guidance
+    python algos/pgd.py --preset cpu-small --dataset ocrl/hopper/medium-replay-v0 --diffusion-steps 30000 \\
+        --agent td3_bc --guidance-coef 0.1 --normalize-action-guidance    # trains its own (small) model first
 """
 
 from __future__ import annotations
@@ -51,34 +59,44 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from ocrl.data import Batch, ReplayBuffer
-from ocrl.data.windows import windows_to_transitions
+from ocrl.data import Batch, OfflineDataset, ReplayBuffer
+from ocrl.data.windows import trajectory_rows, trajectory_windows, windows_to_transitions
 from ocrl.envs import load_offline_task
 from ocrl.experiment import (
     Agent,
     CheckpointError,
+    Run,
     TrainingLoop,
     UsageError,
     check_args,
+    check_finite,
     cli,
     friendly_errors,
     load_checkpoint,
     pick_device,
     resume_args,
+    save_checkpoint,
     seed_everything,
 )
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
 from ocrl.nets.diffusion import (
+    EMA,
     DiffusionNormalizer,
+    EDMConfig,
     EDMDenoiser,
+    build_network,
     denoiser_from_state,
     heun_sample,
+    lr_factor,
+    model_state,
 )
 
 PRESETS: dict[str, dict] = {
@@ -88,6 +106,10 @@ PRESETS: dict[str, dict] = {
         "sample_batch_size": 256,
         "sample_steps": 32,
         "synth_dataset_lifetime": 10_000,
+        # The model --diffusion-steps trains (docs/results/pgd.md's: 16-row windows, F 64, 2 blocks).
+        "trajectory_length": 16,
+        "unet_features": 64,
+        "unet_blocks": 2,
     },
 }
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
@@ -102,7 +124,21 @@ class Args:
     preset: PresetName | None = None  # type: ignore[valid-type]
     """'cpu-small': 1,024 trajectories and 32 Heun steps per regeneration; explicit flags override it"""
     diffusion_model: str | None = None
-    """model.pt of `python algos/diffusion.py --preset pgd-unguided --dataset <data>` (required; not trained here)"""
+    """model.pt of `python algos/diffusion.py --preset pgd-unguided --dataset <data>`; or give --diffusion-steps"""
+    diffusion_steps: int = 0
+    """> 0: train the trajectory model here for this many steps first (instead of --diffusion-model)"""
+    trajectory_length: int = 32
+    """with --diffusion-steps: rows per training window (PGD's repository default; its paper may have used 16)"""
+    window_stride: int = 8
+    """with --diffusion-steps: stride between training windows inside an episode"""
+    unet_features: int = 1024
+    """with --diffusion-steps: U-Net base width F (blocks of F, 2F, 4F channels; PGD's ~178M parameters)"""
+    unet_blocks: int = 3
+    """with --diffusion-steps: U-Net encoder blocks"""
+    diffusion_lr: float = 2e-3
+    """with --diffusion-steps: peak Adam learning rate of the denoiser (warm-up cosine schedule)"""
+    diffusion_batch_size: int = 32
+    """with --diffusion-steps: windows per denoiser step"""
     agent: Literal["td3_bc", "iql"] = "iql"
     """offline agent trained on the mixed batches (PGD's versions of their losses; the code's default is iql)"""
     seed: int = 0
@@ -351,7 +387,7 @@ def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) ->
     if path is None:
         raise UsageError(
             f"--diffusion-model: required; train the trajectory model first with `{make}` and pass "
-            "the model.pt in its run folder"
+            "the model.pt in its run folder, or train one here with --diffusion-steps N"
         )
     try:
         state = load_checkpoint(path, "cpu")
@@ -372,6 +408,62 @@ def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) ->
             f"`{make}`"
         ) from e
     return TrajectoryModel(denoiser, normalizer, obs_dim, act_dim, length)
+
+
+def train_trajectory_model(
+    args: Args, dataset: OfflineDataset, env_id: str, device: torch.device, path: Path,
+    run: Run | None = None,
+) -> TrajectoryModel:  # fmt: skip
+    """PGD's unguided model: EDM's loss on windows [s, arctanh a, r, done], EMA weights written to `path`."""
+    rows = torch.from_numpy(trajectory_rows(dataset, args.trajectory_length, args.window_stride))
+    normalizer = DiffusionNormalizer.fit(rows).to(
+        device
+    )  # PGD z-scores every channel, done included
+    data = normalizer.normalize(rows.to(device))
+    kwargs = dict(
+        channels=rows.shape[-1], features=args.unet_features, num_blocks=args.unet_blocks,
+        groupnorm="per-timestep",
+    )  # fmt: skip
+    autocast = torch.bfloat16 if args.bf16 and device.type == "cuda" else None
+    # Its own stream from --seed: the agent's draws are the same whether the model is trained or reloaded.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(args.seed)
+        network = build_network("unet", kwargs).to(device)
+        denoiser = EDMDenoiser(network, EDMConfig(), autocast)
+        optimizer = torch.optim.AdamW(
+            network.parameters(), lr=args.diffusion_lr, betas=(0.9, 0.999), weight_decay=0.0
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_factor("warmup-cosine", args.diffusion_steps)
+        )
+        ema = EMA(network, beta=0.995, update_every=10, warmup="plain")
+        print(
+            f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows: "
+            f"U-Net with {sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters"
+        )
+        losses = []
+        bar = tqdm(range(args.diffusion_steps), desc="trajectory model", disable=not args.progress)
+        for step in bar:
+            batch = data[torch.randint(len(data), (args.diffusion_batch_size,), device=device)]
+            loss = denoiser.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            ema.update()
+            losses.append(loss.detach())
+            if (step + 1) % args.log_every == 0 or step + 1 == args.diffusion_steps:
+                mean_loss = torch.stack(losses).mean().item()  # the only host read per interval
+                check_finite(step + 1, {"trajectory model loss": mean_loss}, run)
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                losses.clear()
+    meta = {"env_id": env_id, "dataset": dataset.name, "trajectory_length": args.trajectory_length}
+    state = model_state(
+        "unet", kwargs, ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim, **meta
+    )
+    save_checkpoint(path, state)
+    print(f"wrote the trajectory model to {path}")
+    return load_trajectory_model(str(path), device, args.bf16)
 
 
 def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float]:
@@ -507,10 +599,26 @@ def mixed_batch(
 
 
 def check_pgd_args(args: Args) -> None:
-    check_args(args)
-    for name in ("synth_dataset_lifetime", "num_synth_trajectories", "sample_batch_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
+    counts = ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every")
+    counts += ("synth_dataset_lifetime", "num_synth_trajectories", "sample_batch_size")
+    if args.diffusion_steps != 0:
+        counts += ("diffusion_steps", "unet_features", "unet_blocks", "window_stride")
+        counts += ("diffusion_batch_size",)
+    check_args(args, counts)
+    if args.diffusion_steps != 0:
+        if args.diffusion_model is not None:
+            raise UsageError(
+                f"--diffusion-model {args.diffusion_model} and --diffusion-steps "
+                f"{args.diffusion_steps}: give one (load a model, or train one here)"
+            )
+        if args.trajectory_length < 2:
+            raise UsageError(
+                f"--trajectory-length {args.trajectory_length}: a window needs >= 2 rows"
+            )
+        if args.unet_features % 8 or args.unet_features < 16:
+            raise UsageError(f"--unet-features {args.unet_features}: a multiple of 8, at least 16")
+        if not (args.diffusion_lr > 0 and math.isfinite(args.diffusion_lr)):
+            raise UsageError(f"--diffusion-lr {args.diffusion_lr}: must be a positive number")
     if not 0 <= args.synth_batch_size <= args.batch_size:
         raise UsageError(
             f"--synth-batch-size {args.synth_batch_size}: must lie in [0, --batch-size "
@@ -540,13 +648,20 @@ def main(args: Args) -> dict:
         args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
         ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
     )  # fmt: skip
-    model = load_trajectory_model(args.diffusion_model, device, args.bf16)
-    if (model.obs_dim, model.act_dim) != (task.obs_dim, task.act_dim):
-        raise UsageError(
-            f"--diffusion-model {args.diffusion_model} was trained on obs/act dims {model.obs_dim}/"
-            f"{model.act_dim}, dataset '{args.dataset}' has {task.obs_dim}/{task.act_dim}"
-        )
-    rows = (args.num_rollout_steps or model.trajectory_length - 1) + 1
+    model = None
+    if args.diffusion_steps == 0:
+        model = load_trajectory_model(args.diffusion_model, device, args.bf16)
+        if (model.obs_dim, model.act_dim) != (task.obs_dim, task.act_dim):
+            raise UsageError(
+                f"--diffusion-model {args.diffusion_model} was trained on obs/act dims {model.obs_dim}/"
+                f"{model.act_dim}, dataset '{args.dataset}' has {task.obs_dim}/{task.act_dim}"
+            )
+    elif args.synth_batch_size > 0:  # check the windows before the run folder is made
+        if len(trajectory_windows(task.dataset, args.trajectory_length, args.window_stride)) == 0:
+            raise UsageError(
+                f"--trajectory-length {args.trajectory_length}: no episode of '{args.dataset}' is "
+                "that long; use shorter windows"
+            )
     if args.synth_batch_size == args.batch_size:
         print("note: --synth-batch-size = --batch-size trains on synthetic data only (IQL's V and Q may diverge)")  # fmt: skip
     agent_cls = TD3BC if args.agent == "td3_bc" else IQL
@@ -561,6 +676,16 @@ def main(args: Args) -> dict:
     loop = TrainingLoop(
         "pgd", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer
     )
+    model_path = args.diffusion_model
+    if model is None and args.synth_batch_size > 0:
+        model_path = loop.dir / "model.pt"
+        if model_path.exists():  # a resumed run: the model it trained
+            model = load_trajectory_model(str(model_path), device, args.bf16)
+        else:
+            model = train_trajectory_model(
+                args, task.dataset, task.env_id, device, model_path, loop.run
+            )
+    rows = None if model is None else (args.num_rollout_steps or model.trajectory_length - 1) + 1
 
     def generate(index: int, guided: bool) -> float:
         start = time.perf_counter()
@@ -592,6 +717,7 @@ def main(args: Args) -> dict:
 
     extra = {
         "dataset": task.dataset.name, "env_id": task.env_id, "agent": args.agent,
+        "diffusion_model": None if model_path is None else str(model_path),
         "regenerations": synthetic.regenerations, "synthetic_transitions": len(synthetic.buffer) if synthetic.buffer is not None else 0,
         "regeneration_seconds_mean": float(np.mean(regen_seconds)) if regen_seconds else None,
     }  # fmt: skip

@@ -21,7 +21,7 @@ import torch
 
 from ocrl.data.offline import DatasetError, OfflineDataset
 
-__all__ = ["trajectory_windows", "window_rows", "windows_to_transitions"]
+__all__ = ["trajectory_rows", "trajectory_windows", "window_rows", "windows_to_transitions"]
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -95,6 +95,14 @@ def window_rows(
     rew = dataset.rewards[rows][..., None]
     done = dataset.terminals[rows].astype(np.float32)[..., None]
     return obs, act, rew, done
+
+
+def trajectory_rows(dataset: OfflineDataset, length: int, stride: int = 8) -> np.ndarray:
+    """PGD's model input (W, length, [s, arctanh(clip(a, +-0.999)), r, done]); `windows_to_transitions` inverts it."""
+    starts = trajectory_windows(dataset, length, stride)
+    obs, act, rew, done = window_rows(dataset, starts, length)
+    act = np.arctanh(np.clip(act, -0.999, 0.999))
+    return np.concatenate([obs, act, rew, done], axis=-1).astype(np.float32)
 
 
 def windows_to_transitions(

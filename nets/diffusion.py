@@ -407,6 +407,26 @@ class EMA:
         self.calls = int(state["calls"])
 
 
+# ------------------------------------------------------------------------------------------- training
+def lr_factor(schedule: str, total: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr at step s: 'cosine' to 0 (SynthER), 'warmup-cosine' (PGD: 10% linear warm-up
+    from 0.1, then cosine to 0) or 'constant'; a LambdaLR lambda."""
+
+    def factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        warmup = max(1, total // 10)
+        if step < warmup:
+            return 0.1 + 0.9 * step / warmup
+        return 0.5 * (
+            1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup))
+        )
+
+    return factor
+
+
 # --------------------------------------------------------------------------- a saved generative model
 def build_network(kind: str, kwargs: dict[str, Any]) -> nn.Module:
     """The denoiser network F named by `kind` ('resmlp' or 'unet') with its constructor arguments."""
@@ -421,6 +441,24 @@ def build_network(kind: str, kwargs: dict[str, Any]) -> nn.Module:
 MODEL_FORMAT = "ocrl-diffusion-1"
 
 
+def model_state(
+    network: str, network_kwargs: dict[str, Any], ema: EMA, normalizer: DiffusionNormalizer,
+    level: str, obs_dim: int, act_dim: int, **meta: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The model.pt dict (format MODEL_FORMAT) of an EMA network, its constructor, normaliser and row layout."""
+    return {
+        "format": MODEL_FORMAT,
+        "network": network,
+        "network_kwargs": network_kwargs,
+        "ema": ema.ema_model.state_dict(),
+        "normalizer": normalizer.state_dict(),
+        "level": level,
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        **meta,
+    }
+
+
 def denoiser_from_state(
     state: dict[str, Any], device: torch.device | str, autocast_dtype: torch.dtype | None = None
 ) -> tuple[EDMDenoiser, DiffusionNormalizer]:
@@ -428,7 +466,8 @@ def denoiser_from_state(
     if state.get("format") != MODEL_FORMAT:
         raise ValueError(f"not a diffusion model file (no format '{MODEL_FORMAT}')")
     try:
-        network = build_network(state["network"], state["network_kwargs"])
+        with torch.random.fork_rng(devices=[]):  # loading draws no random numbers from the caller's stream
+            network = build_network(state["network"], state["network_kwargs"])
         network.load_state_dict(state["ema"])
         normalizer = DiffusionNormalizer(state["normalizer"]["mean"], state["normalizer"]["std"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:

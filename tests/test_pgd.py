@@ -466,6 +466,11 @@ def run_cli(argv, capsys) -> tuple[int, str]:
         (["--guidance-coef", "nan"], "--guidance-coef nan"),
         ([], "python algos/diffusion.py --preset pgd-unguided"),  # no --diffusion-model
         (["--diffusion-model", "/nonexistent/model.pt"], "no such file"),
+        (["--diffusion-steps", "5", "--diffusion-model", "m.pt"], "give one"),
+        (["--diffusion-steps", "-1"], "--diffusion-steps -1"),
+        (["--diffusion-steps", "5", "--unet-features", "12"], "--unet-features 12"),
+        (["--diffusion-steps", "5", "--diffusion-lr", "0"], "--diffusion-lr 0"),
+        (["--diffusion-steps", "5", "--trajectory-length", "100000"], "no episode"),
     ],
 )
 def test_bad_flag_is_one_line_exit_2_and_no_folder(argv, expected, tmp_path, capsys):
@@ -535,3 +540,73 @@ def test_batch_is_a_batch():  # the mixed batch is the project's Batch, so agent
         6, 2,
     )  # fmt: skip
     assert isinstance(b, Batch) and b.terminals.tolist() == [1, 1, 0, 0, 0, 0]
+
+
+# ------------------------------------------------------------------- the model trained in this file
+TINY_UNET = dict(unet_features=16, unet_blocks=2, trajectory_length=8, window_stride=8)
+
+
+def test_diffusion_steps_trains_the_model_algos_diffusion_trains_weight_for_weight(
+    hopper_random_file, tmp_path
+):
+    settings = {**diffusion_algo.PRESETS["pgd-unguided"], **TINY_UNET}
+    settings.update(total_steps=30, batch_size=8, num_samples=10, sample_batch_size=10)
+    settings.update(sample_steps=2)
+    diffusion_algo.main(
+        diffusion_algo.Args(
+            **settings, quality_samples=0, dataset=hopper_random_file, seed=5,
+            run_dir=str(tmp_path / "diffusion"), progress=False,
+        )
+    )  # fmt: skip
+    args = tiny_args(hopper_random_file, None, diffusion_steps=30, diffusion_batch_size=8, seed=5,
+                     total_steps=20, run_dir=str(tmp_path / "pgd"), **TINY_UNET)  # fmt: skip
+    metrics = pgd.main(args)
+    assert metrics["diffusion_model"] == str(tmp_path / "pgd" / "model.pt")
+    ours = load_checkpoint(tmp_path / "pgd" / "model.pt")
+    theirs = load_checkpoint(tmp_path / "diffusion" / "model.pt")
+    assert ours["network_kwargs"] == theirs["network_kwargs"]
+    assert ours["trajectory_length"] == theirs["trajectory_length"] == 8
+    for part in ("ema", "normalizer"):
+        assert ours[part].keys() == theirs[part].keys()
+        for key, tensor in theirs[part].items():
+            torch.testing.assert_close(ours[part][key], tensor, rtol=0, atol=0, msg=key)
+    # The EMA moved away from the initial weights: 30 steps of training happened.
+    init = diffusion_algo.build_network("unet", ours["network_kwargs"]).state_dict()
+    assert any(not torch.equal(init[k], v) for k, v in ours["ema"].items())
+
+
+def test_a_trained_model_leaves_the_agent_as_a_loaded_one_and_resume_reloads_it(
+    hopper_random_file, tmp_path, monkeypatch
+):
+    trained_dir, loaded_dir = tmp_path / "trained", tmp_path / "loaded"
+    common = dict(total_steps=20, save_model=True, seed=2, **TINY_UNET)
+    args = tiny_args(hopper_random_file, None, diffusion_steps=20, diffusion_batch_size=8,
+                     run_dir=str(trained_dir), **common)  # fmt: skip
+    pgd.main(args)
+    model = str(trained_dir / "model.pt")
+    pgd.main(tiny_args(hopper_random_file, model, run_dir=str(loaded_dir), **common))
+    a = load_checkpoint(trained_dir)
+    b = load_checkpoint(loaded_dir)
+    for part in ("actor", "critic", "actor_opt"):
+        for key, tensor in a[part].items():
+            if isinstance(tensor, torch.Tensor):
+                torch.testing.assert_close(b[part][key], tensor, rtol=0, atol=0, msg=part + key)
+
+    def no_training(*a, **k):
+        raise AssertionError("a resumed run trained its trajectory model again")
+
+    monkeypatch.setattr(pgd, "train_trajectory_model", no_training)
+    before = (trained_dir / "model.pt").stat().st_mtime_ns
+    resumed = pgd.main(pgd.Args(resume=str(trained_dir), total_steps=40))
+    assert resumed["steps"] == 40 and resumed["regenerations"] == 2
+    assert (trained_dir / "model.pt").stat().st_mtime_ns == before
+
+
+def test_a_diverging_trajectory_model_stops_before_the_agent_and_writes_no_model(
+    hopper_random_file, tmp_path
+):
+    args = tiny_args(hopper_random_file, None, diffusion_steps=20, diffusion_batch_size=8,
+                     diffusion_lr=1e30, log_every=10, run_dir=str(tmp_path / "run"), **TINY_UNET)  # fmt: skip
+    with pytest.raises(FloatingPointError, match="trajectory model loss"):
+        pgd.main(args)
+    assert not (tmp_path / "run" / "model.pt").exists()
