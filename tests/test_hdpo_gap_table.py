@@ -95,3 +95,15 @@ def test_all_attempts_failing_exits_nonzero(gap_table, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         gap_table.main(args)
     assert exc.value.code == 1 and calls == [0, 100]
+
+
+def test_backlogged_runs_get_their_own_step_budget(gap_table, tmp_path):
+    args = gap_table.Args(max_steps=2000, backlog_max_steps=4000)
+
+    def steps(setting: str) -> int:
+        cmd = gap_table.command(args, setting, 9, 1, 0, tmp_path)
+        return int(cmd[cmd.index("--max-steps") + 1])
+
+    assert steps("one_store_lost") == 2000 and steps("one_store_backlogged") == 4000
+    assert "--grad-clip" in gap_table.command(args, "one_store_backlogged", 9, 1, 0, tmp_path)
+    assert "--grad-clip" not in gap_table.command(args, "one_store_lost", 9, 1, 0, tmp_path)
