@@ -168,6 +168,7 @@ class Evaluator:
         ref_max_score: float | None = None,
         device: str | torch.device = "cpu",
         max_episode_steps: int | None = None,
+        env_wrapper: Callable[[gym.Env], gym.Env] | None = None,  # applied to every episode's env (e.g. a time feature)
     ) -> None:
         if num_episodes <= 0:
             raise ValueError(f"num_episodes must be positive, got {num_episodes}")
@@ -177,8 +178,9 @@ class Evaluator:
         self.device = torch.device(device)
         kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
         make_env(env_id, **kwargs).close()  # fail early, in this process, on a bad id
+        wrap = env_wrapper or (lambda env: env)
         self.envs = gym.vector.SyncVectorEnv(
-            [lambda: make_env(env_id, **kwargs) for _ in range(num_episodes)],
+            [lambda: wrap(make_env(env_id, **kwargs)) for _ in range(num_episodes)],
             autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
         )
         self.obs_mean = (

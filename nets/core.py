@@ -174,9 +174,10 @@ class TanhGaussianActor(nn.Module):
         action_high: float | Sequence[float] = 1.0,
         log_std_min: float = -5.0,
         log_std_max: float = 2.0,
+        activation: type[nn.Module] = nn.ReLU,  # of the trunk's hidden layers (SB3's SAC zoo policies: Tanh)
     ) -> None:
         super().__init__()
-        self.trunk = MLP(obs_dim, hidden[-1], hidden[:-1], output_activation=nn.ReLU)
+        self.trunk = MLP(obs_dim, hidden[-1], hidden[:-1], activation, output_activation=activation)
         self.mean = nn.Linear(hidden[-1], act_dim)
         self.log_std = nn.Linear(hidden[-1], act_dim)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
