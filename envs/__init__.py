@@ -1,4 +1,4 @@
-"""Environment construction, dataset/environment checks, batched evaluation, and the inventory problems."""
+"""Environment construction, dataset/environment checks, batched evaluation, the inventory and lot-sizing problems."""
 
 from ocrl.envs.dynamics import DYNAMICS_ENV_IDS, dynamics_error
 from ocrl.envs.evaluation import (
@@ -12,6 +12,14 @@ from ocrl.envs.evaluation import (
     resolve_reference_scores,
 )
 from ocrl.envs.inventory import InventoryEnv, InventoryProblem, InventorySimulator, make_problem
+from ocrl.envs.lot_sizing import (
+    LotSizingEnv,
+    LotSizingInstance,
+    LotSizingSimulator,
+    LotSizingVectorEnv,
+    generate_instance,
+    load_instance,
+)
 from ocrl.envs.offline_task import OfflineTask, load_offline_task
 
 __all__ = [
@@ -21,10 +29,16 @@ __all__ = [
     "InventoryEnv",
     "InventoryProblem",
     "InventorySimulator",
+    "LotSizingEnv",
+    "LotSizingInstance",
+    "LotSizingSimulator",
+    "LotSizingVectorEnv",
     "OfflineTask",
     "check_dataset_fits",
     "dynamics_error",
     "episode_seeds",
+    "generate_instance",
+    "load_instance",
     "load_offline_task",
     "make_problem",
     "make_env",
