@@ -50,6 +50,12 @@
    weights); without --pgd-run a fresh actor guides. With --pgd-quality (needs both) it prints, per
    guidance coefficient in --pgd-coefs, the target policy's mean log-likelihood of the synthetic actions
    and the one-step dynamics error of the synthetic transitions, with the real data's beside them.
+7. GGD-TD (`algos/ggd_td.py`, sb3-faithful networks: 2 twins x 5 members, Tanh [256, 256]): seconds per
+   SAC update (critic step, one actor and temperature step, Polyak, and the `agent.diagnostics()` the
+   loop logs) for --loss mse (the plain-SAC baseline, the same networks), --loss gaussian, --loss ggd
+   --reg none, the default (ggd + BIEV with the on-device xi search) and the default with the released
+   CPU Nelder-Mead xi solver, on a device buffer of synthetic transitions; interleaved rounds, medians,
+   ratios against --loss mse. `python scripts/bench.py --only ggd_td --updates 50 --rounds 3`
 """
 
 from __future__ import annotations
@@ -163,7 +169,9 @@ class Args:
     """guidance coefficients of the table"""
     pgd_quality_transitions: int = 5000
     """transitions (synthetic and real each) of the dynamics error"""
-    only: Literal["updates", "memory", "knn", "hdpo", "diffusion", "pgd"] | None = None
+    ggd_td: bool = True
+    """run the GGD-TD critic cost benchmark (against --loss mse)"""
+    only: Literal["updates", "memory", "knn", "hdpo", "diffusion", "pgd", "ggd_td"] | None = None
     """run this one benchmark alone"""
 
 
@@ -1086,6 +1094,51 @@ def pgd_quality(args, pgd, model, actor, config, obs_mean, obs_std, regenerate) 
     return out
 
 
+# ------------------------------------------------------------------------------------------- GGD-TD
+def bench_ggd_td(args: Args) -> dict[str, float]:
+    from ocrl.algos import ggd_td
+
+    device = torch.device(args.device)
+    data = synthetic(100_000, args.obs_dim, args.act_dim)
+    buffer = ReplayBuffer.from_arrays(
+        data["observations"], data["actions"], data["rewards"], data["next_observations"],
+        data["terminals"], device,
+    )  # fmt: skip
+    flags = {
+        "--loss mse (plain SAC)": dict(loss="mse"),
+        "--loss gaussian": dict(loss="gaussian"),
+        "--loss ggd --reg none": dict(loss="ggd", reg="none"),
+        "default (ggd + BIEV, device xi)": dict(),
+        "default, --xi-solver nelder-mead": dict(xi_solver="nelder-mead"),
+    }
+    steps: dict[str, Callable[[int], None]] = {}
+    for name, over in flags.items():
+        torch.manual_seed(0)
+        gargs = ggd_td.Args(batch_size=args.batch_size, **over)
+        agent = ggd_td.GGDSAC(gargs, args.obs_dim, args.act_dim, -1.0, 1.0, device)
+
+        def step(_: int, agent=agent) -> None:
+            agent.update(buffer.sample(args.batch_size), 1)
+            agent.diagnostics()
+
+        steps[name] = step
+    for step in steps.values():  # warm-up
+        time_round(step, 5, device)
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            rates[name].append(time_round(step, args.updates, device))
+    ms = {name: 1e3 / statistics.median(r) for name, r in rates.items()}
+    base = ms["--loss mse (plain SAC)"]
+    print(f"\nGGD-TD SAC update on {device} (obs {args.obs_dim}, act {args.act_dim}, batch {args.batch_size}, "
+          f"2 twins x 5 members, Tanh [256, 256], torch threads {torch.get_num_threads()}; median of "
+          f"{args.rounds} interleaved rounds of {args.updates})")  # fmt: skip
+    print("| variant | ms per update | ratio vs --loss mse |\n|---|---|---|")
+    for name, t in ms.items():
+        print(f"| {name} | {t:.2f} | {t / base:.2f}x |")
+    return ms
+
+
 def main(args: Args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -1101,6 +1154,8 @@ def main(args: Args) -> None:
         bench_diffusion(args)
     if (args.pgd and args.only is None) or args.only == "pgd":
         bench_pgd(args)
+    if (args.ggd_td and args.only is None) or args.only == "ggd_td":
+        bench_ggd_td(args)
 
 
 if __name__ == "__main__":

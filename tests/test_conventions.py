@@ -65,10 +65,23 @@ ALGOS: dict[str, tuple[dict, str, set[str]]] = {
         "charts/steps_per_s",
         {"losses/critic_loss", "losses/actor_loss", "losses/alpha"},
     ),
+    "ggd_td": (
+        dict(
+            env_id="Pendulum-v1",
+            total_steps=120,
+            learning_starts=40,
+            eval_every=60,
+            log_every=20,
+            batch_size=16,
+            hidden=(16, 16),
+        ),  # fmt: skip
+        "charts/steps_per_s",
+        {"losses/critic_loss", "losses/reg_loss", "ggd/beta_mean", "ggd/xi", "ggd/nonfinite"},
+    ),
 }
 
 
-ONLINE = {"sac"}
+ONLINE = {"sac", "ggd_td"}
 # Every file in algos/ gets the help and exit-code tests; these have no evaluation episodes or --resume,
 # and their own smoke and flag tests, with the reason why.
 OWN_LOOP = {
