@@ -59,8 +59,10 @@ loss -exp(log alpha) * (log pi + target_entropy)), where SB3 steps the temperatu
 shape is unused; SB3 then builds 1-output heads, so initial weights differ); where the members' TD
 errors coincide exactly the released kurtosis is 0/0 = NaN and here s2 = 1e-6; evaluation follows ocrl's
 shared protocol (deterministic actor, 10 episodes every 5,000 env steps) instead of SB3's 30 episodes.
-The PPO variant (a GGD value head with per-head GAE) is not in this file: its rollout/GAE loop shares
-nothing with this off-policy loop, and ocrl keeps one algorithm per file (see the issue 16 notes).
+The PPO variant (5 GGD value heads on a shared trunk, GAE per head, the policy advantage the mean over
+heads) belongs in its own file, algos/ggd_ppo.py, written as a diff of algos/ppo.py (as prdc.py is of
+td3_bc.py): its rollout/GAE loop shares nothing with this off-policy loop, and ocrl keeps one algorithm
+per file. It is not written yet.
 
 Logged every --log-every steps (interval means): ggd/beta_{mean,std,min,max,cv} (ggd/var_* with
 --loss gaussian), ggd/beta_le2_fraction (share of beta in (0, 2]), ggd/nonfinite (non-finite NLL terms

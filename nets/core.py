@@ -163,7 +163,7 @@ class DeterministicActor(nn.Module):
 
 
 class TanhGaussianActor(nn.Module):
-    """Squashed Gaussian policy (SAC): returns a sampled action, its log-probability and the mean action."""
+    """Squashed Gaussian policy (SAC): returns a sampled action, its log-probability and the mean action; `activation` is the trunk's (SB3's zoo SAC: Tanh)."""
 
     def __init__(
         self,
@@ -174,7 +174,7 @@ class TanhGaussianActor(nn.Module):
         action_high: float | Sequence[float] = 1.0,
         log_std_min: float = -5.0,
         log_std_max: float = 2.0,
-        activation: type[nn.Module] = nn.ReLU,  # of the trunk's hidden layers (SB3's SAC zoo policies: Tanh)
+        activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         self.trunk = MLP(obs_dim, hidden[-1], hidden[:-1], activation, output_activation=activation)
