@@ -168,7 +168,8 @@ class Evaluator:
         ref_max_score: float | None = None,
         device: str | torch.device = "cpu",
         max_episode_steps: int | None = None,
-        env_wrapper: Callable[[gym.Env], gym.Env] | None = None,  # applied to every episode's env (e.g. a time feature)
+        env_wrapper: Callable[[gym.Env], gym.Env]
+        | None = None,  # applied to every episode's env (e.g. a time feature)
     ) -> None:
         if num_episodes <= 0:
             raise ValueError(f"num_episodes must be positive, got {num_episodes}")
@@ -194,8 +195,9 @@ class Evaluator:
             else torch.as_tensor(obs_std, dtype=torch.float32, device=self.device)
         )
         self.ref_min_score, self.ref_max_score = ref_min_score, ref_max_score
-        self.action_low = self.envs.single_action_space.low
-        self.action_high = self.envs.single_action_space.high
+        # Box actions are clipped to their bounds; discrete ones (no bounds) are passed as they are.
+        self.action_low = getattr(self.envs.single_action_space, "low", None)
+        self.action_high = getattr(self.envs.single_action_space, "high", None)
 
     def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:
         """Cast to float32 (D4RL data are float32, v4 envs return float64) and standardise."""
@@ -213,7 +215,8 @@ class Evaluator:
         running = np.ones(self.num_episodes, dtype=bool)
         while running.any():
             action = policy(self.normalize_obs(obs)).cpu().numpy()
-            action = np.clip(action, self.action_low, self.action_high)
+            if self.action_low is not None:
+                action = np.clip(action, self.action_low, self.action_high)
             obs, reward, terminated, truncated, _ = self.envs.step(action)
             returns += reward * running
             lengths += running
