@@ -170,6 +170,7 @@ class Evaluator:
         max_episode_steps: int | None = None,
         env_wrapper: Callable[[gym.Env], gym.Env]
         | None = None,  # applied to every episode's env (e.g. a time feature)
+        env_kwargs: dict | None = None,  # passed to gym.make (e.g. a lot-sizing instance)
     ) -> None:
         if num_episodes <= 0:
             raise ValueError(f"num_episodes must be positive, got {num_episodes}")
@@ -177,7 +178,9 @@ class Evaluator:
         self.num_episodes = num_episodes
         self.seeds = episode_seeds(seed, num_episodes)
         self.device = torch.device(device)
-        kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+        kwargs = dict(env_kwargs or {})
+        if max_episode_steps is not None:
+            kwargs["max_episode_steps"] = max_episode_steps
         make_env(env_id, **kwargs).close()  # fail early, in this process, on a bad id
         wrap = env_wrapper or (lambda env: env)
         self.envs = gym.vector.SyncVectorEnv(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import math
 import random
@@ -61,6 +62,21 @@ def check_args(args: Any, positive: Sequence[str] = POSITIVE_FIELDS) -> None:
             raise UsageError(f"{_flag(name)} {getattr(args, name)}: must lie in [0, 1]")
 
 
+def check_flag_names(args_cls: type, argv: Sequence[str]) -> None:
+    """Exit 2 with one line (and the closest flag) on an unknown --flag, before tyro prints its box."""
+    names = {f.name.replace("_", "-") for f in dataclasses.fields(args_cls)} | {"help"}
+    for token in argv:
+        if not token.startswith("--") or token == "--":
+            continue
+        name = token[2:].split("=", 1)[0].replace("_", "-")
+        if name in names or (name.startswith("no-") and name[3:] in names):
+            continue
+        close = difflib.get_close_matches(name, sorted(names), n=1)
+        hint = f"; did you mean --{close[0]}?" if close else ""
+        print(f"error: unknown flag --{name}{hint} (--help lists every flag)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def cli(
     args_cls: type[ArgsT],
     presets: Mapping[str, Mapping[str, Any]] | None = None,
@@ -70,6 +86,7 @@ def cli(
     import tyro
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_flag_names(args_cls, argv)
     presets = presets or {}
     default = args_cls()
     name = None

@@ -78,17 +78,33 @@ ALGOS: dict[str, tuple[dict, str, set[str]]] = {
         "charts/steps_per_s",
         {"losses/critic_loss", "losses/reg_loss", "ggd/beta_mean", "ggd/xi", "ggd/nonfinite"},
     ),
+    "ppo": (
+        dict(
+            env_id="Pendulum-v1",
+            total_steps=128,
+            num_steps=32,
+            batch_size=16,
+            update_epochs=2,
+            eval_every=64,
+            log_every=32,
+            hidden=(16, 16),
+        ),  # fmt: skip
+        "charts/steps_per_s",
+        {"losses/value_loss", "losses/policy_loss", "ppo/clipfrac"},
+    ),
 }
 
 
-ONLINE = {"sac", "ggd_td"}
+ONLINE = {"sac", "ggd_td", "ppo"}
 # Every file in algos/ gets the help and exit-code tests; these have no evaluation episodes or --resume,
 # and their own smoke and flag tests, with the reason why.
 OWN_LOOP = {
     "hdpo": "trains on simulated paths with dev selection; see tests/test_hdpo.py",
     "diffusion": "a generative model with no policy to evaluate; see tests/test_diffusion.py",
-    "pgd": "needs a trained trajectory model file (--diffusion-model); smoke, tags, bit-exact resume "
-    "and bad flags with a tiny model in tests/test_pgd.py",
+    "pgd": "needs a trajectory model (--diffusion-model, or --diffusion-steps trains one); smoke, tags, "
+    "bit-exact resume and bad flags with a tiny model in tests/test_pgd.py",
+    "pdppo": "trains on lot-sizing instances (--instance), no --env-id or --batch-size; smoke, bit-exact "
+    "resume and bad flags in tests/test_pdppo.py",
 }
 ALL_FILES = sorted(p.stem for p in (ROOT / "algos").glob("*.py") if p.stem != "__init__")
 

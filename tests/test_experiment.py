@@ -94,3 +94,26 @@ def test_checkpoints_are_written_only_from_finite_weights(tmp_path, logged_loss_
     assert ("weights of net" in str(err.value)) == logged_loss_is_finite
     saved = load_checkpoint(tmp_path)
     assert saved["step"] == 5 and torch.isfinite(saved["net"]["weight"]).all()
+
+
+def test_an_unknown_flag_is_one_line_with_the_closest_name(capsys):
+    from dataclasses import dataclass
+
+    from ocrl.experiment import cli
+
+    @dataclass
+    class Args:
+        batch_size: int = 4
+        """a count"""
+        progress: bool = True
+        """a switch"""
+
+    assert cli(Args, argv=["--batch_size", "8", "--no-progress"]) == Args(8, False)
+    with pytest.raises(SystemExit) as info:
+        cli(Args, argv=["--batch-sise", "8"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err
+    assert (
+        err
+        == "error: unknown flag --batch-sise; did you mean --batch-size? (--help lists every flag)"
+    )

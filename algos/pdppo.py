@@ -1,0 +1,502 @@
+"""PDPPO: "A Reinforcement Learning Method for Environments with Stochastic Variables: Post-Decision Proximal Policy
+Optimization with Dual Critic Networks" (Felizardo, Fadda, Brandimarte, Del-Moral-Hernandez & Nascimento, IJCNN 2025,
+arXiv 2504.05150), on stochastic multi-item lot sizing (`ocrl.envs.lot_sizing`).
+
+PPO with two critics: V on the pre-decision state s_t (the inventory) and V^x on the post-decision state s^x_t,
+the deterministic state after the action and before the random demand. In the released code (leokan92/pdppo,
+agents/PDPPO.py + PDPPOAgent.py @ bf3f368) each critic fits its own reward stream with Monte-Carlo returns that
+restart at every episode end:
+
+    R^x_t = sum_k gamma^(k-t) r^x_k,     r^x = -setup cost                     (post-decision critic V^x)
+    R_t   = sum_k gamma^(k-t) r^pre_k,   r^pre = r - r^x = -(holding + lost sales)   (pre-decision critic V)
+    A_t   = max(R_t - V_old(s_t), R^x_t - V^x_old(s^x_t))      (element-wise; V_old as stored when collected)
+
+and K = 40 full-batch epochs of, per machine m (one categorical per machine over "idle" and the I items),
+
+    ratio = exp(log pi(a_tm | s_t) - log pi_old(a_tm | s_t))
+    L_pi  = mean_tm[-min(ratio A_t, clip(ratio, 1 +- 0.2) A_t) - 0.001 H_tm] + 0.7 (L_V + L_Vx).detach()
+    L_V   = MSE(V(s_t), R_t),   L_Vx = MSE(V^x(s^x_t), R^x_t)
+
+each stepped by its own Adam (actor 5.5e-4, critics 1e-3); gamma = 0.9. The policy acts every period of
+100-period episodes and is updated every 400 steps (4 episodes) on every stored transition, with the log-probs
+and values stored when they were collected; after an update the oldest 400 are dropped once more than
+5 x 400 are stored, so from the sixth update on each update sees the last 2,400 transitions (the reference page
+says the last <= 2,000: the code drops after updating). Networks: actor Linear(I, 128)-ReLU-Linear(128, 128)-ReLU-
+Linear(128, M (I + 1)) (Kaiming-uniform head, zero bias; the rest PyTorch's default), critics 128-128 Tanh
+(Xavier-uniform, zero biases). The observation is the inventory (raw); the setups are hidden.
+
+Faithful by default, including the released code's bug: its actor optimiser holds only the head, so the two
+hidden actor layers never train (in its PPO too); `--train-actor-trunk` trains them. `--critic single` is the
+released PPO baseline (agents/PPO.py @ ff58990): one critic on the total return, A = R - V_old, one Adam with
+the actor head at 5.5e-4 and the critic at 1e-3 on mean[-min(surr) + 0.7 MSE(V, R) - 0.001 H]. `--preset early`
+is the earlier PDPPO (PDPPO.py @ a760530, PDPPOAgent.py @ 4b36c77): both critics fit the total return
+(normalised per update), A = R - min(V(s), V^x(s^x)), L = -clip + 0.5 MSE(min(V, V^x), R) - 0.012 H with one Adam
+(weight decay 1e-3, gradient norm clipped at 1), gamma 0.99, K = 60, updates every 4,000 steps on that rollout
+only, the setups observed.
+
+The 400 steps of an update are 4 episodes run side by side (the released code runs them one after the other
+with the same policy: the same data distribution), seeded from (--seed, update index) so that a resumed run
+replays the episodes of an uninterrupted one. What the paper reports is the training curve: every 4,000
+steps, the mean return of the 40 episodes that ended in them (`pdppo/episode_return`); metrics.json holds its
+last, its maximum and its sum (the paper's "max" and "cumulative" rewards). Evaluation (ocrl's protocol: each
+machine's most likely choice, 10 episodes) is logged beside it.
+
+    python algos/pdppo.py --instance 25x10 --instance-dir <folder of the published JSON files>
+    python algos/pdppo.py --instance 25x10 --instance-dir <folder> --critic single       # the released PPO
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ocrl.envs import Evaluator
+from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, load_instance, published_instance
+from ocrl.envs.lot_sizing import generate_instance as generate_lot_sizing_instance
+from ocrl.experiment import (
+    Agent,
+    TrainingLoop,
+    UsageError,
+    check_args,
+    cli,
+    friendly_errors,
+    pick_device,
+    resume_args,
+    seed_everything,
+)
+
+PRESETS: dict[str, dict] = {
+    # The earlier PDPPO (a760530 / 4b36c77): one return for both critics, the min-value advantage.
+    "early": {
+        "variant": "early",
+        "discount": 0.99,
+        "k_epochs": 60,
+        "ent_coef": 0.012,
+        "update_every": 4000,
+        "replay_rollouts": 0,
+        "obs": "inventory+setup",
+    },
+}
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+@dataclass
+class Args:
+    instance: str = "25x10"
+    """published setting (15x5, 20x10, 25x10, 25x15; its JSON from --instance-dir or $OCRL_LOT_SIZING_DIR), a path to an instance JSON, or 'generated' (--n-items x --n-machines, --instance-seed)"""
+    instance_dir: str | None = None
+    """folder of the published instance files (leokan92/pdppo's code/Lot-sizing/cfg_env)"""
+    n_items: int = 15
+    """items of a generated instance"""
+    n_machines: int = 5
+    """machines of a generated instance"""
+    instance_seed: int = 0
+    """seed of a generated instance"""
+    preset: PresetName | None = None  # type: ignore[valid-type]
+    """'early': the earlier PDPPO (total-return critics, min-value advantage, its hyperparameters)"""
+    critic: Literal["dual", "single"] = "dual"
+    """'dual': PDPPO's pre- and post-decision critics; 'single': the released PPO baseline"""
+    variant: Literal["final", "early"] = "final"
+    """'final': each critic on its own reward stream, A = max of the two; 'early': see --preset early"""
+    train_actor_trunk: bool = False
+    """train the actor's hidden layers too (the released code trains only its head: a bug)"""
+    obs: Literal["inventory", "inventory+setup"] = "inventory"
+    """what the policy observes: the inventory (the final code) or the inventory and the setups (early code)"""
+    seed: int = 0
+    """seed of torch, numpy, the episodes and the evaluation (the released runs are unseeded)"""
+    device: str = "cpu"
+    """'cpu' (the networks are small), 'auto', 'cuda' or 'cuda:N'"""
+    total_steps: int = 1_000_000
+    """environment steps (the paper: 10,000 episodes of 100 periods)"""
+    update_every: int = 400
+    """environment steps per update (whole episodes, run side by side)"""
+    replay_rollouts: int = 5
+    """after an update, drop the oldest update_every transitions once more than this many rollouts are stored (0: keep none)"""
+    k_epochs: int = 40
+    """full-batch epochs per update"""
+    clip_coef: float = 0.2
+    """clip range eps of the probability ratio"""
+    discount: float = 0.9
+    """discount factor gamma of the Monte-Carlo returns"""
+    lr_actor: float = 5.5e-4
+    """Adam learning rate of the actor"""
+    lr_critic: float = 1e-3
+    """Adam learning rate of the critics"""
+    ent_coef: float = 0.001
+    """weight of the entropy bonus"""
+    vf_coef: float = 0.7
+    """value-loss weight (dual: inside a .detach(), no effect, as released; single: trains the critic)"""
+    hidden: int = 128
+    """width of the two hidden layers of the actor and the critics"""
+    eval_every: int = 50_000
+    """environment steps between evaluations (checked after each update)"""
+    eval_episodes: int = 10
+    """episodes per evaluation, run in parallel"""
+    log_every: int = 4_000
+    """environment steps between logs (the released code's 40 episodes)"""
+    save_model: bool = False
+    """write checkpoint.pt at every evaluation and at the end"""
+    resume: str | None = None
+    """run folder to continue from its checkpoint.pt (the episodes in progress restart)"""
+    run_dir: str | None = None
+    """run folder; default runs/pdppo__<instance>__s<seed>__<time>"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+# ------------------------------------------------------------------------------------------ networks
+def critic_net(in_dim: int, hidden: int) -> nn.Sequential:
+    """Linear-Tanh-Linear-Tanh-Linear(1), Xavier-uniform weights and zero biases (the released critics)."""
+    net = nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+    )  # fmt: skip
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return net
+
+
+class MachineActor(nn.Module):
+    """fc1-ReLU-fc2-ReLU-head; the head's M (I + 1) logits are one categorical per machine."""
+
+    def __init__(self, obs_dim: int, n_machines: int, n_choices: int, hidden: int) -> None:
+        super().__init__()
+        self.n_machines, self.n_choices = n_machines, n_choices
+        self.fc1 = nn.Linear(obs_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, n_machines * n_choices)
+        nn.init.kaiming_uniform_(self.head.weight, nonlinearity="relu")
+        nn.init.zeros_(self.head.bias)
+
+    def distribution(self, obs: torch.Tensor) -> torch.distributions.Categorical:
+        x = F.relu(self.fc2(F.relu(self.fc1(obs))))
+        logits = self.head(x).view(*obs.shape[:-1], self.n_machines, self.n_choices)
+        return torch.distributions.Categorical(logits=logits, validate_args=False)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Each machine's most likely choice (evaluation)."""
+        return self.distribution(obs).probs.argmax(-1)
+
+
+# ---------------------------------------------------------------------------------------- the update
+def discounted_returns(
+    rewards: torch.Tensor, terminals: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """R_t = r_t + gamma R_{t+1} over a flat buffer in time order, restarting after each terminal step."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + gamma * running * (1.0 - terminals[t])
+        returns[t] = running
+    return returns
+
+
+class PDPPO(Agent):
+    """The actor, the critic(s) and their optimisers; `update` is one update of K full-batch epochs."""
+
+    def __init__(self, args: Args, obs_dim: int, n_machines: int, n_choices: int, device) -> None:
+        self.args = args
+        self.actor = MachineActor(obs_dim, n_machines, n_choices, args.hidden).to(device)
+        self.critic = critic_net(obs_dim, args.hidden).to(device)
+        if not args.train_actor_trunk:  # the released optimiser holds only the head
+            self.actor.fc1.requires_grad_(False)
+            self.actor.fc2.requires_grad_(False)
+        actor_params = [p for p in self.actor.parameters() if p.requires_grad]
+        if args.variant == "early":
+            self.critic_post = critic_net(obs_dim, args.hidden).to(device)
+            groups = [
+                {"params": actor_params, "lr": args.lr_actor},
+                {"params": [*self.critic.parameters(), *self.critic_post.parameters()], "lr": args.lr_critic},
+            ]  # fmt: skip
+            self.optimizer = torch.optim.Adam(groups, weight_decay=1e-3)
+        elif args.critic == "single":
+            groups = [
+                {"params": actor_params, "lr": args.lr_actor},
+                {"params": self.critic.parameters(), "lr": args.lr_critic},
+            ]
+            self.optimizer = torch.optim.Adam(groups)
+        else:
+            self.critic_post = critic_net(obs_dim, args.hidden).to(device)
+            self.actor_opt = torch.optim.Adam(actor_params, lr=args.lr_actor)
+            self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.lr_critic)
+            self.critic_post_opt = torch.optim.Adam(
+                self.critic_post.parameters(), lr=args.lr_critic
+            )
+
+    def surrogate(self, buf: dict[str, torch.Tensor], advantages: torch.Tensor):
+        """(mean clipped surrogate loss, mean entropy) per machine and step, and the clip fraction."""
+        dist = self.actor.distribution(buf["obs"])
+        ratio = (dist.log_prob(buf["actions"]) - buf["logprobs"]).exp()  # (B, M)
+        adv = advantages[:, None]
+        clipped = ratio.clamp(1 - self.args.clip_coef, 1 + self.args.clip_coef)
+        surrogate = -torch.min(ratio * adv, clipped * adv)
+        clipfrac = ((ratio - 1).abs() > self.args.clip_coef).float().mean()
+        return surrogate, dist.entropy(), clipfrac
+
+    def update(self, buf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        args = self.args
+        if args.variant == "early":
+            return self._update_early(buf)
+        if args.critic == "single":
+            returns = discounted_returns(buf["rewards"], buf["terminals"], args.discount)
+            advantages = returns - buf["values"]
+            for _ in range(args.k_epochs):
+                surrogate, entropy, clipfrac = self.surrogate(buf, advantages)
+                value_loss = F.mse_loss(self.critic(buf["obs"]).squeeze(-1), returns)
+                loss = (surrogate + args.vf_coef * value_loss - args.ent_coef * entropy).mean()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+            return {
+                "policy_loss": surrogate.mean().detach(), "value_loss": value_loss.detach(),
+                "entropy": entropy.mean().detach(), "pdppo/clipfrac": clipfrac,
+                "pdppo/explained_variance": explained_variance(buf["values"], returns),
+            }  # fmt: skip
+
+        returns = discounted_returns(buf["pre_rewards"], buf["terminals"], args.discount)
+        post_returns = discounted_returns(buf["post_rewards"], buf["terminals"], args.discount)
+        adv_pre = returns - buf["values"]
+        adv_post = post_returns - buf["post_values"]
+        advantages = torch.max(adv_pre, adv_post)
+        for _ in range(args.k_epochs):
+            surrogate, entropy, clipfrac = self.surrogate(buf, advantages)
+            value_loss = F.mse_loss(self.critic(buf["obs"]).squeeze(-1), returns)
+            post_value_loss = F.mse_loss(
+                self.critic_post(buf["post_obs"]).squeeze(-1), post_returns
+            )
+            actor_loss = (surrogate - args.ent_coef * entropy).mean() + args.vf_coef * (
+                value_loss.detach() + post_value_loss.detach()
+            )
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_opt.step()
+            self.critic_opt.zero_grad(set_to_none=True)
+            value_loss.backward()
+            self.critic_opt.step()
+            self.critic_post_opt.zero_grad(set_to_none=True)
+            post_value_loss.backward()
+            self.critic_post_opt.step()
+        return {
+            "policy_loss": surrogate.mean().detach(), "value_loss": value_loss.detach(),
+            "post_value_loss": post_value_loss.detach(), "entropy": entropy.mean().detach(),
+            "pdppo/clipfrac": clipfrac,
+            "pdppo/post_advantage_fraction": (adv_post > adv_pre).float().mean(),
+            "pdppo/explained_variance": explained_variance(buf["values"], returns),
+            "pdppo/explained_variance_post": explained_variance(buf["post_values"], post_returns),
+        }  # fmt: skip
+
+    def _update_early(self, buf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        args = self.args
+        returns = discounted_returns(buf["rewards"], buf["terminals"], args.discount)
+        returns = (returns - returns.mean()) / (returns.std() + 1e-7)
+        values = torch.min(buf["values"], buf["post_values"])
+        advantages = returns - values
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for _ in range(args.k_epochs):
+            surrogate, entropy, clipfrac = self.surrogate(buf, advantages)
+            v = torch.min(self.critic(buf["obs"]), self.critic_post(buf["post_obs"])).squeeze(-1)
+            value_loss = F.mse_loss(v, returns)
+            loss = surrogate.mean() + 0.5 * value_loss - args.ent_coef * entropy.mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            self.optimizer.step()
+        return {
+            "policy_loss": surrogate.mean().detach(), "value_loss": value_loss.detach(),
+            "entropy": entropy.mean().detach(), "pdppo/clipfrac": clipfrac,
+            "pdppo/post_advantage_fraction": (buf["post_values"] < buf["values"]).float().mean(),
+        }  # fmt: skip
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - Var[target - predicted] / Var[target]."""
+    return 1 - (target - predicted).var() / target.var().clamp_min(1e-12)
+
+
+class TrainingCurve:
+    """The paper's metric: the mean return of the episodes that ended in each 4,000-step window (a checkpoint part)."""
+
+    def __init__(self) -> None:
+        self.window_means: list[float] = []
+        self.pending: list[float] = []
+
+    def add(self, returns: np.ndarray, step: int, window: int = 4000) -> None:
+        self.pending.extend(float(r) for r in returns)
+        if step % window == 0 and self.pending:
+            self.window_means.append(float(np.mean(self.pending)))
+            self.pending = []
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "window_means": torch.tensor(self.window_means, dtype=torch.float64),
+            "pending": torch.tensor(self.pending, dtype=torch.float64),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.window_means = state["window_means"].tolist()
+        self.pending = state["pending"].tolist()
+
+
+class RolloutStore:
+    """The transitions an update trains on, oldest first, episode after episode (a checkpoint part)."""
+
+    def __init__(self, capacity: int, shapes: dict[str, tuple[int, ...]], device) -> None:
+        self.data = {
+            key: torch.zeros(capacity, *shape, device=device,
+                             dtype=torch.long if key == "actions" else torch.float32)
+            for key, shape in shapes.items()
+        }  # fmt: skip
+        self.n = 0
+
+    def append(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add a rollout; return views of everything stored."""
+        k = next(iter(rows.values())).shape[0]
+        for key, value in rows.items():
+            self.data[key][self.n : self.n + k] = value
+        self.n += k
+        return {key: t[: self.n] for key, t in self.data.items()}
+
+    def drop_oldest(self, k: int) -> None:
+        for t in self.data.values():
+            t[: self.n - k] = t[k : self.n].clone()
+        self.n -= k
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"n": torch.tensor(self.n), **{k: t[: self.n].clone() for k, t in self.data.items()}}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.n = int(state["n"])
+        for key, t in self.data.items():
+            t[: self.n] = state[key]
+
+
+def resolve_instance(args: Args):
+    """The LotSizingInstance named by --instance (published name, JSON path or 'generated')."""
+    if args.instance == "generated":
+        return generate_lot_sizing_instance(args.n_items, args.n_machines, 100, args.instance_seed)
+    if args.instance in PUBLISHED:
+        return published_instance(args.instance, args.instance_dir)
+    if Path(args.instance).suffix == ".json":
+        return load_instance(args.instance)
+    raise UsageError(
+        f"--instance {args.instance}: not one of {', '.join(PUBLISHED)}, 'generated' or a .json path"
+    )
+
+
+def check_pdppo_args(args: Args) -> None:
+    check_args(args, ("total_steps", "update_every", "k_epochs", "hidden", "eval_every",
+                      "eval_episodes", "log_every", "n_items", "n_machines"))  # fmt: skip
+    if args.replay_rollouts < 0:
+        raise UsageError(f"--replay-rollouts {args.replay_rollouts}: must be >= 0")
+    for name in ("lr_actor", "lr_critic", "clip_coef"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be a positive number")
+    for name in ("ent_coef", "vf_coef"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be a number >= 0")
+    if args.variant == "early" and args.critic == "single":
+        raise UsageError("--variant early has two critics; drop --critic single")
+
+
+def main(args: Args) -> dict:
+    args = resume_args(args) if args.resume else args
+    check_pdppo_args(args)
+    instance = resolve_instance(args)
+    horizon = instance.horizon
+    if args.update_every % horizon:
+        raise UsageError(
+            f"--update-every {args.update_every}: must be whole episodes of {horizon} periods"
+        )
+    device = pick_device(args.device)
+    np_rng = seed_everything(args.seed)
+    n_envs = args.update_every // horizon
+    envs = LotSizingVectorEnv(n_envs, instance=instance, obs=args.obs)
+    obs_dim = envs.single_observation_space.shape[0]
+    n_machines, n_choices = instance.n_machines, instance.n_items + 1
+
+    agent = PDPPO(args, obs_dim, n_machines, n_choices, device)
+    curve = TrainingCurve()
+    shapes = {"obs": (obs_dim,), "post_obs": (obs_dim,), "actions": (n_machines,),
+              "logprobs": (n_machines,), "values": (), "post_values": (), "rewards": (),
+              "pre_rewards": (), "post_rewards": (), "terminals": ()}  # fmt: skip
+    stored = RolloutStore((args.replay_rollouts + 1) * args.update_every, shapes, device)
+    agent.curve, agent.stored = curve, stored  # checkpoint parts
+    name = args.instance if args.instance in PUBLISHED else Path(args.instance).stem
+    evaluator = Evaluator(
+        "ocrl/LotSizing-v0", args.eval_episodes, args.seed, device=device,
+        env_kwargs={"instance": instance, "obs": args.obs},
+    )  # fmt: skip
+    loop = TrainingLoop(f"pdppo_{args.critic}", f"lotsizing-{name}", args, agent.parts(), np_rng)
+    dual = args.critic == "dual" or args.variant == "early"
+
+    for start in loop.steps(stride=args.update_every):
+        # Every rollout is whole episodes from fresh starts, seeded by its index: a resumed run sees the
+        # episodes an uninterrupted one would.
+        index = start // args.update_every
+        obs, _ = envs.reset(
+            seed=int(np.random.SeedSequence([args.seed, index]).generate_state(1)[0])
+        )
+        rollout = {key: [] for key in shapes}
+        episode_return = np.zeros(n_envs)
+        for _ in range(horizon):
+            obs_t = torch.as_tensor(obs, device=device)
+            with torch.no_grad():
+                dist = agent.actor.distribution(obs_t)
+                action = dist.sample()
+                rollout["logprobs"].append(dist.log_prob(action))
+                rollout["values"].append(agent.critic(obs_t).squeeze(-1))
+            next_obs, reward, terminated, _, info = envs.step(action.cpu().numpy())
+            post_obs = torch.as_tensor(info["post_obs"], device=device)
+            if dual:
+                with torch.no_grad():
+                    rollout["post_values"].append(agent.critic_post(post_obs).squeeze(-1))
+            else:
+                rollout["post_values"].append(torch.zeros(n_envs, device=device))
+            rollout["obs"].append(obs_t)
+            rollout["post_obs"].append(post_obs)
+            rollout["actions"].append(action)
+            as_t = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
+            rollout["rewards"].append(as_t(reward))
+            rollout["pre_rewards"].append(as_t(info["pre_reward"]))
+            rollout["post_rewards"].append(as_t(info["post_reward"]))
+            rollout["terminals"].append(as_t(terminated))
+            episode_return += reward
+            obs = next_obs  # after the last period: the next episodes' starts, replaced by the reset above
+        # Episode-major order (episode after episode), as the released code stores them.
+        fresh = {k: torch.stack(v, dim=1).flatten(0, 1) for k, v in rollout.items()}
+        buf = stored.append(fresh)
+        metrics = agent.update(buf)
+        if (
+            stored.n > args.replay_rollouts * args.update_every
+        ):  # the released code's buffer_size_mul
+            stored.drop_oldest(args.update_every)
+        curve.add(episode_return, loop.step)
+        metrics["pdppo/episode_return"] = torch.tensor(float(episode_return.mean()))
+        loop.log(metrics)
+        if loop.due(args.eval_every):
+            loop.evaluate(evaluator, agent.actor.act)
+
+    means = curve.window_means
+    extra = {
+        "instance": name, "critic": args.critic, "variant": args.variant,
+        "train_return_last": means[-1] if means else None,
+        "train_return_max": max(means) if means else None,
+        "train_return_sum": float(np.sum(means)) if means else None,
+    }  # fmt: skip
+    return loop.finish(evaluator, agent.actor.act, **extra)
+
+
+if __name__ == "__main__":
+    with friendly_errors():
+        main(cli(Args, PRESETS))
