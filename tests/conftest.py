@@ -44,3 +44,57 @@ def fixed_batch():
         )  # fmt: skip
 
     return make
+
+
+@pytest.fixture
+def interrupt_evaluation(monkeypatch):
+    """A function (n): the n-th Evaluator call from now raises KeyboardInterrupt (a run killed after a
+    checkpoint), later calls run normally; (0) restores the evaluator."""
+    from ocrl.envs import Evaluator
+
+    real_call = Evaluator.__call__
+
+    def arm(n: int) -> None:
+        if n == 0:
+            monkeypatch.setattr(Evaluator, "__call__", real_call)
+            return
+        calls = {"n": 0}
+
+        def interrupting(self, policy):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real_call(self, policy)
+
+        monkeypatch.setattr(Evaluator, "__call__", interrupting)
+
+    return arm
+
+
+def _tensors(state, prefix: str = ""):
+    """(name, tensor) of every tensor in a nested checkpoint dict."""
+    if isinstance(state, torch.Tensor):
+        yield prefix, state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _tensors(value, f"{prefix}/{key}")
+
+
+@pytest.fixture
+def assert_same_checkpoints():
+    """A function (run_dir_a, run_dir_b) -> the number of tensors compared: every tensor of the two
+    checkpoint.pt files (RNG states, run log and normaliser aside) equal bit for bit."""
+
+    def check(a_dir, b_dir) -> int:
+        a = torch.load(f"{a_dir}/checkpoint.pt", weights_only=True)
+        b = torch.load(f"{b_dir}/checkpoint.pt", weights_only=True)
+        assert a.keys() == b.keys() and a["step"] == b["step"]
+        skip = {"rng", "run", "normalizer"}
+        want = dict(_tensors({k: v for k, v in a.items() if k not in skip}))
+        got = dict(_tensors({k: v for k, v in b.items() if k not in skip}))
+        assert want.keys() == got.keys()
+        for name, tensor in want.items():
+            torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, msg=name)
+        return len(want)
+
+    return check

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from ocrl.algos import pdppo
-from ocrl.envs import Evaluator
 from ocrl.experiment import cli, friendly_errors, load_checkpoint
 
 OBS, M, CHOICES, B = 4, 3, 5, 20
@@ -191,35 +190,19 @@ def test_early_preset_runs_with_the_setups_observed(tmp_path):
     assert metrics["variant"] == "early" and metrics["steps"] == 400
 
 
-def test_resume_after_interruption_is_bit_exact(tmp_path, monkeypatch):
+def test_resume_after_interruption_is_bit_exact(
+    tmp_path, interrupt_evaluation, assert_same_checkpoints
+):
     base = tiny_args(save_model=True, seed=3)
     straight = pdppo.main(dataclasses.replace(base, run_dir=str(tmp_path / "straight")))
-    calls = {"n": 0}
-    real_call = Evaluator.__call__
-
-    def interrupting(self, policy):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_call(self, policy)
-
-    monkeypatch.setattr(Evaluator, "__call__", interrupting)
+    interrupt_evaluation(2)
     with pytest.raises(KeyboardInterrupt):
         pdppo.main(dataclasses.replace(base, run_dir=str(tmp_path / "interrupted")))
-    monkeypatch.setattr(Evaluator, "__call__", real_call)
+    interrupt_evaluation(0)
     assert load_checkpoint(tmp_path / "interrupted")["step"] == 600
     resumed = pdppo.main(pdppo.Args(resume=str(tmp_path / "interrupted"), total_steps=1200))
     assert resumed["resumed_from"] == 600 and resumed["steps"] == 1200
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)
-    compared = 0
-    for key, part in a.items():
-        if isinstance(part, dict) and key not in ("rng", "run", "normalizer"):
-            for sub, tensor in part.items():
-                if isinstance(tensor, torch.Tensor):
-                    torch.testing.assert_close(b[key][sub], tensor, rtol=0, atol=0, msg=key + sub)
-                    compared += 1
-    assert compared > 10
+    assert assert_same_checkpoints(tmp_path / "straight", tmp_path / "interrupted") > 10
     assert resumed["return"] == straight["return"]
     assert resumed["train_return_sum"] == straight["train_return_sum"]
 
