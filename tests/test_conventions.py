@@ -91,10 +91,25 @@ ALGOS: dict[str, tuple[dict, str, set[str]]] = {
         "charts/steps_per_s",
         {"losses/value_loss", "losses/policy_loss", "ppo/clipfrac"},
     ),
+    "ggd_ppo": (
+        dict(
+            env_id="Pendulum-v1",
+            total_steps=128,
+            num_envs=2,
+            num_steps=16,
+            batch_size=16,
+            update_epochs=2,
+            eval_every=64,
+            log_every=32,
+            hidden=(16, 16),
+        ),  # fmt: skip
+        "charts/steps_per_s",
+        {"losses/value_loss", "losses/reg_loss", "ggd/beta_mean", "ggd/xi", "ggd/nonfinite"},
+    ),
 }
 
 
-ONLINE = {"sac", "ggd_td", "ppo"}
+ONLINE = {"sac", "ggd_td", "ppo", "ggd_ppo"}
 # Every file in algos/ gets the help and exit-code tests; these have no evaluation episodes or --resume,
 # and their own smoke and flag tests, with the reason why.
 OWN_LOOP = {
