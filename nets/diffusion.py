@@ -597,6 +597,16 @@ class DDPM(nn.Module):
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """E ||eps - eps(sqrt(ahat_t) a + sqrt(1 - ahat_t) eps, s, t)||^2: summed over dims, mean over the batch; t ~ U{0..T-1}."""
+        return self.sample_losses(obs, actions, t, noise).mean()
+
+    def sample_losses(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The epsilon-loss of each row (B,), summed over action dims (`loss` is their mean)."""
         batch = actions.shape[0]
         if t is None:
             t = torch.randint(0, self.steps, (batch,), device=actions.device)
@@ -605,7 +615,7 @@ class DDPM(nn.Module):
         a_hat = self.alpha_hats[t].unsqueeze(1)
         noisy = a_hat.sqrt() * actions + (1.0 - a_hat).sqrt() * noise
         eps = self.eps_net(noisy, obs, t.to(actions.dtype).unsqueeze(1))
-        return (eps - noise).square().sum(-1).mean()
+        return (eps - noise).square().sum(-1)
 
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,0 +1,595 @@
+"""EXPO: "Stable Reinforcement Learning with Expressive Policies" (Dong et al., ICLR 2026, arXiv 2507.07986),
+and its base RLPD: "Efficient Online Reinforcement Learning with Offline Data" (Ball et al., 2023, arXiv
+2302.02948) as `--policy gaussian`.
+
+RLPD is SAC with E = 10 LayerNorm critics (one batched ensemble), a target that is the min over a random
+subset of `num_min_qs` target critics, G = `utd_ratio` = 20 critic steps per environment step, and every
+minibatch half offline data, half online replay (interleaved, as RLPD's combine()). EXPO keeps the
+critic and replaces the actor by three parts:
+
+    base policy  pi_base: a DDPM over actions (T = 10, VP betas, nets.diffusion.DDPM), trained only by
+                 imitation of the mixed batch:  L_IL = E ||eps - eps_psi(sqrt(ahat_t) a + sqrt(1 - ahat_t) eps, s, t)||^2
+    edit policy  a_hat = beta_edit * tanh(u), u ~ N(mu(s, a), sigma(s, a)), on the batch's own action a:
+                 L_edit = E[alpha * log pi_edit(a_hat | s, a) - mean_k Q_k(s, a + a_hat)],
+                 log pi_edit = log pi_tanh(tanh u) - |A| log beta_edit
+    OTF policy   pi_OTF(s) = argmax over {a_1..a_N} u {a_1 + a_hat_1 .. a_K + a_hat_K} of min_{k in S} Q'_k(s, .),
+                 a_i ~ pi_base(s), S a fresh random subset of the target critics on every call.
+
+The same OTF procedure picks the environment action (EMA diffusion weights, psi' <- 0.001 psi + 0.999 psi'),
+the evaluation action (the same, stochastic) and the TD-backup action (online diffusion weights):
+
+    y       = r + discount * (1 - terminal) * min_{k in S'} Q'_k(s', pi_OTF(s')),   S' drawn independently of S
+    L_Q     = mean over the E critics and the batch of (Q_k(s, a) - y)^2,           Polyak tau after each step
+    L_alpha = alpha * (H - H_target),  H = -E[log pi_edit],  alpha = exp(log_alpha) starting at 1
+
+On the last of the G minibatches only: one diffusion step (AdamW, weight decay 1e-4, lr cosine-decayed to 0
+over 3M steps; then the EMA), one edit step (Adam on the same cosine schedule), one temperature step (Adam).
+The online replay stores the executed, unclipped OTF action, so imitation distils the edits and the argmax
+into the base policy.
+
+`--policy gaussian` is RLPD with the same critic, data mixing and schedule: a tanh-Gaussian actor on s,
+L_pi = E[alpha log pi(a|s) - mean_k Q_k(s, a)], next actions a' ~ pi(s'), and the temperature toward -|A|/2;
+its evaluation uses the deterministic mean action, as RLPD's.
+
+Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*), not configs/expo_config.py:
+N = 8 base and K = 8 edited candidates (config: 32 and 0), hidden (256, 256, 256) for critics and the edit
+MLP (config: (256, 256)), beta_edit 0.05 (AntMaze, square, threading; pen-binary uses 0.7), num_min_qs 2
+(config and Adroit/robomimic; the AntMaze scripts use 1), UTD 20, 5,000 random steps first, 300k steps
+(AntMaze), no entropy in the backup. Flags for the reference's faithful-vs-fixed rows:
+
+- `--target-entropy code` (-|A|/2, the learner's default), `adjusted` (-|A|/2 + |A| log beta_edit, the
+  learner's off-by-default flag) or `port` (-|A| + |A| log 2 beta_edit, a third-party PyTorch port). With
+  `code` and beta_edit 0.05 the edit entropy (at most |A| log 2 beta_edit) never reaches the target, so
+  log alpha only grows (about 4e-4 per update): watch expo/log_alpha.
+- `--clip-edited-actions` clips a + a_hat to [-1, 1] in the learner, the candidates and the replay; the
+  code does not (an edited action can leave [-1, 1] by up to beta_edit; the environment step is clipped).
+- `--backup-entropy`: for EXPO the paper's section 4.3 variant, which the released code does not have (our
+  reading): the backup action is drawn from softmax(sampling_beta * Q) over the N + K candidates and
+  y subtracts discount * alpha * log of its probability. For `--policy gaussian` it is RLPD's SAC entropy
+  term (RLPD's default for locomotion; off for AntMaze/Adroit, and off here by default).
+
+Other deviations: evaluation runs 10 episodes every 5,000 steps (the scripts: 100); the offline/online
+split is fixed at 50/50, as combine() only works for it; dataset actions are rescaled to [-1, 1] and
+clipped to +-(1 - 1e-5) as in the original's D4RL loader; observations are not normalised (as RLPD);
+LayerNorm uses Flax's eps 1e-6; with N = 1 the code ignores the edited candidates, here the argmax over the
+1 + K candidates still runs; the diffusion network's dropout (0 in every script) is not a flag;
+`--pretrain-steps` trains only the diffusion base offline first (the *_pretrain.sh scripts, 200k-500k).
+AntMaze and Adroit (gymnasium-robotics with Minari's D4RL data) are not supported yet: this file runs
+ocrl datasets and D4RL-layout files of MuJoCo locomotion.
+
+    python algos/expo.py --dataset ocrl/hopper/medium-v0 --total-steps 50000
+    python algos/expo.py --dataset ocrl/hopper/medium-v0 --policy gaussian --total-steps 50000
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ocrl.data import Batch, ReplayBuffer
+from ocrl.envs import load_offline_task, make_env
+from ocrl.experiment import (
+    Agent,
+    TrainingLoop,
+    UsageError,
+    check_args,
+    cli,
+    friendly_errors,
+    pick_device,
+    resume_args,
+    seed_everything,
+)
+from ocrl.nets import CriticEnsemble, EnsembleLinear, polyak_update
+from ocrl.nets.core import EnsembleLayerNorm
+from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
+
+
+@dataclass
+class Args:
+    dataset: str = "ocrl/hopper/medium-v0"
+    """offline dataset: an ocrl/Minari id, a D4RL-style HDF5 file or a Minari folder"""
+    env_id: str | None = None
+    """Gymnasium environment to train and evaluate in (default: the dataset's)"""
+    seed: int = 1
+    """seed of torch, numpy, the training env and the evaluation episodes"""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
+    policy: Literal["expo", "gaussian"] = "expo"
+    """'expo' (diffusion base + edit policy + OTF max-Q) or 'gaussian' (RLPD's tanh-Gaussian actor)"""
+    total_steps: int = 300_000
+    """environment steps (the AntMaze scripts' max_steps)"""
+    buffer_size: int = 1_000_000
+    """online replay capacity (at most total_steps are allocated)"""
+    discount: float = 0.99
+    """discount factor gamma"""
+    tau: float = 0.005
+    """Polyak rate of the target critics, after every critic step"""
+    batch_size: int = 256
+    """transitions per gradient step: half offline, half online (must be even)"""
+    utd_ratio: int = 20
+    """critic steps per environment step (G); the policy and temperature take one"""
+    learning_starts: int = 5_000
+    """uniformly random actions for this many steps; updates start after it (pen-binary: 0)"""
+    pretrain_steps: int = 0
+    """offline imitation steps of the diffusion base before the online phase (EXPO only)"""
+    num_qs: int = 10
+    """critics in the ensemble (E)"""
+    num_min_qs: int = 2
+    """size of the random critic subset whose min is the target and the OTF score (AntMaze: 1)"""
+    hidden: tuple[int, ...] = (256, 256, 256)
+    """hidden widths of the critics, the edit policy and the gaussian actor"""
+    critic_layer_norm: bool = True
+    """LayerNorm after each critic hidden Dense, before the ReLU"""
+    q_lr: float = 3e-4
+    """Adam learning rate of the critics"""
+    policy_lr: float = 3e-4
+    """peak learning rate of the diffusion and edit policies (cosine-decayed), or of the gaussian actor"""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log alpha"""
+    lr_decay_steps: int = 3_000_000
+    """policy updates over which the EXPO policy learning rates decay to 0 (cosine)"""
+    diffusion_weight_decay: float = 1e-4
+    """AdamW weight decay of the diffusion policy (optax.adamw's default, on every parameter)"""
+    init_temperature: float = 1.0
+    """initial alpha"""
+    target_entropy: Literal["code", "adjusted", "port"] = "code"
+    """'code' -|A|/2, 'adjusted' -|A|/2 + |A| log beta_edit, 'port' -|A| + |A| log 2 beta_edit"""
+    backup_entropy: bool = False
+    """an entropy term in the backup (EXPO: section 4.3's softmax-over-candidates density; RLPD: SAC's)"""
+    sampling_beta: float = 1.0
+    """inverse temperature of the candidate softmax with --backup-entropy (EXPO)"""
+    n_samples: int = 8
+    """base diffusion samples per OTF choice (N)"""
+    n_edit_samples: int = 8
+    """edited candidates per OTF choice (K <= N), edits of the first K base samples"""
+    edit_action_scale: float = 0.05
+    """beta_edit: the edit lies in [-beta_edit, beta_edit]^|A| (pen-binary: 0.7)"""
+    edit_dropout: float = 0.0
+    """dropout of the edit policy's MLP in its update (pen-binary: 0.1)"""
+    clip_edited_actions: bool = False
+    """clip edited actions to [-1, 1] in the learner, the candidates and the replay (the code does not)"""
+    diffusion_steps: int = 10
+    """T, steps of the DDPM chain"""
+    diffusion_width: int = 256
+    """width of the epsilon-network's residual trunk"""
+    diffusion_blocks: int = 3
+    """LN-ResNet blocks of the epsilon-network"""
+    time_dim: int = 128
+    """Fourier time features of the epsilon-network (its conditioning MLP is 2 x time_dim wide)"""
+    actor_tau: float = 0.001
+    """EMA rate of the diffusion weights used for acting and evaluation"""
+    eval_every: int = 5_000
+    """environment steps between evaluations"""
+    eval_episodes: int = 10
+    """episodes per evaluation, run in parallel (the scripts: 100)"""
+    log_every: int = 1_000
+    """environment steps between loss logs"""
+    save_model: bool = False
+    """write checkpoint.pt (networks, optimisers, RNG and online replay) at every evaluation and at the end"""
+    resume: str | None = None
+    """run folder to continue from its checkpoint.pt (the environment restarts its episode)"""
+    compile: bool = False
+    """wrap the OTF candidate selection in torch.compile"""
+    run_dir: str | None = None
+    """run folder; default runs/expo__<dataset>__s<seed>__<time> (rlpd__... with --policy gaussian)"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+class TanhNormalPolicy(nn.Module):
+    """RLPD's TanhNormal: MLP (Dense, Dropout, ReLU) -> mean and log-std heads, log-std clipped to [-20, 2];
+    returns (scale * tanh(u), log-probability of it, scale * tanh(mean)). Xavier-uniform init, zero biases."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...],
+        scale: float = 1.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        widths = (in_dim, *hidden)
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.mean = nn.Linear(widths[-1], act_dim)
+        self.log_std = nn.Linear(widths[-1], act_dim)
+        for layer in [*self.layers, self.mean, self.log_std]:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.scale, self.dropout = scale, dropout
+
+    def forward(
+        self, x: torch.Tensor, train: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for layer in self.layers:
+            x = F.relu(F.dropout(layer(x), self.dropout, training=train and self.dropout > 0))
+        mean = self.mean(x)
+        log_std = self.log_std(x).clamp(-20.0, 2.0)
+        u = mean + log_std.exp() * torch.randn_like(mean)
+        gauss = (
+            -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        ).sum(-1)
+        # log(1 - tanh(u)^2), finite for large |u|; then the scale's change of variables.
+        log_det = (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+        log_prob = gauss - log_det - u.shape[-1] * math.log(self.scale)
+        return self.scale * torch.tanh(u), log_prob, self.scale * torch.tanh(mean)
+
+
+def subset_q(critic: CriticEnsemble, idx: torch.Tensor, obs: torch.Tensor, act: torch.Tensor):
+    """Q-values (k, B) of the critics `idx` only (the random REDQ/RLPD subset), with their weights gathered."""
+    x = torch.cat([obs, act], dim=-1).expand(idx.numel(), -1, -1)
+    for layer in critic.net:
+        if isinstance(layer, EnsembleLinear):
+            x = torch.baddbmm(layer.bias[idx], x, layer.weight[idx])
+        elif isinstance(layer, EnsembleLayerNorm):
+            x = F.layer_norm(x, x.shape[-1:], eps=layer.eps) * layer.weight[idx] + layer.bias[idx]
+        else:
+            x = F.relu(x)
+    return x.squeeze(-1)
+
+
+def target_entropy(args: Args, act_dim: int) -> float:
+    """H_target of the temperature: --target-entropy code, adjusted or port."""
+    beta = args.edit_action_scale
+    return {
+        "code": -act_dim / 2,
+        "adjusted": -act_dim / 2 + act_dim * math.log(beta),
+        "port": -act_dim + act_dim * math.log(2 * beta),
+    }[args.target_entropy]
+
+
+class EXPO(Agent):
+    """The critics and targets, the diffusion base (+ EMA) and edit policy or the gaussian actor, log alpha, optimisers."""
+
+    def __init__(self, args: Args, obs_dim: int, act_dim: int, device):
+        self.args, self.act_dim = args, act_dim
+        self.expo = args.policy == "expo"
+        self.critic = CriticEnsemble(
+            obs_dim, act_dim, args.hidden, args.num_qs, layer_norm=args.critic_layer_norm
+        )
+        for (
+            layer
+        ) in self.critic.net:  # Flax: xavier-uniform kernels, zero biases, LayerNorm eps 1e-6
+            if isinstance(layer, EnsembleLinear):
+                bound = math.sqrt(6.0 / (layer.in_dim + layer.out_dim))
+                nn.init.uniform_(layer.weight, -bound, bound)
+                nn.init.zeros_(layer.bias)
+            elif isinstance(layer, EnsembleLayerNorm):
+                layer.eps = 1e-6
+        self.critic.to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
+        decay = lr_factor("cosine", args.lr_decay_steps)
+        if self.expo:
+            eps_net = LNResNetEpsNet(
+                obs_dim, act_dim, args.diffusion_width, args.diffusion_blocks, args.time_dim
+            )
+            self.diffusion = DDPM(eps_net, act_dim, args.diffusion_steps).to(device)
+            self.diffusion_ema = EMA(
+                self.diffusion, beta=1.0 - args.actor_tau, update_every=1, warmup="plain"
+            )
+            self.diffusion_opt = torch.optim.AdamW(
+                self.diffusion.parameters(),
+                lr=args.policy_lr,
+                weight_decay=args.diffusion_weight_decay,
+            )
+            self.diffusion_lr = torch.optim.lr_scheduler.LambdaLR(self.diffusion_opt, decay)
+            self.edit = TanhNormalPolicy(
+                obs_dim + act_dim, act_dim, args.hidden, args.edit_action_scale, args.edit_dropout
+            ).to(device)
+            self.edit_opt = torch.optim.Adam(self.edit.parameters(), lr=args.policy_lr)
+            self.edit_lr = torch.optim.lr_scheduler.LambdaLR(self.edit_opt, decay)
+        else:
+            self.actor = TanhNormalPolicy(obs_dim, act_dim, args.hidden).to(device)
+            self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr)
+        self.target_entropy = target_entropy(args, act_dim)
+        self.log_alpha = torch.tensor(
+            math.log(args.init_temperature), device=device, requires_grad=True
+        )
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr)
+        self.select = torch.compile(self.otf) if args.compile else self.otf
+        self.seen: dict[str, torch.Tensor] = {}  # the last step's intermediates, for diagnostics
+
+    def subset(self) -> torch.Tensor:
+        """A fresh random subset of num_min_qs critic indices, drawn without replacement."""
+        device = self.log_alpha.device
+        return torch.randperm(self.args.num_qs, device=device)[: self.args.num_min_qs]
+
+    @torch.no_grad()
+    def otf(
+        self, obs: torch.Tensor, diffusion: DDPM
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The OTF candidates of each state: (candidates (B, N+K, A), their subset-min target Q (B, N+K), base samples)."""
+        args, (b, a) = self.args, (obs.shape[0], self.act_dim)
+        n, k = args.n_samples, args.n_edit_samples
+        base = diffusion.sample(obs.repeat_interleave(n, 0)).view(b, n, a)
+        candidates = base
+        if k > 0:
+            edit_in = torch.cat([obs.repeat_interleave(k, 0), base[:, :k].reshape(b * k, a)], -1)
+            edited = base[:, :k] + self.edit(edit_in)[0].view(b, k, a)
+            if args.clip_edited_actions:
+                edited = edited.clamp(-1.0, 1.0)
+            candidates = torch.cat([base, edited], dim=1)
+        q = subset_q(
+            self.critic_target, self.subset(), obs.repeat_interleave(n + k, 0),
+            candidates.reshape(-1, a),
+        ).min(dim=0).values  # fmt: skip
+        return candidates, q.view(b, n + k), base
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, record: bool = True) -> torch.Tensor:
+        """The action executed in the environment and at evaluation: the OTF argmax with the EMA diffusion, or a ~ pi(s);
+        `record` keeps its diagnostics."""
+        if not self.expo:
+            return self.actor(obs)[0]
+        candidates, q, base = self.select(obs, self.diffusion_ema.ema_model)
+        best = q.argmax(dim=1)
+        action = candidates[torch.arange(obs.shape[0], device=obs.device), best]
+        if not record:
+            return action
+        self.seen.update(
+            act_edited=(best >= self.args.n_samples).float().mean(),
+            chosen_base_distance=(base - action[:, None]).norm(dim=-1).mean(),
+            act_outside=(action.abs() > 1.0).any(dim=-1).float().mean(),
+        )
+        return action
+
+    @torch.no_grad()
+    def act_eval(self, obs: torch.Tensor) -> torch.Tensor:
+        """Evaluation: EXPO acts as in training (stochastic OTF); RLPD takes the mean action."""
+        return self.act(obs, record=False) if self.expo else self.actor(obs)[2]
+
+    def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One TD step on the minibatch with the OTF (or pi) backup action, then the Polyak update."""
+        args = self.args
+        obs, actions, rewards, next_obs, terminals = batch
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            entropy_term = torch.zeros_like(rewards)
+            if self.expo:
+                candidates, q_sel, _ = self.select(next_obs, self.diffusion)
+                rows = torch.arange(obs.shape[0], device=obs.device)
+                if args.backup_entropy:
+                    logits = args.sampling_beta * q_sel
+                    best = torch.multinomial(logits.softmax(dim=1), 1).squeeze(1)
+                    entropy_term = alpha * logits.log_softmax(dim=1)[rows, best]
+                else:
+                    best = q_sel.argmax(dim=1)
+                next_actions = candidates[rows, best]
+                self.seen["backup_edited"] = (best >= args.n_samples).float().mean()
+            else:
+                next_actions, next_log_prob, _ = self.actor(next_obs)
+                if args.backup_entropy:
+                    entropy_term = alpha * next_log_prob
+            next_all = self.critic_target(next_obs, next_actions)  # (E, B)
+            next_q = next_all[self.subset()].min(dim=0).values  # S', independent of the OTF's S
+            target = rewards + args.discount * (1.0 - terminals) * (next_q - entropy_term)
+        q = self.critic(obs, actions)
+        critic_loss = ((q - target) ** 2).mean()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        polyak_update(self.critic_target.parameters(), self.critic.parameters(), args.tau)
+        self.seen.update(
+            q_mean=q.detach().mean(), q_std=q.detach().std(dim=0).mean(), target=target.mean(),
+            subset_gap=(next_all.mean(dim=0) - next_q).mean(),
+        )  # fmt: skip
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+
+    def diffusion_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One imitation step of the base policy on the batch's (s, a) (AdamW, cosine lr), then the EMA."""
+        losses = self.diffusion.sample_losses(batch.observations, batch.actions)
+        bc_loss = losses.mean()
+        self.diffusion_opt.zero_grad(set_to_none=True)
+        bc_loss.backward()
+        self.diffusion_opt.step()
+        self.diffusion_lr.step()
+        self.diffusion_ema.update()
+        # Mixed minibatches interleave offline (even rows) and online (odd rows) transitions.
+        self.seen.update(
+            bc_offline=losses[0::2].detach().mean(), bc_online=losses[1::2].detach().mean()
+        )
+        return {"bc_loss": bc_loss.detach()}
+
+    def policy_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The edit (or gaussian actor) step on the minibatch against the mean of all critics, then the temperature step."""
+        obs, actions = batch.observations, batch.actions
+        alpha = self.log_alpha.exp().detach()
+        if self.expo:
+            edit, log_prob, _ = self.edit(torch.cat([obs, actions], -1), train=True)
+            new_actions = actions + edit
+            if self.args.clip_edited_actions:
+                new_actions = new_actions.clamp(-1.0, 1.0)
+            policy, opt, name = self.edit, self.edit_opt, "edit_loss"
+            self.seen["edit_magnitude"] = edit.detach().norm(dim=-1).mean()
+        else:
+            new_actions, log_prob, _ = self.actor(obs)
+            policy, opt, name = self.actor, self.actor_opt, "actor_loss"
+        loss = (alpha * log_prob - self.critic(obs, new_actions).mean(dim=0)).mean()
+        params = list(policy.parameters())
+        # Gradients for the policy only: the critics' weight gradients are not needed here.
+        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+            p.grad = g
+        opt.step()
+        if self.expo:
+            self.edit_lr.step()
+        entropy = -log_prob.detach().mean()
+        alpha_loss = self.log_alpha.exp() * (entropy - self.target_entropy)
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        return {
+            name: loss.detach(),
+            "entropy": entropy,
+            "alpha": alpha,
+            "alpha_loss": alpha_loss.detach(),
+        }
+
+    def update(self, minibatches: list[Batch]) -> dict[str, torch.Tensor]:
+        """One environment step's updates: a critic step on each of the G minibatches, then on the last one the
+        diffusion imitation step (EXPO), the edit or actor step and the temperature step."""
+        edited = []
+        for batch in minibatches:
+            metrics = self.critic_step(batch)
+            if self.expo:
+                edited.append(self.seen["backup_edited"])
+        if self.expo:
+            self.seen["backup_edited"] = torch.stack(edited).mean()
+            metrics |= self.diffusion_step(minibatches[-1])
+        return metrics | self.policy_step(minibatches[-1])
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """The reference's checks (interval means): log alpha, OTF edited fractions, edit size, Q statistics, imitation loss by source."""
+        names = {
+            "act_edited": "edited_fraction_act", "backup_edited": "edited_fraction_backup",
+            "edit_magnitude": "edit_magnitude", "act_outside": "action_outside_fraction",
+            "chosen_base_distance": "chosen_base_distance", "q_mean": "q_mean", "q_std": "q_ensemble_std",
+            "target": "target_mean", "subset_gap": "target_mean_minus_subset_min",
+            "bc_offline": "bc_loss_offline", "bc_online": "bc_loss_online",
+        }  # fmt: skip
+        stats = {f"expo/{names[k]}": v for k, v in self.seen.items() if k in names}
+        return stats | {"expo/log_alpha": self.log_alpha.detach().clone()}
+
+
+def mixed_minibatches(
+    offline: ReplayBuffer, online: ReplayBuffer, batch_size: int, utd: int
+) -> list[Batch]:
+    """G minibatches of batch_size from one draw of G * batch_size / 2 offline and online rows, interleaved
+    (offline at even rows, online at odd), as RLPD's combine() and its slicing into minibatches."""
+    half = batch_size // 2
+    off, on = offline.sample(half * utd), online.sample(half * utd)
+    rows = [
+        torch.stack([x, y], dim=1).reshape(utd, batch_size, *x.shape[1:])
+        for x, y in zip(off, on, strict=True)
+    ]
+    return [Batch(*(r[g] for r in rows)) for g in range(utd)]
+
+
+def check_expo_args(args: Args) -> None:
+    """This file's flag checks, after ocrl's: counts, the subset, the candidates, beta_edit and the variants."""
+    check_args(args)
+    for name in (
+        "utd_ratio",
+        "num_qs",
+        "num_min_qs",
+        "n_samples",
+        "diffusion_steps",
+        "lr_decay_steps",
+    ):
+        if getattr(args, name) <= 0:
+            raise UsageError(
+                f"--{name.replace('_', '-')} {getattr(args, name)}: must be a positive whole number"
+            )
+    for name in ("learning_starts", "pretrain_steps", "n_edit_samples"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 0")
+    if args.batch_size % 2:
+        raise UsageError(
+            f"--batch-size {args.batch_size}: must be even (half offline, half online)"
+        )
+    if args.num_min_qs > args.num_qs:
+        raise UsageError(f"--num-min-qs {args.num_min_qs}: at most --num-qs ({args.num_qs})")
+    if args.n_edit_samples > args.n_samples:
+        raise UsageError(
+            f"--n-edit-samples {args.n_edit_samples}: edits the first K base samples, so at most "
+            f"--n-samples ({args.n_samples})"
+        )
+    if not args.edit_action_scale > 0:
+        raise UsageError(f"--edit-action-scale {args.edit_action_scale}: must be > 0")
+    if args.init_temperature <= 0:
+        raise UsageError(f"--init-temperature {args.init_temperature}: must be > 0")
+    if not 0 <= args.edit_dropout < 1:
+        raise UsageError(f"--edit-dropout {args.edit_dropout}: must lie in [0, 1)")
+    if args.policy == "gaussian" and args.target_entropy != "code":
+        raise UsageError(
+            f"--target-entropy {args.target_entropy}: depends on beta_edit, so needs --policy expo"
+        )
+    if args.policy == "gaussian" and args.pretrain_steps:
+        raise UsageError("--pretrain-steps: pre-trains the diffusion base, so needs --policy expo")
+
+
+def main(args: Args) -> dict:
+    args = resume_args(args) if args.resume else args
+    check_expo_args(args)
+    device = pick_device(args.device)
+    np_rng = seed_everything(args.seed)
+    task = load_offline_task(args.dataset, args.env_id, device=device, normalize_obs=False)
+    low, high = task.action_low.astype(np.float32), task.action_high.astype(np.float32)
+    # The policy works in [-1, 1]^A (RLPD's rescale_actions); dataset actions clipped to +-(1 - 1e-5).
+    off = task.buffer
+    low_t, high_t = torch.as_tensor(low, device=device), torch.as_tensor(high, device=device)
+    off.actions = (2 * (off.actions - low_t) / (high_t - low_t) - 1).clamp(-1 + 1e-5, 1 - 1e-5)
+
+    def to_env(action: torch.Tensor) -> torch.Tensor:
+        return low_t + (action.clamp(-1.0, 1.0) + 1) / 2 * (high_t - low_t)
+
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: make_env(task.env_id)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    envs.action_space.seed(args.seed)
+    agent = EXPO(args, task.obs_dim, task.act_dim, device)
+    online = ReplayBuffer(
+        task.obs_dim, task.act_dim, min(args.buffer_size, args.total_steps), device
+    )
+    evaluator = task.evaluator(args.eval_episodes, args.seed, device)
+    loop = TrainingLoop(
+        "expo" if agent.expo else "rlpd", task.dataset.name, args, agent.parts() | {"online": online},
+        np_rng, rate_tag="charts/steps_per_s",
+    )  # fmt: skip
+    if agent.expo and loop.step == 0 and args.pretrain_steps:
+        for _ in range(
+            args.pretrain_steps
+        ):  # the diffusion base only (pretrain_q = pretrain_edit = False)
+            pretrain = agent.diffusion_step(off.sample(args.batch_size))
+        loop.run.log(0, {"losses/pretrain_bc_loss": float(pretrain["bc_loss"])})
+    obs, _ = envs.reset(seed=[args.seed])
+    episode_return, episode_length = 0.0, 0
+    for step in loop.steps():
+        if step < args.learning_starts:
+            env_action = envs.action_space.sample()
+            action = 2 * (env_action - low) / (high - low) - 1
+        else:
+            action_t = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device))
+            action, env_action = action_t.cpu().numpy(), to_env(action_t).cpu().numpy()
+        next_obs, reward, terminated, truncated, infos = envs.step(env_action)
+        real_next_obs = next_obs.copy()
+        if terminated[0] or truncated[0]:  # SAME_STEP autoreset: the true last state is in infos
+            real_next_obs[0] = infos["final_obs"][0]
+        # The unclipped chosen action, as the original's replay stores it.
+        online.add(obs, action, reward, real_next_obs, terminated, truncated)
+        episode_return, episode_length = episode_return + float(reward[0]), episode_length + 1
+        if terminated[0] or truncated[0]:
+            loop.run.log(step, {"charts/episodic_return": episode_return,
+                                "charts/episodic_length": episode_length})  # fmt: skip
+            episode_return, episode_length = 0.0, 0
+        obs = next_obs
+
+        if loop.step > args.learning_starts:
+            batches = mixed_minibatches(off, online, args.batch_size, args.utd_ratio)
+            loop.log(agent.update(batches) | agent.diagnostics())
+        if loop.due(args.eval_every):
+            loop.evaluate(evaluator, lambda o: to_env(agent.act_eval(o)))
+
+    envs.close()
+    return loop.finish(
+        evaluator,
+        lambda o: to_env(agent.act_eval(o)),
+        dataset=task.dataset.name,
+        env_id=task.env_id,
+    )
+
+
+if __name__ == "__main__":
+    with friendly_errors():
+        main(cli(Args))
