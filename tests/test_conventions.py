@@ -106,10 +106,30 @@ ALGOS: dict[str, tuple[dict, str, set[str]]] = {
         "charts/steps_per_s",
         {"losses/value_loss", "losses/reg_loss", "ggd/beta_mean", "ggd/xi", "ggd/nonfinite"},
     ),
+    "expo": (
+        dict(
+            dataset="{data}",
+            total_steps=60,
+            learning_starts=20,
+            eval_every=30,
+            log_every=10,
+            batch_size=16,
+            utd_ratio=2,
+            num_qs=4,
+            hidden=(16, 16),
+            diffusion_width=16,
+            diffusion_blocks=1,
+            time_dim=8,
+            n_samples=2,
+            n_edit_samples=2,
+        ),  # fmt: skip
+        "charts/steps_per_s",
+        {"losses/critic_loss", "losses/edit_loss", "expo/log_alpha", "expo/bc_loss_offline"},
+    ),
 }
 
 
-ONLINE = {"sac", "ggd_td", "ppo", "ggd_ppo"}
+ONLINE = {"sac", "ggd_td", "ppo", "ggd_ppo", "expo"}
 # Every file in algos/ gets the help and exit-code tests; these have no evaluation episodes or --resume,
 # and their own smoke and flag tests, with the reason why.
 OWN_LOOP = {
