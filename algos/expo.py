@@ -215,10 +215,10 @@ class TanhNormalPolicy(nn.Module):
             x = F.relu(F.dropout(layer(x), self.dropout, training=train and self.dropout > 0))
         mean = self.mean(x)
         log_std = self.log_std(x).clamp(-20.0, 2.0)
-        u = mean + log_std.exp() * torch.randn_like(mean)
-        gauss = (
-            -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
-        ).sum(-1)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        # log N(u; mean, std) from the noise itself: (u - mean) / std would lose digits when std << |mean|.
+        gauss = (-0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         # log(1 - tanh(u)^2), finite for large |u|; then the scale's change of variables.
         log_det = (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
         log_prob = gauss - log_det - u.shape[-1] * math.log(self.scale)
