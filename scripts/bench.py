@@ -56,6 +56,12 @@
    --reg none, the default (ggd + BIEV with the on-device xi search) and the default with the released
    CPU Nelder-Mead xi solver, on a device buffer of synthetic transitions; interleaved rounds, medians,
    ratios against --loss mse. `python scripts/bench.py --only ggd_td --updates 50 --rounds 3`
+8. EXPO (`algos/expo.py`, the scripts' networks and N = 8 + K = 8 candidates): wall time per environment
+   step, i.e. one OTF action (EMA diffusion chain for the N samples, edits, subset-min Q) plus the
+   --expo-utd critic steps with their OTF backups and the diffusion, edit and temperature steps, against
+   RLPD (`--policy gaussian`, the same critics) in the same run; interleaved rounds of --expo-steps, medians,
+   the ratio. At UTD 20 an EXPO step is ~1.4 TFLOP, tens of seconds on one CPU core: lower --expo-utd there.
+   `python scripts/bench.py --only expo --expo-utd 2 --expo-steps 2 --rounds 3`
 """
 
 from __future__ import annotations
@@ -171,7 +177,15 @@ class Args:
     """transitions (synthetic and real each) of the dynamics error"""
     ggd_td: bool = True
     """run the GGD-TD critic cost benchmark (against --loss mse)"""
-    only: Literal["updates", "memory", "knn", "hdpo", "diffusion", "pgd", "ggd_td"] | None = None
+    expo: bool = True
+    """run the EXPO per-environment-step cost benchmark (against RLPD, --policy gaussian)"""
+    expo_utd: int = 20
+    """critic steps per environment step in the EXPO benchmark (the scripts: 20)"""
+    expo_steps: int = 2
+    """environment steps per timed round of the EXPO benchmark"""
+    only: (
+        Literal["updates", "memory", "knn", "hdpo", "diffusion", "pgd", "ggd_td", "expo"] | None
+    ) = None
     """run this one benchmark alone"""
 
 
@@ -1139,6 +1153,49 @@ def bench_ggd_td(args: Args) -> dict[str, float]:
     return ms
 
 
+def bench_expo(args: Args) -> dict[str, float]:
+    from ocrl.algos import expo
+
+    device = torch.device(args.device)
+    data = synthetic(100_000, args.obs_dim, args.act_dim)
+    offline, online = (
+        ReplayBuffer.from_arrays(
+            data["observations"][rows], data["actions"][rows], data["rewards"][rows],
+            data["next_observations"][rows], data["terminals"][rows], device,
+        )
+        for rows in (slice(None), slice(0, 10_000))
+    )  # fmt: skip
+    obs = torch.as_tensor(data["observations"][:1], device=device)
+    steps: dict[str, Callable[[int], None]] = {}
+    for name, policy in (("RLPD (--policy gaussian)", "gaussian"), ("EXPO", "expo")):
+        torch.manual_seed(0)
+        eargs = expo.Args(policy=policy, utd_ratio=args.expo_utd, batch_size=args.batch_size)
+        agent = expo.EXPO(eargs, args.obs_dim, args.act_dim, device)
+
+        def step(_: int, agent=agent) -> None:
+            agent.act(obs)
+            agent.update(expo.mixed_minibatches(offline, online, args.batch_size, args.expo_utd))
+            agent.diagnostics()
+
+        steps[name] = step
+    for step in steps.values():  # warm-up
+        time_round(step, 1, device)
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            rates[name].append(time_round(step, args.expo_steps, device))
+    seconds = {name: 1.0 / statistics.median(r) for name, r in rates.items()}
+    base = seconds["RLPD (--policy gaussian)"]
+    print(f"\nEXPO vs RLPD per environment step on {device} (obs {args.obs_dim}, act {args.act_dim}, "
+          f"batch {args.batch_size}, UTD {args.expo_utd}, 10 critics (256, 256, 256), N 8 + K 8, T 10, "
+          f"torch threads {torch.get_num_threads()}; median of {args.rounds} interleaved rounds of "
+          f"{args.expo_steps} steps)")  # fmt: skip
+    print("| variant | s per env step | ratio vs RLPD |\n|---|---|---|")
+    for name, t in seconds.items():
+        print(f"| {name} | {t:.3f} | {t / base:.1f}x |")
+    return seconds
+
+
 def main(args: Args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -1156,6 +1213,8 @@ def main(args: Args) -> None:
         bench_pgd(args)
     if (args.ggd_td and args.only is None) or args.only == "ggd_td":
         bench_ggd_td(args)
+    if (args.expo and args.only is None) or args.only == "expo":
+        bench_expo(args)
 
 
 if __name__ == "__main__":
