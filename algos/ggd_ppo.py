@@ -85,7 +85,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocrl.envs import Evaluator, make_env, reference_scores
+from ocrl.envs import Evaluator, TimeFeature, make_env, reference_scores
 from ocrl.experiment import (
     Agent,
     TrainingLoop,
@@ -238,30 +238,6 @@ class RunningMeanStd:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.mean, self.var = state["mean"].numpy().copy(), state["var"].numpy().copy()
         self.count = float(state["count"])
-
-
-class TimeFeature(gym.ObservationWrapper):
-    """sb3_contrib's TimeFeatureWrapper: the observation gets 1 - t / max_episode_steps appended (1 after reset)."""
-
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        self.max_steps = (env.spec.max_episode_steps if env.spec else None) or 1000
-        space = env.observation_space
-        low = np.append(space.low, 0.0).astype(space.dtype)
-        high = np.append(space.high, 1.0).astype(space.dtype)
-        self.observation_space = gym.spaces.Box(low, high, dtype=space.dtype)
-        self.t = 0
-
-    def reset(self, **kwargs):
-        self.t = 0
-        return super().reset(**kwargs)
-
-    def step(self, action):
-        self.t += 1
-        return super().step(action)
-
-    def observation(self, obs):
-        return np.append(obs, 1.0 - self.t / self.max_steps).astype(self.observation_space.dtype)
 
 
 def layer_init(mlp: MLP, head_gain: float) -> MLP:

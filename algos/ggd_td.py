@@ -62,7 +62,7 @@ shared protocol (deterministic actor, 10 episodes every 5,000 env steps) instead
 The PPO variant (5 GGD value heads on a shared trunk, GAE per head, the policy advantage the mean over
 heads) belongs in its own file, algos/ggd_ppo.py, written as a diff of algos/ppo.py (as prdc.py is of
 td3_bc.py): its rollout/GAE loop shares nothing with this off-policy loop, and ocrl keeps one algorithm
-per file. It is not written yet.
+per file.
 
 Logged every --log-every steps (interval means): ggd/beta_{mean,std,min,max,cv} (ggd/var_* with
 --loss gaussian), ggd/beta_le2_fraction (share of beta in (0, 2]), ggd/nonfinite (non-finite NLL terms
@@ -89,7 +89,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ocrl.data import Batch, ReplayBuffer
-from ocrl.envs import Evaluator, make_env, reference_scores
+from ocrl.envs import Evaluator, TimeFeature, make_env, reference_scores
 from ocrl.experiment import (
     Agent,
     TrainingLoop,
@@ -203,30 +203,6 @@ class Args:
     """run folder; default runs/ggd_td__<env>__s<seed>__<time>"""
     progress: bool = True
     """show a progress bar"""
-
-
-class TimeFeature(gym.ObservationWrapper):
-    """sb3_contrib's TimeFeatureWrapper: the observation gets 1 - t / max_episode_steps appended (1 after reset)."""
-
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        self.max_steps = (env.spec.max_episode_steps if env.spec else None) or 1000
-        space = env.observation_space
-        low = np.append(space.low, 0.0).astype(space.dtype)
-        high = np.append(space.high, 1.0).astype(space.dtype)
-        self.observation_space = gym.spaces.Box(low, high, dtype=space.dtype)
-        self.t = 0
-
-    def reset(self, **kwargs):
-        self.t = 0
-        return super().reset(**kwargs)
-
-    def step(self, action):
-        self.t += 1
-        return super().step(action)
-
-    def observation(self, obs):
-        return np.append(obs, 1.0 - self.t / self.max_steps).astype(self.observation_space.dtype)
 
 
 class GGDCritic(nn.Module):

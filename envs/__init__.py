@@ -4,6 +4,7 @@ from ocrl.envs.dynamics import DYNAMICS_ENV_IDS, dynamics_error
 from ocrl.envs.evaluation import (
     EnvError,
     Evaluator,
+    TimeFeature,
     check_dataset_fits,
     episode_seeds,
     make_env,
@@ -34,6 +35,7 @@ __all__ = [
     "LotSizingSimulator",
     "LotSizingVectorEnv",
     "OfflineTask",
+    "TimeFeature",
     "check_dataset_fits",
     "dynamics_error",
     "episode_seeds",

@@ -334,9 +334,9 @@ def test_presets_differ_only_in_the_training_setup():
 
 
 def test_time_feature_counts_down_to_the_time_limit():
-    from ocrl.envs import make_env
+    from ocrl.envs import TimeFeature, make_env
 
-    env = ggd_td.TimeFeature(make_env("Pendulum-v1"))
+    env = TimeFeature(make_env("Pendulum-v1"))
     obs, _ = env.reset(seed=0)
     assert obs.shape == (4,) and obs[-1] == 1.0 and env.observation_space.contains(obs)
     for t in range(1, 201):
