@@ -40,6 +40,7 @@
     python scripts/bench.py --only diffusion   # ocrl's diffusion against SynthER's (--synther-path, default
                                                # ../SynthER; --diffusion-sample-steps 16 for a quick run)
     python scripts/bench.py --only pgd         # PGD's regeneration, guided against unguided
+    python scripts/bench.py --only lot_sizing  # ocrl's lot-sizing env against PDPPO's (--pdppo-path)
     python scripts/bench.py --only pgd --pgd-model M/model.pt --pgd-run R --pgd-quality   # + the table
 
 6. PGD (`algos/pgd.py`): seconds per regeneration of the synthetic set (--pgd-trajectories windows of the
@@ -183,8 +184,19 @@ class Args:
     """critic steps per environment step in the EXPO benchmark (the scripts: 20)"""
     expo_steps: int = 2
     """environment steps per timed round of the EXPO benchmark"""
+    lot_sizing: bool = True
+    """run the lot-sizing environment benchmark (ocrl's against leokan92/pdppo's SimplePlant)"""
+    pdppo_path: str = "../pdppo/code/Lot-sizing"
+    """PDPPO's code/Lot-sizing folder (envs/simplePlant.py): `git clone https://github.com/leokan92/pdppo ../pdppo`"""
+    lot_sizing_instance: str | None = None
+    """instance JSON of the lot-sizing benchmark (default: a generated 25 items x 10 machines instance)"""
+    lot_sizing_steps: int = 10_000
+    """single-env steps per timed round (episodes of 100 periods, reset timed)"""
     only: (
-        Literal["updates", "memory", "knn", "hdpo", "diffusion", "pgd", "ggd_td", "expo"] | None
+        Literal[
+            "updates", "memory", "knn", "hdpo", "diffusion", "pgd", "ggd_td", "expo", "lot_sizing"
+        ]
+        | None
     ) = None
     """run this one benchmark alone"""
 
@@ -1196,6 +1208,110 @@ def bench_expo(args: Args) -> dict[str, float]:
     return seconds
 
 
+def import_pdppo_env(path: str):
+    """(SimplePlant, StochasticDemandModel) of PDPPO's code/Lot-sizing at `path`, or None.
+
+    The two files are loaded by path: the repository's scenarioManager/__init__.py imports a module the
+    repository lacks (scenario_reducer), and SimplePlant uses the old `gym` only as its base class (an empty
+    stand-in when gym is not installed). Nothing of PDPPO is modified or copied."""
+    import importlib.util
+    import sys
+    import types
+
+    root = Path(path)
+    files = root / "envs" / "simplePlant.py", root / "scenarioManager" / "stochasticDemandModel.py"
+    if not all(f.is_file() for f in files):
+        return None
+
+    def load(name: str, file: Path):
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    stubs = {}
+    if importlib.util.find_spec("gym") is None:
+        stubs["gym"] = types.ModuleType("gym")
+        stubs["gym"].Env = type("Env", (), {})
+    demand = load("pdppo_stochastic_demand", files[1])
+    stubs["scenarioManager"] = types.ModuleType("scenarioManager")
+    stubs["scenarioManager"].StochasticDemandModel = demand.StochasticDemandModel
+    saved = {name: sys.modules.get(name) for name in stubs}
+    sys.modules.update(stubs)
+    try:
+        plant = load("pdppo_simple_plant", files[0])
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return plant.SimplePlant, demand.StochasticDemandModel
+
+
+def bench_lot_sizing(args: Args) -> dict[str, float]:
+    from ocrl.envs.lot_sizing import (
+        LotSizingEnv,
+        LotSizingVectorEnv,
+        generate_instance,
+        load_instance,
+    )
+
+    instance = (
+        load_instance(args.lot_sizing_instance)
+        if args.lot_sizing_instance
+        else generate_instance(25, 10, 100, seed=0)
+    )
+    horizon, n = instance.horizon, args.lot_sizing_steps
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, instance.n_items + 1, size=(n, instance.n_machines))
+
+    def episodes(env) -> float:  # the PDPPO agents' loop: reset, then `horizon` steps
+        start = time.perf_counter()
+        for k in range(n):
+            if k % horizon == 0:
+                env.reset()
+            env.step(actions[k])
+        return n / (time.perf_counter() - start)
+
+    rounds: dict[str, Callable[[], float]] = {}
+    original = import_pdppo_env(args.pdppo_path)
+    if original is None:
+        print(f"\nPDPPO's code not found at {args.pdppo_path}: only ocrl's numbers")
+    else:
+        simple_plant, demand_model = original
+        settings = instance.to_dict()
+        plant = simple_plant(settings, demand_model(settings))
+        rounds["PDPPO SimplePlant (one episode)"] = lambda: episodes(plant)
+    single = LotSizingEnv(instance=instance)
+    single.reset(seed=0)
+    rounds["ocrl LotSizingEnv (one episode)"] = lambda: episodes(single)
+    for b in (4, 4096):
+        venv = LotSizingVectorEnv(b, seed=0, instance=instance)
+        venv.reset(seed=0)
+        batch = rng.integers(0, instance.n_items + 1, size=(max(1, n // b), b, instance.n_machines))
+
+        def vector(venv=venv, batch=batch) -> float:
+            start = time.perf_counter()
+            for a in batch:
+                venv.step(a)
+            return batch.shape[0] * batch.shape[1] / (time.perf_counter() - start)
+
+        rounds[f"ocrl LotSizingVectorEnv ({b} episodes)"] = vector
+    rates: dict[str, list[float]] = {name: [] for name in rounds}
+    for _ in range(args.rounds):
+        for name, run in rounds.items():
+            rates[name].append(run())
+    medians = {name: statistics.median(r) for name, r in rates.items()}
+    base = next(iter(medians.values()))
+    print(f"\nlot sizing, {instance.n_items} items x {instance.n_machines} machines, uniform random "
+          f"actions, env steps/s (median of {args.rounds} interleaved rounds)")  # fmt: skip
+    print(f"| env | steps/s | ratio vs {next(iter(medians))} |\n|---|---|---|")
+    for name, rate in medians.items():
+        print(f"| {name} | {rate:,.0f} | {rate / base:.2f}x |")
+    return medians
+
+
 def main(args: Args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -1215,6 +1331,8 @@ def main(args: Args) -> None:
         bench_ggd_td(args)
     if (args.expo and args.only is None) or args.only == "expo":
         bench_expo(args)
+    if (args.lot_sizing and args.only is None) or args.only == "lot_sizing":
+        bench_lot_sizing(args)
 
 
 if __name__ == "__main__":
