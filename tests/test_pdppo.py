@@ -249,3 +249,33 @@ def test_garbage_checkpoint_for_resume_is_refused(tmp_path, capsys):
     code, err = run_cli(["--resume", str(run_dir), "--no-progress"], capsys)
     assert code == 2 and "\n" not in err and "checkpoint.pt" in err, err
     assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_the_table_script_groups_runs_and_compares_with_welch(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from scipy import stats
+
+    root = tmp_path / "runs"
+    finals = {"dual": [-8000.0, -9000.0, -8500.0], "single": [-14000.0, -15000.0, -13000.0]}
+    for critic, values in finals.items():
+        for seed, value in enumerate(values):
+            run = root / f"pdppo_{critic}__lotsizing-25x10__s{seed}"
+            run.mkdir(parents=True)
+            config = {"critic": critic, "variant": "final", "train_actor_trunk": False}
+            (run / "config.json").write_text(json.dumps(config))
+            metrics = {"train_return_last": value, "train_return_max": value + 100,
+                       "train_return_sum": 50 * value, "return": value - 1, "steps": 200000}  # fmt: skip
+            (run / "metrics.json").write_text(json.dumps(metrics))
+    path = pdppo.__file__.replace("algos/pdppo.py", "scripts/pdppo_table.py")
+    spec = importlib.util.spec_from_file_location("pdppo_table", path)
+    table = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pdppo_table", table)
+    spec.loader.exec_module(table)
+    text = table.main(table.Args(run_dirs=(str(root),), instance="25x10"))
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()[2:]}
+    assert "| 3 | 200000 | -8500 ± 500 |" in rows["PDPPO (dual critics)"]
+    p = stats.ttest_ind(finals["dual"], finals["single"], equal_var=False).pvalue
+    assert rows["PPO (released, --critic single)"].rstrip(" |").endswith(f"{p:.3f}")
+    assert "-7660 ± 1530" in rows["authors' PDPPO (their logs)"]
