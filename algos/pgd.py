@@ -122,7 +122,7 @@ class Args:
     env_id: str | None = None
     """evaluation environment; by default the one the dataset names (D4RL tasks evaluate on Gymnasium -v4)"""
     preset: PresetName | None = None  # type: ignore[valid-type]
-    """'cpu-small': 1,024 trajectories and 32 Heun steps per regeneration; explicit flags override it"""
+    """'cpu-small': 1,024 trajectories and 32 Heun steps per regeneration (and a 16-row, F 64, 2-block model with --diffusion-steps); explicit flags override it"""
     diffusion_model: str | None = None
     """model.pt of `python algos/diffusion.py --preset pgd-unguided --dataset <data>`; or give --diffusion-steps"""
     diffusion_steps: int = 0
@@ -416,9 +416,8 @@ def train_trajectory_model(
 ) -> TrajectoryModel:  # fmt: skip
     """PGD's unguided model: EDM's loss on windows [s, arctanh a, r, done], EMA weights written to `path`."""
     rows = torch.from_numpy(trajectory_rows(dataset, args.trajectory_length, args.window_stride))
-    normalizer = DiffusionNormalizer.fit(rows).to(
-        device
-    )  # PGD z-scores every channel, done included
+    # PGD z-scores every channel, done included.
+    normalizer = DiffusionNormalizer.fit(rows).to(device)
     data = normalizer.normalize(rows.to(device))
     kwargs = dict(
         channels=rows.shape[-1], features=args.unet_features, num_blocks=args.unet_blocks,
