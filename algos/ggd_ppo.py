@@ -85,6 +85,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ocrl.data import RunningMeanStd
 from ocrl.envs import Evaluator, TimeFeature, make_env, reference_scores
 from ocrl.experiment import (
     Agent,
@@ -97,7 +98,7 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import MLP
+from ocrl.nets import MLP, orthogonal_init
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
@@ -213,43 +214,6 @@ class Args:
     """show a progress bar"""
 
 
-class RunningMeanStd:
-    """Mean and variance of a stream of batches (Chan et al.'s parallel update, gymnasium's initial count 1e-4)."""
-
-    def __init__(self, shape: tuple[int, ...] = ()) -> None:
-        self.mean = np.zeros(shape, dtype=np.float64)
-        self.var = np.ones(shape, dtype=np.float64)
-        self.count = 1e-4
-
-    def update(self, x: np.ndarray) -> None:
-        batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), x.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + n
-        self.mean = self.mean + delta * n / total
-        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
-        self.var, self.count = m2 / total, total
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            "mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var),
-            "count": torch.tensor(self.count, dtype=torch.float64),
-        }  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.mean, self.var = state["mean"].numpy().copy(), state["var"].numpy().copy()
-        self.count = float(state["count"])
-
-
-def layer_init(mlp: MLP, head_gain: float) -> MLP:
-    """CleanRL's initialisation: orthogonal weights (gain sqrt 2, the last layer head_gain), zero biases."""
-    linears = [m for m in mlp if isinstance(m, nn.Linear)]
-    for layer in linears:
-        gain = head_gain if layer is linears[-1] else math.sqrt(2)
-        nn.init.orthogonal_(layer.weight, gain)
-        nn.init.zeros_(layer.bias)
-    return mlp
-
-
 class ActorCritic(nn.Module):
     """E value heads (mean, raw shape) on one trunk, and pi(.|s): Normal(mean(s), exp(log_std)) for Box actions, one categorical per sub-action otherwise."""
 
@@ -260,18 +224,20 @@ class ActorCritic(nn.Module):
         super().__init__()
         # SB3's E separate Linear(64, value_dims) heads on the value trunk, as one Linear(64, E x value_dims).
         self.ensemble_size = ensemble_size
-        self.critic = layer_init(MLP(obs_dim, ensemble_size * value_dims, hidden, nn.Tanh), 1.0)
+        self.critic = orthogonal_init(
+            MLP(obs_dim, ensemble_size * value_dims, hidden, nn.Tanh), 1.0
+        )
         self.continuous = isinstance(action_space, gym.spaces.Box)
         self.single_discrete = isinstance(action_space, gym.spaces.Discrete)
         if self.continuous:
             act_dim = action_space.shape[0]
-            self.actor_mean = layer_init(MLP(obs_dim, act_dim, hidden, nn.Tanh), 0.01)
+            self.actor_mean = orthogonal_init(MLP(obs_dim, act_dim, hidden, nn.Tanh), 0.01)
             self.actor_logstd = nn.Parameter(torch.zeros(1, act_dim))
             return
         nvec = np.atleast_1d(
             np.asarray(getattr(action_space, "nvec", [getattr(action_space, "n", 0)]))
         )
-        self.actor_logits = layer_init(MLP(obs_dim, int(nvec.sum()), hidden, nn.Tanh), 0.01)
+        self.actor_logits = orthogonal_init(MLP(obs_dim, int(nvec.sum()), hidden, nn.Tanh), 0.01)
         # Sub-actions with fewer choices than the largest are padded with logits that are never sampled.
         width = int(nvec.max())
         index = torch.zeros(len(nvec), width, dtype=torch.long)

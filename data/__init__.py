@@ -8,6 +8,7 @@ from ocrl.data.offline import (
     source_statistics_metadata,
 )
 from ocrl.data.replay import Batch, ReplayBuffer
+from ocrl.data.running import RunningMeanStd
 from ocrl.data.windows import trajectory_windows, window_rows
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "DatasetError",
     "OfflineDataset",
     "ReplayBuffer",
+    "RunningMeanStd",
     "Transitions",
     "load_dataset",
     "source_statistics_metadata",

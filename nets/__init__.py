@@ -6,6 +6,7 @@ from ocrl.nets.core import (
     DeterministicActor,
     EnsembleLinear,
     TanhGaussianActor,
+    orthogonal_init,
     polyak_update,
 )
 from ocrl.nets.knn import NearestNeighbors
@@ -19,5 +20,6 @@ __all__ = [
     "EnsembleLinear",
     "NearestNeighbors",
     "TanhGaussianActor",
+    "orthogonal_init",
     "polyak_update",
 ]

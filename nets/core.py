@@ -37,6 +37,16 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+def orthogonal_init(mlp: MLP, head_gain: float) -> MLP:
+    """CleanRL's initialisation: orthogonal weights (gain sqrt 2, the last layer head_gain), zero biases."""
+    linears = [m for m in mlp if isinstance(m, nn.Linear)]
+    for layer in linears:
+        gain = head_gain if layer is linears[-1] else math.sqrt(2)
+        nn.init.orthogonal_(layer.weight, gain)
+        nn.init.zeros_(layer.bias)
+    return mlp
+
+
 class EnsembleLinear(nn.Module):
     """`num_members` independent linear layers applied as one batched matmul: (E, B, in) -> (E, B, out)."""
 

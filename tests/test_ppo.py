@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ocrl.algos import ppo
+from ocrl.data import RunningMeanStd
 from ocrl.experiment import UsageError
 
 
@@ -129,7 +130,7 @@ def test_epochs_and_minibatches_take_the_expected_number_of_steps():
 # ------------------------------------------------------------------------------------ normalisers
 def test_running_mean_std_matches_the_pooled_statistics():
     rng = np.random.default_rng(0)
-    rms = ppo.RunningMeanStd((2,))
+    rms = RunningMeanStd((2,))
     batches = [rng.normal(3.0, 2.0, size=(n, 2)) for n in (5, 17, 1, 40)]
     for b in batches:
         rms.update(b)
@@ -137,7 +138,7 @@ def test_running_mean_std_matches_the_pooled_statistics():
     np.testing.assert_allclose(rms.mean, pooled.mean(0), rtol=1e-4)
     np.testing.assert_allclose(rms.var, pooled.var(0), rtol=1e-4)
     state = rms.state_dict()
-    other = ppo.RunningMeanStd((2,))
+    other = RunningMeanStd((2,))
     other.load_state_dict(state)
     np.testing.assert_array_equal(other.mean, rms.mean)
     assert other.count == rms.count
