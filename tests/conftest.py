@@ -98,3 +98,17 @@ def assert_same_checkpoints():
         return len(want)
 
     return check
+
+
+@pytest.fixture
+def run_algorithm(capsys):
+    """A function (algorithm module, argv) -> (exit code, stderr): `python algos/<name>.py ARGV`, in-process."""
+    from ocrl.experiment import cli, friendly_errors
+
+    def run(module, argv: list[str]) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as info, friendly_errors():
+            module.main(cli(module.Args, getattr(module, "PRESETS", None), argv))
+            raise SystemExit(0)
+        return info.value.code, capsys.readouterr().err.strip()
+
+    return run

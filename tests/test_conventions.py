@@ -15,7 +15,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ocrl.experiment import cli, friendly_errors, load_checkpoint
+from ocrl.experiment import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"dataset", "env_id"}
@@ -165,15 +165,6 @@ def tags(run_dir: Path) -> set[str]:
     return set(acc.Tags()["scalars"])
 
 
-def run_cli(name: str, argv: list[str], capsys) -> tuple[int, str]:
-    """What `python algos/<name>.py ARGV` does, in-process: (exit code, stderr)."""
-    mod = module(name)
-    with pytest.raises(SystemExit) as exit_info, friendly_errors():
-        mod.main(cli(mod.Args, getattr(mod, "PRESETS", None), argv))
-        raise SystemExit(0)
-    return exit_info.value.code, capsys.readouterr().err.strip()
-
-
 @pytest.mark.parametrize("name", ALL_FILES)
 def test_every_args_field_has_a_docstring_and_a_flag(name):
     tree = ast.parse((ROOT / "algos" / f"{name}.py").read_text())
@@ -261,22 +252,24 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize("argv, expected", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
 @pytest.mark.parametrize("name", ALGOS)
-def test_bad_flag_is_one_line_exit_2_and_no_folder(name, argv, expected, tmp_path, capsys):
+def test_bad_flag_is_one_line_exit_2_and_no_folder(name, argv, expected, tmp_path, run_algorithm):
     run_dir = tmp_path / "run"
-    code, err = run_cli(name, [*argv, "--run-dir", str(run_dir), "--no-progress"], capsys)
+    code, err = run_algorithm(module(name), [*argv, "--run-dir", str(run_dir), "--no-progress"])
     assert code == 2
     assert err.startswith("error:") and "\n" not in err and expected in err, err
     assert not run_dir.exists()
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_garbage_checkpoint_for_resume_is_refused(name, hopper_random_file, tmp_path, capsys):
+def test_garbage_checkpoint_for_resume_is_refused(
+    name, hopper_random_file, tmp_path, capsys, run_algorithm
+):
     run_dir = tmp_path / "run"
     module(name).main(make_args(name, hopper_random_file, run_dir=str(run_dir), total_steps=20))
     (run_dir / "checkpoint.pt").write_bytes(b"\x80\x02not a checkpoint at all")
     before = sorted(p.name for p in run_dir.iterdir())
     capsys.readouterr()
-    code, err = run_cli(name, ["--resume", str(run_dir), "--no-progress"], capsys)
+    code, err = run_algorithm(module(name), ["--resume", str(run_dir), "--no-progress"])
     assert code == 2 and "\n" not in err and "checkpoint.pt" in err, err
     assert "weights_only" not in err
     assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing written
@@ -294,13 +287,15 @@ def test_the_real_command_exits_2_without_a_traceback(name, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_damaged_minari_folder_is_refused_cleanly(tmp_path, capsys):
+def test_damaged_minari_folder_is_refused_cleanly(tmp_path, run_algorithm):
     folder = tmp_path / "broken" / "data"
     folder.mkdir(parents=True)
     (folder / "metadata.json").write_text('{"dataset_id": "broken-v0", "total_ep')  # truncated
     (folder / "main_data.hdf5").write_bytes(b"\x89HDF\r\n")
     run_dir = tmp_path / "run"
-    code, err = run_cli("td3_bc", ["--dataset", str(folder), "--run-dir", str(run_dir)], capsys)
+    code, err = run_algorithm(
+        module("td3_bc"), ["--dataset", str(folder), "--run-dir", str(run_dir)]
+    )
     assert code == 2 and "\n" not in err and "metadata.json" in err, err
     assert not run_dir.exists()
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ocrl.algos import pdppo
-from ocrl.experiment import cli, friendly_errors, load_checkpoint
+from ocrl.experiment import load_checkpoint
 
 OBS, M, CHOICES, B = 4, 3, 5, 20
 
@@ -207,13 +207,6 @@ def test_resume_after_interruption_is_bit_exact(
     assert resumed["train_return_sum"] == straight["train_return_sum"]
 
 
-def run_cli(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info, friendly_errors():
-        pdppo.main(cli(pdppo.Args, pdppo.PRESETS, argv))
-        raise SystemExit(0)
-    return info.value.code, capsys.readouterr().err.strip()
-
-
 @pytest.mark.parametrize(
     "argv, expected",
     [
@@ -226,27 +219,29 @@ def run_cli(argv, capsys) -> tuple[int, str]:
         (["--variant", "early", "--critic", "single"], "--critic single"),
     ],
 )
-def test_bad_flag_is_one_line_exit_2_and_no_folder(argv, expected, tmp_path, capsys):
+def test_bad_flag_is_one_line_exit_2_and_no_folder(argv, expected, tmp_path, run_algorithm):
     run_dir = tmp_path / "run"
     argv = ["--instance", "generated", *argv, "--run-dir", str(run_dir), "--no-progress"]
-    code, err = run_cli(argv, capsys)
+    code, err = run_algorithm(pdppo, argv)
     assert code == 2 and err.startswith("error:") and "\n" not in err and expected in err, err
     assert not run_dir.exists()
 
 
-def test_a_published_instance_without_its_folder_is_a_clean_error(tmp_path, capsys, monkeypatch):
+def test_a_published_instance_without_its_folder_is_a_clean_error(
+    tmp_path, monkeypatch, run_algorithm
+):
     monkeypatch.delenv("OCRL_LOT_SIZING_DIR", raising=False)
-    code, err = run_cli(["--instance", "25x10", "--run-dir", str(tmp_path / "r")], capsys)
+    code, err = run_algorithm(pdppo, ["--instance", "25x10", "--run-dir", str(tmp_path / "r")])
     assert code == 2 and "setting_25items_10machines_t100_i100.json" in err and "\n" not in err
 
 
-def test_garbage_checkpoint_for_resume_is_refused(tmp_path, capsys):
+def test_garbage_checkpoint_for_resume_is_refused(tmp_path, capsys, run_algorithm):
     run_dir = tmp_path / "run"
     pdppo.main(tiny_args(total_steps=400, run_dir=str(run_dir)))
     (run_dir / "checkpoint.pt").write_bytes(b"\x80\x02not a checkpoint at all")
     before = sorted(p.name for p in run_dir.iterdir())
     capsys.readouterr()
-    code, err = run_cli(["--resume", str(run_dir), "--no-progress"], capsys)
+    code, err = run_algorithm(pdppo, ["--resume", str(run_dir), "--no-progress"])
     assert code == 2 and "\n" not in err and "checkpoint.pt" in err, err
     assert sorted(p.name for p in run_dir.iterdir()) == before
 

@@ -16,7 +16,7 @@ from ocrl.algos import diffusion as diffusion_algo
 from ocrl.algos import pgd
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.data.windows import windows_to_transitions
-from ocrl.experiment import cli, friendly_errors, load_checkpoint
+from ocrl.experiment import load_checkpoint
 from ocrl.nets.diffusion import DiffusionNormalizer, heun_sample
 
 
@@ -428,13 +428,6 @@ def test_resume_after_interruption_is_bit_exact(
     assert resumed["return"] == straight["return"]
 
 
-def run_cli(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info, friendly_errors():
-        pgd.main(cli(pgd.Args, pgd.PRESETS, argv))
-        raise SystemExit(0)
-    return info.value.code, capsys.readouterr().err.strip()
-
-
 @pytest.mark.parametrize(
     "argv, expected",
     [
@@ -453,30 +446,34 @@ def run_cli(argv, capsys) -> tuple[int, str]:
         (["--diffusion-steps", "5", "--trajectory-length", "100000"], "no episode"),
     ],
 )
-def test_bad_flag_is_one_line_exit_2_and_no_folder(argv, expected, tmp_path, capsys):
+def test_bad_flag_is_one_line_exit_2_and_no_folder(argv, expected, tmp_path, run_algorithm):
     run_dir = tmp_path / "run"
-    code, err = run_cli([*argv, "--run-dir", str(run_dir), "--no-progress"], capsys)
+    code, err = run_algorithm(pgd, [*argv, "--run-dir", str(run_dir), "--no-progress"])
     assert code == 2 and err.startswith("error:") and "\n" not in err and expected in err, err
     assert not run_dir.exists()
 
 
-def test_a_file_that_is_not_a_trajectory_model_is_refused(hopper_random_file, tmp_path, capsys):
+def test_a_file_that_is_not_a_trajectory_model_is_refused(
+    hopper_random_file, tmp_path, run_algorithm
+):
     path = tmp_path / "model.pt"
     torch.save({"format": "ocrl-diffusion-1", "level": "transition"}, path)
     argv = ["--dataset", hopper_random_file, "--diffusion-model", str(path), "--run-dir",
             str(tmp_path / "run")]  # fmt: skip
-    code, err = run_cli(argv, capsys)
+    code, err = run_algorithm(pgd, argv)
     assert code == 2 and "not a trajectory diffusion model" in err and "\n" not in err
     assert not (tmp_path / "run").exists()
 
 
-def test_garbage_checkpoint_for_resume_is_refused(hopper_random_file, tiny_model, tmp_path, capsys):
+def test_garbage_checkpoint_for_resume_is_refused(
+    hopper_random_file, tiny_model, tmp_path, capsys, run_algorithm
+):
     run_dir = tmp_path / "run"
     pgd.main(tiny_args(hopper_random_file, tiny_model, run_dir=str(run_dir), total_steps=20))
     (run_dir / "checkpoint.pt").write_bytes(b"\x80\x02not a checkpoint at all")
     before = sorted(p.name for p in run_dir.iterdir())
     capsys.readouterr()
-    code, err = run_cli(["--resume", str(run_dir), "--no-progress"], capsys)
+    code, err = run_algorithm(pgd, ["--resume", str(run_dir), "--no-progress"])
     assert code == 2 and "\n" not in err and "checkpoint.pt" in err, err
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
