@@ -7,7 +7,8 @@ scripts/sweep.py and the algorithm files write; finished = has `metrics.json`) a
 every number. The dataset of a run is the `dataset` (or `env_id`) field of its `config.json`, shown by
 name, or for a dataset given as a path by the Minari id in its metadata marked "(generated)" when
 scripts/collect_dataset.py made it; the folder name is the fallback. Writes to OUT_DIR:
-- report.md: final (last evaluation) and best score per algorithm x dataset, mean ± std over seeds, n;
+- report.md: final (last evaluation) and best score per algorithm x dataset, mean ± std over seeds
+  (`--center median`: median ± std), n;
   with `--published CSV` the published scores of the same algorithm and dataset beside them, with
   their sources; and per algorithm the IQM of the final scores over runs x datasets with a 95%
   percentile stratified-bootstrap confidence interval, both from rliable (Agarwal et al., 2021):
@@ -18,7 +19,8 @@ scripts/collect_dataset.py made it; the folder name is the fallback. Writes to O
   Seeds are chosen by number, never by score, and no dataset is dropped: restricting to the datasets
   every algorithm ran would leave nothing when a sweep runs algorithms on different datasets, so the
   `datasets` column says how many datasets each algorithm's IQM covers;
-- curves_<dataset>.png: one line per algorithm (mean over seeds) with a shaded ± std band, and
+- curves_<dataset>.png: one line per algorithm (mean, or median, over seeds) with a shaded ± std
+  band around it, and
   performance_profile.png: rliable's score distribution (fraction of runs with final score > tau, with
   95% bootstrap bands) over the same matrices, linked from report.md. Both need matplotlib and the IQM
   needs rliable (`pip install -e ".[plots]"`); without them that part is skipped with a note.
@@ -40,6 +42,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -61,6 +64,8 @@ class Args:
     """bootstrap resamples for the IQM confidence intervals and the performance-profile bands"""
     seed: int = 0
     """seed of the bootstrap"""
+    center: Literal["mean", "median"] = "mean"
+    """the seeds' centre in the table and the curves (the ± band is the sample std either way)"""
 
 
 @dataclass
@@ -222,10 +227,11 @@ def iqm_with_ci(
     return result
 
 
-def fmt(values: np.ndarray) -> str:
-    """The values' mean ± sample std as text (std 0 for a single value)."""
+def fmt(values: np.ndarray, center: str = "mean") -> str:
+    """The values' mean (or median) ± sample std as text (std 0 for a single value)."""
     std = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.1f} ± {std:.1f}"
+    middle = np.median(values) if center == "median" else values.mean()
+    return f"{middle:.1f} ± {std:.1f}"
 
 
 def fmt_steps(curves: list[Curve]) -> str:
@@ -246,15 +252,15 @@ def main(args: Args) -> str:
     out.mkdir(parents=True, exist_ok=True)
     algos = sorted({a for a, _ in runs})
     datasets = sorted({d for _, d in runs})
-    header = "| algorithm | dataset | updates | final | best | n |"
+    header = "| algorithm | dataset | steps | final | best | n |"
     rule = "|---|---|---|---|---|---|"
     if published is not None:
         header, rule = header + " published |", rule + "---|"
     lines = [
         f"# Results from {args.runs_dir}",
         "",
-        "Final = last evaluation, best = best evaluation; mean ± std over seeds (sample std), n seeds;",
-        "updates = step of the last evaluation.",
+        f"Final = last evaluation, best = best evaluation; {args.center} ± std over seeds (sample std),",
+        "n seeds; steps = step of the last evaluation (updates offline, env steps online).",
         "",
         header,
         rule,
@@ -263,7 +269,7 @@ def main(args: Args) -> str:
     for (algo, dataset), curves in sorted(runs.items()):
         final = np.array([c.values[-1] for c in curves])
         best = np.array([c.values.max() for c in curves])
-        row = f"| {algo} | {dataset} | {fmt_steps(curves)} | {fmt(final)} | {fmt(best)} | {len(curves)} |"
+        row = f"| {algo} | {dataset} | {fmt_steps(curves)} | {fmt(final, args.center)} | {fmt(best, args.center)} | {len(curves)} |"
         if published is not None:
             cells = []
             for entry in published.get((algo, names[dataset]), []):
@@ -317,7 +323,7 @@ def main(args: Args) -> str:
                 "",
             ]
             lines += [f"- {algo} on {dataset}: seed {seed}" for algo, dataset, seed in left_out]
-    pngs = plot_curves(runs, algos, datasets, out)
+    pngs = plot_curves(runs, algos, datasets, out, args.center)
     tags = {c.tag for curves in runs.values() for c in curves}
     profile = plot_performance_profile(
         scores, algos, out, args.reps, args.seed, normalized=tags == {"eval/normalized_score"}
@@ -336,9 +342,14 @@ def main(args: Args) -> str:
 
 
 def plot_curves(
-    runs: dict[tuple[str, str], list[Curve]], algos: list[str], datasets: list[str], out: Path
+    runs: dict[tuple[str, str], list[Curve]],
+    algos: list[str],
+    datasets: list[str],
+    out: Path,
+    center: str = "mean",
 ) -> list[Path]:
-    """One PNG per dataset with a mean curve and a ± std band per algorithm; [] without matplotlib."""
+    """One PNG per dataset with a mean (or median) curve and a ± std band per algorithm; [] without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -361,14 +372,15 @@ def plot_curves(
             steps = curves[0].steps[:length]
             values = np.stack([c.values[:length] for c in curves])
             # Sample std, as in the table; one colour per algorithm across all the PNGs.
-            mean = values.mean(0)
-            std = values.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
+            middle = np.median(values, 0) if center == "median" else values.mean(0)
+            std = values.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(middle)
             color = f"C{algos.index(algo) % 10}"
-            ax.plot(steps, mean, color=color, label=f"{algo} (n={len(curves)})")
-            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+            ax.plot(steps, middle, color=color, label=f"{algo} (n={len(curves)})")
+            ax.fill_between(steps, middle - std, middle + std, color=color, alpha=0.2)
         tags = {c.tag for algo in algos for c in runs.get((algo, dataset), [])}
-        ax.set_xlabel("updates")
-        ax.set_ylabel("normalised score" if tags == {"eval/normalized_score"} else "return")
+        ax.set_xlabel("step")
+        quantity = "normalised score" if tags == {"eval/normalized_score"} else "return"
+        ax.set_ylabel(f"{quantity} ({center} ± std over seeds)")
         ax.set_title(dataset)
         ax.legend()
         path = out / f"curves_{re.sub(r'[^A-Za-z0-9._-]+', '-', dataset).strip('-')}.png"

@@ -82,6 +82,21 @@ def test_report_table_and_iqm_from_known_event_files(tmp_path):
     assert (tmp_path / "out" / "performance_profile.png").is_file()
 
 
+def test_center_median_reports_the_median_of_the_seeds(tmp_path):
+    report = load_script()
+    finals = [0.0, 10.0, 50.0]  # mean 20, median 10, sample std 26.5
+    for seed, final in enumerate(finals):
+        write_run(tmp_path / "runs", f"sac__e__s{seed}", [final - 5.0, final], tag="eval/return")
+    text = report.main(
+        report.Args(str(tmp_path / "runs"), out_dir=str(tmp_path / "out"), reps=50, center="median")
+    )
+    std = np.std(finals, ddof=1)
+    assert f"| sac | e | 2,000 | 10.0 ± {std:.1f} | 10.0 ± {std:.1f} | 3 |" in text
+    assert "median ± std over seeds" in text
+    text = report.main(report.Args(str(tmp_path / "runs"), out_dir=str(tmp_path / "o2"), reps=50))
+    assert f"| sac | e | 2,000 | 20.0 ± {std:.1f} | 20.0 ± {std:.1f} | 3 |" in text
+
+
 def test_score_matrices_keep_the_lowest_seeds_of_every_dataset():
     report = load_script()
 
