@@ -54,11 +54,20 @@ clipped to +-(1 - 1e-5) as in the original's D4RL loader; observations are not n
 LayerNorm uses Flax's eps 1e-6; with N = 1 the code ignores the edited candidates, here the argmax over the
 1 + K candidates still runs; the diffusion network's dropout (0 in every script) is not a flag;
 `--pretrain-steps` trains only the diffusion base offline first (the *_pretrain.sh scripts, 200k-500k).
-AntMaze and Adroit (gymnasium-robotics with Minari's D4RL data) are not supported yet: this file runs
-ocrl datasets and D4RL-layout files of MuJoCo locomotion.
+
+AntMaze and Adroit run from Minari's D4RL datasets (`D4RL/antmaze/*`, `D4RL/pen/*`, ...) with the
+`robotics` extra (gymnasium-robotics): AntMaze's Dict observations are flattened (achieved_goal,
+desired_goal, observation, in the data and the env alike: 31 numbers for -v4, so unlike D4RL's 29 the
+policy also sees the goal), and the env is made with the kwargs of the dataset's recorded evaluation
+spec, for training and evaluation. `--reward-bias` is added to the reward
+of every minibatch, offline and online rows (RLPD's and EXPO's AntMaze r - 1); its default 'auto' is
+-1 when the dataset or env name contains "antmaze", else 0. `--preset antmaze` sets the AntMaze
+scripts' values. The paper's Adroit tasks are the *binary* ones (AWAC data, the mj_envs fork); Minari's
+D4RL Adroit data and gymnasium-robotics' AdroitHand* envs are the dense D4RL tasks, not those.
 
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --total-steps 50000
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --policy gaussian --total-steps 50000
+    python algos/expo.py --preset antmaze --dataset D4RL/antmaze/large-diverse-v1
 """
 
 from __future__ import annotations
@@ -91,13 +100,33 @@ from ocrl.nets import CriticEnsemble, EnsembleLinear, polyak_update
 from ocrl.nets.core import EnsembleLayerNorm
 from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
 
+PRESETS: dict[str, dict] = {
+    # scripts/expo_antmaze/*.sh (online from scratch): one random target critic, beta_edit 0.05, no
+    # entropy backup, 300k steps, and RLPD's AntMaze reward - 1 whatever the dataset is called.
+    "antmaze": {
+        "num_min_qs": 1,
+        "backup_entropy": False,
+        "hidden": (256, 256, 256),
+        "edit_action_scale": 0.05,
+        "n_samples": 8,
+        "n_edit_samples": 8,
+        "utd_ratio": 20,
+        "learning_starts": 5_000,
+        "total_steps": 300_000,
+        "reward_bias": -1.0,
+    },
+}
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
 
 @dataclass
 class Args:
     dataset: str = "ocrl/hopper/medium-v0"
-    """offline dataset: an ocrl/Minari id, a D4RL-style HDF5 file or a Minari folder"""
+    """offline dataset: an ocrl/Minari id (e.g. D4RL/antmaze/large-diverse-v1), a D4RL-style HDF5 file or a Minari folder"""
     env_id: str | None = None
     """Gymnasium environment to train and evaluate in (default: the dataset's)"""
+    preset: PresetName | None = None  # type: ignore[valid-type]
+    """'antmaze': the AntMaze scripts' settings (subset of 1, reward - 1); explicit flags override it"""
     seed: int = 1
     """seed of torch, numpy, the training env and the evaluation episodes"""
     device: str = "auto"
@@ -110,6 +139,8 @@ class Args:
     """online replay capacity (at most total_steps are allocated)"""
     discount: float = 0.99
     """discount factor gamma"""
+    reward_bias: Literal["auto"] | float = "auto"
+    """added to every minibatch's rewards, offline and online; 'auto': -1 for AntMaze (dataset or env name), else 0"""
     tau: float = 0.005
     """Polyak rate of the target critics, after every critic step"""
     batch_size: int = 256
@@ -462,13 +493,24 @@ class EXPO(Agent):
         return stats | {"expo/log_alpha": self.log_alpha.detach().clone()}
 
 
+def reward_bias(flag: Literal["auto"] | float, dataset: str, env_id: str) -> float:
+    """--reward-bias as a number: 'auto' is -1 when the dataset or env name says AntMaze (RLPD's and
+    EXPO's `"antmaze" in env_name`), else 0."""
+    if flag != "auto":
+        return float(flag)
+    return -1.0 if "antmaze" in f"{dataset} {env_id}".lower() else 0.0
+
+
 def mixed_minibatches(
-    offline: ReplayBuffer, online: ReplayBuffer, batch_size: int, utd: int
+    offline: ReplayBuffer, online: ReplayBuffer, batch_size: int, utd: int, bias: float = 0.0
 ) -> list[Batch]:
     """G minibatches of batch_size from one draw of G * batch_size / 2 offline and online rows, interleaved
-    (offline at even rows, online at odd), as RLPD's combine() and its slicing into minibatches."""
+    (offline at even rows, online at odd), as RLPD's combine() and its slicing into minibatches; `bias`
+    is added to every reward (the buffers keep the environment's)."""
     half = batch_size // 2
     off, on = offline.sample(half * utd), online.sample(half * utd)
+    if bias:
+        off, on = off._replace(rewards=off.rewards + bias), on._replace(rewards=on.rewards + bias)
     rows = [
         torch.stack([x, y], dim=1).reshape(utd, batch_size, *x.shape[1:])
         for x, y in zip(off, on, strict=True)
@@ -517,6 +559,8 @@ def check_expo_args(args: Args) -> None:
         )
     if args.policy == "gaussian" and args.pretrain_steps:
         raise UsageError("--pretrain-steps: pre-trains the diffusion base, so needs --policy expo")
+    if args.reward_bias != "auto" and not math.isfinite(args.reward_bias):
+        raise UsageError(f"--reward-bias {args.reward_bias}: must be a finite number or 'auto'")
 
 
 def main(args: Args) -> dict:
@@ -534,8 +578,11 @@ def main(args: Args) -> dict:
     def to_env(action: torch.Tensor) -> torch.Tensor:
         return low_t + (action.clamp(-1.0, 1.0) + 1) / 2 * (high_t - low_t)
 
+    bias = reward_bias(args.reward_bias, task.dataset.name, task.env_id)
+    print(f"reward bias: {bias:+g} on every minibatch (--reward-bias {args.reward_bias})")
     envs = gym.vector.SyncVectorEnv(
-        [lambda: make_env(task.env_id)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        [lambda: make_env(task.env_id, **task.env_kwargs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     envs.action_space.seed(args.seed)
     agent = EXPO(args, task.obs_dim, task.act_dim, device)
@@ -576,7 +623,7 @@ def main(args: Args) -> dict:
         obs = next_obs
 
         if loop.step > args.learning_starts:
-            batches = mixed_minibatches(off, online, args.batch_size, args.utd_ratio)
+            batches = mixed_minibatches(off, online, args.batch_size, args.utd_ratio, bias)
             loop.log(agent.update(batches) | agent.diagnostics())
         if loop.due(args.eval_every):
             loop.evaluate(evaluator, lambda o: to_env(agent.act_eval(o)))
@@ -592,4 +639,4 @@ def main(args: Args) -> dict:
 
 if __name__ == "__main__":
     with friendly_errors():
-        main(cli(Args))
+        main(cli(Args, PRESETS))

@@ -10,6 +10,11 @@ Each ``episode_{i}`` group holds ``observations`` (T+1 rows, the initial observa
 ``total_steps`` and per-episode reward statistics. Row conversion: row ``t < T`` of an episode is
 ``obs[t]``, ``next_obs = obs[t+1]``, ``terminals = terminations[t]``,
 ``timeouts = truncations[t] & ~terminations[t]``.
+
+A Dict observation space of Boxes (gymnasium-robotics' AntMaze: ``achieved_goal``, ``desired_goal``,
+``observation``; stored as a subgroup per key) is read flattened in `gymnasium.spaces.flatten`'s order,
+so rows equal what `FlattenObservation` (which `ocrl.envs.make_env` applies) emits in the env; the
+metadata then records the keys and their sizes under ``ocrl_flattened_observation``.
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ from ocrl.data.offline import (
 )
 
 __all__ = [
+    "FLATTENED_KEY",
+    "flattened_observation_keys",
     "is_local_minari",
     "is_shipped",
     "looks_like_minari_id",
     "minari_root",
     "read_minari",
+    "recorded_env_spec",
     "write_minari",
 ]
 
@@ -44,6 +52,8 @@ __all__ = [
 _ID_RE = re.compile(
     r"^(?:(?P<namespace>[-_\w][-_\w/]*[-_\w]+)/)?(?P<name>[-_\w]+?)-v(?P<version>\d+)$"
 )
+#: metadata key of a dataset whose Dict observations were flattened: JSON {"space", "keys", "sizes"}.
+FLATTENED_KEY = "ocrl_flattened_observation"
 _RESERVED_KEYS = {
     "total_episodes",
     "total_steps",
@@ -239,26 +249,105 @@ def _box_dim(space, what: str, where: str) -> int:
     return int(space.shape[0])
 
 
-def _env_id_from_metadata(meta: dict) -> str | None:
-    from ocrl.data.d4rl import D4RL_ENV_IDS, parse_d4rl_name
+def _observation_layout(space, where: str) -> tuple[int, list[tuple[str, int]] | None]:
+    """(row width, [(key, size), ...]) of an observation space: a 1-D Box (no keys) or a Dict of Boxes.
 
-    if isinstance(meta.get("ocrl_env_id"), str) and meta["ocrl_env_id"]:
-        return meta["ocrl_env_id"]
+    A Dict is flattened as `gymnasium.spaces.flatten` does (its keys in the space's order, each Box
+    raveled), which is what `gymnasium.wrappers.FlattenObservation` gives the agent in the env.
+    """
+    import gymnasium as gym
+
+    if not isinstance(space, gym.spaces.Dict):
+        return _box_dim(space, "observation", where), None
+    parts = []
+    for key, sub in space.spaces.items():
+        if not isinstance(sub, gym.spaces.Box):
+            raise DatasetError(
+                f"{where}: the observation space is {space}; ocrl flattens a Dict of Box spaces, but "
+                f"key '{key}' is {sub} (flatten nested Dict/Tuple/discrete spaces into a Box first)"
+            )
+        parts.append((str(key), int(np.prod(sub.shape, dtype=np.int64))))
+    if not parts:
+        raise DatasetError(
+            f"{where}: the observation space is an empty Dict; nothing to learn from"
+        )
+    return sum(size for _, size in parts), parts
+
+
+def _flat_observations(observations, parts, rows: int, where: str, episode) -> np.ndarray:
+    """An episode's observations as (rows, width): a Box's as they are, a Dict's keys concatenated."""
+    if parts is None:
+        return np.asarray(observations).reshape(rows, -1)
+    if not isinstance(observations, dict) or any(key not in observations for key, _ in parts):
+        found = ", ".join(observations) if isinstance(observations, dict) else "no keys"
+        raise DatasetError(
+            f"{where}: episode {episode} observations have {found}; the observation space's keys "
+            f"are {', '.join(key for key, _ in parts)}: {_RECREATE}"
+        )
+    columns = []
+    for key, size in parts:
+        value = np.asarray(observations[key])
+        if value.size != rows * size:
+            raise DatasetError(
+                f"{where}: episode {episode} observation '{key}' holds {value.size} numbers, not "
+                f"{rows} rows of {size}; {_RECREATE}"
+            )
+        columns.append(value.reshape(rows, size))
+    return np.concatenate(columns, axis=1)
+
+
+def recorded_env_spec(meta: dict) -> dict | None:
+    """The env spec a Minari dataset records for evaluation: ``eval_env_spec``, else ``env_spec``.
+
+    Returns ``{"id", "kwargs", "max_episode_steps"}`` from its JSON, or None when neither parses.
+    """
     for key in ("eval_env_spec", "env_spec"):
         spec = meta.get(key)
         if not isinstance(spec, str):
             continue
         try:
-            env_id = json.loads(spec).get("id")
-        except (ValueError, AttributeError):
+            spec = json.loads(spec)
+        except ValueError:
             continue
-        if not isinstance(env_id, str):
+        if not isinstance(spec, dict) or not isinstance(spec.get("id"), str):
             continue
-        parsed = parse_d4rl_name(env_id)  # a D4RL gym id like "hopper-medium-v2"
-        if parsed is not None:
-            return D4RL_ENV_IDS.get(parsed[0])
-        return env_id
+        kwargs = spec.get("kwargs")
+        steps = spec.get("max_episode_steps")
+        return {
+            "id": spec["id"],
+            "kwargs": dict(kwargs) if isinstance(kwargs, dict) else {},
+            "max_episode_steps": steps if isinstance(steps, int) and steps > 0 else None,
+        }
     return None
+
+
+def flattened_observation_keys(meta: dict) -> list[tuple[str, int]] | None:
+    """[(key, size), ...] of a dataset whose Dict observations `read_minari` flattened, else None."""
+    value = meta.get(FLATTENED_KEY)
+    if value is None:
+        return None
+    try:
+        info = json.loads(value) if isinstance(value, str) else value
+        return [(str(k), int(n)) for k, n in zip(info["keys"], info["sizes"], strict=True)]
+    except (ValueError, TypeError, KeyError) as e:
+        raise DatasetError(
+            f"metadata '{FLATTENED_KEY}' is {value!r}, not the JSON that read_minari writes "
+            f"({type(e).__name__}: {e}); remove it or {_RECREATE}"
+        ) from e
+
+
+def _env_id_from_metadata(meta: dict) -> str | None:
+    from ocrl.data.d4rl import D4RL_ENV_IDS, parse_d4rl_name
+
+    if isinstance(meta.get("ocrl_env_id"), str) and meta["ocrl_env_id"]:
+        return meta["ocrl_env_id"]
+    spec = recorded_env_spec(meta)
+    if spec is None:
+        return None
+    parsed = parse_d4rl_name(spec["id"])  # a D4RL gym id like "hopper-medium-v2"
+    if parsed is not None:
+        return D4RL_ENV_IDS.get(parsed[0])
+    return spec["id"]
 
 
 def read_minari(id_or_folder: str | os.PathLike, *, download: bool = False) -> OfflineDataset:
@@ -269,12 +358,14 @@ def read_minari(id_or_folder: str | os.PathLike, *, download: bool = False) -> O
     when ``download``). Every episode step becomes one row with ``next_observations`` filled.
     env id: metadata ``ocrl_env_id``, else the id of ``eval_env_spec``/``env_spec`` (a D4RL gym id
     maps to its Gymnasium ``-v4`` env). Reference scores: metadata ``ref_min_score``/``ref_max_score``.
+    Observations: a 1-D Box, or a Dict of Boxes flattened as `gymnasium.spaces.flatten` does (the
+    keys and sizes go into metadata ``ocrl_flattened_observation``); other spaces are refused.
     """
     from minari.dataset.minari_storage import MinariStorage
 
     mds, data_path, name = _open_minari(id_or_folder, download)
     where = f"Minari dataset '{name}' ({data_path})"
-    obs_dim = _box_dim(mds.observation_space, "observation", where)
+    obs_dim, obs_parts = _observation_layout(mds.observation_space, where)
     act_dim = _box_dim(mds.action_space, "action", where)
     total = int(mds.total_steps)
     obs = np.empty((total, obs_dim), np.float32)
@@ -287,10 +378,10 @@ def read_minari(id_or_folder: str | os.PathLike, *, download: bool = False) -> O
     try:
         for ep in mds.iterate_episodes():
             t = len(ep.rewards)
-            o = np.asarray(ep.observations)
-            if o.shape[0] != t + 1:
+            rows = _observation_rows(ep.observations)
+            if rows != t + 1:
                 raise DatasetError(
-                    f"{where}: episode {ep.id} has {o.shape[0]} observations for {t} steps; a Minari "
+                    f"{where}: episode {ep.id} has {rows} observations for {t} steps; a Minari "
                     "episode needs T+1 observations (the initial one included)"
                 )
             if pos + t > total:
@@ -298,7 +389,7 @@ def read_minari(id_or_folder: str | os.PathLike, *, download: bool = False) -> O
                     f"{where}: episodes hold more steps than metadata.json's total_steps={total}; "
                     "fix total_steps in metadata.json"
                 )
-            o = o.reshape(t + 1, -1)
+            o = _flat_observations(ep.observations, obs_parts, t + 1, where, ep.id)
             obs[pos : pos + t] = o[:-1]
             next_obs[pos : pos + t] = o[1:]
             act[pos : pos + t] = np.asarray(ep.actions).reshape(t, -1)
@@ -341,10 +432,33 @@ def read_minari(id_or_folder: str | os.PathLike, *, download: bool = False) -> O
         ref_min_score=ref_min,
         ref_max_score=ref_max,
         source=str(data_path),
-        metadata={**meta, "format": "minari"},
+        metadata={
+            **meta,
+            "format": "minari",
+            **_flattened_metadata(mds.observation_space, obs_parts),
+        },
     )
     ds.validate()
     return ds
+
+
+def _observation_rows(observations) -> int:
+    """Rows of an episode's observations (a Dict space's: those of its first key)."""
+    if isinstance(observations, dict):
+        first = next(iter(observations.values()), None)
+        return 0 if first is None else len(first)
+    return np.asarray(observations).shape[0]
+
+
+def _flattened_metadata(space, parts) -> dict:
+    if parts is None:
+        return {}
+    info = {
+        "space": type(space).__name__,
+        "keys": [k for k, _ in parts],
+        "sizes": [n for _, n in parts],
+    }
+    return {FLATTENED_KEY: json.dumps(info)}
 
 
 def _score(meta: dict, key: str, data_path: Path) -> float | None:

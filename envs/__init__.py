@@ -10,6 +10,7 @@ from ocrl.envs.evaluation import (
     make_env,
     normalized_score,
     reference_scores,
+    register_env_family,
     resolve_reference_scores,
 )
 from ocrl.envs.inventory import InventoryEnv, InventoryProblem, InventorySimulator, make_problem
@@ -21,7 +22,7 @@ from ocrl.envs.lot_sizing import (
     generate_instance,
     load_instance,
 )
-from ocrl.envs.offline_task import OfflineTask, load_offline_task
+from ocrl.envs.offline_task import OfflineTask, dataset_env_kwargs, load_offline_task
 
 __all__ = [
     "DYNAMICS_ENV_IDS",
@@ -37,6 +38,7 @@ __all__ = [
     "OfflineTask",
     "TimeFeature",
     "check_dataset_fits",
+    "dataset_env_kwargs",
     "dynamics_error",
     "episode_seeds",
     "generate_instance",
@@ -46,5 +48,6 @@ __all__ = [
     "make_env",
     "normalized_score",
     "reference_scores",
+    "register_env_family",
     "resolve_reference_scores",
 ]

@@ -12,12 +12,18 @@ import numpy as np
 import torch
 
 from ocrl.data.d4rl import D4RL_ENV_IDS, D4RL_REF_SCORES
+from ocrl.data.minari_io import flattened_observation_keys
 from ocrl.data.offline import DatasetError, OfflineDataset
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
 # Gymnasium ids of the D4RL Gym-MuJoCo domains, any version (D4RL's data are -v2; ocrl evaluates on -v4).
 _D4RL_GYM_ID = re.compile(r"^(?P<task>Hopper|HalfCheetah|Walker2d|Ant)-v(?P<version>[2-5])$")
+# Families that gymnasium-robotics registers when imported (the optional extra `robotics`).
+_ROBOTICS_ID = re.compile(
+    r"^(AntMaze|PointMaze|AdroitHand|Fetch|HandManipulate|HandReach|FrankaKitchen)"
+)
+ROBOTICS_INSTALL = "pip install -e '.[robotics]'"
 
 
 class EnvError(DatasetError):
@@ -36,13 +42,36 @@ def _did_you_mean(env_id: str) -> str:
     return f"did you mean {' or '.join(names)}?"
 
 
+def register_env_family(env_id: str) -> None:
+    """Import gymnasium-robotics for its ids (AntMaze_*, AdroitHand*, ...), which registers them; a
+    one-line `EnvError` with the install command when it is missing. Other ids need nothing."""
+    if not _ROBOTICS_ID.match(env_id):
+        return
+    try:
+        import gymnasium_robotics  # noqa: F401
+    except ImportError as err:
+        raise EnvError(
+            f"cannot make environment '{env_id}': it is a gymnasium-robotics task and "
+            f"gymnasium-robotics is not installed; {ROBOTICS_INSTALL}"
+        ) from err
+
+
 def make_env(env_id: str, **kwargs) -> gym.Env:
-    """gym.make with a one-line `EnvError` (with a "did you mean") for unknown ids; v4 MuJoCo deprecation warnings are silenced."""
+    """gym.make with a one-line `EnvError` (with a "did you mean") for unknown ids; v4 MuJoCo deprecation warnings are silenced.
+
+    gymnasium-robotics ids are registered on first use (`register_env_family`). A Dict observation
+    space (AntMaze's achieved_goal, desired_goal, observation) is flattened by `FlattenObservation`,
+    the order in which `ocrl.data.read_minari` flattens a Minari dataset's Dict observations.
+    """
+    register_env_family(env_id)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*is out of date.*")
-            return gym.make(env_id, **kwargs)
+            env = gym.make(env_id, **kwargs)
+        if isinstance(env.observation_space, gym.spaces.Dict):
+            env = gym.wrappers.FlattenObservation(env)
+        return env
     except (gym.error.NameNotFound, gym.error.VersionNotFound, gym.error.NamespaceNotFound) as err:
         raise EnvError(
             f"cannot make environment '{env_id}': it is not a registered Gymnasium id; "
@@ -99,6 +128,24 @@ def check_dataset_fits(dataset: OfflineDataset, env: gym.Env) -> None:
         problems.append(
             f"actions have {dataset.act_dim} dims but the environment's have {act_shape[0]}"
         )
+    parts = flattened_observation_keys(dataset.metadata)
+    if parts is not None and not problems:
+        # Equal sizes are not enough: the dataset's rows must be the same keys in the same order.
+        inner = (
+            env.env.observation_space if isinstance(env, gym.wrappers.FlattenObservation) else None
+        )
+        env_parts = (
+            [(str(k), int(np.prod(s.shape))) for k, s in inner.spaces.items()]
+            if isinstance(inner, gym.spaces.Dict)
+            else None
+        )
+        if env_parts != parts:
+            have = "a Box" if env_parts is None else ", ".join(f"{k} ({n})" for k, n in env_parts)
+            problems.append(
+                "observations are the flattened Dict "
+                + ", ".join(f"{k} ({n})" for k, n in parts)
+                + f" but the environment's are {have}"
+            )
     if problems:
         env_id = env.spec.id if env.spec else str(env)
         raise DatasetError(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from ocrl.data import OfflineDataset, ReplayBuffer, load_dataset
+from ocrl.data.minari_io import recorded_env_spec
 from ocrl.data.offline import (
     DatasetError,
     metadata_obs_stats,
@@ -19,6 +21,7 @@ from ocrl.envs.evaluation import (
     Evaluator,
     check_dataset_fits,
     make_env,
+    register_env_family,
     resolve_reference_scores,
 )
 
@@ -37,6 +40,8 @@ class OfflineTask:
     ref_min_score: float | None = None
     ref_max_score: float | None = None
     reward_scale: float = 1.0
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """gym.make kwargs of the env (`dataset_env_kwargs`): train and evaluate in this env."""
 
     @property
     def obs_dim(self) -> int:
@@ -57,8 +62,32 @@ class OfflineTask:
         """An Evaluator on this task's env, with its observation normalisation and reference scores."""
         return Evaluator(
             self.env_id, num_episodes, seed, self.obs_mean, self.obs_std,
-            self.ref_min_score, self.ref_max_score, device,
+            self.ref_min_score, self.ref_max_score, device, env_kwargs=self.env_kwargs,
         )  # fmt: skip
+
+
+def dataset_env_kwargs(dataset: OfflineDataset, env_id: str) -> dict[str, Any]:
+    """The gym.make kwargs of the env spec a Minari dataset records (its ``eval_env_spec``, else
+    ``env_spec``) where they differ from ``env_id``'s registration, when that spec is of ``env_id``.
+
+    Minari's D4RL AntMaze data record, e.g., the evaluation maze (one reset and one goal cell),
+    ``continuing_task`` and ``reset_target``; only the differences are passed, so a dataset recorded
+    with an older release's default kwargs still makes the env as registered now.
+    """
+    spec = recorded_env_spec(dataset.metadata)
+    if spec is None or spec["id"] != env_id:
+        return {}
+    register_env_family(env_id)
+    try:
+        registered = gym.spec(env_id)
+    except gym.error.Error:
+        return {}  # make_env reports the unknown id
+    missing = object()
+    kwargs = {k: v for k, v in spec["kwargs"].items() if registered.kwargs.get(k, missing) != v}
+    steps = spec["max_episode_steps"]
+    if steps is not None and steps != registered.max_episode_steps:
+        kwargs["max_episode_steps"] = steps
+    return kwargs
 
 
 def load_offline_task(
@@ -77,13 +106,17 @@ def load_offline_task(
     Observation statistics and the return range of ``normalize_reward`` come from the dataset's
     metadata (``ocrl_obs_mean``/``ocrl_obs_std``, ``ocrl_return_range``: the real source
     dataset's, written by `source_statistics_metadata` into synthetic data, as SynthER does)
-    when it has them, else from the transitions trained on.
+    when it has them, else from the transitions trained on. The env is made with the kwargs the
+    dataset's recorded env spec sets (`dataset_env_kwargs`), for the checks and the evaluator.
     """
     dataset = load_dataset(name)
     env_id = env_id or dataset.env_id
     if env_id is None:
         raise DatasetError(f"dataset '{name}' names no evaluation environment; pass --env-id")
-    env = make_env(env_id)
+    env_kwargs = dataset_env_kwargs(dataset, env_id)
+    if env_kwargs:
+        print(f"environment {env_id} with the dataset's recorded settings: {sorted(env_kwargs)}")
+    env = make_env(env_id, **env_kwargs)
     check_dataset_fits(dataset, env)
     action_low, action_high = env.action_space.low, env.action_space.high
     max_episode_steps = (env.spec.max_episode_steps if env.spec else None) or 1000
@@ -143,5 +176,6 @@ def load_offline_task(
         device=device,
     )  # fmt: skip
     return OfflineTask(
-        dataset, env_id, buffer, obs_mean, obs_std, action_low, action_high, lo, hi, reward_scale
-    )
+        dataset, env_id, buffer, obs_mean, obs_std, action_low, action_high, lo, hi, reward_scale,
+        env_kwargs,
+    )  # fmt: skip

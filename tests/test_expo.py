@@ -304,6 +304,7 @@ def test_minibatches_interleave_offline_and_online_rows():
         (dict(learning_starts=-1), "--learning-starts -1"),
         (dict(policy="gaussian", target_entropy="adjusted"), "needs --policy expo"),
         (dict(policy="gaussian", pretrain_steps=10), "--pretrain-steps"),
+        (dict(reward_bias=float("inf")), "--reward-bias inf"),
     ],
 )
 def test_bad_flags_are_usage_errors(over, expected):
