@@ -2,7 +2,8 @@
 
 Reads every finished run folder under RUNS_DIR named `<algo>__<dataset-or-env>__s<seed>` (what
 scripts/sweep.py and the algorithm files write; finished = has `metrics.json`) and its
-`eval/normalized_score` curve (`eval/return` where a task has no reference scores). Folders without
+`eval/normalized_score` curve (`eval/return` where a task has no reference scores; `--metric return`
+reads the return even where a normalised score exists, the usual axis of online MuJoCo results). Folders without
 `metrics.json` are runs still going or interrupted: they are listed as unfinished and left out of
 every number. The dataset of a run is the `dataset` (or `env_id`) field of its `config.json`, shown by
 name, or for a dataset given as a path by the Minari id in its metadata marked "(generated)" when
@@ -64,6 +65,8 @@ class Args:
     """bootstrap resamples for the IQM confidence intervals and the performance-profile bands"""
     seed: int = 0
     """seed of the bootstrap"""
+    metric: Literal["auto", "return"] = "auto"
+    """auto: eval/normalized_score where a run logs it, else eval/return; return: always eval/return"""
     center: Literal["mean", "median"] = "mean"
     """the seeds' centre in the table and the curves (the ± band is the sample std either way)"""
 
@@ -76,12 +79,13 @@ class Curve:
     tag: str = "eval/normalized_score"
 
 
-def read_curve(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
+def read_curve(run_dir: Path, metric: str = "auto") -> tuple[str, np.ndarray, np.ndarray]:
     """(tag, steps, values) of the run's evaluation curve, one value per step."""
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    tag = "eval/normalized_score" if "eval/normalized_score" in tags else "eval/return"
+    normalized = metric == "auto" and "eval/normalized_score" in tags
+    tag = "eval/normalized_score" if normalized else "eval/return"
     if tag not in tags:
         return tag, np.zeros(0), np.zeros(0)
     # A resumed run logs again from its checkpoint's step into a new event file: the later value wins.
@@ -120,7 +124,7 @@ def run_dataset(folder: Path, slug: str) -> tuple[str, str]:
 
 
 def collect(
-    runs_dir: Path,
+    runs_dir: Path, metric: str = "auto"
 ) -> tuple[dict[tuple[str, str], list[Curve]], dict[str, str], list[Path]]:
     """({(algo, dataset label): [Curve, ...]} over the finished runs with an evaluation curve,
     {label: dataset name}, unfinished run folders)."""
@@ -134,7 +138,7 @@ def collect(
         if not (folder / "metrics.json").exists():
             unfinished.append(folder)
             continue
-        tag, steps, values = read_curve(folder)
+        tag, steps, values = read_curve(folder, metric)
         if len(values):
             name, label = run_dataset(folder, match["target"])
             names[label] = name
@@ -242,7 +246,7 @@ def fmt_steps(curves: list[Curve]) -> str:
 
 def main(args: Args) -> str:
     """Write report.md and the PNGs to args.out_dir; return the Markdown, which is also printed."""
-    runs, names, unfinished = collect(Path(args.runs_dir))
+    runs, names, unfinished = collect(Path(args.runs_dir), args.metric)
     if not runs:
         raise SystemExit(
             f"error: no finished run folders with evaluation logs under {args.runs_dir}"

@@ -97,6 +97,21 @@ def test_center_median_reports_the_median_of_the_seeds(tmp_path):
     assert f"| sac | e | 2,000 | 20.0 ± {std:.1f} | 20.0 ± {std:.1f} | 3 |" in text
 
 
+def test_metric_return_reads_the_return_where_a_normalised_score_exists_too(tmp_path):
+    report = load_script()
+    folder = write_run(tmp_path / "runs", "sac__Hopper-v4__s0", [10.0, 20.0])
+    writer = SummaryWriter(str(folder))
+    for i, v in enumerate([300.0, 700.0]):
+        writer.add_scalar("eval/return", v, (i + 1) * 1000)
+    writer.close()
+    auto = report.main(report.Args(str(tmp_path / "runs"), out_dir=str(tmp_path / "a"), reps=50))
+    assert "| sac | Hopper-v4 | 2,000 | 20.0 ± 0.0 | 20.0 ± 0.0 | 1 |" in auto
+    ret = report.main(
+        report.Args(str(tmp_path / "runs"), out_dir=str(tmp_path / "r"), reps=50, metric="return")
+    )
+    assert "| sac | Hopper-v4 | 2,000 | 700.0 ± 0.0 | 700.0 ± 0.0 | 1 |" in ret
+
+
 def test_score_matrices_keep_the_lowest_seeds_of_every_dataset():
     report = load_script()
 
