@@ -2,8 +2,8 @@
 FlattenObservation), the env made from the dataset's recorded spec, AntMaze's reward - 1 in EXPO, and
 the `robotics` extra (gymnasium-robotics) imported only when an id needs it.
 
-The datasets are written here by minari's own DataCollector into a temporary MINARI_DATASETS_PATH, so
-they are in Minari's exact on-disk format and nothing is downloaded.
+The datasets are written here by minari's own `create_dataset_from_buffers` into a temporary
+MINARI_DATASETS_PATH, so they are in Minari's exact on-disk format and nothing is downloaded.
 """
 
 from __future__ import annotations
