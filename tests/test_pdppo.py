@@ -273,4 +273,52 @@ def test_the_table_script_groups_runs_and_compares_with_welch(tmp_path, monkeypa
     assert "| 3 | 200000 | -8500 ± 500 |" in rows["PDPPO (dual critics)"]
     p = stats.ttest_ind(finals["dual"], finals["single"], equal_var=False).pvalue
     assert rows["PPO (released, --critic single)"].rstrip(" |").endswith(f"{p:.3f}")
-    assert "-7660 ± 1530" in rows["authors' PDPPO (their logs)"]
+    authors = [line for line in text.splitlines() if line.startswith("| authors' PDPPO")]
+    assert "| 200000 | -10182 ± 676 |" in authors[0]  # the authors' logs at the runs' budget
+    assert "| 1000000 | -7660 ± 1613 |" in authors[1]  # and at the paper's 1M (sample sd)
+
+
+def test_the_table_script_reads_the_curves_at_a_given_step(tmp_path, monkeypatch):
+    import importlib.util
+    import statistics
+    import sys
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    curves = {0: [-9000.0, -7000.0, -8000.0, -6000.0], 1: [-8000.0, -8500.0, -7500.0, -5000.0]}
+    for seed, windows in curves.items():
+        run = tmp_path / "runs" / f"dual_s{seed}"
+        run.mkdir(parents=True)
+        config = {"critic": "dual", "variant": "final", "train_actor_trunk": False}
+        (run / "config.json").write_text(json.dumps(config))
+        metrics = {"train_return_last": windows[-1], "train_return_max": max(windows),
+                   "train_return_sum": sum(windows), "return": 0.0, "steps": 16000}  # fmt: skip
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        with SummaryWriter(str(run)) as writer:
+            for i, value in enumerate(windows):
+                writer.add_scalar("pdppo/episode_return", value, (i + 1) * 4000)
+    short = tmp_path / "runs" / "dual_short"  # ends before the step asked for: left out
+    short.mkdir()
+    (short / "config.json").write_text(json.dumps({"critic": "dual", "variant": "final"}))
+    (short / "metrics.json").write_text(json.dumps({"return": 0.0, "steps": 4000}))
+    with SummaryWriter(str(short)) as writer:
+        writer.add_scalar("pdppo/episode_return", -1.0, 4000)
+    path = pdppo.__file__.replace("algos/pdppo.py", "scripts/pdppo_table.py")
+    spec = importlib.util.spec_from_file_location("pdppo_table", path)
+    table = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pdppo_table", table)
+    spec.loader.exec_module(table)
+    text = table.main(table.Args(run_dirs=(str(tmp_path / "runs"),), at_step=12000))
+    row = next(line for line in text.splitlines() if line.startswith("| PDPPO (dual critics)"))
+    at_12k = [-8000.0, -7500.0]  # the third window of each run
+    best = [-7000.0, -7500.0]  # the best of the first three
+    sums = [-24000.0, -24000.0]
+    expected = (
+        f"| 2 | 12000 | {statistics.mean(at_12k):.0f} ± {statistics.stdev(at_12k):.0f} "
+        f"| {statistics.mean(best):.0f} ± {statistics.stdev(best):.0f} | -24000 ± 0 | – |"
+    )
+    assert expected in row, row
+    assert sums[0] == sum(curves[0][:3]) and sums[1] == sum(curves[1][:3])
+    with pytest.raises(SystemExit) as exit_info:
+        table.main(table.Args(run_dirs=(str(tmp_path / "runs"),), at_step=5000))
+    assert exit_info.value.code == 2
