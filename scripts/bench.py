@@ -61,7 +61,9 @@
    step, i.e. one OTF action (EMA diffusion chain for the N samples, edits, subset-min Q) plus the
    --expo-utd critic steps with their OTF backups and the diffusion, edit and temperature steps, against
    RLPD (`--policy gaussian`, the same critics) in the same run; interleaved rounds of --expo-steps, medians,
-   the ratio. At UTD 20 an EXPO step is ~1.4 TFLOP, tens of seconds on one CPU core: lower --expo-utd there.
+   the ratio; on CUDA with --compile also EXPO with the OTF selection compiled into CUDA graphs
+   (`--compile` of algos/expo.py). At UTD 20 an EXPO step is ~1.4 TFLOP, tens of seconds on one CPU core:
+   lower --expo-utd there.
    `python scripts/bench.py --only expo --expo-utd 2 --expo-steps 2 --rounds 3`
 """
 
@@ -1179,9 +1181,14 @@ def bench_expo(args: Args) -> dict[str, float]:
     )  # fmt: skip
     obs = torch.as_tensor(data["observations"][:1], device=device)
     steps: dict[str, Callable[[int], None]] = {}
-    for name, policy in (("RLPD (--policy gaussian)", "gaussian"), ("EXPO", "expo")):
+    variants = [("RLPD (--policy gaussian)", "gaussian", False), ("EXPO", "expo", False)]
+    if args.compile and device.type == "cuda":
+        variants.append(("EXPO --compile (CUDA graphs)", "expo", True))
+    for name, policy, compiled in variants:
         torch.manual_seed(0)
-        eargs = expo.Args(policy=policy, utd_ratio=args.expo_utd, batch_size=args.batch_size)
+        eargs = expo.Args(
+            policy=policy, utd_ratio=args.expo_utd, batch_size=args.batch_size, compile=compiled
+        )
         agent = expo.EXPO(eargs, args.obs_dim, args.act_dim, device)
 
         def step(_: int, agent=agent) -> None:
