@@ -3,7 +3,8 @@
 Reads every finished run folder under RUNS_DIR named `<algo>__<dataset-or-env>__s<seed>` (what
 scripts/sweep.py and the algorithm files write; finished = has `metrics.json`) and its
 `eval/normalized_score` curve (`eval/return` where a task has no reference scores; `--metric return`
-reads the return even where a normalised score exists, the usual axis of online MuJoCo results). Folders without
+reads the return even where a normalised score exists, the usual axis of online MuJoCo results; `--metric TAG`
+any logged scalar, e.g. expo/log_alpha, with no IQM or profile). Folders without
 `metrics.json` are runs still going or interrupted: they are listed as unfinished and left out of
 every number. The dataset of a run is the `dataset` (or `env_id`) field of its `config.json`, shown by
 name, or for a dataset given as a path by the Minari id in its metadata marked "(generated)" when
@@ -65,8 +66,9 @@ class Args:
     """bootstrap resamples for the IQM confidence intervals and the performance-profile bands"""
     seed: int = 0
     """seed of the bootstrap"""
-    metric: Literal["auto", "return"] = "auto"
-    """auto: eval/normalized_score where a run logs it, else eval/return; return: always eval/return"""
+    metric: str = "auto"
+    """auto: eval/normalized_score where a run logs it, else eval/return; return: always eval/return; or any
+    logged scalar tag (e.g. expo/log_alpha): its table and curves only, no IQM or performance profile"""
     center: Literal["mean", "median"] = "mean"
     """the seeds' centre in the table and the curves (the ± band is the sample std either way)"""
 
@@ -85,7 +87,7 @@ def read_curve(run_dir: Path, metric: str = "auto") -> tuple[str, np.ndarray, np
     acc.Reload()
     tags = acc.Tags()["scalars"]
     normalized = metric == "auto" and "eval/normalized_score" in tags
-    tag = "eval/normalized_score" if normalized else "eval/return"
+    tag = metric if "/" in metric else "eval/normalized_score" if normalized else "eval/return"
     if tag not in tags:
         return tag, np.zeros(0), np.zeros(0)
     # A resumed run logs again from its checkpoint's step into a new event file: the later value wins.
@@ -246,6 +248,10 @@ def fmt_steps(curves: list[Curve]) -> str:
 
 def main(args: Args) -> str:
     """Write report.md and the PNGs to args.out_dir; return the Markdown, which is also printed."""
+    if args.metric not in ("auto", "return") and "/" not in args.metric:
+        raise SystemExit(
+            f"error: --metric {args.metric}: use auto, return or a logged tag such as expo/log_alpha"
+        )
     runs, names, unfinished = collect(Path(args.runs_dir), args.metric)
     if not runs:
         raise SystemExit(
@@ -298,8 +304,9 @@ def main(args: Args) -> str:
         lines += ["", "Unfinished runs (no metrics.json), left out of every number:", ""]
         lines += [f"- `{folder.relative_to(args.runs_dir)}`" for folder in unfinished]
     scores, _, left_out = score_matrices(runs)
+    diagnostic = "/" in args.metric and not args.metric.startswith("eval/")
     try:
-        aggregates = iqm_with_ci(scores, args.reps, args.seed)
+        aggregates = None if diagnostic else iqm_with_ci(scores, args.reps, args.seed)
     except ImportError:
         aggregates = None
         note = 'rliable is not installed, so the IQM was skipped; pip install -e ".[plots]"'
@@ -329,9 +336,11 @@ def main(args: Args) -> str:
             lines += [f"- {algo} on {dataset}: seed {seed}" for algo, dataset, seed in left_out]
     pngs = plot_curves(runs, algos, datasets, out, args.center)
     tags = {c.tag for curves in runs.values() for c in curves}
-    profile = plot_performance_profile(
-        scores, algos, out, args.reps, args.seed, normalized=tags == {"eval/normalized_score"}
-    )
+    profile = None
+    if not diagnostic:
+        profile = plot_performance_profile(
+            scores, algos, out, args.reps, args.seed, normalized=tags == {"eval/normalized_score"}
+        )
     if profile is not None:
         lines += [
             "",
@@ -383,7 +392,9 @@ def plot_curves(
             ax.fill_between(steps, middle - std, middle + std, color=color, alpha=0.2)
         tags = {c.tag for algo in algos for c in runs.get((algo, dataset), [])}
         ax.set_xlabel("step")
-        quantity = "normalised score" if tags == {"eval/normalized_score"} else "return"
+        quantity = {"eval/normalized_score": "normalised score", "eval/return": "return"}.get(
+            next(iter(tags), ""), ", ".join(sorted(tags))
+        )
         ax.set_ylabel(f"{quantity} ({center} ± std over seeds)")
         ax.set_title(dataset)
         ax.legend()

@@ -112,6 +112,28 @@ def test_metric_return_reads_the_return_where_a_normalised_score_exists_too(tmp_
     assert "| sac | Hopper-v4 | 2,000 | 700.0 ± 0.0 | 700.0 ± 0.0 | 1 |" in ret
 
 
+def test_metric_can_be_any_logged_tag_without_an_aggregate(tmp_path):
+    report = load_script()
+    for seed, values in enumerate([[0.1, 0.5, 0.9], [0.2, 0.4, 1.3]]):
+        folder = write_run(tmp_path / "runs", f"expo__hopper__s{seed}", [10.0, 20.0, 30.0])
+        with SummaryWriter(str(folder)) as writer:
+            for i, v in enumerate(values):
+                writer.add_scalar("expo/log_alpha", v, (i + 1) * 1000)
+    text = report.main(
+        report.Args(
+            str(tmp_path / "runs"), out_dir=str(tmp_path / "o"), reps=50, metric="expo/log_alpha"
+        )
+    )
+    final, best = np.array([0.9, 1.3]), np.array([0.9, 1.3])
+    row = f"| expo | hopper | 3,000 | {final.mean():.1f} ± {final.std(ddof=1):.1f} | {best.mean():.1f} ± {best.std(ddof=1):.1f} | 2 |"
+    assert row in text, text
+    assert "IQM" not in text and "performance profile" not in text.lower()
+    with pytest.raises(SystemExit):
+        report.main(
+            report.Args(str(tmp_path / "runs"), out_dir=str(tmp_path / "x"), metric="alpha")
+        )
+
+
 def test_score_matrices_keep_the_lowest_seeds_of_every_dataset():
     report = load_script()
 
