@@ -211,7 +211,7 @@ def main(args: Args) -> str:
             f"| {name} | {len(g['last'])} | {', '.join(str(s) for s in sorted(steps[name]))} "
             f"| {fmt(g['last'])} | {fmt(g['max'])} | {fmt(g['sum'])} | {fmt(g['eval'])} | {p} |"
         )
-    ours = set().union(*steps.values()) if steps else set()
+    ours = set().union(*steps.values())
     shown = [args.at_step] if args.at_step in AUTHORS else sorted(s for s in AUTHORS if s in ours)
     for step in dict.fromkeys([*shown, 1_000_000]):  # the budget compared, then the paper's 1M
         for name, values in AUTHORS[step].get(args.instance, {}).items():

@@ -392,9 +392,12 @@ def plot_curves(
             ax.fill_between(steps, middle - std, middle + std, color=color, alpha=0.2)
         tags = {c.tag for algo in algos for c in runs.get((algo, dataset), [])}
         ax.set_xlabel("step")
-        quantity = {"eval/normalized_score": "normalised score", "eval/return": "return"}.get(
-            next(iter(tags), ""), ", ".join(sorted(tags))
-        )
+        if tags == {"eval/normalized_score"}:
+            quantity = "normalised score"
+        elif all(tag.startswith("eval/") for tag in tags):
+            quantity = "return"
+        else:
+            quantity = ", ".join(sorted(tags))
         ax.set_ylabel(f"{quantity} ({center} ± std over seeds)")
         ax.set_title(dataset)
         ax.legend()

@@ -246,10 +246,20 @@ def test_garbage_checkpoint_for_resume_is_refused(tmp_path, capsys, run_algorith
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
-def test_the_table_script_groups_runs_and_compares_with_welch(tmp_path, monkeypatch):
+def load_table_script(monkeypatch):
+    """scripts/pdppo_table.py as a module (scripts/ is not a package)."""
     import importlib.util
     import sys
 
+    path = pdppo.__file__.replace("algos/pdppo.py", "scripts/pdppo_table.py")
+    spec = importlib.util.spec_from_file_location("pdppo_table", path)
+    table = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pdppo_table", table)
+    spec.loader.exec_module(table)
+    return table
+
+
+def test_the_table_script_groups_runs_and_compares_with_welch(tmp_path, monkeypatch):
     from scipy import stats
 
     root = tmp_path / "runs"
@@ -263,11 +273,7 @@ def test_the_table_script_groups_runs_and_compares_with_welch(tmp_path, monkeypa
             metrics = {"train_return_last": value, "train_return_max": value + 100,
                        "train_return_sum": 50 * value, "return": value - 1, "steps": 200000}  # fmt: skip
             (run / "metrics.json").write_text(json.dumps(metrics))
-    path = pdppo.__file__.replace("algos/pdppo.py", "scripts/pdppo_table.py")
-    spec = importlib.util.spec_from_file_location("pdppo_table", path)
-    table = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "pdppo_table", table)
-    spec.loader.exec_module(table)
+    table = load_table_script(monkeypatch)
     text = table.main(table.Args(run_dirs=(str(root),), instance="25x10"))
     rows = {line.split("|")[1].strip(): line for line in text.splitlines()[2:]}
     assert "| 3 | 200000 | -8500 ± 500 |" in rows["PDPPO (dual critics)"]
@@ -279,9 +285,7 @@ def test_the_table_script_groups_runs_and_compares_with_welch(tmp_path, monkeypa
 
 
 def test_the_table_script_reads_the_curves_at_a_given_step(tmp_path, monkeypatch):
-    import importlib.util
     import statistics
-    import sys
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -303,11 +307,7 @@ def test_the_table_script_reads_the_curves_at_a_given_step(tmp_path, monkeypatch
     (short / "metrics.json").write_text(json.dumps({"return": 0.0, "steps": 4000}))
     with SummaryWriter(str(short)) as writer:
         writer.add_scalar("pdppo/episode_return", -1.0, 4000)
-    path = pdppo.__file__.replace("algos/pdppo.py", "scripts/pdppo_table.py")
-    spec = importlib.util.spec_from_file_location("pdppo_table", path)
-    table = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "pdppo_table", table)
-    spec.loader.exec_module(table)
+    table = load_table_script(monkeypatch)
     text = table.main(table.Args(run_dirs=(str(tmp_path / "runs"),), at_step=12000))
     row = next(line for line in text.splitlines() if line.startswith("| PDPPO (dual critics)"))
     at_12k = [-8000.0, -7500.0]  # the third window of each run
