@@ -135,8 +135,13 @@ class Args:
     """seed of the network initialisation, the shuffling and the scenarios (test uses seed + 1000)"""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
+    threads: int = 1
+    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
+    each other 10-50x; 0 uses torch's default (all cores)"""
     run_dir: str | None = None
     """run folder; default runs/hdpo__<instance>__s<seed>__<time>"""
+    overwrite: bool = False
+    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
     save_model: bool = False
     """write the best policy's weights to policy.pt in the run folder (atomically)"""
     progress: bool = True
@@ -284,7 +289,7 @@ def check_hdpo_args(args: Args) -> None:
 
 def main(args: Args) -> dict:
     check_hdpo_args(args)  # every flag, before the run folder is created
-    device = pick_device(args.device)
+    device = pick_device(args.device, args.threads)
     seed_everything(args.seed)
     problem = make_problem(args.setting, args.p, args.lead_time, args.n_stores, args.instance_seed)
     if args.initial_on_hand is not None:

@@ -56,14 +56,34 @@ def register_env_family(env_id: str) -> None:
         ) from err
 
 
+def _mujoco_warning(message: str) -> None:
+    # The v4 XMLs' deprecated compiler attributes (HalfCheetah's settotalmass) are gymnasium's to fix and say
+    # nothing about the run; every other MuJoCo warning is shown once through Python's warnings.
+    if "is deprecated" not in message:
+        warnings.warn(f"MuJoCo: {message.strip()}", RuntimeWarning, stacklevel=1)
+
+
+def route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings to Python's `warnings` instead of its default, which also appends them to
+    MUJOCO_LOG.TXT in the working folder (a run writes only into its run folder); a handler set by others stays."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_mujoco_warning)
+
+
 def make_env(env_id: str, **kwargs) -> gym.Env:
-    """gym.make with a one-line `EnvError` (with a "did you mean") for unknown ids; v4 MuJoCo deprecation warnings are silenced.
+    """gym.make with a one-line `EnvError` (with a "did you mean") for unknown ids; v4 MuJoCo deprecation warnings are
+    silenced and MuJoCo's other warnings go to Python's `warnings` (no MUJOCO_LOG.TXT).
 
     gymnasium-robotics ids are registered on first use (`register_env_family`). A Dict observation
     space (AntMaze's achieved_goal, desired_goal, observation) is flattened by `FlattenObservation`,
     the order in which `ocrl.data.read_minari` flattens a Minari dataset's Dict observations.
     """
     register_env_family(env_id)
+    route_mujoco_warnings()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

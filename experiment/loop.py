@@ -104,7 +104,9 @@ class TrainingLoop:
             ckpt = load_checkpoint(Path(args.resume), "cpu")
             self._check_normalizer(ckpt, Path(args.resume))
             self.step = restore_training_state(ckpt, self.parts, np_rng, None)
-        self.run = Run(algo, target, args.seed, args, args.run_dir)
+        # --overwrite empties a finished run's folder; a resumed run continues in its own.
+        overwrite = getattr(args, "overwrite", False) and ckpt is None
+        self.run = Run(algo, target, args.seed, args, args.run_dir, overwrite)
         if ckpt is not None:
             self.run.load_state_dict(ckpt["run"])
         self.resumed_from = self.step

@@ -5,15 +5,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import io
 import json
 import math
+import os
 import random
 import re
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -46,8 +52,17 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: The largest --seed: NumPy's legacy generator, which every run seeds, takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def _is_learning_rate(name: str) -> bool:
+    return name == "lr" or name.endswith("_lr") or name.startswith("lr_")
+
+
 def check_args(args: Any, positive: Sequence[str] = POSITIVE_FIELDS) -> None:
-    """Raise UsageError for a non-positive count among `positive` (e.g. --batch-size 0) before anything is written."""
+    """Raise UsageError for a bad value (count <= 0, seed out of range, learning rate <= 0, NaN, a run folder in
+    use, an output that cannot be written) before anything is written."""
     fields = {f.name: f for f in dataclasses.fields(args)}
     for name in positive:
         if name not in fields:
@@ -57,9 +72,156 @@ def check_args(args: Any, positive: Sequence[str] = POSITIVE_FIELDS) -> None:
             default = fields[name].default
             hint = f" (the default is {default})" if isinstance(default, int) else ""
             raise UsageError(f"{_flag(name)} {value}: must be a positive whole number{hint}")
+    seed = getattr(args, "seed", 0)
+    if "seed" in fields and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise UsageError(f"--seed {seed}: must be a whole number from 0 to {MAX_SEED}")
+    for name in fields:
+        value = getattr(args, name)
+        if not isinstance(value, float):
+            continue
+        if not math.isfinite(value):
+            raise UsageError(f"{_flag(name)} {value}: must be a finite number")
+        if _is_learning_rate(name) and value <= 0:
+            raise UsageError(f"{_flag(name)} {value}: a learning rate must be > 0 (e.g. 3e-4)")
     for name in ("discount", "tau"):
         if name in fields and not 0.0 <= getattr(args, name) <= 1.0:
             raise UsageError(f"{_flag(name)} {getattr(args, name)}: must lie in [0, 1]")
+    if "threads" in fields and (not isinstance(args.threads, int) or args.threads < 0):
+        raise UsageError(
+            f"--threads {args.threads}: must be a whole number >= 0 (0: torch's default, all cores)"
+        )
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is not None and not getattr(args, "resume", None):
+        check_run_dir(run_dir, getattr(args, "overwrite", False))
+    for name in ("run_dir", "out"):
+        if getattr(args, name, None) is not None:
+            check_writable(getattr(args, name), _flag(name))
+
+
+def _holds_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE))
+
+
+def check_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse a --run-dir that is a file or holds a run (reused only by --resume, or emptied first with --overwrite)."""
+    folder = Path(run_dir)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--run-dir {folder}: is a file, not a folder; pick a new folder")
+    # Other files (a sweep's stdout.log, say) may share the folder; only a run's own files are refused.
+    if not folder.is_dir() or not _holds_run(folder):
+        return
+    if not overwrite:
+        raise UsageError(
+            f"--run-dir {folder}: holds a run already; continue it with --resume {folder}, "
+            "start over in it with --overwrite (deletes what is there), or pick a new folder"
+        )
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """Raise UsageError unless a file can be created at `path` (or inside it, for a folder), checked with a probe file that is removed."""
+    target = Path(path)
+    probe_dir = target if target.is_dir() else target.parent
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(f"{probe_dir} is not a folder")
+        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".ocrl-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UsageError(
+            f"{flag} {path}: cannot be written ({reason} in {probe_dir}); choose a writable place"
+        ) from None
+
+
+def _union_members(tp: Any) -> tuple[Any, ...]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _value_rule(tp: Any) -> tuple[Callable[[str], bool], str, tuple[str, ...]] | None:
+    """(accepts one value, what is accepted, named choices) for a field type; None where tyro alone knows."""
+    tests: list[Callable[[str], bool]] = []
+    words: list[str] = []
+    choices: list[str] = []
+    for member in _union_members(tp):
+        if member is type(None):
+            choices.append("None")
+        elif typing.get_origin(member) is Literal:
+            choices += [str(c) for c in typing.get_args(member)]
+        elif member is int:
+            tests.append(lambda v: _parses(int, v))
+            words.append("a whole number")
+        elif member is float:
+            tests.append(lambda v: _parses(float, v))
+            words.append("a number")
+        elif member in (str, Path):
+            return None
+        elif typing.get_origin(member) in (tuple, list):
+            inner = [a for a in typing.get_args(member) if a is not Ellipsis]
+            if inner and all(a is int for a in inner):
+                tests.append(lambda v: _parses(int, v))
+                words.append("whole numbers")
+            elif inner and all(a is float for a in inner):
+                tests.append(lambda v: _parses(float, v))
+                words.append("numbers")
+            else:
+                return None
+        else:
+            return None
+    if choices and not words:
+        words.append("one of " + ", ".join(choices))
+    elif choices:
+        words.append(" or ".join(choices))
+    return (lambda v: v in choices or any(t(v) for t in tests)), " or ".join(words), tuple(choices)
+
+
+def _parses(kind: type, text: str) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_flag_values(args_cls: type, argv: Sequence[str]) -> None:
+    """Exit 2 with one line naming the flag, the value and what it accepts, before tyro prints its box."""
+    hints = typing.get_type_hints(args_cls)
+    by_flag = {f.name.replace("_", "-"): f.name for f in dataclasses.fields(args_cls)}
+    argv = list(argv)
+    for i, token in enumerate(argv):
+        if not token.startswith("--") or token == "--":
+            continue
+        flag, has_value, inline = token[2:].partition("=")
+        name = by_flag.get(flag.replace("_", "-"))
+        if name is None or hints[name] is bool:
+            continue
+        values = [inline] if has_value else []
+        if not has_value:
+            for later in argv[i + 1 :]:
+                if later.startswith("--"):
+                    break
+                values.append(later)
+        rule = _value_rule(hints[name])
+        if not values:
+            _usage_exit(f"--{flag} needs a value" + (f": {rule[1]}" if rule else ""))
+        if rule is None:
+            continue
+        accepts, what, choices = rule
+        for value in values:
+            if accepts(value):
+                continue
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            _usage_exit(f"--{flag} {value}: expected {what}{hint}")
+
+
+def _usage_exit(message: str) -> typing.NoReturn:
+    print(f"error: {message} (--help lists every flag)", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def check_flag_names(args_cls: type, argv: Sequence[str]) -> None:
@@ -98,10 +260,39 @@ def cli(
     if name is not None and name not in ("None",):
         if name not in presets:
             known = ", ".join(sorted(presets)) or "(none)"
-            print(f"error: unknown --preset '{name}'. Known presets: {known}", file=sys.stderr)
-            raise SystemExit(2)
+            close = difflib.get_close_matches(name, sorted(presets), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            _usage_exit(f"--preset {name}: expected one of {known}{hint}")
         default = dataclasses.replace(default, **presets[name])
-    return tyro.cli(args_cls, default=default, args=argv)
+    check_flag_values(args_cls, argv)
+    # tyro reports what the checks above do not foresee in a boxed message on stderr: keep it to one line.
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            parsed = tyro.cli(args_cls, default=default, args=argv)
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            _usage_exit(_one_line(captured.getvalue()) or "could not parse the flags")
+        raise
+    sys.stderr.write(captured.getvalue())
+    return parsed
+
+
+def _one_line(boxed: str) -> str:
+    """The message of a tyro error box, without the frame, the help text and the line breaks."""
+    lines = []
+    for raw in boxed.splitlines():
+        line = raw.strip().strip("╭╮╰╯│").strip()
+        if line and set(line) <= set("─ "):
+            if lines:
+                break
+            continue
+        if line.startswith("─") and lines:
+            break
+        line = line.strip("─ ").strip()
+        if line:
+            lines.append(line)
+    return " ".join(" ".join(lines).split())
 
 
 @contextlib.contextmanager
@@ -114,14 +305,18 @@ def friendly_errors() -> Iterator[None]:
         CheckpointError,
         DatasetError,
         FileNotFoundError,
+        PermissionError,
         FloatingPointError,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """'auto' means CUDA when available, else CPU; anything else is passed to torch.device."""
+def pick_device(device: str = "auto", threads: int | None = None) -> torch.device:
+    """'auto' means CUDA when available, else CPU; anything else is passed to torch.device. `threads` (0: torch's
+    default) sets torch's CPU thread count."""
+    if threads:
+        torch.set_num_threads(threads)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -243,7 +438,16 @@ def restore_training_state(
 
 
 def resume_args(
-    args: ArgsT, keep: Sequence[str] = ("total_steps", "resume", "device", "compile", "progress")
+    args: ArgsT,
+    keep: Sequence[str] = (
+        "total_steps",
+        "resume",
+        "device",
+        "threads",
+        "compile",
+        "progress",
+        "overwrite",
+    ),
 ) -> ArgsT:
     """The arguments a resumed run continues with: its saved config.json, except the fields named in `keep`; says which flags it ignores."""
     run_dir = Path(args.resume)  # type: ignore[attr-defined]
@@ -297,7 +501,13 @@ class Run:
     """One run folder: config.json, TensorBoard events, evaluation bookkeeping and metrics.json at the end."""
 
     def __init__(
-        self, algo: str, target: str, seed: int, config: Any, run_dir: str | None = None
+        self,
+        algo: str,
+        target: str,
+        seed: int,
+        config: Any,
+        run_dir: str | None = None,
+        overwrite: bool = False,
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -306,6 +516,9 @@ class Run:
             self.dir = _new_folder(Path("runs") / f"{algo}__{_slug(target)}__s{seed}__{stamp}")
         else:
             self.dir = Path(run_dir)
+            if overwrite and self.dir.is_dir() and _holds_run(self.dir):
+                for entry in self.dir.iterdir():
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             self.dir.mkdir(parents=True, exist_ok=True)
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()}

@@ -33,6 +33,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -145,6 +146,11 @@ def run_job(job: Job, threads: int, root: str) -> tuple[int, bool]:
     Returns (exit code, whether metrics.json exists). Both are decided where the run executed, so the
     Ray backend does not depend on the driver seeing the file at once."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
+    if "--resume" not in job.command:
+        # A run that stopped before its first checkpoint starts over; its own log stays.
+        for entry in job.run_dir.iterdir():
+            if entry.name != "stdout.log":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     command = [sys.executable, *job.command[1:]]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(job.run_dir / "stdout.log", "a") as log:

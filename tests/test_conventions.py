@@ -9,6 +9,7 @@ import importlib
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,210 @@ def test_float_flag_file_reports_a_normalised_score_on_hopper_v5(hopper_random_f
     hopper_random_return = -20.272305  # D4RL's hopper reference: a score of 0
     expected = 100 * (metrics["return"] - hopper_random_return) / (3234.3 - hopper_random_return)
     assert metrics["normalized_score"] == pytest.approx(expected, rel=1e-4)
+
+
+# --- First contact: inputs that once crashed with a traceback or changed a finished run (issue 25) ---
+
+
+def _first_field(name: str, test) -> str:
+    """The flag of the first Args field of algos/<name>.py whose (name, type) passes `test`."""
+    hints = typing.get_type_hints(module(name).Args)
+    field = next(
+        f.name for f in dataclasses.fields(module(name).Args) if test(f.name, hints[f.name])
+    )
+    return "--" + field.replace("_", "-")
+
+
+def _is_lr(field: str, tp) -> bool:
+    return (field == "lr" or field.endswith("_lr") or field.startswith("lr_")) and float in (
+        tp,
+        *typing.get_args(tp),
+    )
+
+
+def _one_line_refusal(module_, argv, run_algorithm, tmp_path, *expected) -> str:
+    run_dir = tmp_path / "run"
+    code, err = run_algorithm(module_, [*argv, "--run-dir", str(run_dir), "--no-progress"])
+    assert code == 2, err
+    assert err.startswith("error:") and "\n" not in err, err
+    for text in expected:
+        assert text in err, err
+    assert not run_dir.exists()
+    return err
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_a_seed_out_of_range_is_one_line(name, seed, tmp_path, run_algorithm):
+    _one_line_refusal(
+        module(name), ["--seed", seed], run_algorithm, tmp_path, f"--seed {seed}", "4294967295"
+    )
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_a_learning_rate_that_is_not_positive_and_finite_is_one_line(
+    name, value, tmp_path, run_algorithm
+):
+    flag = _first_field(name, _is_lr)
+    _one_line_refusal(module(name), [flag, value], run_algorithm, tmp_path, flag)
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_a_mistyped_number_names_the_flag_the_value_and_what_it_takes(
+    name, tmp_path, run_algorithm
+):
+    flag = _first_field(name, lambda field, tp: tp is int and field != "seed")
+    _one_line_refusal(
+        module(name),
+        [flag, "abc"],
+        run_algorithm,
+        tmp_path,
+        f"{flag} abc",
+        "expected a whole number",
+    )
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_an_unknown_choice_lists_the_choices_and_the_closest(name, tmp_path, run_algorithm):
+    hints = typing.get_type_hints(module(name).Args)
+    literals = [
+        f.name
+        for f in dataclasses.fields(module(name).Args)
+        if typing.Literal
+        in (
+            typing.get_origin(hints[f.name]),
+            *map(typing.get_origin, typing.get_args(hints[f.name])),
+        )
+    ]
+    if not literals:
+        pytest.skip(f"algos/{name}.py has no flag with a fixed set of choices")
+    field = literals[
+        -1
+    ]  # --preset is often first; any other choice flag is tested where there is one
+    tp = hints[field]
+    literal = (
+        tp
+        if typing.get_origin(tp) is typing.Literal
+        else next(a for a in typing.get_args(tp) if typing.get_origin(a) is typing.Literal)
+    )
+    choices = [str(c) for c in typing.get_args(literal)]
+    flag = "--" + field.replace("_", "-")
+    typo = choices[0][:-1] + ("x" if choices[0][-1] != "x" else "y")
+    err = _one_line_refusal(module(name), [flag, typo], run_algorithm, tmp_path, f"{flag} {typo}")
+    assert all(c in err for c in choices) and f"did you mean {choices[0]}?" in err, err
+
+
+def test_an_unknown_setting_is_one_line_from_the_real_command(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "algos" / "hdpo.py"), "--setting", "nonsense"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--setting nonsense: expected one of one_store_lost, " in proc.stderr
+    assert "╭" not in proc.stderr and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_an_unwritable_run_dir_is_refused_before_any_work(name, tmp_path, run_algorithm):
+    code, err = run_algorithm(module(name), ["--run-dir", "/proc/ocrl-run", "--no-progress"])
+    assert code == 2 and "\n" not in err and "--run-dir /proc/ocrl-run: cannot be written" in err
+
+
+def test_an_unwritable_diffusion_output_is_refused_before_training(
+    hopper_random_file, tmp_path, monkeypatch, run_algorithm
+):
+    monkeypatch.chdir(tmp_path)  # the default run folder would be made under ./runs
+    code, err = run_algorithm(
+        module("diffusion"), ["--dataset", hopper_random_file, "--out", "/proc/x.hdf5"]
+    )
+    assert code == 2 and "\n" not in err, err
+    assert "--out /proc/x.hdf5: cannot be written" in err and ".tmp" not in err
+    assert not any(tmp_path.iterdir())  # no run folder
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_a_run_dir_that_holds_a_run_is_not_reused_without_resume(name, tmp_path, run_algorithm):
+    run_dir = tmp_path / "done"
+    run_dir.mkdir()
+    for file in ("config.json", "metrics.json", "checkpoint.pt"):
+        (run_dir / file).write_text("{}")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    code, err = run_algorithm(module(name), ["--run-dir", str(run_dir), "--no-progress"])
+    assert code == 2 and "\n" not in err, err
+    assert f"--run-dir {run_dir}: holds a run already" in err and "--resume" in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_overwrite_empties_a_finished_run_first(hopper_random_file, tmp_path, run_algorithm):
+    run_dir = tmp_path / "run"
+    first = make_args("td3_bc", hopper_random_file, run_dir=str(run_dir), save_model=True)
+    module("td3_bc").main(first)
+    old_events = {p.name for p in run_dir.glob("events.*")}
+    code, err = run_algorithm(
+        module("td3_bc"),
+        ["--dataset", hopper_random_file, "--total-steps", "20", "--eval-every", "20",
+         "--eval-episodes", "1", "--hidden", "16", "16", "--run-dir", str(run_dir), "--no-progress"],
+    )  # fmt: skip
+    assert code == 2 and "holds a run already" in err
+    code, _ = run_algorithm(
+        module("td3_bc"),
+        ["--dataset", hopper_random_file, "--total-steps", "20", "--eval-every", "20",
+         "--eval-episodes", "1", "--hidden", "16", "16", "--run-dir", str(run_dir), "--no-progress",
+         "--overwrite"],
+    )  # fmt: skip
+    assert code == 0
+    assert not (run_dir / "checkpoint.pt").exists()  # the old run's, not written by this one
+    assert not old_events & {p.name for p in run_dir.glob("events.*")}
+    assert len(list(run_dir.glob("events.*"))) == 1
+    assert json.loads((run_dir / "config.json").read_text())["total_steps"] == 20
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 20
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_threads_flag_is_checked(name, tmp_path, run_algorithm):
+    _one_line_refusal(
+        module(name), ["--threads", "-1"], run_algorithm, tmp_path, "--threads -1", ">= 0"
+    )
+
+
+def test_threads_sets_torchs_cpu_threads():
+    from ocrl.experiment import pick_device
+
+    before = torch.get_num_threads()
+    try:
+        pick_device("cpu", 1)
+        assert torch.get_num_threads() == 1
+        pick_device("cpu", 0)  # 0 leaves torch's setting alone
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_halfcheetah_run_writes_nothing_outside_its_run_folder(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "algos" / "ppo.py"), "--env-id", "HalfCheetah-v4",
+         "--total-steps", "64", "--num-steps", "32", "--batch-size", "16", "--update-epochs", "1",
+         "--eval-every", "64", "--eval-episodes", "1", "--hidden", "8", "--run-dir", "run",
+         "--no-progress"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no MUJOCO_LOG.TXT beside it
+    assert "WARNING" not in proc.stdout + proc.stderr and "deprecated" not in proc.stderr
+
+
+def test_mujoco_warnings_reach_python_warnings_and_no_log_file(tmp_path, monkeypatch):
+    import mujoco
+
+    from ocrl.envs import make_env
+
+    monkeypatch.chdir(tmp_path)
+    env = make_env("Hopper-v4")
+    env.reset(seed=0)
+    data = env.unwrapped.data
+    data.qpos[:] = float("nan")
+    with pytest.warns(RuntimeWarning, match="MuJoCo: Nan, Inf or huge value in QPOS"):
+        mujoco.mj_step(env.unwrapped.model, data)
+    env.close()
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()

@@ -117,7 +117,7 @@ def test_cli_unknown_preset_exits_2_with_one_line(capsys):
         cli(td3_bc.Args, td3_bc.PRESETS, ["--preset", "nope"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown --preset 'nope'") and "\n" not in err
+    assert err.startswith("error: --preset nope: expected one of ") and "\n" not in err
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):
