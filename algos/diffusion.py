@@ -447,8 +447,6 @@ def check_diffusion_args(args: Args) -> None:
         raise UsageError(f"--trajectory-length {args.trajectory_length}: a window needs >= 2 rows")
     if not 0.0 <= args.ema_decay < 1.0:
         raise UsageError(f"--ema-decay {args.ema_decay}: must lie in [0, 1)")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise UsageError(f"--lr {args.lr}: must be a positive number")
     if args.grad_clip < 0 or args.quality_samples < 0:
         raise UsageError("--grad-clip and --quality-samples must be >= 0")
     if args.unet_features % 8 or args.unet_features < 16:

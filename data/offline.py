@@ -498,8 +498,14 @@ def set_ordinary_permissions(path: str | os.PathLike, *, directory: bool = False
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it gets ordinary permissions and is renamed into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as err:
+        # Name the path the user gave, not the temporary file beside it.
+        raise PermissionError(
+            f"cannot write {path} ({err.strerror or err}); choose a writable place"
+        ) from None
     os.close(fd)
     try:
         yield Path(tmp)
