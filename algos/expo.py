@@ -77,14 +77,13 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ocrl.data import Batch, ReplayBuffer
-from ocrl.envs import load_offline_task, make_env
+from ocrl.envs import TrainingEnvs, load_offline_task, make_env
 from ocrl.experiment import (
     Agent,
     TrainingLoop,
@@ -207,9 +206,9 @@ class Args:
     log_every: int = 1_000
     """environment steps between loss logs"""
     save_model: bool = False
-    """write checkpoint.pt (networks, optimisers, RNG and online replay) at every evaluation and at the end"""
+    """write checkpoint.pt (networks, optimisers, RNG, online replay and the training env) at every evaluation and at the end"""
     resume: str | None = None
-    """run folder to continue from its checkpoint.pt (the environment restarts its episode)"""
+    """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
     """torch.compile the OTF candidate selection (the T-step chain of all N + K candidates and the critic scores);
     on CUDA in 'reduce-overhead' mode, which replays it as CUDA graphs"""
@@ -588,19 +587,17 @@ def main(args: Args) -> dict:
 
     bias = reward_bias(args.reward_bias, task.dataset.name, task.env_id)
     print(f"reward bias: {bias:+g} on every minibatch (--reward-bias {args.reward_bias})")
-    envs = gym.vector.SyncVectorEnv(
-        [lambda: make_env(task.env_id, **task.env_kwargs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    envs.action_space.seed(args.seed)
+    # One SAME_STEP autoreset env, seeded; its current observation and episode counters are a
+    # checkpoint part, so --resume continues the episode.
+    envs = TrainingEnvs(lambda: make_env(task.env_id, **task.env_kwargs), 1, args.seed)
     agent = EXPO(args, task.obs_dim, task.act_dim, device)
     online = ReplayBuffer(
         task.obs_dim, task.act_dim, min(args.buffer_size, args.total_steps), device
     )
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
     loop = TrainingLoop(
-        "expo" if agent.expo else "rlpd", task.dataset.name, args, agent.parts() | {"online": online},
-        np_rng, rate_tag="charts/steps_per_s",
+        "expo" if agent.expo else "rlpd", task.dataset.name, args,
+        agent.parts() | {"online": online, "envs": envs}, np_rng, rate_tag="charts/steps_per_s",
     )  # fmt: skip
     if agent.expo and loop.step == 0 and args.pretrain_steps:
         for _ in range(
@@ -608,27 +605,26 @@ def main(args: Args) -> dict:
         ):  # the diffusion base only (pretrain_q = pretrain_edit = False)
             pretrain = agent.diffusion_step(off.sample(args.batch_size))
         loop.run.log(0, {"losses/pretrain_bc_loss": float(pretrain["bc_loss"])})
-    obs, _ = envs.reset(seed=[args.seed])
-    episode_return, episode_length = 0.0, 0
     for step in loop.steps():
         if step < args.learning_starts:
             env_action = envs.action_space.sample()
             action = 2 * (env_action - low) / (high - low) - 1
         else:
-            action_t = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device))
+            action_t = agent.act(torch.as_tensor(envs.obs, dtype=torch.float32, device=device))
             action, env_action = action_t.cpu().numpy(), to_env(action_t).cpu().numpy()
         next_obs, reward, terminated, truncated, infos = envs.step(env_action)
         real_next_obs = next_obs.copy()
         if terminated[0] or truncated[0]:  # SAME_STEP autoreset: the true last state is in infos
             real_next_obs[0] = infos["final_obs"][0]
         # The unclipped chosen action, as the original's replay stores it.
-        online.add(obs, action, reward, real_next_obs, terminated, truncated)
-        episode_return, episode_length = episode_return + float(reward[0]), episode_length + 1
+        online.add(envs.obs, action, reward, real_next_obs, terminated, truncated)
+        envs.episode_return += reward
+        envs.episode_length += 1
         if terminated[0] or truncated[0]:
-            loop.run.log(step, {"charts/episodic_return": episode_return,
-                                "charts/episodic_length": episode_length})  # fmt: skip
-            episode_return, episode_length = 0.0, 0
-        obs = next_obs
+            loop.run.log(step, {"charts/episodic_return": envs.episode_return[0],
+                                "charts/episodic_length": envs.episode_length[0]})  # fmt: skip
+            envs.episode_return[0], envs.episode_length[0] = 0.0, 0
+        envs.obs = next_obs
 
         if loop.step > args.learning_starts:
             batches = mixed_minibatches(off, online, args.batch_size, args.utd_ratio, bias)

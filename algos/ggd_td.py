@@ -89,7 +89,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ocrl.data import Batch, ReplayBuffer
-from ocrl.envs import Evaluator, TimeFeature, make_env, reference_scores
+from ocrl.envs import Evaluator, TimeFeature, TrainingEnvs, make_env, reference_scores
 from ocrl.experiment import (
     Agent,
     TrainingLoop,
@@ -197,9 +197,9 @@ class Args:
     log_every: int = 1_000
     """environment steps between loss logs; ggd/* values are interval means"""
     save_model: bool = False
-    """write checkpoint.pt (networks, optimisers, RNG and replay buffer) at every evaluation and at the end"""
+    """write checkpoint.pt (networks, optimisers, RNG, replay buffer and the training envs) at every evaluation and at the end"""
     resume: str | None = None
-    """run folder to continue from its checkpoint.pt (the environment restarts its episode)"""
+    """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default on the CPU; not with --xi-solver nelder-mead)"""
     run_dir: str | None = None
@@ -529,10 +529,9 @@ def main(args: Args) -> dict:
     np_rng = seed_everything(args.seed)
 
     wrap = TimeFeature if args.time_feature else (lambda env: env)
-    envs = gym.vector.SyncVectorEnv(
-        [lambda: wrap(make_env(args.env_id)) for _ in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    # SAME_STEP autoreset vector env, seeded; its current observation and episode counters (envs.obs,
+    # envs.episode_return, envs.episode_length) are a checkpoint part, so --resume continues the episodes.
+    envs = TrainingEnvs(lambda: wrap(make_env(args.env_id)), args.num_envs, args.seed)
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
     if not isinstance(act_space, gym.spaces.Box) or len(obs_space.shape or ()) != 1:
         envs.close()
@@ -541,7 +540,6 @@ def main(args: Args) -> dict:
             f"this environment has {obs_space} and {act_space}"
         )
     obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
-    envs.action_space.seed(args.seed)
 
     agent = GGDSAC(args, obs_dim, act_dim, act_space.low, act_space.high, device)
     buffer = ReplayBuffer(obs_dim, act_dim, args.buffer_size, device)
@@ -552,18 +550,15 @@ def main(args: Args) -> dict:
         device=device, env_wrapper=wrap if args.time_feature else None,
     )  # fmt: skip
     loop = TrainingLoop(
-        "ggd_td", args.env_id, args, agent.parts() | {"buffer": buffer}, np_rng,
+        "ggd_td", args.env_id, args, agent.parts() | {"buffer": buffer, "envs": envs}, np_rng,
         rate_tag="charts/steps_per_s",
     )  # fmt: skip
-    obs, _ = envs.reset(seed=[args.seed + i for i in range(args.num_envs)])
-    episode_return = np.zeros(args.num_envs)
-    episode_length = np.zeros(args.num_envs, dtype=np.int64)
     for step in loop.steps(stride=args.num_envs):
         if step < args.learning_starts:
             action = envs.action_space.sample()
         else:
             with torch.no_grad():
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                obs_t = torch.as_tensor(envs.obs, dtype=torch.float32, device=device)
                 action = agent.actor(obs_t)[0].cpu().numpy()
         next_obs, reward, terminated, truncated, infos = envs.step(action)
         real_next_obs = next_obs.copy()
@@ -571,14 +566,14 @@ def main(args: Args) -> dict:
         # SAME_STEP autoreset: next_obs already starts the new episode; the true last state is in infos.
         for i in np.flatnonzero(done):
             real_next_obs[i] = infos["final_obs"][i]
-        buffer.add(obs, action, reward, real_next_obs, terminated, truncated)
-        episode_return += reward
-        episode_length += 1
+        buffer.add(envs.obs, action, reward, real_next_obs, terminated, truncated)
+        envs.episode_return += reward
+        envs.episode_length += 1
         for i in np.flatnonzero(done):
-            loop.run.log(step, {"charts/episodic_return": episode_return[i],
-                                "charts/episodic_length": episode_length[i]})  # fmt: skip
-            episode_return[i], episode_length[i] = 0.0, 0
-        obs = next_obs
+            loop.run.log(step, {"charts/episodic_return": envs.episode_return[i],
+                                "charts/episodic_length": envs.episode_length[i]})  # fmt: skip
+            envs.episode_return[i], envs.episode_length[i] = 0.0, 0
+        envs.obs = next_obs
 
         if loop.step > args.learning_starts:
             # Updates so far, this one included (one per vector step after learning_starts); derived

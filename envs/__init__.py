@@ -1,4 +1,4 @@
-"""Environment construction, dataset/environment checks, batched evaluation, the inventory and lot-sizing problems."""
+"""Environment construction, dataset/environment checks, batched evaluation, online training envs that checkpoint, the inventory and lot-sizing problems."""
 
 from ocrl.envs.dynamics import DYNAMICS_ENV_IDS, dynamics_error
 from ocrl.envs.evaluation import (
@@ -23,6 +23,7 @@ from ocrl.envs.lot_sizing import (
     load_instance,
 )
 from ocrl.envs.offline_task import OfflineTask, dataset_env_kwargs, load_offline_task
+from ocrl.envs.training import TrainingEnvs
 
 __all__ = [
     "DYNAMICS_ENV_IDS",
@@ -37,6 +38,7 @@ __all__ = [
     "LotSizingVectorEnv",
     "OfflineTask",
     "TimeFeature",
+    "TrainingEnvs",
     "check_dataset_fits",
     "dataset_env_kwargs",
     "dynamics_error",

@@ -100,6 +100,29 @@ def assert_same_checkpoints():
     return check
 
 
+def _same_state(a, b, where: str = "checkpoint") -> int:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+        return 1
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        return sum(_same_state(a[k], b[k], f"{where}/{k}") for k in a)
+    if isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        return sum(
+            _same_state(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True))
+        )
+    assert a == b, where
+    return 0
+
+
+@pytest.fixture
+def assert_same_state():
+    """A function (state_a, state_b) -> the number of tensors compared: two nested checkpoint states
+    (dicts, lists, tensors, strings, numbers) equal exactly, RNG states and environment states included."""
+    return _same_state
+
+
 @pytest.fixture
 def run_algorithm(capsys):
     """A function (algorithm module, argv) -> (exit code, stderr): `python algos/<name>.py ARGV`, in-process."""

@@ -1,0 +1,85 @@
+"""ocrl.envs.TrainingEnvs: a checkpoint of the training envs taken mid-episode continues bit for bit."""
+
+from __future__ import annotations
+
+import io
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from ocrl.envs import TimeFeature, TrainingEnvs, make_env
+from ocrl.experiment import CheckpointError
+
+
+def round_trip(state: dict) -> dict:
+    """Through torch.save and torch.load(weights_only=True), as a checkpoint file goes."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+CASES = {
+    "Hopper-v4": lambda: make_env("Hopper-v4", max_episode_steps=60),
+    # Ant's reward reads xpos before stepping: the restored MjData buffer, not only the state, matters.
+    "Ant-v4": lambda: make_env("Ant-v4", max_episode_steps=60),
+    "Hopper-v4+TimeFeature": lambda: TimeFeature(make_env("Hopper-v4", max_episode_steps=60)),
+    "Pendulum-v1": lambda: make_env("Pendulum-v1", max_episode_steps=60),
+    "CartPole-v1": lambda: make_env("CartPole-v1", max_episode_steps=60),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_restored_copy_steps_exactly_like_the_original(case):
+    make = CASES[case]
+    a = TrainingEnvs(make, 2, seed=5)
+    for _ in range(37):  # mid-episode, some copies already past an autoreset
+        a.obs, reward, *_ = a.step(a.action_space.sample())
+        a.episode_return += reward
+        a.episode_length += 1
+    b = TrainingEnvs(make, 2, seed=99)  # another seed: everything must come from the checkpoint
+    b.load_state_dict(round_trip(a.state_dict()))
+    assert np.array_equal(a.obs, b.obs) and a.obs.dtype == b.obs.dtype
+    assert np.array_equal(a.episode_return, b.episode_return)
+    assert np.array_equal(a.episode_length, b.episode_length)
+    ends = 0
+    for _ in range(150):  # past the 60-step time limit: the autoreset draws from the restored RNGs
+        action = a.action_space.sample()
+        assert np.array_equal(action, b.action_space.sample())  # warm-up samples
+        out_a, out_b = a.step(action), b.step(action)
+        for x, y in zip(out_a[:4], out_b[:4], strict=True):
+            assert np.array_equal(x, y)
+        done = out_a[2] | out_a[3]
+        for i in np.flatnonzero(done):
+            assert np.array_equal(out_a[4]["final_obs"][i], out_b[4]["final_obs"][i])
+        ends += int(done.sum())
+    assert ends >= 2
+
+
+def test_an_unknown_wrapper_restarts_its_episode_with_a_note(capsys):
+    def make():
+        return gym.wrappers.RecordEpisodeStatistics(make_env("Pendulum-v1"))
+
+    a = TrainingEnvs(make, 1, seed=5)
+    for _ in range(10):
+        a.obs = a.step(a.action_space.sample())[0]
+    a.episode_length += 10
+    state = round_trip(a.state_dict())
+    assert "RecordEpisodeStatistics" in state["envs"][0]["restart"]
+    b = TrainingEnvs(make, 1, seed=5)
+    fresh = b.obs.copy()
+    b.load_state_dict(state)
+    assert "1 of 1 training envs start a new episode" in capsys.readouterr().out
+    assert np.array_equal(b.obs, fresh) and b.episode_length[0] == 0
+
+
+def test_a_checkpoint_of_another_env_is_refused():
+    a = TrainingEnvs(lambda: make_env("Hopper-v4"), 1, seed=0)
+    b = TrainingEnvs(lambda: make_env("Walker2d-v4"), 1, seed=0)
+    with pytest.raises(CheckpointError, match="Hopper-v4"):
+        b.load_state_dict(a.state_dict())
+    c = TrainingEnvs(lambda: make_env("Hopper-v4"), 2, seed=0)
+    with pytest.raises(CheckpointError, match="1 training envs, this run 2"):
+        c.load_state_dict(a.state_dict())
