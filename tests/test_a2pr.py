@@ -1,13 +1,24 @@
-"""A2PR: target selection and BC weights on hand-made batches, the conditional VAE, smoke run, resume, learning."""
+"""A2PR: target selection and BC weights on hand-made batches, the update and its variant flags against the
+formulas on a fixed batch, the conditional VAE, smoke run, learning."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from formulas import (
+    actor_layers,
+    assert_critic_gradient,
+    critic_member,
+    mlp_forward,
+    td3_critic_step,
+    td3_target,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ocrl.algos import a2pr
@@ -160,6 +171,219 @@ def test_a2pr_bc_loss_equals_the_formula():
     w = 0.7 * ((seen["adv_vae"] >= 0) | (seen["adv_data"] > 0)).float()
     expected = (w[:, None] * (seen["pi"] - target) ** 2).mean()
     torch.testing.assert_close(metrics["bc_loss"], expected, rtol=1e-5, atol=1e-7)
+
+
+LOW, HIGH = torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0])
+# Small networks; V's learning rate is large so that one V step moves V(s) across some advantages.
+TINY = {
+    "actor_hidden": (16, 16),
+    "critic_hidden": (16, 16),
+    "vae_hidden": (16, 16),
+    "value_lr": 0.05,
+}
+
+
+@pytest.fixture
+def batch64(fixed_batch):
+    """64 fixed transitions in double precision, the default dtype while the test runs (its networks are
+    double too): the formulas then match to 1e-9, far below the differences the variants make."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield Batch(*(x.double() for x in fixed_batch(b=64)))
+    torch.set_default_dtype(previous)
+
+
+def a2pr_iteration(batch: Batch, seed: int = 5, **flags):
+    """One A2PR iteration of a fresh agent (networks from torch.manual_seed(0)) on `batch`, its random draws
+    from torch.manual_seed(seed): (args, copy of the agent before it, the agent after it, metrics, diagnostics)."""
+    args = a2pr.Args(**(TINY | flags))
+    torch.manual_seed(0)
+    agent = a2pr.A2PR(args, batch.observations.shape[1], batch.actions.shape[1], LOW, HIGH, "cpu")
+    # V shifted onto Q1(s, a), so that about half of the advantages are positive.
+    with torch.no_grad():
+        s, a = batch.observations, batch.actions
+        agent.value[-1].bias += (agent.critic.member(s, a, 0) - agent.value(s).squeeze(-1)).median()
+    before = copy.deepcopy(agent)
+    torch.manual_seed(seed)
+    metrics = agent.update(batch, update_actor=True)
+    return args, before, agent, metrics, agent.diagnostics()
+
+
+def a2pr_formulas(args, before, after, batch: Batch, seed: int = 5) -> dict[str, torch.Tensor]:
+    """One A2PR iteration as the reference writes it (critic -> V -> VAE -> actor), with the variant flags.
+
+    `before` holds the networks before the iteration, `after` those after it: each of the critic, V and the
+    VAE is stepped once, in that order, and not touched again, so the later parts use `after`'s. The three
+    random draws (the target smoothing noise, the VAE step's z, the actor step's z) are redrawn from `seed`."""
+    s, a, r, s2, d = batch
+    b, latent = len(s), after.vae.latent_dim
+    a2, y = td3_target(
+        before, batch, LOW, HIGH, seed, args.discount, args.policy_noise, args.noise_clip
+    )
+    z_vae, z_pi = torch.randn(b, latent), torch.randn(b, latent)  # the update's next two draws
+    q1, q2 = critic_member(after.critic, 0), critic_member(after.critic, 1)
+
+    def Q1(x, u):
+        return mlp_forward(q1, torch.cat([x, u], 1)).squeeze(-1)
+
+    out = {}
+    with torch.no_grad():
+        # V: mean of (V(s) - min(y_online, y))^2, or the expectile loss |tau - 1[diff < 0]| diff^2.
+        v_before, v_after = before.value(s).squeeze(-1), after.value(s).squeeze(-1)
+        y_online = r + args.discount * (1 - d) * torch.min(
+            Q1(s2, a2), mlp_forward(q2, torch.cat([s2, a2], 1)).squeeze(-1)
+        )
+        diff = torch.min(y_online, y) - v_before
+        out["value_loss_mse"] = (diff**2).mean()
+        out["value_loss_expectile"] = (
+            (args.expectile - (diff < 0).to(diff.dtype)).abs() * diff**2
+        ).mean()
+        # stale: V(s) from before V's step; fresh: from after it.
+        v_s = v_before if args.value_timing == "stale" else v_after
+        out["v_s"] = v_s
+        # VAE: reconstruction masked by 1[A(s, a) > eps_A], KL on every sample.
+        adv_data = Q1(s, a) - v_s
+        positive = (adv_data > args.adv_threshold).float()
+        mean, std = before.vae.encode(s, a)
+        recon = before.vae.decode(s, mean + std * z_vae)
+        recon_loss = (args.vae_weight * positive[:, None] * (recon - a) ** 2).mean()
+        kl = -0.5 * (1 + torch.log(std**2) - mean**2 - std**2).mean()
+        out.update(adv_data=adv_data, positive=positive, vae_loss=recon_loss + 0.5 * kl)
+
+    # Actor: a~ = VAE(s, pi(s)) with its graph (unless detached), a* and w from the two advantages.
+    theta = actor_layers(before.actor)
+    params = [t.requires_grad_() for pair in theta for t in pair]
+    scale, bias = (HIGH - LOW) / 2, (HIGH + LOW) / 2
+    pi = torch.tanh(mlp_forward(theta, s)) * scale + bias
+    q_pi = Q1(s, pi)
+    lmbda = args.alpha / q_pi.abs().mean().detach()
+    mean, std = after.vae.encode(s, pi)
+    vae_action = after.vae.decode(s, mean + std * z_pi)
+    if args.detach_vae_target:
+        vae_action = vae_action.detach()
+    with torch.no_grad():
+        adv_vae = Q1(s, vae_action) - v_s
+    use_vae = adv_vae >= adv_data
+    target = torch.where(use_vae[:, None], vae_action, a)
+    eps_a = args.adv_threshold
+    w = args.mask * ((adv_vae >= eps_a) | (adv_data > eps_a)).float()
+    bc_loss = (w[:, None] * (pi - target) ** 2).mean()
+    actor_loss = -lmbda * q_pi.mean() + bc_loss
+    grads = torch.autograd.grad(actor_loss, params)
+    # Back to nn.Linear's (out, in) layout, in actor.parameters() order.
+    out["actor_grads"] = [g.t() if g.dim() == 2 else g for g in grads]
+    out.update(adv_vae=adv_vae, use_vae=use_vae, w=w, bc_loss=bc_loss.detach(),
+               actor_loss=actor_loss.detach())  # fmt: skip
+    return out
+
+
+def assert_matches(metrics, stats, agent, want, value_loss: str = "mse") -> None:
+    """The update's losses, logged statistics and actor gradient equal the formulas'."""
+    close = {"rtol": 1e-9, "atol": 1e-12}  # in float64
+    torch.testing.assert_close(metrics["value_loss"], want[f"value_loss_{value_loss}"], **close)
+    torch.testing.assert_close(stats["a2pr/v_mean"], want["v_s"].mean(), **close)
+    torch.testing.assert_close(stats["a2pr/positive_adv_fraction"], want["positive"].mean())
+    torch.testing.assert_close(metrics["vae_loss"], want["vae_loss"], **close)
+    torch.testing.assert_close(stats["a2pr/vae_target_fraction"], want["use_vae"].float().mean())
+    torch.testing.assert_close(stats["a2pr/weight_zero_fraction"], (want["w"] == 0).float().mean())
+    torch.testing.assert_close(metrics["bc_loss"], want["bc_loss"], **close)
+    torch.testing.assert_close(metrics["actor_loss"], want["actor_loss"], **close)
+    for p, g in zip(agent.actor.parameters(), want["actor_grads"], strict=True):
+        torch.testing.assert_close(p.grad, g, **close)  # the gradient of the actor's step
+
+
+def test_a2pr_critic_step_equals_td3s_formula(fixed_batch):
+    # a2pr.py writes TD3's critic step out again: smoothed target action, clipped double Q, (1 - d)
+    # bootstrap, the sum of the two MSEs; checked against the plain formula, loss and gradient.
+    batch = fixed_batch(b=32)
+    args = a2pr.Args(**TINY, discount=0.9, policy_noise=0.3, noise_clip=0.4)
+    torch.manual_seed(0)
+    agent = a2pr.A2PR(args, 3, 2, LOW, HIGH, "cpu")
+    expected, grads = td3_critic_step(agent, batch, LOW, HIGH, 5, 0.9, 0.3, 0.4)
+    torch.manual_seed(5)
+    metrics = agent.update(batch, update_actor=True)
+    torch.testing.assert_close(metrics["critic_loss"], expected, rtol=1e-5, atol=1e-6)
+    # The step followed that loss (V's, the VAE's and the actor's steps leave the critic's gradient).
+    assert_critic_gradient(agent.critic, grads)
+
+
+def test_a2pr_default_iteration_equals_the_formulas(batch64):
+    # The released code's iteration: MSE V loss, stale V(s), eps_A = 0, a~ with its graph.
+    batch = batch64
+    args, before, agent, metrics, stats = a2pr_iteration(batch)
+    want = a2pr_formulas(args, before, agent, batch)
+    assert_matches(metrics, stats, agent, want)
+    # The batch exercises both targets and both weights.
+    assert 0 < want["use_vae"].float().mean() < 1 and 0 < (want["w"] == 0).float().mean() < 1
+
+
+def test_a2pr_expectile_value_loss(batch64):
+    # --value-loss expectile: mean |tau - 1[diff < 0]| diff^2, diff = min(y_online, y) - V(s).
+    batch = batch64
+    args, before, agent, metrics, stats = a2pr_iteration(
+        batch, value_loss="expectile", expectile=0.7
+    )
+    want = a2pr_formulas(args, before, agent, batch)
+    assert_matches(metrics, stats, agent, want, value_loss="expectile")
+    # ... which is not the default MSE on this batch, so a loss that ignored the flag would fail above.
+    assert abs(want["value_loss_expectile"] - want["value_loss_mse"]) > 0.1 * want["value_loss_mse"]
+    # and V's step follows it: V after the expectile step differs from V after the MSE step.
+    default = a2pr_iteration(batch)[2]
+    assert not torch.allclose(agent.value(batch.observations), default.value(batch.observations))
+
+
+def test_a2pr_value_timing_fresh_uses_v_after_its_step(batch64):
+    # stale (the code): the VAE mask and the actor use V(s) from before V's step; fresh: from after it.
+    batch = batch64
+    runs = {timing: a2pr_iteration(batch, value_timing=timing) for timing in ("stale", "fresh")}
+    wants = {}
+    for timing, (args, before, agent, metrics, stats) in runs.items():
+        wants[timing] = want = a2pr_formulas(args, before, agent, batch)
+        assert_matches(metrics, stats, agent, want)
+    stale, fresh = wants["stale"], wants["fresh"]
+    # The two differ on this batch: V(s), and through it the mask and the BC weights.
+    assert not torch.allclose(stale["v_s"], fresh["v_s"], atol=1e-3)
+    assert not torch.equal(stale["positive"], fresh["positive"])
+    assert not torch.equal(stale["w"], fresh["w"])
+    v_mean = {timing: run[4]["a2pr/v_mean"] for timing, run in runs.items()}
+    assert abs(v_mean["stale"] - v_mean["fresh"]) > 1e-3
+
+
+def test_a2pr_detach_vae_target_cuts_the_actor_gradient_through_the_vae(batch64):
+    # Without the flag the BC term back-propagates through a~ = VAE(s, pi(s)) into pi; with it, a~ is a
+    # constant. Each actor gradient equals its formula's, and the two differ.
+    batch = batch64
+    grads = {}
+    for detach in (False, True):
+        args, before, agent, metrics, stats = a2pr_iteration(batch, detach_vae_target=detach)
+        want = a2pr_formulas(args, before, agent, batch)
+        assert_matches(metrics, stats, agent, want)
+        grads[detach] = [p.grad for p in agent.actor.parameters()]
+    # Samples whose target is a~ with a non-zero weight exist, so the VAE path carries gradient.
+    assert bool((want["use_vae"] & (want["w"] > 0)).any())
+    # The path through the VAE's encoder and decoder is a small part of the gradient at initialisation, but
+    # far above the 1e-9 to which each gradient matches its formula.
+    change = max((g - h).norm() / g.norm() for g, h in zip(grads[False], grads[True], strict=True))
+    assert change > 1e-5, change
+
+
+def test_a2pr_adv_threshold_moves_the_mask_and_the_weights(batch64):
+    # eps_A enters the VAE's mask 1[A(s,a) > eps_A] and both BC-weight indicators.
+    batch = batch64
+    args, before, agent, *_ = a2pr_iteration(batch)
+    adv = a2pr_formulas(args, before, agent, batch)["adv_data"]
+    # A threshold half way between the 48th and 49th of the 64 advantages (eps_A changes neither the critic
+    # nor V, so the advantages stay the same).
+    ranked = adv.sort().values
+    eps_a = float(ranked[47] + ranked[48]) / 2
+    args, before, agent, metrics, stats = a2pr_iteration(batch, adv_threshold=eps_a)
+    want = a2pr_formulas(args, before, agent, batch)
+    assert_matches(metrics, stats, agent, want)
+    assert stats["a2pr/positive_adv_fraction"] == 16 / 64
+    # The threshold changes the mask and the weights on this batch, compared with eps_A = 0.
+    at_zero = a2pr_formulas(replace(args, adv_threshold=0.0), before, agent, batch)
+    assert at_zero["positive"].mean() != 16 / 64
+    assert not torch.equal(want["w"], at_zero["w"])
 
 
 def test_a2pr_smoke_logs_statistics(hopper_random_file, tmp_path):

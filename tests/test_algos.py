@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from formulas import (
+    actor_layers,
+    assert_critic_gradient,
+    critic_member,
+    mlp_forward,
+    td3_critic_step,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ocrl.algos import td3_bc
@@ -52,57 +59,18 @@ def test_checkpoint_loads_weights_only(hopper_random_file, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def mlp_forward(linears: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
-    """A plain ReLU MLP from (weight (in, out), bias) pairs."""
-    for i, (w, b) in enumerate(linears):
-        x = x @ w + b
-        if i < len(linears) - 1:
-            x = torch.relu(x)
-    return x
-
-
-def critic_member(critic, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Member `index` of a CriticEnsemble as plain (weight, bias) pairs: one ordinary Q-network."""
-    return [
-        (layer.weight[index].detach().clone(), layer.bias[index, 0].detach().clone())
-        for layer in critic.net
-        if hasattr(layer, "weight")
-    ]
-
-
-def actor_layers(actor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [
-        (layer.weight.detach().t().clone(), layer.bias.detach().clone())
-        for layer in actor.net
-        if hasattr(layer, "weight")
-    ]
-
-
 def test_td3_bc_update_equals_the_two_network_formula(fixed_batch):
     torch.manual_seed(0)
     args = td3_bc.Args(hidden=(16, 16), alpha=2.5, discount=0.9, policy_noise=0.2, noise_clip=0.5)
     low, high = torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0])
     agent = td3_bc.TD3BC(args, 3, 2, low, high, "cpu")
-    s, a, r, s2, d = batch = fixed_batch()
-    q1_t, q2_t = critic_member(agent.critic_target, 0), critic_member(agent.critic_target, 1)
-    q1, q2 = critic_member(agent.critic, 0), critic_member(agent.critic, 1)
-    pi_t = actor_layers(agent.actor_target)
-    scale, bias = (high - low) / 2, (high + low) / 2
-
+    batch = fixed_batch()
     # TD3's target, written plainly: smoothed target action, clipped double Q, (1 - d) bootstrap.
-    torch.manual_seed(123)
-    eps = (torch.randn(8, 2) * 0.2).clamp(-0.5, 0.5) * scale
-    a2 = (torch.tanh(mlp_forward(pi_t, s2)) * scale + bias + eps).clamp(low, high)
-    sa2 = torch.cat([s2, a2], 1)
-    y = r + 0.9 * (1 - d) * torch.min(mlp_forward(q1_t, sa2), mlp_forward(q2_t, sa2)).squeeze(-1)
-    sa = torch.cat([s, a], 1)
-    expected_critic = ((mlp_forward(q1, sa).squeeze(-1) - y) ** 2).mean() + (
-        (mlp_forward(q2, sa).squeeze(-1) - y) ** 2
-    ).mean()
-
+    expected, grads = td3_critic_step(agent, batch, low, high, 123, 0.9, 0.2, 0.5)
     torch.manual_seed(123)
     metrics = agent.update(batch, update_actor=True)
-    torch.testing.assert_close(metrics["critic_loss"], expected_critic, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics["critic_loss"], expected, rtol=1e-5, atol=1e-6)
+    assert_critic_gradient(agent.critic, grads)  # the step followed that loss
 
 
 def test_td3_bc_actor_loss_equals_the_formula(fixed_batch):
