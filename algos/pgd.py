@@ -30,8 +30,8 @@ writes (EMA U-Net, normaliser, window length); or --diffusion-steps N trains one
 EDM's loss with one sigma per window, a temporal U-Net (--unet-features, --unet-blocks, GroupNorm per time step),
 Adam(2e-3, betas (0.9, 0.999)) with 10% warm-up from 0.1 then cosine to 0, no clipping, batches of 32 windows drawn
 with replacement (PGD shuffles epochs), EMA 0.995 every 10 steps, and writes it as model.pt in the run folder
-(a resumed run reloads it). Seeded by --seed alone, it is the model algos/diffusion.py trains with the same
-settings, weight for weight.
+(a resumed run reloads it). It trains, saves and loads through algos/diffusion.py's code (ocrl.nets.edm_model):
+seeded by --seed alone, it is the model that file trains with the same settings.
 
 Defaults are the released code's, except: the sampled window length is the model's training length
 (--num-rollout-steps defaults to trajectory_length - 1; 128 is the code's value, a horizon mismatch); the
@@ -87,17 +87,8 @@ from ocrl.experiment import (
     seed_everything,
 )
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
-from ocrl.nets.diffusion import (
-    EMA,
-    DiffusionNormalizer,
-    EDMConfig,
-    EDMDenoiser,
-    build_network,
-    denoiser_from_state,
-    heun_sample,
-    lr_factor,
-    model_state,
-)
+from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
+from ocrl.nets.diffusion import DiffusionNormalizer, EDMTrainer, build_network, model_state
 
 PRESETS: dict[str, dict] = {
     # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256).
@@ -375,17 +366,6 @@ class IQL(Agent):
 
 
 # -------------------------------------------------------------------------------- the trajectory model
-@dataclass
-class TrajectoryModel:
-    """The EMA denoiser of algos/diffusion.py --level trajectory, its normaliser and the row layout."""
-
-    denoiser: EDMDenoiser
-    normalizer: DiffusionNormalizer
-    obs_dim: int
-    act_dim: int
-    trajectory_length: int
-
-
 def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) -> TrajectoryModel:
     """Read the model.pt that algos/diffusion.py --level trajectory wrote; a UsageError/CheckpointError if not one."""
     make = "python algos/diffusion.py --preset pgd-unguided --dataset <data>"
@@ -404,22 +384,19 @@ def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) ->
     try:
         if state.get("level") != "trajectory":
             raise ValueError(f"level {state.get('level')!r}, not 'trajectory'")
-        denoiser, normalizer = denoiser_from_state(state, device, autocast)
-        obs_dim, act_dim = int(state["obs_dim"]), int(state["act_dim"])
-        length = int(state["trajectory_length"])
+        return TrajectoryModel.from_state(state, device, autocast)
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(
             f"--diffusion-model {path}: not a trajectory diffusion model ({e}); train one with "
             f"`{make}`"
         ) from e
-    return TrajectoryModel(denoiser, normalizer, obs_dim, act_dim, length)
 
 
 def train_trajectory_model(
     args: Args, dataset: OfflineDataset, env_id: str, device: torch.device, path: Path,
     run: Run | None = None,
 ) -> TrajectoryModel:  # fmt: skip
-    """PGD's unguided model: EDM's loss on windows [s, arctanh a, r, done], EMA weights written to `path`."""
+    """PGD's unguided model, trained as algos/diffusion.py --preset pgd-unguided trains it, written to `path`."""
     rows = torch.from_numpy(trajectory_rows(dataset, args.trajectory_length, args.window_stride))
     # PGD z-scores every channel, done included.
     normalizer = DiffusionNormalizer.fit(rows).to(device)
@@ -428,19 +405,15 @@ def train_trajectory_model(
         channels=rows.shape[-1], features=args.unet_features, num_blocks=args.unet_blocks,
         groupnorm="per-timestep",
     )  # fmt: skip
-    autocast = torch.bfloat16 if args.bf16 and device.type == "cuda" else None
     # Its own stream from --seed: the agent's draws are the same whether the model is trained or reloaded.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(args.seed)
         network = build_network("unet", kwargs).to(device)
-        denoiser = EDMDenoiser(network, EDMConfig(), autocast)
-        optimizer = torch.optim.AdamW(
-            network.parameters(), lr=args.diffusion_lr, betas=(0.9, 0.999), weight_decay=0.0
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_factor("warmup-cosine", args.diffusion_steps)
-        )
-        ema = EMA(network, beta=0.995, update_every=10, warmup="plain")
+        trainer = EDMTrainer(
+            network, lr=args.diffusion_lr, total_steps=args.diffusion_steps, adam_beta2=0.999,
+            lr_schedule="warmup-cosine", grad_clip=0.0, ema_warmup="plain",
+            autocast_dtype=torch.bfloat16 if args.bf16 and device.type == "cuda" else None,
+        )  # fmt: skip
         print(
             f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows: "
             f"U-Net with {sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters"
@@ -449,13 +422,7 @@ def train_trajectory_model(
         bar = tqdm(range(args.diffusion_steps), desc="trajectory model", disable=not args.progress)
         for step in bar:
             batch = data[torch.randint(len(data), (args.diffusion_batch_size,), device=device)]
-            loss = denoiser.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            ema.update()
-            losses.append(loss.detach())
+            losses.append(trainer.update(batch)["denoiser_loss"])
             if (step + 1) % args.log_every == 0 or step + 1 == args.diffusion_steps:
                 mean_loss = torch.stack(losses).mean().item()  # the only host read per interval
                 check_finite(step + 1, {"trajectory model loss": mean_loss}, run)
@@ -463,8 +430,9 @@ def train_trajectory_model(
                 losses.clear()
     meta = {"env_id": env_id, "dataset": dataset.name, "trajectory_length": args.trajectory_length}
     state = model_state(
-        "unet", kwargs, ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim, **meta
-    )
+        "unet", kwargs, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
+        **meta,
+    )  # fmt: skip
     save_checkpoint(path, state)
     print(f"wrote the trajectory model to {path}")
     return load_trajectory_model(str(path), device, args.bf16)
@@ -541,18 +509,12 @@ def sample_trajectories(
     device: torch.device, guidance: Guidance | None,
 ) -> torch.Tensor:  # fmt: skip
     """`num_synth_trajectories` un-normalised windows (n, rows, channels); guided when `guidance` is given."""
-    channels = model.normalizer.mean.numel()
-    parts, left = [], args.num_synth_trajectories
-    while left > 0:
-        n = min(args.sample_batch_size, left)
-        x = heun_sample(
-            model.denoiser, (n, rows, channels), args.sample_steps, model.denoiser.config,
-            device=device, generator=generator, pre_step=guidance,
-            euler_origin=args.euler_origin, churn=args.churn,
-        )  # fmt: skip
-        parts.append(model.normalizer.unnormalize(x))
-        left -= n
-    return torch.cat(parts)
+    n, size = args.num_synth_trajectories, args.sample_batch_size
+    draws = model.sample(
+        [min(size, n - i) for i in range(0, n, size)], args.sample_steps, rows, device=device,
+        generator=generator, pre_step=guidance, euler_origin=args.euler_origin, churn=args.churn,
+    )  # fmt: skip
+    return torch.cat(list(draws))
 
 
 class SyntheticSet:
