@@ -82,30 +82,20 @@ from ocrl.nets.diffusion import (
     model_state,
 )
 
+# fmt: off
 PRESETS: dict[str, dict] = {
     # A CPU-sized SynthER: what the tests and docs/results/ use (trains in minutes on 2 cores).
-    "cpu-small": {
-        "width": 256,
-        "depth": 4,
-        "total_steps": 20_000,
-        "num_samples": 100_000,
-        "sample_batch_size": 10_000,
-    },
+    "cpu-small": dict(
+        width=256, depth=4, total_steps=20_000, num_samples=100_000, sample_batch_size=10_000
+    ),
     # PGD's unguided trajectory model (EmptyJackson/policy-guided-diffusion defaults).
-    "pgd-unguided": {
-        "level": "trajectory",
-        "lr": 2e-3,
-        "adam_beta2": 0.999,
-        "lr_schedule": "warmup-cosine",
-        "grad_clip": 0.0,
-        "batch_size": 32,
-        "ema_warmup": "plain",
-        "sample_steps": 256,
-        "euler_origin": "x_i",
-        "num_samples": 1_000_000,
-        "sample_batch_size": 8192,
-    },
+    "pgd-unguided": dict(
+        level="trajectory", lr=2e-3, adam_beta2=0.999, lr_schedule="warmup-cosine", grad_clip=0.0,
+        batch_size=32, ema_warmup="plain", sample_steps=256, euler_origin="x_i",
+        num_samples=1_000_000, sample_batch_size=8192,
+    ),
 }
+# fmt: on
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
@@ -208,12 +198,6 @@ def model_rows(source: OfflineDataset, real: Transitions, args: Args) -> np.ndar
     return trajectory_rows(source, args.trajectory_length, args.window_stride)
 
 
-def decode(x: torch.Tensor, model: DiffusionModel) -> dict[str, np.ndarray]:
-    """Un-normalised samples back to transitions; terminal/done = 1[x > 0.5]; windows are cut after a done."""
-    split = rows_to_transitions if model.level == "transition" else windows_to_transitions
-    return {k: v.numpy() for k, v in split(x.float().cpu(), model.obs_dim, model.act_dim).items()}
-
-
 # ------------------------------------------------------------------------------------------ the model
 def network_spec(args: Args, channels: int) -> tuple[str, dict]:
     """The denoiser network: SynthER's residual MLP for transitions, PGD's temporal U-Net for windows."""
@@ -231,8 +215,7 @@ def network_spec(args: Args, channels: int) -> tuple[str, dict]:
 
 
 class Diffusion(EDMTrainer, Agent):
-    """The denoiser, its optimiser and schedule, the EMA of its weights (EDM's training step, shared with
-    algos/pgd.py in ocrl.nets.edm_model) and the data normaliser."""
+    """EDM's training step (ocrl.nets.edm_model's, which algos/pgd.py uses too) and the data normaliser."""
 
     def __init__(
         self, args: Args, network: torch.nn.Module, normalizer: DiffusionNormalizer, device
@@ -258,11 +241,9 @@ def train(args: Args, source: OfflineDataset, real: Transitions, device, np_rng)
     data = normalizer.normalize(torch.from_numpy(rows)).to(device)
     kind, kwargs = network_spec(args, channels)
     agent = Diffusion(args, build_network(kind, kwargs), normalizer, device)
-    print(
-        f"{args.level} diffusion on {len(rows)} {'rows' if args.level == 'transition' else 'windows'}"
-        f" of {channels} channels; {kind} with "
-        f"{sum(p.numel() for p in agent.denoiser.parameters()) / 1e6:.2f}M parameters"
-    )
+    what = "rows" if args.level == "transition" else "windows"
+    params = sum(p.numel() for p in agent.denoiser.parameters()) / 1e6
+    print(f"{args.level} diffusion on {len(rows)} {what} of {channels} channels; {kind} with {params:.2f}M parameters")  # fmt: skip
     loop = TrainingLoop(
         "diffusion", source.name, args, agent.parts(), np_rng,
         normalizer={"mean": normalizer.mean.cpu().numpy(), "std": normalizer.std.cpu().numpy()},
@@ -273,25 +254,23 @@ def train(args: Args, source: OfflineDataset, real: Transitions, device, np_rng)
         loop.log(agent.update(batch))
         if args.save_model and loop.due(args.log_every):
             loop.checkpoint()
+    o, a, length = source.obs_dim, source.act_dim, args.trajectory_length
+    state = model_state(
+        kind, kwargs, agent.ema, agent.normalizer, args.level, o, a,
+        env_id=args.env_id or source.env_id, dataset=source.name, trajectory_length=length,
+    )  # fmt: skip
     path = loop.dir / "model.pt"
-    meta = {"env_id": args.env_id or source.env_id, "dataset": source.name}
-    meta["trajectory_length"] = args.trajectory_length
-    o, a = source.obs_dim, source.act_dim
-    save_checkpoint(
-        path, model_state(kind, kwargs, agent.ema, agent.normalizer, args.level, o, a, **meta)
-    )
-    model = DiffusionModel(
-        agent.ema_denoiser(), agent.normalizer, o, a, args.trajectory_length, args.level
-    )
+    save_checkpoint(path, state)
+    model = DiffusionModel(agent.ema_denoiser(), agent.normalizer, o, a, length, args.level)
     return model, loop, rows, path
 
 
-def load_model(path: str, device: torch.device, bf16: bool) -> tuple[DiffusionModel, dict]:
-    """(the model, the file's dict) of a model.pt; CheckpointError when it is not one."""
+def load_model(path: str, device: torch.device, bf16: bool) -> DiffusionModel:
+    """The model of a model.pt; CheckpointError when it is not one."""
     state = load_checkpoint(Path(path), "cpu")
     autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
     try:
-        return DiffusionModel.from_state(state, device, autocast), state
+        return DiffusionModel.from_state(state, device, autocast)
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(
             f"--model {path}: {e}; pass the model.pt that algos/diffusion.py wrote in its run folder"
@@ -305,24 +284,23 @@ def generate(
     data_range: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """`num_samples` transitions from the EMA denoiser, in batches of `sample_batch_size`, decoded."""
-    net = None
-    if args.compile:
-        mode = "reduce-overhead" if device.type == "cuda" else "default"
-        net = torch.compile(model.denoiser, mode=mode, dynamic=False)
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    net = torch.compile(model.denoiser, mode=mode, dynamic=False) if args.compile else None
     generator = torch.Generator(device).manual_seed(args.seed)
-    window = model.level == "trajectory"
-    per_sample = args.trajectory_length - 1 if window else 1
-    batches = math.ceil(args.num_samples / (args.sample_batch_size * per_sample))
+    rows = args.trajectory_length if model.level == "trajectory" else None
+    batches = math.ceil(args.num_samples / (args.sample_batch_size * (rows - 1 if rows else 1)))
     draws = model.sample(
-        [args.sample_batch_size] * batches, args.sample_steps,
-        args.trajectory_length if window else None, device=device, generator=generator,
-        euler_origin=args.euler_origin, churn=args.churn, denoiser=net,
+        [args.sample_batch_size] * batches, args.sample_steps, rows, device=device,
+        generator=generator, euler_origin=args.euler_origin, churn=args.churn, denoiser=net,
     )  # fmt: skip
+    # Back to transitions: terminal/done = 1[x > 0.5]; windows are cut after a done.
+    split = rows_to_transitions if model.level == "transition" else windows_to_transitions
     parts: list[dict[str, np.ndarray]] = []
     for x in tqdm(draws, total=batches, desc="sampling", disable=not args.progress):
         if data_range is not None:
             x = torch.maximum(torch.minimum(x, data_range[1]), data_range[0])
-        parts.append(decode(x, model))
+        t = split(x.float().cpu(), model.obs_dim, model.act_dim)
+        parts.append({k: v.numpy() for k, v in t.items()})
     out = {k: np.concatenate([p[k] for p in parts])[: args.num_samples] for k in parts[0]}
     return {k: v.astype(bool if k == "terminals" else np.float32) for k, v in out.items()}
 
@@ -363,14 +341,14 @@ def main(args: Args) -> dict:
     real = source.transitions()
 
     if args.model is not None:  # sample from a saved model
-        model, saved = load_model(args.model, device, args.bf16)
+        model = load_model(args.model, device, args.bf16)
         if (model.obs_dim, model.act_dim) != (source.obs_dim, source.act_dim):
             raise UsageError(
                 f"--model {args.model} was trained on obs/act dims {model.obs_dim}/{model.act_dim}, "
                 f"dataset '{args.dataset}' has {source.obs_dim}/{source.act_dim}; pass its dataset"
             )
         args.level = model.level
-        args.trajectory_length = int(saved.get("trajectory_length", args.trajectory_length))
+        args.trajectory_length = model.trajectory_length or args.trajectory_length
         run = Run("diffusion", source.name, args.seed, args, args.run_dir, args.overwrite)
         run_dir, model_path, steps, rows = run.dir, Path(args.model), 0, None
     else:

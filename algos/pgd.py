@@ -69,7 +69,7 @@ from tqdm import tqdm
 
 from ocrl.data import Batch, OfflineDataset, ReplayBuffer
 from ocrl.data.windows import trajectory_rows, trajectory_windows, windows_to_transitions
-from ocrl.envs import load_offline_task
+from ocrl.envs import OfflineTask, load_offline_task
 from ocrl.experiment import (
     Agent,
     CheckpointError,
@@ -598,11 +598,39 @@ def check_pgd_args(args: Args) -> None:
         raise UsageError(f"--critic-updates {args.critic_updates}: must be positive")
     if not 0.0 < args.expectile < 1.0:
         raise UsageError(f"--expectile {args.expectile}: must lie in (0, 1); PGD uses 0.7")
-    for name in ("guidance_coef", "guidance_cosine_coef", "lr", "alpha", "beta", "max_weight"):
-        if not math.isfinite(getattr(args, name)):
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be finite")
+    # check_args has refused every non-finite float.
     if not (args.lr > 0 and args.max_weight > 0):
         raise UsageError("--lr and --max-weight must be positive")
+
+
+def given_model(args: Args, task: OfflineTask, device: torch.device) -> TrajectoryModel | None:
+    """The --diffusion-model, its dims checked; None when --diffusion-steps trains one (its windows checked)."""
+    if args.diffusion_steps == 0:
+        model = load_trajectory_model(args.diffusion_model, device, args.bf16)
+        if (model.obs_dim, model.act_dim) != (task.obs_dim, task.act_dim):
+            raise UsageError(
+                f"--diffusion-model {args.diffusion_model} was trained on obs/act dims {model.obs_dim}/"
+                f"{model.act_dim}, dataset '{args.dataset}' has {task.obs_dim}/{task.act_dim}"
+            )
+        return model
+    # Check the windows before the run folder is made.
+    if args.synth_batch_size > 0:
+        if len(trajectory_windows(task.dataset, args.trajectory_length, args.window_stride)) == 0:
+            raise UsageError(
+                f"--trajectory-length {args.trajectory_length}: no episode of '{args.dataset}' is "
+                "that long; use shorter windows"
+            )
+    return None
+
+
+def run_folder_model(
+    args: Args, task: OfflineTask, device: torch.device, loop: TrainingLoop
+) -> tuple[TrajectoryModel, Path]:
+    """The model --diffusion-steps trains into the run folder; a resumed run reloads the one it trained."""
+    path = loop.dir / "model.pt"
+    if path.exists():
+        return load_trajectory_model(str(path), device, args.bf16), path
+    return train_trajectory_model(args, task.dataset, task.env_id, device, path, loop.run), path
 
 
 def main(args: Args) -> dict:
@@ -614,26 +642,13 @@ def main(args: Args) -> dict:
         args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
         ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
     )  # fmt: skip
-    model = None
-    if args.diffusion_steps == 0:
-        model = load_trajectory_model(args.diffusion_model, device, args.bf16)
-        if (model.obs_dim, model.act_dim) != (task.obs_dim, task.act_dim):
-            raise UsageError(
-                f"--diffusion-model {args.diffusion_model} was trained on obs/act dims {model.obs_dim}/"
-                f"{model.act_dim}, dataset '{args.dataset}' has {task.obs_dim}/{task.act_dim}"
-            )
-    elif args.synth_batch_size > 0:  # check the windows before the run folder is made
-        if len(trajectory_windows(task.dataset, args.trajectory_length, args.window_stride)) == 0:
-            raise UsageError(
-                f"--trajectory-length {args.trajectory_length}: no episode of '{args.dataset}' is "
-                "that long; use shorter windows"
-            )
+    model = given_model(args, task, device)
     if args.synth_batch_size == args.batch_size:
         print("note: --synth-batch-size = --batch-size trains on synthetic data only (IQL's V and Q may diverge)")  # fmt: skip
     agent_cls = TD3BC if args.agent == "td3_bc" else IQL
     agent = agent_cls(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
-    synthetic = SyntheticSet(device)
-    agent.synthetic = synthetic  # a checkpoint part: a resumed run continues on the same set
+    # A checkpoint part: a resumed run continues on the same synthetic set.
+    synthetic = agent.synthetic = SyntheticSet(device)
     obs_mean = obs_std = None
     if task.obs_mean is not None:
         obs_mean = torch.as_tensor(task.obs_mean, dtype=torch.float32, device=device)
@@ -644,13 +659,7 @@ def main(args: Args) -> dict:
     )
     model_path = args.diffusion_model
     if model is None and args.synth_batch_size > 0:
-        model_path = loop.dir / "model.pt"
-        if model_path.exists():  # a resumed run: the model it trained
-            model = load_trajectory_model(str(model_path), device, args.bf16)
-        else:
-            model = train_trajectory_model(
-                args, task.dataset, task.env_id, device, model_path, loop.run
-            )
+        model, model_path = run_folder_model(args, task, device, loop)
     rows = None if model is None else (args.num_rollout_steps or model.trajectory_length - 1) + 1
 
     def generate(index: int, guided: bool) -> float:
