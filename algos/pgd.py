@@ -67,7 +67,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ocrl.data import Batch, OfflineDataset, ReplayBuffer
+from ocrl.data import Batch, OfflineDataset
+from ocrl.data.replay import SyntheticSet, mixed_batch
 from ocrl.data.windows import trajectory_rows, trajectory_windows, windows_to_transitions
 from ocrl.envs import OfflineTask, load_offline_task
 from ocrl.experiment import (
@@ -517,51 +518,9 @@ def sample_trajectories(
     return torch.cat(list(draws))
 
 
-class SyntheticSet:
-    """The current synthetic transitions (observations as the agent sees them); a checkpoint part."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.buffer: ReplayBuffer | None = None
-        self.regenerations = 0  # generations after the initial unguided one
-
-    def fill(self, t: dict[str, torch.Tensor], obs_mean, obs_std) -> None:
-        obs, next_obs = t["observations"], t["next_observations"]
-        if obs_mean is not None:
-            obs, next_obs = (obs - obs_mean) / obs_std, (next_obs - obs_mean) / obs_std
-        self.buffer = ReplayBuffer.from_arrays(
-            obs, t["actions"], t["rewards"], next_obs, t["terminals"], device=self.device
-        )
-
-    def state_dict(self) -> dict:
-        buffer = None if self.buffer is None else self.buffer.state_dict()
-        return {"buffer": buffer, "regenerations": self.regenerations}
-
-    def load_state_dict(self, state: dict) -> None:
-        b = state["buffer"]
-        self.regenerations = int(state["regenerations"])
-        if b is None:
-            self.buffer = None
-            return
-        self.buffer = ReplayBuffer.from_arrays(
-            b["observations"], b["actions"], b["rewards"], b["next_observations"],
-            b["terminals"], device=self.device,
-        )  # fmt: skip
-
-
 def regeneration_seed(seed: int, index: int) -> int:
     """The sampler's seed for generation `index` (0 = the initial set): independent of the run's other draws."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
-def mixed_batch(
-    real: ReplayBuffer, synthetic: ReplayBuffer | None, batch_size: int, n_synth: int
-) -> Batch:
-    """n_synth uniform synthetic transitions followed by batch_size - n_synth uniform real ones."""
-    if n_synth == 0:
-        return real.sample(batch_size)
-    s, r = synthetic.sample(n_synth), real.sample(batch_size - n_synth)
-    return Batch(*(torch.cat([a, b]) for a, b in zip(s, r, strict=True)))
 
 
 def check_pgd_args(args: Args) -> None:
