@@ -52,12 +52,13 @@ import torch
 from tqdm import tqdm
 
 from ocrl.data import OfflineDataset, Transitions, load_dataset
-from ocrl.data.d4rl import write_d4rl_hdf5
-from ocrl.data.minari_io import write_minari
-from ocrl.data.offline import source_statistics_metadata
-from ocrl.data.windows import trajectory_rows, windows_to_transitions
-from ocrl.envs.dynamics import dynamics_error
-from ocrl.envs.evaluation import EnvError, make_env, resolve_reference_scores
+from ocrl.data.windows import (
+    rows_to_transitions,
+    trajectory_rows,
+    transition_rows,
+    windows_to_transitions,
+)
+from ocrl.envs.synthetic import synthetic_quality, write_synthetic_dataset
 from ocrl.experiment import (
     Agent,
     CheckpointError,
@@ -74,41 +75,27 @@ from ocrl.experiment import (
     seed_everything,
 )
 from ocrl.nets.diffusion import (
-    EMA,
+    DiffusionModel,
     DiffusionNormalizer,
-    EDMConfig,
-    EDMDenoiser,
+    EDMTrainer,
     build_network,
-    denoiser_from_state,
-    heun_sample,
-    lr_factor,
     model_state,
 )
 
+# fmt: off
 PRESETS: dict[str, dict] = {
     # A CPU-sized SynthER: what the tests and docs/results/ use (trains in minutes on 2 cores).
-    "cpu-small": {
-        "width": 256,
-        "depth": 4,
-        "total_steps": 20_000,
-        "num_samples": 100_000,
-        "sample_batch_size": 10_000,
-    },
+    "cpu-small": dict(
+        width=256, depth=4, total_steps=20_000, num_samples=100_000, sample_batch_size=10_000
+    ),
     # PGD's unguided trajectory model (EmptyJackson/policy-guided-diffusion defaults).
-    "pgd-unguided": {
-        "level": "trajectory",
-        "lr": 2e-3,
-        "adam_beta2": 0.999,
-        "lr_schedule": "warmup-cosine",
-        "grad_clip": 0.0,
-        "batch_size": 32,
-        "ema_warmup": "plain",
-        "sample_steps": 256,
-        "euler_origin": "x_i",
-        "num_samples": 1_000_000,
-        "sample_batch_size": 8192,
-    },
+    "pgd-unguided": dict(
+        level="trajectory", lr=2e-3, adam_beta2=0.999, lr_schedule="warmup-cosine", grad_clip=0.0,
+        batch_size=32, ema_warmup="plain", sample_steps=256, euler_origin="x_i",
+        num_samples=1_000_000, sample_batch_size=8192,
+    ),
 }
+# fmt: on
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
@@ -204,236 +191,118 @@ class Args:
 
 
 # ------------------------------------------------------------------------------------ the data as x
-@dataclass
-class Layout:
-    """Where each part of a generated row sits: obs, action, reward, next obs (transition) and terminal/done."""
-
-    level: str
-    obs_dim: int
-    act_dim: int
-
-    @property
-    def channels(self) -> int:
-        o, a = self.obs_dim, self.act_dim
-        return 2 * o + a + 2 if self.level == "transition" else o + a + 2
-
-
-def transition_rows(t: Transitions) -> np.ndarray:
-    """SynthER's x = [s, a, r, s', terminal] for every TD transition of the dataset (qlearning_dataset's)."""
-    return np.concatenate(
-        [t.observations, t.actions, t.rewards[:, None], t.next_observations, t.terminals[:, None]],
-        axis=1,
-    ).astype(np.float32)
-
-
-def model_rows(source: OfflineDataset, real: Transitions, layout: Layout, args: Args) -> np.ndarray:
-    """The rows the model is fitted to: transition rows of `real`, or the source's trajectory windows."""
-    if layout.level == "transition":
+def model_rows(source: OfflineDataset, real: Transitions, args: Args) -> np.ndarray:
+    """The rows the model is fitted to: SynthER's transition rows of `real`, or PGD's windows of the source."""
+    if args.level == "transition":
         return transition_rows(real)
     return trajectory_rows(source, args.trajectory_length, args.window_stride)
 
 
-def decode(x: torch.Tensor, layout: Layout) -> dict[str, np.ndarray]:
-    """Un-normalised samples back to transitions; terminal/done = 1[x > 0.5]; windows are cut after a done."""
-    o, a = layout.obs_dim, layout.act_dim
-    x = x.float().cpu()
-    if layout.level == "transition":
-        x = x.numpy()
-        return {
-            "observations": x[:, :o],
-            "actions": x[:, o : o + a],
-            "rewards": x[:, o + a],
-            "next_observations": x[:, o + a + 1 : 2 * o + a + 1],
-            "terminals": x[:, -1] > 0.5,
-        }
-    return {k: v.numpy() for k, v in windows_to_transitions(x, o, a).items()}
-
-
 # ------------------------------------------------------------------------------------------ the model
-def network_spec(args: Args, layout: Layout) -> tuple[str, dict]:
+def network_spec(args: Args, channels: int) -> tuple[str, dict]:
     """The denoiser network: SynthER's residual MLP for transitions, PGD's temporal U-Net for windows."""
-    if layout.level == "transition":
+    if args.level == "transition":
         kwargs = dict(
-            d_in=layout.channels, width=args.width, depth=args.depth, dim_t=args.dim_t,
+            d_in=channels, width=args.width, depth=args.depth, dim_t=args.dim_t,
             layer_norm=args.layer_norm,
         )  # fmt: skip
         return "resmlp", kwargs
     kwargs = dict(
-        channels=layout.channels, features=args.unet_features, num_blocks=args.unet_blocks,
+        channels=channels, features=args.unet_features, num_blocks=args.unet_blocks,
         groupnorm=args.groupnorm,
     )  # fmt: skip
     return "unet", kwargs
 
 
-class Diffusion(Agent):
-    """The denoiser, its optimiser and schedule, the EMA of its weights and the data normaliser."""
+class Diffusion(EDMTrainer, Agent):
+    """EDM's training step (ocrl.nets.edm_model's, which algos/pgd.py uses too) and the data normaliser."""
 
     def __init__(
         self, args: Args, network: torch.nn.Module, normalizer: DiffusionNormalizer, device
     ):
-        self.args = args
-        autocast = torch.bfloat16 if args.bf16 and device.type == "cuda" else None
-        self.denoiser = EDMDenoiser(network.to(device), EDMConfig(), autocast_dtype=autocast)
+        super().__init__(
+            network.to(device), lr=args.lr, total_steps=args.total_steps,
+            adam_beta2=args.adam_beta2, lr_schedule=args.lr_schedule, grad_clip=args.grad_clip,
+            ema_decay=args.ema_decay, ema_every=args.ema_every, ema_warmup=args.ema_warmup,
+            autocast_dtype=torch.bfloat16 if args.bf16 and device.type == "cuda" else None,
+        )  # fmt: skip
         self.normalizer = normalizer.to(device)
-        self.optimizer = torch.optim.AdamW(
-            network.parameters(), lr=args.lr, betas=(0.9, args.adam_beta2), weight_decay=0.0
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor(args.lr_schedule, args.total_steps)
-        )
-        self.ema = EMA(network, args.ema_decay, args.ema_every, args.ema_warmup)
-
-    def update(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One step of EDM's loss on a batch of normalised data; then the lr schedule and the EMA."""
-        loss = self.denoiser.loss(x)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = self.denoiser.net.parameters()
-        if self.args.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm(
-                [p.grad for p in params if p.grad is not None]
-            )
-        self.optimizer.step()
-        self.scheduler.step()
-        self.ema.update()
-        return {"denoiser_loss": loss.detach(), "diffusion/grad_norm": grad_norm}
 
 
-def save_model(path: Path, agent: Diffusion, kind: str, kwargs: dict, layout: Layout, meta: dict):
-    """model.pt: the EMA network, its constructor, the normaliser and the layout (what algos/pgd.py loads)."""
-    state = model_state(
-        kind, kwargs, agent.ema, agent.normalizer, layout.level, layout.obs_dim, layout.act_dim,
-        **meta,
+def train(args: Args, source: OfflineDataset, real: Transitions, device, np_rng):
+    """Fit the denoiser to the source's rows; (the EMA model, the training loop, the rows, model.pt's path)."""
+    rows = model_rows(source, real, args)
+    channels = rows.shape[-1]
+    # SynthER leaves the terminal dimension raw; PGD z-scores every channel, done included.
+    skip = (channels - 1,) if args.level == "transition" else ()
+    if args.batch_size is None:
+        args.batch_size = 1024 if len(rows) >= 800_000 else 256
+    normalizer = DiffusionNormalizer.fit(torch.from_numpy(rows), skip)
+    data = normalizer.normalize(torch.from_numpy(rows)).to(device)
+    kind, kwargs = network_spec(args, channels)
+    agent = Diffusion(args, build_network(kind, kwargs), normalizer, device)
+    what = "rows" if args.level == "transition" else "windows"
+    params = sum(p.numel() for p in agent.denoiser.parameters()) / 1e6
+    print(f"{args.level} diffusion on {len(rows)} {what} of {channels} channels; {kind} with {params:.2f}M parameters")  # fmt: skip
+    loop = TrainingLoop(
+        "diffusion", source.name, args, agent.parts(), np_rng,
+        normalizer={"mean": normalizer.mean.cpu().numpy(), "std": normalizer.std.cpu().numpy()},
+        rate_tag="charts/steps_per_s",
     )  # fmt: skip
+    for _ in loop.steps():
+        batch = data[torch.randint(len(data), (args.batch_size,), device=device)]
+        loop.log(agent.update(batch))
+        if args.save_model and loop.due(args.log_every):
+            loop.checkpoint()
+    o, a, length = source.obs_dim, source.act_dim, args.trajectory_length
+    state = model_state(
+        kind, kwargs, agent.ema, agent.normalizer, args.level, o, a,
+        env_id=args.env_id or source.env_id, dataset=source.name, trajectory_length=length,
+    )  # fmt: skip
+    path = loop.dir / "model.pt"
     save_checkpoint(path, state)
+    model = DiffusionModel(agent.ema_denoiser(), agent.normalizer, o, a, length, args.level)
+    return model, loop, rows, path
 
 
-def load_model(path: str, device: torch.device, bf16: bool):
-    """(EMA denoiser, normaliser, layout, the file's dict) from a model.pt; CheckpointError when it is not one."""
+def load_model(path: str, device: torch.device, bf16: bool) -> DiffusionModel:
+    """The model of a model.pt; CheckpointError when it is not one."""
     state = load_checkpoint(Path(path), "cpu")
     autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
     try:
-        denoiser, normalizer = denoiser_from_state(state, device, autocast)
-        layout = Layout(state["level"], int(state["obs_dim"]), int(state["act_dim"]))
+        return DiffusionModel.from_state(state, device, autocast)
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(
             f"--model {path}: {e}; pass the model.pt that algos/diffusion.py wrote in its run folder"
         ) from e
-    return denoiser, normalizer, layout, state
 
 
 # ------------------------------------------------------------------------------------------ sampling
 @torch.no_grad()
 def generate(
-    denoiser: EDMDenoiser, normalizer: DiffusionNormalizer, layout: Layout, args: Args,
-    device: torch.device, data_range: tuple[torch.Tensor, torch.Tensor] | None,
+    model: DiffusionModel, args: Args, device: torch.device,
+    data_range: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """`num_samples` transitions from the EMA denoiser, in batches of `sample_batch_size`, decoded."""
-    net = denoiser
-    if args.compile:
-        mode = "reduce-overhead" if device.type == "cuda" else "default"
-        net = torch.compile(denoiser, mode=mode, dynamic=False)
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    net = torch.compile(model.denoiser, mode=mode, dynamic=False) if args.compile else None
     generator = torch.Generator(device).manual_seed(args.seed)
-    per_sample = 1 if layout.level == "transition" else args.trajectory_length - 1
-    batches = math.ceil(args.num_samples / (args.sample_batch_size * per_sample))
-    shape = (args.sample_batch_size, layout.channels)
-    if layout.level == "trajectory":
-        shape = (args.sample_batch_size, args.trajectory_length, layout.channels)
+    rows = args.trajectory_length if model.level == "trajectory" else None
+    batches = math.ceil(args.num_samples / (args.sample_batch_size * (rows - 1 if rows else 1)))
+    draws = model.sample(
+        [args.sample_batch_size] * batches, args.sample_steps, rows, device=device,
+        generator=generator, euler_origin=args.euler_origin, churn=args.churn, denoiser=net,
+    )  # fmt: skip
+    # Back to transitions: terminal/done = 1[x > 0.5]; windows are cut after a done.
+    split = rows_to_transitions if model.level == "transition" else windows_to_transitions
     parts: list[dict[str, np.ndarray]] = []
-    for _ in tqdm(range(batches), desc="sampling", disable=not args.progress):
-        x = heun_sample(
-            net, shape, args.sample_steps, denoiser.config, device=device, generator=generator,
-            euler_origin=args.euler_origin, churn=args.churn,
-        )  # fmt: skip
-        x = normalizer.unnormalize(x)
+    for x in tqdm(draws, total=batches, desc="sampling", disable=not args.progress):
         if data_range is not None:
             x = torch.maximum(torch.minimum(x, data_range[1]), data_range[0])
-        parts.append(decode(x, layout))
+        t = split(x.float().cpu(), model.obs_dim, model.act_dim)
+        parts.append({k: v.numpy() for k, v in t.items()})
     out = {k: np.concatenate([p[k] for p in parts])[: args.num_samples] for k in parts[0]}
     return {k: v.astype(bool if k == "terminals" else np.float32) for k, v in out.items()}
-
-
-def sample_quality(real, synthetic, env_id: str, n: int, seed: int) -> dict[str, float]:
-    """Terminal rates, per-dimension mean/std against the data, and the one-step dynamics error of the
-    non-terminal transitions (real: the floor; normalised by the real next observations' std)."""
-    real_next = real.next_observations
-    scale = real_next.std(axis=0) + 1e-6
-    report = {
-        "terminal_rate_real": float(real.terminals.mean()),
-        "terminal_rate_synthetic": float(synthetic["terminals"].mean()),
-    }
-    for key, r in (("observations", real.observations), ("actions", real.actions)):
-        s = synthetic[key]
-        std = r.std(axis=0) + 1e-6
-        report[f"{key}_max_mean_gap_in_std"] = float(np.max(np.abs(s.mean(0) - r.mean(0)) / std))
-        ratio = s.std(axis=0) / std
-        report[f"{key}_std_ratio_min"], report[f"{key}_std_ratio_max"] = map(
-            float, (ratio.min(), ratio.max())
-        )
-    report["reward_mean_real"] = float(real.rewards.mean())
-    report["reward_mean_synthetic"] = float(synthetic["rewards"].mean())
-    if n <= 0:
-        return report
-    # Only non-terminal transitions: after a terminal, qlearning_dataset's s' is the next episode's start
-    # (the model learns that pairing too), which no simulator step reproduces.
-    real_rows = real.terminals < 0.5
-    syn_rows = ~synthetic["terminals"]
-    sets = {
-        "real": (real.observations, real.actions, real_next, real.rewards, real_rows),
-        "synthetic": (
-            synthetic["observations"], synthetic["actions"], synthetic["next_observations"],
-            synthetic["rewards"], syn_rows,
-        ),
-    }  # fmt: skip
-    try:
-        for name, (obs, act, nxt, rew, rows) in sets.items():
-            if not rows.any():
-                continue
-            err = dynamics_error(
-                env_id, obs[rows], act[rows], nxt[rows], rewards=rew[rows], scale=scale,
-                max_transitions=min(n, int(rows.sum())), seed=seed,
-            )  # fmt: skip
-            for k in ("normalized_mse", "normalized_mse_unclipped", "mse", "reward_mse"):
-                if k in err:
-                    report[f"dynamics_{k}_{name}"] = float(err[k])
-    except EnvError as e:
-        print(f"note: no dynamics error: {e}")
-    return report
-
-
-def write_dataset(
-    path: Path, source: OfflineDataset, real: Transitions, env_id: str,
-    samples: dict[str, np.ndarray], args: Args, provenance: dict,
-) -> Path:  # fmt: skip
-    """Write the synthetic transitions (+ the real ones `real` with --mix-real) as a D4RL file or a Minari folder."""
-    if args.mix_real:
-        samples = {
-            "observations": np.concatenate([samples["observations"], real.observations]),
-            "actions": np.concatenate([samples["actions"], real.actions]),
-            "rewards": np.concatenate([samples["rewards"], real.rewards]),
-            "next_observations": np.concatenate([samples["next_observations"], real.next_observations]),
-            "terminals": np.concatenate([samples["terminals"], real.terminals > 0.5]),
-        }  # fmt: skip
-    env = make_env(env_id)
-    max_steps = (env.spec.max_episode_steps if env.spec else None) or 1000
-    env.close()
-    lo, hi, _ = resolve_reference_scores(
-        source.ref_min_score, source.ref_max_score, env_id, None, None
-    )
-    metadata = {**provenance, **source_statistics_metadata(real, max_steps)}
-    name = f"{source.name}-synthetic" if source.name else "synthetic"
-    dataset = OfflineDataset.from_transitions(
-        samples["observations"], samples["actions"], samples["rewards"],
-        samples["next_observations"], samples["terminals"], name=name, env_id=env_id,
-        ref_min_score=lo, ref_max_score=hi, source=str(path), metadata=metadata,
-    )  # fmt: skip
-    if path.suffix in (".hdf5", ".h5"):
-        write_d4rl_hdf5(dataset, path)
-    else:
-        write_minari(dataset, path.parent, path.name, algorithm_name="ocrl diffusion")
-    return path
 
 
 def check_diffusion_args(args: Args) -> None:
@@ -471,61 +340,28 @@ def main(args: Args) -> dict:
         raise UsageError(f"dataset '{args.dataset}' names no environment; pass --env-id")
     real = source.transitions()
 
-    if args.model is not None:
-        denoiser, normalizer, layout, saved = load_model(args.model, device, args.bf16)
-        if (layout.obs_dim, layout.act_dim) != (source.obs_dim, source.act_dim):
+    if args.model is not None:  # sample from a saved model
+        model = load_model(args.model, device, args.bf16)
+        if (model.obs_dim, model.act_dim) != (source.obs_dim, source.act_dim):
             raise UsageError(
-                f"--model {args.model} was trained on obs/act dims {layout.obs_dim}/{layout.act_dim}, "
+                f"--model {args.model} was trained on obs/act dims {model.obs_dim}/{model.act_dim}, "
                 f"dataset '{args.dataset}' has {source.obs_dim}/{source.act_dim}; pass its dataset"
             )
-        args.level = layout.level
-        args.trajectory_length = int(saved.get("trajectory_length", args.trajectory_length))
+        args.level = model.level
+        args.trajectory_length = model.trajectory_length or args.trajectory_length
         run = Run("diffusion", source.name, args.seed, args, args.run_dir, args.overwrite)
-        run_dir, model_path, steps = run.dir, Path(args.model), 0
-        rows = None
+        run_dir, model_path, steps, rows = run.dir, Path(args.model), 0, None
     else:
-        layout = Layout(args.level, source.obs_dim, source.act_dim)
-        rows = model_rows(source, real, layout, args)
-        # SynthER leaves the terminal dimension raw; PGD z-scores every channel, done included.
-        skip = (layout.channels - 1,) if layout.level == "transition" else ()
-        if args.batch_size is None:
-            args.batch_size = 1024 if len(rows) >= 800_000 else 256
-        normalizer = DiffusionNormalizer.fit(torch.from_numpy(rows), skip)
-        data = normalizer.normalize(torch.from_numpy(rows)).to(device)
-        kind, kwargs = network_spec(args, layout)
-        agent = Diffusion(args, build_network(kind, kwargs), normalizer, device)
-        print(
-            f"{layout.level} diffusion on {len(rows)} {'rows' if layout.level == 'transition' else 'windows'}"
-            f" of {layout.channels} channels; {kind} with "
-            f"{sum(p.numel() for p in agent.denoiser.parameters()) / 1e6:.2f}M parameters"
-        )
-        loop = TrainingLoop(
-            "diffusion", source.name, args, agent.parts(), np_rng,
-            normalizer={"mean": normalizer.mean.cpu().numpy(), "std": normalizer.std.cpu().numpy()},
-            rate_tag="charts/steps_per_s",
-        )  # fmt: skip
-        for _ in loop.steps():
-            batch = data[torch.randint(len(data), (args.batch_size,), device=device)]
-            loop.log(agent.update(batch))
-            if args.save_model and loop.due(args.log_every):
-                loop.checkpoint()
+        model, loop, rows, model_path = train(args, source, real, device, np_rng)
         run_dir, steps = loop.dir, loop.step
-        model_path = run_dir / "model.pt"
-        meta = {
-            "env_id": env_id,
-            "dataset": source.name,
-            "trajectory_length": args.trajectory_length,
-        }
-        save_model(model_path, agent, kind, kwargs, layout, meta)
-        denoiser = EDMDenoiser(agent.ema.ema_model, EDMConfig(), agent.denoiser.autocast_dtype)
 
     data_range = None
     if args.clamp:
-        rows = model_rows(source, real, layout, args) if rows is None else rows
-        flat = torch.from_numpy(rows).reshape(-1, layout.channels)
+        rows = model_rows(source, real, args) if rows is None else rows
+        flat = torch.from_numpy(rows).reshape(-1, model.channels)
         data_range = (flat.min(0).values.to(device), flat.max(0).values.to(device))
     start = time.perf_counter()
-    samples = generate(denoiser, normalizer, layout, args, device, data_range)
+    samples = generate(model, args, device, data_range)
     sample_seconds = time.perf_counter() - start
     print(f"sampled {len(samples['rewards'])} transitions in {sample_seconds:.1f} s")
 
@@ -534,7 +370,7 @@ def main(args: Args) -> dict:
         "ocrl_generator": "ocrl algos/diffusion.py",
         "ocrl_source_dataset": source.name,
         "ocrl_source_path": source.source,
-        "ocrl_level": layout.level,
+        "ocrl_level": model.level,
         "ocrl_diffusion_model": str(model_path),
         "ocrl_train_steps": steps,
         "ocrl_sample_steps": args.sample_steps,
@@ -542,9 +378,9 @@ def main(args: Args) -> dict:
         "ocrl_num_synthetic": len(samples["rewards"]),
         "ocrl_num_real": len(real) if args.mix_real else 0,
     }
-    write_dataset(out, source, real, env_id, samples, args, provenance)
+    write_synthetic_dataset(out, source, real, env_id, samples, provenance, args.mix_real)
     print(f"wrote {out}")
-    quality = sample_quality(real, samples, env_id, args.quality_samples, args.seed)
+    quality = synthetic_quality(real, samples, env_id, args.quality_samples, args.seed)
     for key, value in quality.items():
         print(f"  {key}: {value:.4g}")
     extra = {

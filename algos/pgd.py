@@ -30,8 +30,8 @@ writes (EMA U-Net, normaliser, window length); or --diffusion-steps N trains one
 EDM's loss with one sigma per window, a temporal U-Net (--unet-features, --unet-blocks, GroupNorm per time step),
 Adam(2e-3, betas (0.9, 0.999)) with 10% warm-up from 0.1 then cosine to 0, no clipping, batches of 32 windows drawn
 with replacement (PGD shuffles epochs), EMA 0.995 every 10 steps, and writes it as model.pt in the run folder
-(a resumed run reloads it). Seeded by --seed alone, it is the model algos/diffusion.py trains with the same
-settings, weight for weight.
+(a resumed run reloads it). It trains, saves and loads through algos/diffusion.py's code (ocrl.nets.edm_model):
+seeded by --seed alone, it is the model that file trains with the same settings.
 
 Defaults are the released code's, except: the sampled window length is the model's training length
 (--num-rollout-steps defaults to trajectory_length - 1; 128 is the code's value, a horizon mismatch); the
@@ -67,9 +67,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ocrl.data import Batch, OfflineDataset, ReplayBuffer
+from ocrl.data import Batch, OfflineDataset
+from ocrl.data.replay import SyntheticSet, mixed_batch
 from ocrl.data.windows import trajectory_rows, trajectory_windows, windows_to_transitions
-from ocrl.envs import load_offline_task
+from ocrl.envs import OfflineTask, load_offline_task
 from ocrl.experiment import (
     Agent,
     CheckpointError,
@@ -87,17 +88,8 @@ from ocrl.experiment import (
     seed_everything,
 )
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
-from ocrl.nets.diffusion import (
-    EMA,
-    DiffusionNormalizer,
-    EDMConfig,
-    EDMDenoiser,
-    build_network,
-    denoiser_from_state,
-    heun_sample,
-    lr_factor,
-    model_state,
-)
+from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
+from ocrl.nets.diffusion import DiffusionNormalizer, EDMTrainer, build_network, model_state
 
 PRESETS: dict[str, dict] = {
     # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256).
@@ -375,17 +367,6 @@ class IQL(Agent):
 
 
 # -------------------------------------------------------------------------------- the trajectory model
-@dataclass
-class TrajectoryModel:
-    """The EMA denoiser of algos/diffusion.py --level trajectory, its normaliser and the row layout."""
-
-    denoiser: EDMDenoiser
-    normalizer: DiffusionNormalizer
-    obs_dim: int
-    act_dim: int
-    trajectory_length: int
-
-
 def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) -> TrajectoryModel:
     """Read the model.pt that algos/diffusion.py --level trajectory wrote; a UsageError/CheckpointError if not one."""
     make = "python algos/diffusion.py --preset pgd-unguided --dataset <data>"
@@ -404,22 +385,19 @@ def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) ->
     try:
         if state.get("level") != "trajectory":
             raise ValueError(f"level {state.get('level')!r}, not 'trajectory'")
-        denoiser, normalizer = denoiser_from_state(state, device, autocast)
-        obs_dim, act_dim = int(state["obs_dim"]), int(state["act_dim"])
-        length = int(state["trajectory_length"])
+        return TrajectoryModel.from_state(state, device, autocast)
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(
             f"--diffusion-model {path}: not a trajectory diffusion model ({e}); train one with "
             f"`{make}`"
         ) from e
-    return TrajectoryModel(denoiser, normalizer, obs_dim, act_dim, length)
 
 
 def train_trajectory_model(
     args: Args, dataset: OfflineDataset, env_id: str, device: torch.device, path: Path,
     run: Run | None = None,
 ) -> TrajectoryModel:  # fmt: skip
-    """PGD's unguided model: EDM's loss on windows [s, arctanh a, r, done], EMA weights written to `path`."""
+    """PGD's unguided model, trained as algos/diffusion.py --preset pgd-unguided trains it, written to `path`."""
     rows = torch.from_numpy(trajectory_rows(dataset, args.trajectory_length, args.window_stride))
     # PGD z-scores every channel, done included.
     normalizer = DiffusionNormalizer.fit(rows).to(device)
@@ -428,19 +406,15 @@ def train_trajectory_model(
         channels=rows.shape[-1], features=args.unet_features, num_blocks=args.unet_blocks,
         groupnorm="per-timestep",
     )  # fmt: skip
-    autocast = torch.bfloat16 if args.bf16 and device.type == "cuda" else None
     # Its own stream from --seed: the agent's draws are the same whether the model is trained or reloaded.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(args.seed)
         network = build_network("unet", kwargs).to(device)
-        denoiser = EDMDenoiser(network, EDMConfig(), autocast)
-        optimizer = torch.optim.AdamW(
-            network.parameters(), lr=args.diffusion_lr, betas=(0.9, 0.999), weight_decay=0.0
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_factor("warmup-cosine", args.diffusion_steps)
-        )
-        ema = EMA(network, beta=0.995, update_every=10, warmup="plain")
+        trainer = EDMTrainer(
+            network, lr=args.diffusion_lr, total_steps=args.diffusion_steps, adam_beta2=0.999,
+            lr_schedule="warmup-cosine", grad_clip=0.0, ema_warmup="plain",
+            autocast_dtype=torch.bfloat16 if args.bf16 and device.type == "cuda" else None,
+        )  # fmt: skip
         print(
             f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows: "
             f"U-Net with {sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters"
@@ -449,13 +423,7 @@ def train_trajectory_model(
         bar = tqdm(range(args.diffusion_steps), desc="trajectory model", disable=not args.progress)
         for step in bar:
             batch = data[torch.randint(len(data), (args.diffusion_batch_size,), device=device)]
-            loss = denoiser.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            ema.update()
-            losses.append(loss.detach())
+            losses.append(trainer.update(batch)["denoiser_loss"])
             if (step + 1) % args.log_every == 0 or step + 1 == args.diffusion_steps:
                 mean_loss = torch.stack(losses).mean().item()  # the only host read per interval
                 check_finite(step + 1, {"trajectory model loss": mean_loss}, run)
@@ -463,8 +431,9 @@ def train_trajectory_model(
                 losses.clear()
     meta = {"env_id": env_id, "dataset": dataset.name, "trajectory_length": args.trajectory_length}
     state = model_state(
-        "unet", kwargs, ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim, **meta
-    )
+        "unet", kwargs, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
+        **meta,
+    )  # fmt: skip
     save_checkpoint(path, state)
     print(f"wrote the trajectory model to {path}")
     return load_trajectory_model(str(path), device, args.bf16)
@@ -541,65 +510,17 @@ def sample_trajectories(
     device: torch.device, guidance: Guidance | None,
 ) -> torch.Tensor:  # fmt: skip
     """`num_synth_trajectories` un-normalised windows (n, rows, channels); guided when `guidance` is given."""
-    channels = model.normalizer.mean.numel()
-    parts, left = [], args.num_synth_trajectories
-    while left > 0:
-        n = min(args.sample_batch_size, left)
-        x = heun_sample(
-            model.denoiser, (n, rows, channels), args.sample_steps, model.denoiser.config,
-            device=device, generator=generator, pre_step=guidance,
-            euler_origin=args.euler_origin, churn=args.churn,
-        )  # fmt: skip
-        parts.append(model.normalizer.unnormalize(x))
-        left -= n
-    return torch.cat(parts)
-
-
-class SyntheticSet:
-    """The current synthetic transitions (observations as the agent sees them); a checkpoint part."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.buffer: ReplayBuffer | None = None
-        self.regenerations = 0  # generations after the initial unguided one
-
-    def fill(self, t: dict[str, torch.Tensor], obs_mean, obs_std) -> None:
-        obs, next_obs = t["observations"], t["next_observations"]
-        if obs_mean is not None:
-            obs, next_obs = (obs - obs_mean) / obs_std, (next_obs - obs_mean) / obs_std
-        self.buffer = ReplayBuffer.from_arrays(
-            obs, t["actions"], t["rewards"], next_obs, t["terminals"], device=self.device
-        )
-
-    def state_dict(self) -> dict:
-        buffer = None if self.buffer is None else self.buffer.state_dict()
-        return {"buffer": buffer, "regenerations": self.regenerations}
-
-    def load_state_dict(self, state: dict) -> None:
-        b = state["buffer"]
-        self.regenerations = int(state["regenerations"])
-        if b is None:
-            self.buffer = None
-            return
-        self.buffer = ReplayBuffer.from_arrays(
-            b["observations"], b["actions"], b["rewards"], b["next_observations"],
-            b["terminals"], device=self.device,
-        )  # fmt: skip
+    n, size = args.num_synth_trajectories, args.sample_batch_size
+    draws = model.sample(
+        [min(size, n - i) for i in range(0, n, size)], args.sample_steps, rows, device=device,
+        generator=generator, pre_step=guidance, euler_origin=args.euler_origin, churn=args.churn,
+    )  # fmt: skip
+    return torch.cat(list(draws))
 
 
 def regeneration_seed(seed: int, index: int) -> int:
     """The sampler's seed for generation `index` (0 = the initial set): independent of the run's other draws."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
-def mixed_batch(
-    real: ReplayBuffer, synthetic: ReplayBuffer | None, batch_size: int, n_synth: int
-) -> Batch:
-    """n_synth uniform synthetic transitions followed by batch_size - n_synth uniform real ones."""
-    if n_synth == 0:
-        return real.sample(batch_size)
-    s, r = synthetic.sample(n_synth), real.sample(batch_size - n_synth)
-    return Batch(*(torch.cat([a, b]) for a, b in zip(s, r, strict=True)))
 
 
 def check_pgd_args(args: Args) -> None:
@@ -636,11 +557,39 @@ def check_pgd_args(args: Args) -> None:
         raise UsageError(f"--critic-updates {args.critic_updates}: must be positive")
     if not 0.0 < args.expectile < 1.0:
         raise UsageError(f"--expectile {args.expectile}: must lie in (0, 1); PGD uses 0.7")
-    for name in ("guidance_coef", "guidance_cosine_coef", "lr", "alpha", "beta", "max_weight"):
-        if not math.isfinite(getattr(args, name)):
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be finite")
+    # check_args has refused every non-finite float.
     if not (args.lr > 0 and args.max_weight > 0):
         raise UsageError("--lr and --max-weight must be positive")
+
+
+def given_model(args: Args, task: OfflineTask, device: torch.device) -> TrajectoryModel | None:
+    """The --diffusion-model, its dims checked; None when --diffusion-steps trains one (its windows checked)."""
+    if args.diffusion_steps == 0:
+        model = load_trajectory_model(args.diffusion_model, device, args.bf16)
+        if (model.obs_dim, model.act_dim) != (task.obs_dim, task.act_dim):
+            raise UsageError(
+                f"--diffusion-model {args.diffusion_model} was trained on obs/act dims {model.obs_dim}/"
+                f"{model.act_dim}, dataset '{args.dataset}' has {task.obs_dim}/{task.act_dim}"
+            )
+        return model
+    # Check the windows before the run folder is made.
+    if args.synth_batch_size > 0:
+        if len(trajectory_windows(task.dataset, args.trajectory_length, args.window_stride)) == 0:
+            raise UsageError(
+                f"--trajectory-length {args.trajectory_length}: no episode of '{args.dataset}' is "
+                "that long; use shorter windows"
+            )
+    return None
+
+
+def run_folder_model(
+    args: Args, task: OfflineTask, device: torch.device, loop: TrainingLoop
+) -> tuple[TrajectoryModel, Path]:
+    """The model --diffusion-steps trains into the run folder; a resumed run reloads the one it trained."""
+    path = loop.dir / "model.pt"
+    if path.exists():
+        return load_trajectory_model(str(path), device, args.bf16), path
+    return train_trajectory_model(args, task.dataset, task.env_id, device, path, loop.run), path
 
 
 def main(args: Args) -> dict:
@@ -652,26 +601,13 @@ def main(args: Args) -> dict:
         args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
         ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
     )  # fmt: skip
-    model = None
-    if args.diffusion_steps == 0:
-        model = load_trajectory_model(args.diffusion_model, device, args.bf16)
-        if (model.obs_dim, model.act_dim) != (task.obs_dim, task.act_dim):
-            raise UsageError(
-                f"--diffusion-model {args.diffusion_model} was trained on obs/act dims {model.obs_dim}/"
-                f"{model.act_dim}, dataset '{args.dataset}' has {task.obs_dim}/{task.act_dim}"
-            )
-    elif args.synth_batch_size > 0:  # check the windows before the run folder is made
-        if len(trajectory_windows(task.dataset, args.trajectory_length, args.window_stride)) == 0:
-            raise UsageError(
-                f"--trajectory-length {args.trajectory_length}: no episode of '{args.dataset}' is "
-                "that long; use shorter windows"
-            )
+    model = given_model(args, task, device)
     if args.synth_batch_size == args.batch_size:
         print("note: --synth-batch-size = --batch-size trains on synthetic data only (IQL's V and Q may diverge)")  # fmt: skip
     agent_cls = TD3BC if args.agent == "td3_bc" else IQL
     agent = agent_cls(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
-    synthetic = SyntheticSet(device)
-    agent.synthetic = synthetic  # a checkpoint part: a resumed run continues on the same set
+    # A checkpoint part: a resumed run continues on the same synthetic set.
+    synthetic = agent.synthetic = SyntheticSet(device)
     obs_mean = obs_std = None
     if task.obs_mean is not None:
         obs_mean = torch.as_tensor(task.obs_mean, dtype=torch.float32, device=device)
@@ -682,13 +618,7 @@ def main(args: Args) -> dict:
     )
     model_path = args.diffusion_model
     if model is None and args.synth_batch_size > 0:
-        model_path = loop.dir / "model.pt"
-        if model_path.exists():  # a resumed run: the model it trained
-            model = load_trajectory_model(str(model_path), device, args.bf16)
-        else:
-            model = train_trajectory_model(
-                args, task.dataset, task.env_id, device, model_path, loop.run
-            )
+        model, model_path = run_folder_model(args, task, device, loop)
     rows = None if model is None else (args.num_rollout_steps or model.trajectory_length - 1) + 1
 
     def generate(index: int, guided: bool) -> float:

@@ -1,4 +1,5 @@
-"""A replay buffer kept as tensors on the training device, sampled without host synchronisation."""
+"""A replay buffer kept as tensors on the training device, sampled without host synchronisation; a set of
+generated transitions replaced wholesale, and batches mixing generated and real transitions."""
 
 from __future__ import annotations
 
@@ -154,3 +155,52 @@ class ReplayBuffer:
         ]:
             getattr(self, name)[:n] = state[name].to(self.device)
         self.ptr, self.size = int(state["ptr"]), n
+
+
+class SyntheticSet:
+    """Generated transitions replaced wholesale at each (re)generation, observations as the agent sees them
+    (`fill` standardises them with the given statistics); None before the first; a checkpoint part."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buffer: ReplayBuffer | None = None
+        self.regenerations = 0  # generations after the initial one
+
+    def fill(
+        self,
+        t: dict[str, torch.Tensor],
+        obs_mean: torch.Tensor | None,
+        obs_std: torch.Tensor | None,
+    ) -> None:
+        """Replace the set by the transitions `t` (dict of observations, actions, ... tensors)."""
+        obs, next_obs = t["observations"], t["next_observations"]
+        if obs_mean is not None:
+            obs, next_obs = (obs - obs_mean) / obs_std, (next_obs - obs_mean) / obs_std
+        self.buffer = ReplayBuffer.from_arrays(
+            obs, t["actions"], t["rewards"], next_obs, t["terminals"], device=self.device
+        )
+
+    def state_dict(self) -> dict:
+        buffer = None if self.buffer is None else self.buffer.state_dict()
+        return {"buffer": buffer, "regenerations": self.regenerations}
+
+    def load_state_dict(self, state: dict) -> None:
+        b = state["buffer"]
+        self.regenerations = int(state["regenerations"])
+        if b is None:
+            self.buffer = None
+            return
+        self.buffer = ReplayBuffer.from_arrays(
+            b["observations"], b["actions"], b["rewards"], b["next_observations"],
+            b["terminals"], device=self.device,
+        )  # fmt: skip
+
+
+def mixed_batch(
+    real: ReplayBuffer, synthetic: ReplayBuffer | None, batch_size: int, n_synth: int
+) -> Batch:
+    """n_synth uniform synthetic transitions followed by batch_size - n_synth uniform real ones."""
+    if n_synth == 0:
+        return real.sample(batch_size)
+    s, r = synthetic.sample(n_synth), real.sample(batch_size - n_synth)
+    return Batch(*(torch.cat([a, b]) for a, b in zip(s, r, strict=True)))

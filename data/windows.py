@@ -19,9 +19,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ocrl.data.offline import DatasetError, OfflineDataset
+from ocrl.data.offline import DatasetError, OfflineDataset, Transitions
 
-__all__ = ["trajectory_rows", "trajectory_windows", "window_rows", "windows_to_transitions"]
+__all__ = [
+    "rows_to_transitions",
+    "trajectory_rows",
+    "trajectory_windows",
+    "transition_rows",
+    "window_rows",
+    "windows_to_transitions",
+]
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -119,4 +126,28 @@ def windows_to_transitions(
         "rewards": windows[:, :-1, o + a][before_done],
         "next_observations": windows[:, 1:, :o][before_done],
         "terminals": done[before_done].float(),
+    }
+
+
+def transition_rows(t: Transitions) -> np.ndarray:
+    """SynthER's model input [s, a, r, s', terminal] of every TD transition; `rows_to_transitions` inverts it."""
+    parts = [
+        t.observations,
+        t.actions,
+        t.rewards[:, None],
+        t.next_observations,
+        t.terminals[:, None],
+    ]
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def rows_to_transitions(rows: torch.Tensor, obs_dim: int, act_dim: int) -> dict[str, torch.Tensor]:
+    """Generated rows (N, [s, a, r, s', terminal]) to transitions (views of `rows`); terminal = 1[x > 0.5]."""
+    o, a = obs_dim, act_dim
+    return {
+        "observations": rows[:, :o],
+        "actions": rows[:, o : o + a],
+        "rewards": rows[:, o + a],
+        "next_observations": rows[:, o + a + 1 : 2 * o + a + 1],
+        "terminals": rows[:, -1] > 0.5,
     }

@@ -13,6 +13,7 @@ from ocrl.algos import diffusion as algo
 from ocrl.data import load_dataset
 from ocrl.nets.diffusion import (
     EMA,
+    DiffusionModel,
     DiffusionNormalizer,
     EDMDenoiser,
     ResidualMLPDenoiser,
@@ -241,6 +242,22 @@ def test_ema_follows_ema_pytorch_warmup_then_plain_decay():
 
 
 # ------------------------------------------------------------------------------------ the algorithm
+def test_model_sample_is_one_heun_sample_per_batch_size_unnormalised():
+    torch.manual_seed(0)
+    denoiser = EDMDenoiser(ResidualMLPDenoiser(5, width=16, depth=1, dim_t=8).eval())
+    normalizer = DiffusionNormalizer(torch.arange(5.0), torch.full((5,), 2.0))
+    model = DiffusionModel(denoiser, normalizer, 1, 1, None, "transition")
+    gen = torch.Generator().manual_seed(3)
+    got = list(model.sample([3, 2], 4, device="cpu", generator=gen, euler_origin="x_i"))
+    gen = torch.Generator().manual_seed(3)
+    for n, x in zip([3, 2], got, strict=True):
+        want = heun_sample(denoiser, (n, 5), 4, generator=gen, euler_origin="x_i")
+        assert torch.equal(x, want * 2.0 + torch.arange(5.0))
+    unet = EDMDenoiser(TemporalUNet(5, features=16, num_blocks=2).eval())
+    windows = DiffusionModel(unet, normalizer, 1, 1, 6).sample([2], 4, rows=6, device="cpu")
+    assert next(windows).shape == (2, 6, 5)
+
+
 def tiny_args(data: str, tmp_path, **over) -> algo.Args:
     fields = dict(
         dataset=data, width=32, depth=2, dim_t=16, total_steps=60, batch_size=64, log_every=20,

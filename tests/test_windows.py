@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ocrl.data import DatasetError, OfflineDataset, trajectory_windows, window_rows
+from ocrl.data.windows import rows_to_transitions, transition_rows
 
 # 40 rows; episodes end after rows 9 (terminal), 19 (timeout), 22 (terminal), 33 (timeout) and a
 # trailing unfinished episode 34..39. Episodes: [0,10) T, [10,20) t/o, [20,23) T, [23,34) t/o, [34,40).
@@ -143,3 +145,21 @@ def test_window_rows_refuses_bad_starts_and_independent_transitions():
         trajectory_windows(synthetic, 4)
     with pytest.raises(DatasetError, match="independent transitions"):
         window_rows(synthetic, np.array([0]), 4)
+
+
+def test_rows_to_transitions_inverts_transition_rows():
+    rng = np.random.default_rng(0)
+    data = OfflineDataset(
+        observations=rng.normal(size=(9, 3)).astype(np.float32),
+        actions=rng.uniform(-1, 1, size=(9, 2)).astype(np.float32),
+        rewards=rng.normal(size=9).astype(np.float32),
+        terminals=np.array([0, 0, 1, 0, 0, 0, 0, 0, 0], bool),
+        timeouts=np.array([0, 0, 0, 0, 0, 1, 0, 0, 1], bool),
+    )
+    t = data.transitions()
+    rows = transition_rows(t)
+    assert rows.shape == (len(t), 2 * 3 + 2 + 2) and rows.dtype == np.float32
+    back = rows_to_transitions(torch.from_numpy(rows), 3, 2)
+    for key in ("observations", "actions", "rewards", "next_observations"):
+        np.testing.assert_array_equal(back[key].numpy(), getattr(t, key), err_msg=key)
+    np.testing.assert_array_equal(back["terminals"].numpy(), t.terminals > 0.5)
