@@ -1,4 +1,4 @@
-"""Offline datasets: every recorded row, a TD transition view, episodes, scores and normalisation.
+"""Loading offline datasets by path or name, and the datasets shipped with ocrl.
 
 `load_dataset(name_or_path)` understands
 
@@ -9,18 +9,9 @@
 * an id of a dataset shipped with ocrl (``ocrl/data/datasets/<id>/data``);
 * a Minari id such as ``mujoco/hopper/medium-v0`` (read through `minari`).
 
-Transition semantics follow D4RL's ``qlearning_dataset`` exactly by default: row ``i`` gives
-``(obs[i], act[i], rew[i], obs[i+1], terminals[i])`` for ``i < N-1``, rows with ``timeouts[i]``
-are skipped, and a timeout is never a ``done``. See ``reference/datasets.md``.
-
-A dataset whose ``metadata["ocrl_layout"]`` is ``"transitions"`` (made by
-`OfflineDataset.from_transitions`, e.g. synthetic samples of a diffusion model) holds independent
-transitions instead: every row is its own one-step episode with its stored ``next_observations``.
-Such files may carry the source dataset's normalisation statistics (`source_statistics_metadata`).
-
-The dataset model lives in `ocrl.data.dataset`, the metadata rules in `ocrl.data.metadata`; their
-names are importable from here too. This module needs numpy only; h5py and minari are imported by
-the readers when used.
+The dataset model (rows, the D4RL transition semantics, independent-transition datasets) lives in
+`ocrl.data.dataset`, the metadata rules in `ocrl.data.metadata`; their names are importable from
+here too. This module needs numpy only; h5py and minari are imported by the readers when used.
 """
 
 from __future__ import annotations
