@@ -273,7 +273,6 @@ def check_hdpo_args(args: Args) -> None:
         (args.n_train >= args.batch_size, f"--n-train {args.n_train}: must be >= --batch-size {args.batch_size}"),
         (0 <= args.dev_ignore < args.dev_periods, f"--dev-ignore {args.dev_ignore}: must be in [0, --dev-periods {args.dev_periods})"),
         (0 <= args.test_ignore < args.test_periods, f"--test-ignore {args.test_ignore}: must be in [0, --test-periods {args.test_periods})"),
-        (args.lr is None or args.lr >= 0, f"--lr {args.lr}: must be >= 0 (or left out for the policy's default)"),
         (args.grad_clip is None or args.grad_clip > 0, f"--grad-clip {args.grad_clip}: must be > 0 (or left out: no clipping)"),
         (args.max_minutes is None or args.max_minutes > 0, f"--max-minutes {args.max_minutes}: must be > 0 (or left out)"),
         (all(w >= 1 for w in args.hidden or ()), f"--hidden {args.hidden}: widths must be >= 1"),
@@ -287,26 +286,44 @@ def check_hdpo_args(args: Args) -> None:
         raise UsageError(message)
 
 
-def main(args: Args) -> dict:
-    check_hdpo_args(args)  # every flag, before the run folder is created
-    device = pick_device(args.device, args.threads)
-    seed_everything(args.seed)
+def make_instance(args: Args) -> tuple[InventoryProblem, str]:
+    """The inventory problem the flags describe, and its id (run folders, tables)."""
     problem = make_problem(args.setting, args.p, args.lead_time, args.n_stores, args.instance_seed)
     if args.initial_on_hand is not None:
         problem = dataclasses.replace(
             problem, initial_on_hand=tuple(args.initial_on_hand)
         ).validate()
+    if args.setting == "one_warehouse":
+        return problem, f"{problem.name}_i{args.instance_seed}"
+    return problem, f"{args.setting}_p{args.p:g}_L{args.lead_time}"
+
+
+def final_test(args: Args, policy: nn.Module, sim: InventorySimulator, best_known: float | None):
+    """The long-run cost of `policy` on fresh test paths (seed + 1000): its summary, gap to the optimum, seconds."""
+    round_test = (
+        sim.problem.demand.kind == "poisson" if args.round_test is None else args.round_test
+    )
+    tick = time.perf_counter()
+    test = cost_summary(long_run_costs(
+        policy, sim, args.n_test, args.test_periods, args.test_ignore, args.seed + 1000,
+        args.test_chunk, round_test,
+    ))  # fmt: skip
+    return test, gap_pct(test.cost, best_known), time.perf_counter() - tick
+
+
+def main(args: Args) -> dict:
+    check_hdpo_args(args)  # every flag, before the run folder is created
+    device = pick_device(args.device, args.threads)
+    seed_everything(args.seed)
+    problem, name = make_instance(args)
     agent = HDPO(args, problem, device)
     policy, sim, best_known = agent.policy, agent.sim, optimum(problem)
-    round_test = problem.demand.kind == "poisson" if args.round_test is None else args.round_test
     # One scenario split by path: the first n_dev paths are the dev set, the rest train.
     periods = max(args.train_periods, args.dev_periods)
     scenario = sample_scenario(problem, args.n_dev + args.n_train, periods, args.seed)
     dev = scenario.subset(slice(0, args.n_dev)).to(device)
     train = scenario.subset(slice(args.n_dev, None)).to(device)
     shuffle = torch.Generator(device="cpu").manual_seed(args.seed)
-    name = f"{args.setting}_p{args.p:g}_L{args.lead_time}"  # the instance's id (folders, tables)
-    name = f"{problem.name}_i{args.instance_seed}" if args.setting == "one_warehouse" else name
     loop = TrainingLoop("hdpo", name, args, agent.parts(), None, rate_tag="charts/steps_per_s")
     run = loop.run
     print(f"HDPO {name}: policy {args.policy} ({type(policy).__name__}), lr {agent.lr}, optimum {best_known}")  # fmt: skip
@@ -347,12 +364,7 @@ def main(args: Args) -> dict:
     policy.load_state_dict(best_state)
     if args.save_model:
         save_checkpoint(loop.dir / "policy.pt", policy.state_dict())
-    tick = time.perf_counter()
-    test = cost_summary(long_run_costs(
-        policy, sim, args.n_test, args.test_periods, args.test_ignore, args.seed + 1000,
-        args.test_chunk, round_test,
-    ))  # fmt: skip
-    test_time, test_gap = time.perf_counter() - tick, gap_pct(test.cost, best_known)
+    test, test_gap, test_time = final_test(args, policy, sim, best_known)
     run.log(step, {f"test/{k}": v for k, v in [*test._asdict().items(), ("gap_pct", test_gap)] if v is not None})  # fmt: skip
     vs_optimum = "" if test_gap is None else f", optimum {best_known:.4f}, gap {test_gap:+.3f}%"
     print(f"test cost {test.cost:.4f} per period per store{vs_optimum} (best dev {best_dev:.4f} at epoch {best_epoch}; {step} gradient steps, stopped by {stop_reason})")  # fmt: skip

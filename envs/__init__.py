@@ -13,15 +13,7 @@ from ocrl.envs.evaluation import (
     register_env_family,
     resolve_reference_scores,
 )
-from ocrl.envs.inventory import InventoryEnv, InventoryProblem, InventorySimulator, make_problem
-from ocrl.envs.lot_sizing import (
-    LotSizingEnv,
-    LotSizingInstance,
-    LotSizingSimulator,
-    LotSizingVectorEnv,
-    generate_instance,
-    load_instance,
-)
+from ocrl.envs.ids import register_envs
 from ocrl.envs.offline_task import OfflineTask, dataset_env_kwargs, load_offline_task
 from ocrl.envs.training import TrainingEnvs
 
@@ -53,3 +45,30 @@ __all__ = [
     "register_env_family",
     "resolve_reference_scores",
 ]
+
+# The inventory and lot-sizing simulators (torch, scipy) load on first use: `from ocrl.envs import
+# InventoryEnv` imports ocrl.envs.inventory then, and `gym.make` of their ids imports them too.
+_LAZY = {
+    "InventoryEnv": "inventory",
+    "InventoryProblem": "inventory",
+    "InventorySimulator": "inventory",
+    "make_problem": "inventory",
+    "LotSizingEnv": "lot_sizing",
+    "LotSizingInstance": "lot_sizing",
+    "LotSizingSimulator": "lot_sizing",
+    "LotSizingVectorEnv": "lot_sizing",
+    "generate_instance": "lot_sizing",
+    "load_instance": "lot_sizing",
+}
+
+register_envs()
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"ocrl.envs.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import norm
 
+from ocrl.envs.ids import INVENTORY_IDS
+
 # (A) of the reference: DP optimum of one store, lost sales, Poisson(5), h = 1 (Zipkin 2008), {(p, L): cost}.
 # Published with two decimals, so a gap computed against them carries about +-0.1% of rounding.
 LOST_SALES_OPTIMA: dict[tuple[float, int], float] = {
@@ -672,22 +674,8 @@ class InventoryEnv(gym.Env):
         return self._obs(), -float(cost[0]), False, self._t >= self.horizon, info
 
 
-GYM_IDS = {
-    "ocrl/OneStoreLost-v0": {"setting": "one_store_lost"},
-    "ocrl/OneStoreBacklogged-v0": {"setting": "one_store_backlogged"},
-    "ocrl/SerialSystem-v0": {"setting": "serial"},
-    "ocrl/OneWarehouseLost-v0": {"setting": "one_warehouse"},
-}
-
-
-def register_envs() -> None:
-    """Register the Gymnasium ids (idempotent)."""
-    for env_id, kwargs in GYM_IDS.items():
-        if env_id not in gym.registry:
-            gym.register(env_id, entry_point=InventoryEnv, kwargs=kwargs)
-
-
-register_envs()
+#: Registered (`ocrl.envs.ids`) when ocrl.envs is imported.
+GYM_IDS = INVENTORY_IDS
 
 
 def with_problem(problem: InventoryProblem, **changes) -> InventoryProblem:

@@ -63,6 +63,7 @@ import numpy as np
 from gymnasium.utils import seeding
 
 from ocrl.envs.evaluation import EnvError
+from ocrl.envs.ids import LOT_SIZING_IDS
 
 ObsMode = Literal["inventory", "inventory+setup"]
 StartMode = Literal["random", "instance"]
@@ -672,22 +673,5 @@ class LotSizingVectorEnv(gym.vector.VectorEnv):
         return obs, tr.reward, terminated, np.zeros(self.num_envs, dtype=bool), info
 
 
-GYM_IDS: dict[str, dict[str, Any]] = {
-    "ocrl/LotSizing-v0": {},
-    **{f"ocrl/LotSizing-{k}-v0": {"published": k} for k in PUBLISHED},
-}
-
-
-def register_envs() -> None:
-    """Register the Gymnasium ids (idempotent); reads no instance file."""
-    for env_id, kwargs in GYM_IDS.items():
-        if env_id not in gym.registry:
-            gym.register(
-                env_id,
-                entry_point=LotSizingEnv,
-                vector_entry_point=LotSizingVectorEnv,
-                kwargs=kwargs,
-            )
-
-
-register_envs()
+#: Registered (`ocrl.envs.ids`) when ocrl.envs is imported.
+GYM_IDS = LOT_SIZING_IDS

@@ -1,16 +1,12 @@
 """Running an experiment: the CLI with presets and checks, run folders, logs, checkpoints and the training-loop plumbing."""
 
+from ocrl.experiment.flags import check_args, cli, friendly_errors
 from ocrl.experiment.loop import Agent, TrainingLoop
 from ocrl.experiment.run import (
     CheckpointError,
     Run,
     UsageError,
-    atomic_path,
-    atomic_write_text,
-    check_args,
     check_finite,
-    cli,
-    friendly_errors,
     load_checkpoint,
     pick_device,
     restore_training_state,
@@ -21,6 +17,7 @@ from ocrl.experiment.run import (
     set_rng_state,
     training_state,
 )
+from ocrl.files import atomic_path, atomic_write_text
 
 __all__ = [
     "Agent",

@@ -73,6 +73,10 @@ class EnsembleLinear(nn.Module):
         """Apply member `index` alone to a (B, in) input."""
         return torch.addmm(self.bias[index], x, self.weight[index])
 
+    def forward_members(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Apply the members `index` (k,) alone to a (k, B, in) input: (k, B, out), their weights gathered."""
+        return torch.baddbmm(self.bias[index], x, self.weight[index])
+
     def extra_repr(self) -> str:
         return f"in={self.in_dim}, out={self.out_dim}, members={self.num_members}"
 
@@ -92,6 +96,10 @@ class EnsembleLayerNorm(nn.Module):
     def forward_member(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Normalise with member `index`'s affine transform alone."""
         return F.layer_norm(x, x.shape[-1:], self.weight[index, 0], self.bias[index, 0], self.eps)
+
+    def forward_members(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Normalise a (k, B, dim) input with the affine transforms of the members `index` (k,)."""
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight[index] + self.bias[index]
 
 
 class CriticEnsemble(nn.Module):
@@ -128,6 +136,16 @@ class CriticEnsemble(nn.Module):
         for layer in self.net:
             if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
                 x = layer.forward_member(x, index)
+            else:
+                x = layer(x)
+        return x.squeeze(-1)
+
+    def members(self, obs: torch.Tensor, action: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Q-values (k, B) of the members `index` (k,) only, e.g. a random REDQ/RLPD subset of the critics."""
+        x = torch.cat([obs, action], dim=-1).expand(index.numel(), -1, -1)
+        for layer in self.net:
+            if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
+                x = layer.forward_members(x, index)
             else:
                 x = layer(x)
         return x.squeeze(-1)

@@ -168,8 +168,9 @@ def test_network_settings_train(tmp_path, setting, policy):
 
 
 def test_patience_stops_training(tmp_path):
-    # lr 0 never improves on the first dev cost, so the run stops after `patience` epochs.
-    metrics = hdpo.main(tiny_args(tmp_path, lr=0.0, epochs=50, patience=3))
+    # Steps of 1e-30 are below float32's resolution of the weights, so the first dev cost is never
+    # improved on and the run stops after `patience` epochs (check_args refuses lr 0).
+    metrics = hdpo.main(tiny_args(tmp_path, lr=1e-30, epochs=50, patience=3))
     assert metrics["stop_reason"] == "patience" and metrics["epochs"] == 4
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -17,6 +19,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from ocrl.envs.evaluation import EnvError
+from ocrl.envs.ids import LOT_SIZING_PUBLISHED
 from ocrl.envs.lot_sizing import (
     INSTANCE_DIR_ENV,
     PUBLISHED,
@@ -377,3 +380,25 @@ def test_published_instances_load(monkeypatch):
     venv = gym.make_vec("ocrl/LotSizing-25x15-v0", 4, vectorization_mode="vector_entry_point")
     obs, _ = venv.reset(seed=0)
     assert obs.shape == (4, 25)
+
+
+def test_registered_ids_name_the_published_instances():
+    assert LOT_SIZING_PUBLISHED == tuple(PUBLISHED)
+
+
+def test_ocrl_envs_loads_the_simulators_only_when_an_id_is_made(tmp_path):
+    # A fresh process: `import ocrl.envs` registers the ids with string entry points, and gym.make
+    # of each family imports its simulator then.
+    code = """
+import sys
+import gymnasium as gym
+import ocrl.envs
+sims = ("ocrl.envs.inventory", "ocrl.envs.lot_sizing", "scipy")
+assert not any(m in sys.modules for m in sims), [m for m in sims if m in sys.modules]
+gym.make("ocrl/OneStoreLost-v0", horizon=4).reset(seed=0)
+gym.make("ocrl/LotSizing-v0").reset(seed=0)
+gym.make_vec("ocrl/LotSizing-v0", 2, vectorization_mode="vector_entry_point").reset(seed=0)
+assert all(m in sys.modules for m in sims)
+from ocrl.envs import InventoryEnv, LotSizingVectorEnv
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

@@ -55,6 +55,25 @@ def test_critic_ensemble_members_are_independent_networks(layer_norm):
     assert first.weight.grad[1].abs().sum() == 0
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_critic_ensemble_subset_of_members(layer_norm):
+    torch.manual_seed(0)
+    critic = CriticEnsemble(3, 2, (8, 8), num_critics=5, layer_norm=layer_norm)
+    if layer_norm:  # non-trivial affine transforms, so a wrong member's would show
+        for p in critic.parameters():
+            p.data.normal_()
+    obs, act = torch.randn(6, 3), torch.randn(6, 2)
+    idx = torch.tensor([3, 0, 3])
+    q = critic.members(obs, act, idx)
+    assert q.shape == (3, 6)
+    torch.testing.assert_close(q, critic(obs, act)[idx])
+    # only the chosen members' parameters get a gradient
+    critic.zero_grad()
+    q.sum().backward()
+    grads = critic.net[0].weight.grad.flatten(1).abs().sum(1)
+    assert (grads[[0, 3]] > 0).all() and (grads[[1, 2, 4]] == 0).all()
+
+
 def test_critic_ensemble_accepts_per_member_inputs():
     critic = CriticEnsemble(3, 2, (8,), num_critics=4)
     obs, act = torch.randn(4, 5, 3), torch.randn(4, 5, 2)
