@@ -612,19 +612,8 @@ def main(args: Args) -> dict:
         else:
             action_t = agent.act(torch.as_tensor(envs.obs, dtype=torch.float32, device=device))
             action, env_action = action_t.cpu().numpy(), to_env(action_t).cpu().numpy()
-        next_obs, reward, terminated, truncated, infos = envs.step(env_action)
-        real_next_obs = next_obs.copy()
-        if terminated[0] or truncated[0]:  # SAME_STEP autoreset: the true last state is in infos
-            real_next_obs[0] = infos["final_obs"][0]
-        # The unclipped chosen action, as the original's replay stores it.
-        online.add(envs.obs, action, reward, real_next_obs, terminated, truncated)
-        envs.episode_return += reward
-        envs.episode_length += 1
-        if terminated[0] or truncated[0]:
-            loop.run.log(step, {"charts/episodic_return": envs.episode_return[0],
-                                "charts/episodic_length": envs.episode_length[0]})  # fmt: skip
-            envs.episode_return[0], envs.episode_length[0] = 0.0, 0
-        envs.obs = next_obs
+        # The unclipped chosen action goes into the replay, as the original's.
+        envs.step_into(online, env_action, loop.run, step, stored_action=action)
 
         if loop.step > args.learning_starts:
             batches = mixed_minibatches(off, online, args.batch_size, args.utd_ratio, bias)

@@ -82,7 +82,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -532,14 +531,8 @@ def main(args: Args) -> dict:
     # SAME_STEP autoreset vector env, seeded; its current observation and episode counters (envs.obs,
     # envs.episode_return, envs.episode_length) are a checkpoint part, so --resume continues the episodes.
     envs = TrainingEnvs(lambda: wrap(make_env(args.env_id)), args.num_envs, args.seed)
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    if not isinstance(act_space, gym.spaces.Box) or len(obs_space.shape or ()) != 1:
-        envs.close()
-        raise UsageError(
-            f"--env-id {args.env_id}: SAC needs flat Box observation and action spaces, "
-            f"this environment has {obs_space} and {act_space}"
-        )
-    obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
+    obs_dim, act_dim = envs.check_flat_box("SAC", args.env_id)
+    act_space = envs.single_action_space
 
     agent = GGDSAC(args, obs_dim, act_dim, act_space.low, act_space.high, device)
     buffer = ReplayBuffer(obs_dim, act_dim, args.buffer_size, device)
@@ -560,20 +553,7 @@ def main(args: Args) -> dict:
             with torch.no_grad():
                 obs_t = torch.as_tensor(envs.obs, dtype=torch.float32, device=device)
                 action = agent.actor(obs_t)[0].cpu().numpy()
-        next_obs, reward, terminated, truncated, infos = envs.step(action)
-        real_next_obs = next_obs.copy()
-        done = terminated | truncated
-        # SAME_STEP autoreset: next_obs already starts the new episode; the true last state is in infos.
-        for i in np.flatnonzero(done):
-            real_next_obs[i] = infos["final_obs"][i]
-        buffer.add(envs.obs, action, reward, real_next_obs, terminated, truncated)
-        envs.episode_return += reward
-        envs.episode_length += 1
-        for i in np.flatnonzero(done):
-            loop.run.log(step, {"charts/episodic_return": envs.episode_return[i],
-                                "charts/episodic_length": envs.episode_length[i]})  # fmt: skip
-            envs.episode_return[i], envs.episode_length[i] = 0.0, 0
-        envs.obs = next_obs
+        envs.step_into(buffer, action, loop.run, step)
 
         if loop.step > args.learning_starts:
             # Updates so far, this one included (one per vector step after learning_starts); derived

@@ -1,6 +1,6 @@
 """Running an experiment: the CLI with presets and checks, run folders, logs, checkpoints and the training-loop plumbing."""
 
-from ocrl.experiment.loop import Agent, TrainingLoop
+from ocrl.experiment.loop import Agent, SnapshotEvaluator, TrainingLoop
 from ocrl.experiment.run import (
     CheckpointError,
     Run,
@@ -26,6 +26,7 @@ __all__ = [
     "Agent",
     "CheckpointError",
     "Run",
+    "SnapshotEvaluator",
     "TrainingLoop",
     "UsageError",
     "atomic_path",
