@@ -96,7 +96,6 @@ from ocrl.experiment import (
     seed_everything,
 )
 from ocrl.nets import CriticEnsemble, EnsembleLinear, polyak_update
-from ocrl.nets.core import EnsembleLayerNorm
 from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
 
 PRESETS: dict[str, dict] = {
@@ -261,19 +260,6 @@ class TanhNormalPolicy(nn.Module):
         return self.scale * torch.tanh(u), log_prob, self.scale * torch.tanh(mean)
 
 
-def subset_q(critic: CriticEnsemble, idx: torch.Tensor, obs: torch.Tensor, act: torch.Tensor):
-    """Q-values (k, B) of the critics `idx` only (the random REDQ/RLPD subset), with their weights gathered."""
-    x = torch.cat([obs, act], dim=-1).expand(idx.numel(), -1, -1)
-    for layer in critic.net:
-        if isinstance(layer, EnsembleLinear):
-            x = torch.baddbmm(layer.bias[idx], x, layer.weight[idx])
-        elif isinstance(layer, EnsembleLayerNorm):
-            x = F.layer_norm(x, x.shape[-1:], eps=layer.eps) * layer.weight[idx] + layer.bias[idx]
-        else:
-            x = F.relu(x)
-    return x.squeeze(-1)
-
-
 def target_entropy(args: Args, act_dim: int) -> float:
     """H_target of the temperature: --target-entropy code, adjusted or port."""
     beta = args.edit_action_scale
@@ -291,17 +277,13 @@ class EXPO(Agent):
         self.args, self.act_dim = args, act_dim
         self.expo = args.policy == "expo"
         self.critic = CriticEnsemble(
-            obs_dim, act_dim, args.hidden, args.num_qs, layer_norm=args.critic_layer_norm
+            obs_dim, act_dim, args.hidden, args.num_qs, args.critic_layer_norm, layer_norm_eps=1e-6
         )
-        for (
-            layer
-        ) in self.critic.net:  # Flax: xavier-uniform kernels, zero biases, LayerNorm eps 1e-6
+        for layer in self.critic.net:  # Flax's init: xavier-uniform kernels, zero biases
             if isinstance(layer, EnsembleLinear):
                 bound = math.sqrt(6.0 / (layer.in_dim + layer.out_dim))
                 nn.init.uniform_(layer.weight, -bound, bound)
                 nn.init.zeros_(layer.bias)
-            elif isinstance(layer, EnsembleLayerNorm):
-                layer.eps = 1e-6
         self.critic.to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
@@ -358,10 +340,13 @@ class EXPO(Agent):
             if args.clip_edited_actions:
                 edited = edited.clamp(-1.0, 1.0)
             candidates = torch.cat([base, edited], dim=1)
-        q = subset_q(
-            self.critic_target, self.subset(), obs.repeat_interleave(n + k, 0),
-            candidates.reshape(-1, a),
-        ).min(dim=0).values  # fmt: skip
+        q = (
+            self.critic_target.subset(
+                obs.repeat_interleave(n + k, 0), candidates.reshape(-1, a), self.subset()
+            )
+            .min(dim=0)
+            .values
+        )
         return candidates, q.view(b, n + k), base
 
     @torch.no_grad()
@@ -527,19 +512,9 @@ def mixed_minibatches(
 
 def check_expo_args(args: Args) -> None:
     """This file's flag checks, after ocrl's: counts, the subset, the candidates, beta_edit and the variants."""
-    check_args(args)
-    for name in (
-        "utd_ratio",
-        "num_qs",
-        "num_min_qs",
-        "n_samples",
-        "diffusion_steps",
-        "lr_decay_steps",
-    ):
-        if getattr(args, name) <= 0:
-            raise UsageError(
-                f"--{name.replace('_', '-')} {getattr(args, name)}: must be a positive whole number"
-            )
+    check_args(args, ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every",
+                      "buffer_size", "utd_ratio", "num_qs", "num_min_qs", "n_samples",
+                      "diffusion_steps", "lr_decay_steps"))  # fmt: skip
     for name in ("learning_starts", "pretrain_steps", "n_edit_samples"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 0")
@@ -566,8 +541,6 @@ def check_expo_args(args: Args) -> None:
         )
     if args.policy == "gaussian" and args.pretrain_steps:
         raise UsageError("--pretrain-steps: pre-trains the diffusion base, so needs --policy expo")
-    if args.reward_bias != "auto" and not math.isfinite(args.reward_bias):
-        raise UsageError(f"--reward-bias {args.reward_bias}: must be a finite number or 'auto'")
 
 
 def main(args: Args) -> dict:
@@ -600,9 +573,8 @@ def main(args: Args) -> dict:
         agent.parts() | {"online": online, "envs": envs}, np_rng, rate_tag="charts/steps_per_s",
     )  # fmt: skip
     if agent.expo and loop.step == 0 and args.pretrain_steps:
-        for _ in range(
-            args.pretrain_steps
-        ):  # the diffusion base only (pretrain_q = pretrain_edit = False)
+        # The diffusion base only (pretrain_q = pretrain_edit = False).
+        for _ in range(args.pretrain_steps):
             pretrain = agent.diffusion_step(off.sample(args.batch_size))
         loop.run.log(0, {"losses/pretrain_bc_loss": float(pretrain["bc_loss"])})
     for step in loop.steps():

@@ -100,7 +100,7 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import EnsembleLinear, TanhGaussianActor, polyak_update
+from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
@@ -207,28 +207,6 @@ class Args:
     """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
     progress: bool = True
     """show a progress bar"""
-
-
-class GGDCritic(nn.Module):
-    """twins x E Q-MLPs as one batched ensemble; `forward` returns the means and the raw shapes, each (twins, E, B)."""
-
-    def __init__(
-        self, obs_dim: int, act_dim: int, hidden, twins: int, ensemble_size: int, activation
-    ) -> None:
-        super().__init__()
-        self.twins, self.ensemble_size = twins, ensemble_size
-        layers: list[nn.Module] = []
-        width = obs_dim + act_dim
-        for h in hidden:
-            layers += [EnsembleLinear(width, h, twins * ensemble_size), activation()]
-            width = h
-        layers.append(EnsembleLinear(width, 2, twins * ensemble_size))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(torch.cat([obs, action], dim=-1))
-        out = out.view(self.twins, self.ensemble_size, -1, 2)
-        return out[..., 0], out[..., 1]
 
 
 # ----------------------------------------------------------------------------- the losses
@@ -345,7 +323,10 @@ class GGDSAC(Agent):
         self.actor = TanhGaussianActor(
             obs_dim, act_dim, args.hidden, action_low, action_high, activation=activation
         )
-        self.critic = GGDCritic(obs_dim, act_dim, args.hidden, 2, args.ensemble_size, activation)
+        # 2 twins x E members, each outputting a mean Q and a raw shape.
+        self.critic = CriticEnsemble(
+            obs_dim, act_dim, args.hidden, 2 * args.ensemble_size, activation=activation, out_dim=2
+        )
         self.actor.to(device), self.critic.to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, fused=True)
@@ -363,6 +344,11 @@ class GGDSAC(Agent):
         )
         self.min_ess = float(min(args.batch_size - 1, args.min_batch_size))
         self.seen: dict[str, torch.Tensor] = {}  # the last update's intermediates, for diagnostics
+
+    def q_and_raw(self, critic: CriticEnsemble, obs: torch.Tensor, action: torch.Tensor):
+        """The members' means and raw shapes, each (2 twins, E, B)."""
+        out = critic(obs, action).view(2, self.args.ensemble_size, -1, 2)
+        return out[..., 0], out[..., 1]
 
     def value_loss(self, delta: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """Per twin (twins,): the value loss of --loss over the members' TD errors delta and raw shapes (twins, E, B)."""
@@ -409,11 +395,11 @@ class GGDSAC(Agent):
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_actions, next_log_prob, _ = actor(next_obs)
-            next_q, _ = self.critic_target(next_obs, next_actions)  # (2, E, B)
+            next_q, _ = self.q_and_raw(self.critic_target, next_obs, next_actions)
             # Per member: the min over the twins; the same a' for every member.
             soft_next = next_q.min(dim=0).values - alpha * next_log_prob
             target = rewards + args.discount * (1.0 - terminals) * soft_next  # (E, B)
-        q, raw = critic(obs, actions)  # (2, E, B) each
+        q, raw = self.q_and_raw(critic, obs, actions)
         delta = q - target
         value_loss = self.value_loss(delta, raw)
         reg_loss = (
@@ -434,7 +420,7 @@ class GGDSAC(Agent):
         actor_params = list(actor.parameters())
         for _ in range(actor_steps):
             pi, log_prob, _ = actor(obs)
-            q_pi = critic(obs, pi)[0].mean(dim=1).min(dim=0).values
+            q_pi = self.q_and_raw(critic, obs, pi)[0].mean(dim=1).min(dim=0).values
             actor_loss = (alpha * log_prob - q_pi).mean()
             # Gradients for the actor only: the critic's weight gradients are not needed here.
             grads = torch.autograd.grad(actor_loss, actor_params)

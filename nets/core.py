@@ -95,7 +95,7 @@ class EnsembleLayerNorm(nn.Module):
 
 
 class CriticEnsemble(nn.Module):
-    """E independent Q(s, a) MLPs computed together; `forward` returns Q-values of shape (E, B)."""
+    """E independent Q(s, a) MLPs computed together; `forward` returns Q-values of shape (E, B) (with out_dim > 1: (E, B, out_dim))."""
 
     def __init__(
         self,
@@ -105,6 +105,8 @@ class CriticEnsemble(nn.Module):
         num_critics: int = 2,
         layer_norm: bool = False,
         activation: type[nn.Module] = nn.ReLU,
+        layer_norm_eps: float = 1e-5,
+        out_dim: int = 1,
     ) -> None:
         super().__init__()
         self.num_critics = num_critics
@@ -113,14 +115,27 @@ class CriticEnsemble(nn.Module):
         for h in hidden:
             layers.append(EnsembleLinear(width, h, num_critics))
             if layer_norm:
-                layers.append(EnsembleLayerNorm(h, num_critics))
+                layers.append(EnsembleLayerNorm(h, num_critics, layer_norm_eps))
             layers.append(activation(inplace=True) if activation is nn.ReLU else activation())
             width = h
-        layers.append(EnsembleLinear(width, 1, num_critics))
+        layers.append(EnsembleLinear(width, out_dim, num_critics))
         self.net = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
+
+    def subset(self, obs: torch.Tensor, action: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Q-values (k, B) of the k members `index` only (e.g. REDQ's and RLPD's random subset), their weights gathered."""
+        x = torch.cat([obs, action], dim=-1).expand(index.numel(), -1, -1)
+        for layer in self.net:
+            if isinstance(layer, EnsembleLinear):
+                x = torch.baddbmm(layer.bias[index], x, layer.weight[index])
+            elif isinstance(layer, EnsembleLayerNorm):
+                x = F.layer_norm(x, x.shape[-1:], eps=layer.eps)
+                x = x * layer.weight[index] + layer.bias[index]
+            else:
+                x = layer(x)
+        return x.squeeze(-1)
 
     def member(self, obs: torch.Tensor, action: torch.Tensor, index: int = 0) -> torch.Tensor:
         """Q-values (B,) of one member only, e.g. TD3's Q1 in the actor loss, without computing the others."""
