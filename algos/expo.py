@@ -514,10 +514,8 @@ def check_expo_args(args: Args) -> None:
     """This file's flag checks, after ocrl's: counts, the subset, the candidates, beta_edit and the variants."""
     check_args(args, ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every",
                       "buffer_size", "utd_ratio", "num_qs", "num_min_qs", "n_samples",
-                      "diffusion_steps", "lr_decay_steps"))  # fmt: skip
-    for name in ("learning_starts", "pretrain_steps", "n_edit_samples"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 0")
+                      "diffusion_steps", "lr_decay_steps"),
+               non_negative=("learning_starts", "pretrain_steps", "n_edit_samples"))  # fmt: skip
     if args.batch_size % 2:
         raise UsageError(
             f"--batch-size {args.batch_size}: must be even (half offline, half online)"

@@ -43,32 +43,11 @@ loss to NaN, which stops the run with ocrl's divergence message), --detach-ra-we
 Q'(s', a') times discount^2; the code uses the online predictions), --reg-scale sum (sum_i w_i l_i; the
 code's mean over the batch after sum_i w_i = 1 makes the regulariser lambda / B times that).
 
-Two settings (--preset):
-- sb3-faithful (the default): the released SB3 configuration: 5 training envs with one gradient step per
-  vector step (0.2 per env step), learning_starts 100, lr 3e-4 for actor, critics and temperature, actor
-  step every update, Tanh MLPs [256, 256] for actor and critics, sb3_contrib's TimeFeatureWrapper on
-  the observations, no normalisation, 3M steps (Hopper-v4's budget).
-- cleanrl-default: only the critic loss swapped into ocrl's CleanRL SAC (algos/sac.py's defaults): 1 env,
-  learning_starts 5000, critic and temperature lr 1e-3, policy_freq 2, ReLU, no time feature, 1M steps.
-
-Deviations from the released code in both settings: the actor is ocrl's TanhGaussianActor (log-std
-squashed into [-5, 2] by tanh and the exact tanh log-det; SB3 clips log-std to [-20, 2] and adds 1e-6
-inside the log-det); the update runs in algos/sac.py's order (critic, actor, temperature with the
-loss -exp(log alpha) * (log pi + target_entropy)), where SB3 steps the temperature first with
--log alpha * (log pi + target_entropy); the heads always output 2 numbers (with --loss mse the raw
-shape is unused; SB3 then builds 1-output heads, so initial weights differ); where the members' TD
-errors coincide exactly the released kurtosis is 0/0 = NaN and here s2 = 1e-6; evaluation follows ocrl's
-shared protocol (deterministic actor, 10 episodes every 5,000 env steps) instead of SB3's 30 episodes.
-The PPO variant (5 GGD value heads on a shared trunk, GAE per head, the policy advantage the mean over
-heads) belongs in its own file, algos/ggd_ppo.py, written as a diff of algos/ppo.py (as prdc.py is of
-td3_bc.py): its rollout/GAE loop shares nothing with this off-policy loop, and ocrl keeps one algorithm
-per file.
-
-Logged every --log-every steps (interval means): ggd/beta_{mean,std,min,max,cv} (ggd/var_* with
---loss gaussian), ggd/beta_le2_fraction (share of beta in (0, 2]), ggd/nonfinite (non-finite NLL terms
-per update; 0 with --beta-eps > 0), ggd/xi, ggd/solver_ran (share of twin-batches with ESS < m), ggd/ess
-(ESS after xi), ggd/beta_tdvar_corr (correlation over the batch of the members' mean beta with the
-members' TD-error variance), and losses/value_loss, losses/reg_loss.
+Two settings (--preset): sb3-faithful (the default), the released SB3 configuration (5 envs, one gradient
+step per vector step, learning_starts 100, lr 3e-4 throughout, actor step every update, Tanh MLPs
+[256, 256], sb3_contrib's TimeFeatureWrapper, 3M steps); cleanrl-default, only the critic loss swapped
+into algos/sac.py's defaults. Deviations from the released code (the actor, the update order, the heads,
+evaluation) and the ggd/* diagnostics logged every --log-every steps: docs/algos/ggd_td.md.
 
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000 --loss mse   # plain SAC, the rest equal
@@ -90,6 +69,7 @@ from torch import nn
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import Evaluator, TimeFeature, TrainingEnvs, make_env, reference_scores
 from ocrl.experiment import (
+    POSITIVE_FIELDS,
     Agent,
     TrainingLoop,
     UsageError,
@@ -194,7 +174,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation, run in parallel"""
     log_every: int = 1_000
-    """environment steps between loss logs; ggd/* values are interval means"""
+    """environment steps between loss logs"""
     save_model: bool = False
     """write checkpoint.pt (networks, optimisers, RNG, replay buffer and the training envs) at every evaluation and at the end"""
     resume: str | None = None
@@ -477,18 +457,12 @@ def resolved_reg(args: Args) -> str:
 
 def check_ggd_args(args: Args) -> None:
     """This file's flag checks, after ocrl's check_args: counts, ranges and what the regulariser needs."""
-    check_args(args)
-    for name in ("ensemble_size", "min_batch_size", "target_network_frequency"):
-        value = getattr(args, name)
-        if value <= 0:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} {value}: must be a positive whole number")
+    counts = ("ensemble_size", "min_batch_size", "target_network_frequency")
+    check_args(args, POSITIVE_FIELDS + counts, non_negative=("uncertainty_temperature",))
     if args.beta_eps < 0:
         raise UsageError(
             f"--beta-eps {args.beta_eps}: must be >= 0 (0: the released code; 1e-6: a floor)"
         )
-    if args.uncertainty_temperature < 0:
-        raise UsageError(f"--uncertainty-temperature {args.uncertainty_temperature}: must be >= 0")
     reg = resolved_reg(args)
     need = 4 if reg == "biev" and args.biev_mbbe else 2
     if reg != "none" and args.ensemble_size < need:

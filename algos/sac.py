@@ -60,7 +60,7 @@ class Args:
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     seed: int = 1
-    """seed of torch, numpy, the training env and the evaluation episodes"""
+    """seed of torch, numpy, the training envs and the evaluation episodes"""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
     threads: int = 1

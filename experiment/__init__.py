@@ -2,6 +2,7 @@
 
 from ocrl.experiment.loop import Agent, SnapshotEvaluator, TrainingLoop
 from ocrl.experiment.run import (
+    POSITIVE_FIELDS,
     CheckpointError,
     Run,
     UsageError,
@@ -23,6 +24,7 @@ from ocrl.experiment.run import (
 )
 
 __all__ = [
+    "POSITIVE_FIELDS",
     "Agent",
     "CheckpointError",
     "Run",
