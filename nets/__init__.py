@@ -6,6 +6,7 @@ from ocrl.nets.core import (
     DeterministicActor,
     EnsembleLinear,
     TanhGaussianActor,
+    TanhNormalPolicy,
     orthogonal_init,
     polyak_update,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "EnsembleLinear",
     "NearestNeighbors",
     "TanhGaussianActor",
+    "TanhNormalPolicy",
     "orthogonal_init",
     "polyak_update",
 ]
