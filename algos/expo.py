@@ -87,19 +87,10 @@ from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
 PRESETS: dict[str, dict] = {
     # scripts/expo_antmaze/*.sh (online from scratch): one random target critic, beta_edit 0.05, no
     # entropy backup, 300k steps, and RLPD's AntMaze reward - 1 whatever the dataset is called.
-    "antmaze": {
-        "num_min_qs": 1,
-        "backup_entropy": False,
-        "hidden": (256, 256, 256),
-        "edit_action_scale": 0.05,
-        "n_samples": 8,
-        "n_edit_samples": 8,
-        "utd_ratio": 20,
-        "learning_starts": 5_000,
-        "total_steps": 300_000,
-        "reward_bias": -1.0,
-    },
-}
+    "antmaze": dict(num_min_qs=1, backup_entropy=False, hidden=(256, 256, 256), edit_action_scale=0.05,
+                    n_samples=8, n_edit_samples=8, utd_ratio=20, learning_starts=5_000,
+                    total_steps=300_000, reward_bias=-1.0),
+}  # fmt: skip
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 

@@ -84,16 +84,9 @@ from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
-    "cleanrl-default": dict(
-        num_envs=1,
-        learning_starts=5_000,
-        q_lr=1e-3,
-        policy_freq=2,
-        activation="relu",
-        time_feature=False,
-        total_steps=1_000_000,
-    ),  # fmt: skip
-}
+    "cleanrl-default": dict(num_envs=1, learning_starts=5_000, q_lr=1e-3, policy_freq=2,
+                            activation="relu", time_feature=False, total_steps=1_000_000),
+}  # fmt: skip
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 EPS = 1e-6  # the released code's floor on the regulariser's variances
 
