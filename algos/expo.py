@@ -48,22 +48,9 @@ MLP (config: (256, 256)), beta_edit 0.05 (AntMaze, square, threading; pen-binary
   y subtracts discount * alpha * log of its probability. For `--policy gaussian` it is RLPD's SAC entropy
   term (RLPD's default for locomotion; off for AntMaze/Adroit, and off here by default).
 
-Other deviations: evaluation runs 10 episodes every 5,000 steps (the scripts: 100); the offline/online
-split is fixed at 50/50, as combine() only works for it; dataset actions are rescaled to [-1, 1] and
-clipped to +-(1 - 1e-5) as in the original's D4RL loader; observations are not normalised (as RLPD);
-LayerNorm uses Flax's eps 1e-6; with N = 1 the code ignores the edited candidates, here the argmax over the
-1 + K candidates still runs; the diffusion network's dropout (0 in every script) is not a flag;
-`--pretrain-steps` trains only the diffusion base offline first (the *_pretrain.sh scripts, 200k-500k).
-
-AntMaze and Adroit run from Minari's D4RL datasets (`D4RL/antmaze/*`, `D4RL/pen/*`, ...) with the
-`robotics` extra (gymnasium-robotics): AntMaze's Dict observations are flattened (achieved_goal,
-desired_goal, observation, in the data and the env alike: 31 numbers for -v4, so unlike D4RL's 29 the
-policy also sees the goal), and the env is made with the kwargs of the dataset's recorded evaluation
-spec, for training and evaluation. `--reward-bias` is added to the reward
-of every minibatch, offline and online rows (RLPD's and EXPO's AntMaze r - 1); its default 'auto' is
--1 when the dataset or env name contains "antmaze", else 0. `--preset antmaze` sets the AntMaze
-scripts' values. The paper's Adroit tasks are the *binary* ones (AWAC data, the mj_envs fork); Minari's
-D4RL Adroit data and gymnasium-robotics' AdroitHand* envs are the dense D4RL tasks, not those.
+Other deviations (evaluation, the fixed 50/50 split, action rescaling, LayerNorm eps, N = 1) and how
+AntMaze and Adroit run from Minari's D4RL data (`--preset antmaze`, `--reward-bias auto`: -1 for AntMaze
+names): docs/algos/expo.md.
 
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --total-steps 50000
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --policy gaussian --total-steps 50000
@@ -79,10 +66,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ocrl.data import Batch, ReplayBuffer
+from ocrl.data import Batch, ReplayBuffer, mixed_minibatches
 from ocrl.envs import TrainingEnvs, load_offline_task, make_env
 from ocrl.experiment import (
     Agent,
@@ -95,26 +81,16 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import CriticEnsemble, EnsembleLinear, polyak_update
-from ocrl.nets.core import EnsembleLayerNorm
+from ocrl.nets import CriticEnsemble, EnsembleLinear, TanhNormalPolicy, polyak_update
 from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
 
 PRESETS: dict[str, dict] = {
     # scripts/expo_antmaze/*.sh (online from scratch): one random target critic, beta_edit 0.05, no
     # entropy backup, 300k steps, and RLPD's AntMaze reward - 1 whatever the dataset is called.
-    "antmaze": {
-        "num_min_qs": 1,
-        "backup_entropy": False,
-        "hidden": (256, 256, 256),
-        "edit_action_scale": 0.05,
-        "n_samples": 8,
-        "n_edit_samples": 8,
-        "utd_ratio": 20,
-        "learning_starts": 5_000,
-        "total_steps": 300_000,
-        "reward_bias": -1.0,
-    },
-}
+    "antmaze": dict(num_min_qs=1, backup_entropy=False, hidden=(256, 256, 256), edit_action_scale=0.05,
+                    n_samples=8, n_edit_samples=8, utd_ratio=20, learning_starts=5_000,
+                    total_steps=300_000, reward_bias=-1.0),
+}  # fmt: skip
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
@@ -220,60 +196,6 @@ class Args:
     """show a progress bar"""
 
 
-class TanhNormalPolicy(nn.Module):
-    """RLPD's TanhNormal: MLP (Dense, Dropout, ReLU) -> mean and log-std heads, log-std clipped to [-20, 2];
-    returns (scale * tanh(u), log-probability of it, scale * tanh(mean)). Xavier-uniform init, zero biases."""
-
-    def __init__(
-        self,
-        in_dim: int,
-        act_dim: int,
-        hidden: tuple[int, ...],
-        scale: float = 1.0,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        widths = (in_dim, *hidden)
-        self.layers = nn.ModuleList(
-            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
-        )
-        self.mean = nn.Linear(widths[-1], act_dim)
-        self.log_std = nn.Linear(widths[-1], act_dim)
-        for layer in [*self.layers, self.mean, self.log_std]:
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
-        self.scale, self.dropout = scale, dropout
-
-    def forward(
-        self, x: torch.Tensor, train: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        for layer in self.layers:
-            x = F.relu(F.dropout(layer(x), self.dropout, training=train and self.dropout > 0))
-        mean = self.mean(x)
-        log_std = self.log_std(x).clamp(-20.0, 2.0)
-        eps = torch.randn_like(mean)
-        u = mean + log_std.exp() * eps
-        # log N(u; mean, std) from the noise itself: (u - mean) / std would lose digits when std << |mean|.
-        gauss = (-0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        # log(1 - tanh(u)^2), finite for large |u|; then the scale's change of variables.
-        log_det = (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
-        log_prob = gauss - log_det - u.shape[-1] * math.log(self.scale)
-        return self.scale * torch.tanh(u), log_prob, self.scale * torch.tanh(mean)
-
-
-def subset_q(critic: CriticEnsemble, idx: torch.Tensor, obs: torch.Tensor, act: torch.Tensor):
-    """Q-values (k, B) of the critics `idx` only (the random REDQ/RLPD subset), with their weights gathered."""
-    x = torch.cat([obs, act], dim=-1).expand(idx.numel(), -1, -1)
-    for layer in critic.net:
-        if isinstance(layer, EnsembleLinear):
-            x = torch.baddbmm(layer.bias[idx], x, layer.weight[idx])
-        elif isinstance(layer, EnsembleLayerNorm):
-            x = F.layer_norm(x, x.shape[-1:], eps=layer.eps) * layer.weight[idx] + layer.bias[idx]
-        else:
-            x = F.relu(x)
-    return x.squeeze(-1)
-
-
 def target_entropy(args: Args, act_dim: int) -> float:
     """H_target of the temperature: --target-entropy code, adjusted or port."""
     beta = args.edit_action_scale
@@ -291,17 +213,13 @@ class EXPO(Agent):
         self.args, self.act_dim = args, act_dim
         self.expo = args.policy == "expo"
         self.critic = CriticEnsemble(
-            obs_dim, act_dim, args.hidden, args.num_qs, layer_norm=args.critic_layer_norm
+            obs_dim, act_dim, args.hidden, args.num_qs, args.critic_layer_norm, layer_norm_eps=1e-6
         )
-        for (
-            layer
-        ) in self.critic.net:  # Flax: xavier-uniform kernels, zero biases, LayerNorm eps 1e-6
+        for layer in self.critic.net:  # Flax's init: xavier-uniform kernels, zero biases
             if isinstance(layer, EnsembleLinear):
                 bound = math.sqrt(6.0 / (layer.in_dim + layer.out_dim))
                 nn.init.uniform_(layer.weight, -bound, bound)
                 nn.init.zeros_(layer.bias)
-            elif isinstance(layer, EnsembleLayerNorm):
-                layer.eps = 1e-6
         self.critic.to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
@@ -358,10 +276,13 @@ class EXPO(Agent):
             if args.clip_edited_actions:
                 edited = edited.clamp(-1.0, 1.0)
             candidates = torch.cat([base, edited], dim=1)
-        q = subset_q(
-            self.critic_target, self.subset(), obs.repeat_interleave(n + k, 0),
-            candidates.reshape(-1, a),
-        ).min(dim=0).values  # fmt: skip
+        q = (
+            self.critic_target.members(
+                obs.repeat_interleave(n + k, 0), candidates.reshape(-1, a), self.subset()
+            )
+            .min(dim=0)
+            .values
+        )
         return candidates, q.view(b, n + k), base
 
     @torch.no_grad()
@@ -508,41 +429,12 @@ def reward_bias(flag: Literal["auto"] | float, dataset: str, env_id: str) -> flo
     return -1.0 if "antmaze" in f"{dataset} {env_id}".lower() else 0.0
 
 
-def mixed_minibatches(
-    offline: ReplayBuffer, online: ReplayBuffer, batch_size: int, utd: int, bias: float = 0.0
-) -> list[Batch]:
-    """G minibatches of batch_size from one draw of G * batch_size / 2 offline and online rows, interleaved
-    (offline at even rows, online at odd), as RLPD's combine() and its slicing into minibatches; `bias`
-    is added to every reward (the buffers keep the environment's)."""
-    half = batch_size // 2
-    off, on = offline.sample(half * utd), online.sample(half * utd)
-    if bias:
-        off, on = off._replace(rewards=off.rewards + bias), on._replace(rewards=on.rewards + bias)
-    rows = [
-        torch.stack([x, y], dim=1).reshape(utd, batch_size, *x.shape[1:])
-        for x, y in zip(off, on, strict=True)
-    ]
-    return [Batch(*(r[g] for r in rows)) for g in range(utd)]
-
-
 def check_expo_args(args: Args) -> None:
     """This file's flag checks, after ocrl's: counts, the subset, the candidates, beta_edit and the variants."""
-    check_args(args)
-    for name in (
-        "utd_ratio",
-        "num_qs",
-        "num_min_qs",
-        "n_samples",
-        "diffusion_steps",
-        "lr_decay_steps",
-    ):
-        if getattr(args, name) <= 0:
-            raise UsageError(
-                f"--{name.replace('_', '-')} {getattr(args, name)}: must be a positive whole number"
-            )
-    for name in ("learning_starts", "pretrain_steps", "n_edit_samples"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 0")
+    check_args(args, ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every",
+                      "buffer_size", "utd_ratio", "num_qs", "num_min_qs", "n_samples",
+                      "diffusion_steps", "lr_decay_steps"),
+               non_negative=("learning_starts", "pretrain_steps", "n_edit_samples"))  # fmt: skip
     if args.batch_size % 2:
         raise UsageError(
             f"--batch-size {args.batch_size}: must be even (half offline, half online)"
@@ -566,8 +458,6 @@ def check_expo_args(args: Args) -> None:
         )
     if args.policy == "gaussian" and args.pretrain_steps:
         raise UsageError("--pretrain-steps: pre-trains the diffusion base, so needs --policy expo")
-    if args.reward_bias != "auto" and not math.isfinite(args.reward_bias):
-        raise UsageError(f"--reward-bias {args.reward_bias}: must be a finite number or 'auto'")
 
 
 def main(args: Args) -> dict:
@@ -595,14 +485,17 @@ def main(args: Args) -> dict:
         task.obs_dim, task.act_dim, min(args.buffer_size, args.total_steps), device
     )
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
+
+    def eval_policy(obs: torch.Tensor) -> torch.Tensor:
+        return to_env(agent.act_eval(obs))
+
     loop = TrainingLoop(
         "expo" if agent.expo else "rlpd", task.dataset.name, args,
         agent.parts() | {"online": online, "envs": envs}, np_rng, rate_tag="charts/steps_per_s",
     )  # fmt: skip
     if agent.expo and loop.step == 0 and args.pretrain_steps:
-        for _ in range(
-            args.pretrain_steps
-        ):  # the diffusion base only (pretrain_q = pretrain_edit = False)
+        # The diffusion base only (pretrain_q = pretrain_edit = False).
+        for _ in range(args.pretrain_steps):
             pretrain = agent.diffusion_step(off.sample(args.batch_size))
         loop.run.log(0, {"losses/pretrain_bc_loss": float(pretrain["bc_loss"])})
     for step in loop.steps():
@@ -612,33 +505,17 @@ def main(args: Args) -> dict:
         else:
             action_t = agent.act(torch.as_tensor(envs.obs, dtype=torch.float32, device=device))
             action, env_action = action_t.cpu().numpy(), to_env(action_t).cpu().numpy()
-        next_obs, reward, terminated, truncated, infos = envs.step(env_action)
-        real_next_obs = next_obs.copy()
-        if terminated[0] or truncated[0]:  # SAME_STEP autoreset: the true last state is in infos
-            real_next_obs[0] = infos["final_obs"][0]
-        # The unclipped chosen action, as the original's replay stores it.
-        online.add(envs.obs, action, reward, real_next_obs, terminated, truncated)
-        envs.episode_return += reward
-        envs.episode_length += 1
-        if terminated[0] or truncated[0]:
-            loop.run.log(step, {"charts/episodic_return": envs.episode_return[0],
-                                "charts/episodic_length": envs.episode_length[0]})  # fmt: skip
-            envs.episode_return[0], envs.episode_length[0] = 0.0, 0
-        envs.obs = next_obs
+        # The unclipped chosen action goes into the replay, as the original's.
+        envs.step_into(online, env_action, loop.run, step, stored_action=action)
 
         if loop.step > args.learning_starts:
             batches = mixed_minibatches(off, online, args.batch_size, args.utd_ratio, bias)
             loop.log(agent.update(batches) | agent.diagnostics())
         if loop.due(args.eval_every):
-            loop.evaluate(evaluator, lambda o: to_env(agent.act_eval(o)))
+            loop.evaluate(evaluator, eval_policy)
 
     envs.close()
-    return loop.finish(
-        evaluator,
-        lambda o: to_env(agent.act_eval(o)),
-        dataset=task.dataset.name,
-        env_id=task.env_id,
-    )
+    return loop.finish(evaluator, eval_policy, dataset=task.dataset.name, env_id=task.env_id)
 
 
 if __name__ == "__main__":

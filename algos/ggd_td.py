@@ -43,32 +43,11 @@ loss to NaN, which stops the run with ocrl's divergence message), --detach-ra-we
 Q'(s', a') times discount^2; the code uses the online predictions), --reg-scale sum (sum_i w_i l_i; the
 code's mean over the batch after sum_i w_i = 1 makes the regulariser lambda / B times that).
 
-Two settings (--preset):
-- sb3-faithful (the default): the released SB3 configuration: 5 training envs with one gradient step per
-  vector step (0.2 per env step), learning_starts 100, lr 3e-4 for actor, critics and temperature, actor
-  step every update, Tanh MLPs [256, 256] for actor and critics, sb3_contrib's TimeFeatureWrapper on
-  the observations, no normalisation, 3M steps (Hopper-v4's budget).
-- cleanrl-default: only the critic loss swapped into ocrl's CleanRL SAC (algos/sac.py's defaults): 1 env,
-  learning_starts 5000, critic and temperature lr 1e-3, policy_freq 2, ReLU, no time feature, 1M steps.
-
-Deviations from the released code in both settings: the actor is ocrl's TanhGaussianActor (log-std
-squashed into [-5, 2] by tanh and the exact tanh log-det; SB3 clips log-std to [-20, 2] and adds 1e-6
-inside the log-det); the update runs in algos/sac.py's order (critic, actor, temperature with the
-loss -exp(log alpha) * (log pi + target_entropy)), where SB3 steps the temperature first with
--log alpha * (log pi + target_entropy); the heads always output 2 numbers (with --loss mse the raw
-shape is unused; SB3 then builds 1-output heads, so initial weights differ); where the members' TD
-errors coincide exactly the released kurtosis is 0/0 = NaN and here s2 = 1e-6; evaluation follows ocrl's
-shared protocol (deterministic actor, 10 episodes every 5,000 env steps) instead of SB3's 30 episodes.
-The PPO variant (5 GGD value heads on a shared trunk, GAE per head, the policy advantage the mean over
-heads) belongs in its own file, algos/ggd_ppo.py, written as a diff of algos/ppo.py (as prdc.py is of
-td3_bc.py): its rollout/GAE loop shares nothing with this off-policy loop, and ocrl keeps one algorithm
-per file.
-
-Logged every --log-every steps (interval means): ggd/beta_{mean,std,min,max,cv} (ggd/var_* with
---loss gaussian), ggd/beta_le2_fraction (share of beta in (0, 2]), ggd/nonfinite (non-finite NLL terms
-per update; 0 with --beta-eps > 0), ggd/xi, ggd/solver_ran (share of twin-batches with ESS < m), ggd/ess
-(ESS after xi), ggd/beta_tdvar_corr (correlation over the batch of the members' mean beta with the
-members' TD-error variance), and losses/value_loss, losses/reg_loss.
+Two settings (--preset): sb3-faithful (the default), the released SB3 configuration (5 envs, one gradient
+step per vector step, learning_starts 100, lr 3e-4 throughout, actor step every update, Tanh MLPs
+[256, 256], sb3_contrib's TimeFeatureWrapper, 3M steps); cleanrl-default, only the critic loss swapped
+into algos/sac.py's defaults. Deviations from the released code (the actor, the update order, the heads,
+evaluation) and the ggd/* diagnostics logged every --log-every steps: docs/algos/ggd_td.md.
 
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000 --loss mse   # plain SAC, the rest equal
@@ -82,7 +61,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -91,6 +69,7 @@ from torch import nn
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import Evaluator, TimeFeature, TrainingEnvs, make_env, reference_scores
 from ocrl.experiment import (
+    POSITIVE_FIELDS,
     Agent,
     TrainingLoop,
     UsageError,
@@ -101,20 +80,13 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import EnsembleLinear, TanhGaussianActor, polyak_update
+from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
-    "cleanrl-default": dict(
-        num_envs=1,
-        learning_starts=5_000,
-        q_lr=1e-3,
-        policy_freq=2,
-        activation="relu",
-        time_feature=False,
-        total_steps=1_000_000,
-    ),  # fmt: skip
-}
+    "cleanrl-default": dict(num_envs=1, learning_starts=5_000, q_lr=1e-3, policy_freq=2,
+                            activation="relu", time_feature=False, total_steps=1_000_000),
+}  # fmt: skip
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 EPS = 1e-6  # the released code's floor on the regulariser's variances
 
@@ -195,7 +167,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation, run in parallel"""
     log_every: int = 1_000
-    """environment steps between loss logs; ggd/* values are interval means"""
+    """environment steps between loss logs"""
     save_model: bool = False
     """write checkpoint.pt (networks, optimisers, RNG, replay buffer and the training envs) at every evaluation and at the end"""
     resume: str | None = None
@@ -208,28 +180,6 @@ class Args:
     """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
     progress: bool = True
     """show a progress bar"""
-
-
-class GGDCritic(nn.Module):
-    """twins x E Q-MLPs as one batched ensemble; `forward` returns the means and the raw shapes, each (twins, E, B)."""
-
-    def __init__(
-        self, obs_dim: int, act_dim: int, hidden, twins: int, ensemble_size: int, activation
-    ) -> None:
-        super().__init__()
-        self.twins, self.ensemble_size = twins, ensemble_size
-        layers: list[nn.Module] = []
-        width = obs_dim + act_dim
-        for h in hidden:
-            layers += [EnsembleLinear(width, h, twins * ensemble_size), activation()]
-            width = h
-        layers.append(EnsembleLinear(width, 2, twins * ensemble_size))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(torch.cat([obs, action], dim=-1))
-        out = out.view(self.twins, self.ensemble_size, -1, 2)
-        return out[..., 0], out[..., 1]
 
 
 # ----------------------------------------------------------------------------- the losses
@@ -346,7 +296,10 @@ class GGDSAC(Agent):
         self.actor = TanhGaussianActor(
             obs_dim, act_dim, args.hidden, action_low, action_high, activation=activation
         )
-        self.critic = GGDCritic(obs_dim, act_dim, args.hidden, 2, args.ensemble_size, activation)
+        # 2 twins x E members, each outputting a mean Q and a raw shape.
+        self.critic = CriticEnsemble(
+            obs_dim, act_dim, args.hidden, 2 * args.ensemble_size, activation=activation, out_dim=2
+        )
         self.actor.to(device), self.critic.to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, fused=True)
@@ -364,6 +317,11 @@ class GGDSAC(Agent):
         )
         self.min_ess = float(min(args.batch_size - 1, args.min_batch_size))
         self.seen: dict[str, torch.Tensor] = {}  # the last update's intermediates, for diagnostics
+
+    def q_and_raw(self, critic: CriticEnsemble, obs: torch.Tensor, action: torch.Tensor):
+        """The members' means and raw shapes, each (2 twins, E, B)."""
+        out = critic(obs, action).view(2, self.args.ensemble_size, -1, 2)
+        return out[..., 0], out[..., 1]
 
     def value_loss(self, delta: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """Per twin (twins,): the value loss of --loss over the members' TD errors delta and raw shapes (twins, E, B)."""
@@ -410,11 +368,11 @@ class GGDSAC(Agent):
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_actions, next_log_prob, _ = actor(next_obs)
-            next_q, _ = self.critic_target(next_obs, next_actions)  # (2, E, B)
+            next_q, _ = self.q_and_raw(self.critic_target, next_obs, next_actions)
             # Per member: the min over the twins; the same a' for every member.
             soft_next = next_q.min(dim=0).values - alpha * next_log_prob
             target = rewards + args.discount * (1.0 - terminals) * soft_next  # (E, B)
-        q, raw = critic(obs, actions)  # (2, E, B) each
+        q, raw = self.q_and_raw(critic, obs, actions)
         delta = q - target
         value_loss = self.value_loss(delta, raw)
         reg_loss = (
@@ -435,7 +393,7 @@ class GGDSAC(Agent):
         actor_params = list(actor.parameters())
         for _ in range(actor_steps):
             pi, log_prob, _ = actor(obs)
-            q_pi = critic(obs, pi)[0].mean(dim=1).min(dim=0).values
+            q_pi = self.q_and_raw(critic, obs, pi)[0].mean(dim=1).min(dim=0).values
             actor_loss = (alpha * log_prob - q_pi).mean()
             # Gradients for the actor only: the critic's weight gradients are not needed here.
             grads = torch.autograd.grad(actor_loss, actor_params)
@@ -492,18 +450,12 @@ def resolved_reg(args: Args) -> str:
 
 def check_ggd_args(args: Args) -> None:
     """This file's flag checks, after ocrl's check_args: counts, ranges and what the regulariser needs."""
-    check_args(args)
-    for name in ("ensemble_size", "min_batch_size", "target_network_frequency"):
-        value = getattr(args, name)
-        if value <= 0:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} {value}: must be a positive whole number")
+    counts = ("ensemble_size", "min_batch_size", "target_network_frequency")
+    check_args(args, POSITIVE_FIELDS + counts, non_negative=("uncertainty_temperature",))
     if args.beta_eps < 0:
         raise UsageError(
             f"--beta-eps {args.beta_eps}: must be >= 0 (0: the released code; 1e-6: a floor)"
         )
-    if args.uncertainty_temperature < 0:
-        raise UsageError(f"--uncertainty-temperature {args.uncertainty_temperature}: must be >= 0")
     reg = resolved_reg(args)
     need = 4 if reg == "biev" and args.biev_mbbe else 2
     if reg != "none" and args.ensemble_size < need:
@@ -532,14 +484,8 @@ def main(args: Args) -> dict:
     # SAME_STEP autoreset vector env, seeded; its current observation and episode counters (envs.obs,
     # envs.episode_return, envs.episode_length) are a checkpoint part, so --resume continues the episodes.
     envs = TrainingEnvs(lambda: wrap(make_env(args.env_id)), args.num_envs, args.seed)
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    if not isinstance(act_space, gym.spaces.Box) or len(obs_space.shape or ()) != 1:
-        envs.close()
-        raise UsageError(
-            f"--env-id {args.env_id}: SAC needs flat Box observation and action spaces, "
-            f"this environment has {obs_space} and {act_space}"
-        )
-    obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
+    obs_dim, act_dim = envs.check_flat_box("SAC", args.env_id)
+    act_space = envs.single_action_space
 
     agent = GGDSAC(args, obs_dim, act_dim, act_space.low, act_space.high, device)
     buffer = ReplayBuffer(obs_dim, act_dim, args.buffer_size, device)
@@ -560,20 +506,7 @@ def main(args: Args) -> dict:
             with torch.no_grad():
                 obs_t = torch.as_tensor(envs.obs, dtype=torch.float32, device=device)
                 action = agent.actor(obs_t)[0].cpu().numpy()
-        next_obs, reward, terminated, truncated, infos = envs.step(action)
-        real_next_obs = next_obs.copy()
-        done = terminated | truncated
-        # SAME_STEP autoreset: next_obs already starts the new episode; the true last state is in infos.
-        for i in np.flatnonzero(done):
-            real_next_obs[i] = infos["final_obs"][i]
-        buffer.add(envs.obs, action, reward, real_next_obs, terminated, truncated)
-        envs.episode_return += reward
-        envs.episode_length += 1
-        for i in np.flatnonzero(done):
-            loop.run.log(step, {"charts/episodic_return": envs.episode_return[i],
-                                "charts/episodic_length": envs.episode_length[i]})  # fmt: skip
-            envs.episode_return[i], envs.episode_length[i] = 0.0, 0
-        envs.obs = next_obs
+        envs.step_into(buffer, action, loop.run, step)
 
         if loop.step > args.learning_starts:
             # Updates so far, this one included (one per vector step after learning_starts); derived

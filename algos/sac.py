@@ -34,10 +34,8 @@ get D4RL's normalised score.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -45,14 +43,13 @@ from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import Evaluator, TrainingEnvs, make_env, reference_scores
 from ocrl.experiment import (
     Agent,
+    SnapshotEvaluator,
     TrainingLoop,
-    UsageError,
     check_args,
     cli,
     friendly_errors,
     pick_device,
     resume_args,
-    save_checkpoint,
     seed_everything,
 )
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
@@ -63,7 +60,7 @@ class Args:
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     seed: int = 1
-    """seed of torch, numpy, the training env and the evaluation episodes"""
+    """seed of torch, numpy, the training envs and the evaluation episodes"""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
     threads: int = 1
@@ -182,28 +179,6 @@ class SAC(Agent):
         return metrics
 
 
-class SnapshotEvaluator:
-    """An evaluator that also keeps the evaluated actor in snapshots/ (actor_<step>.pt and a line of index.jsonl)."""
-
-    def __init__(self, evaluator: Evaluator, actor: TanhGaussianActor, loop: TrainingLoop) -> None:
-        self.evaluator, self.actor, self.loop = evaluator, actor, loop
-        self.folder = loop.dir / "snapshots"
-
-    def __call__(self, policy) -> dict:
-        result = self.evaluator(policy)
-        step, name = self.loop.step, f"actor_{self.loop.step:09d}.pt"
-        self.folder.mkdir(exist_ok=True)
-        save_checkpoint(
-            self.folder / name, {"actor": self.actor.state_dict(), "step": step, **result}
-        )
-        with open(self.folder / "index.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "file": name, **result}) + "\n")
-        return result
-
-    def close(self) -> None:
-        self.evaluator.close()
-
-
 def main(args: Args) -> dict:
     args = resume_args(args) if args.resume else args
     check_args(args)
@@ -213,14 +188,8 @@ def main(args: Args) -> dict:
     # SAME_STEP autoreset vector env, seeded; its current observation and episode counters (envs.obs,
     # envs.episode_return, envs.episode_length) are a checkpoint part, so --resume continues the episodes.
     envs = TrainingEnvs(lambda: make_env(args.env_id), args.num_envs, args.seed)
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    if not isinstance(act_space, gym.spaces.Box) or len(obs_space.shape or ()) != 1:
-        envs.close()
-        raise UsageError(
-            f"--env-id {args.env_id}: SAC needs flat Box observation and action spaces, "
-            f"this environment has {obs_space} and {act_space}"
-        )
-    obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
+    obs_dim, act_dim = envs.check_flat_box("SAC", args.env_id)
+    act_space = envs.single_action_space
 
     agent = SAC(args, obs_dim, act_dim, act_space.low, act_space.high, device)
     buffer = ReplayBuffer(obs_dim, act_dim, args.buffer_size, device)
@@ -246,20 +215,7 @@ def main(args: Args) -> dict:
             with torch.no_grad():
                 obs_t = torch.as_tensor(envs.obs, dtype=torch.float32, device=device)
                 action = agent.actor(obs_t)[0].cpu().numpy()
-        next_obs, reward, terminated, truncated, infos = envs.step(action)
-        real_next_obs = next_obs.copy()
-        done = terminated | truncated
-        # SAME_STEP autoreset: next_obs already starts the new episode; the true last state is in infos.
-        for i in np.flatnonzero(done):
-            real_next_obs[i] = infos["final_obs"][i]
-        buffer.add(envs.obs, action, reward, real_next_obs, terminated, truncated)
-        envs.episode_return += reward
-        envs.episode_length += 1
-        for i in np.flatnonzero(done):
-            loop.run.log(step, {"charts/episodic_return": envs.episode_return[i],
-                                "charts/episodic_length": envs.episode_length[i]})  # fmt: skip
-            envs.episode_return[i], envs.episode_length[i] = 0.0, 0
-        envs.obs = next_obs
+        envs.step_into(buffer, action, loop.run, step)
 
         if loop.step > args.learning_starts:
             # Updates so far, this one included (one per vector step after learning_starts); derived

@@ -7,7 +7,7 @@ from ocrl.data.offline import (
     load_dataset,
     source_statistics_metadata,
 )
-from ocrl.data.replay import Batch, ReplayBuffer
+from ocrl.data.replay import Batch, ReplayBuffer, mixed_minibatches
 from ocrl.data.running import RunningMeanStd
 from ocrl.data.windows import trajectory_windows, window_rows
 
@@ -19,6 +19,7 @@ __all__ = [
     "RunningMeanStd",
     "Transitions",
     "load_dataset",
+    "mixed_minibatches",
     "source_statistics_metadata",
     "trajectory_windows",
     "window_rows",

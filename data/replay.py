@@ -204,3 +204,20 @@ def mixed_batch(
         return real.sample(batch_size)
     s, r = synthetic.sample(n_synth), real.sample(batch_size - n_synth)
     return Batch(*(torch.cat([a, b]) for a, b in zip(s, r, strict=True)))
+
+
+def mixed_minibatches(
+    offline: ReplayBuffer, online: ReplayBuffer, batch_size: int, utd: int, bias: float = 0.0
+) -> list[Batch]:
+    """G minibatches of batch_size from one draw of G * batch_size / 2 offline and online rows, interleaved
+    (offline at even rows, online at odd), as RLPD's combine() and its slicing into minibatches; `bias`
+    is added to every reward (the buffers keep the environment's)."""
+    half = batch_size // 2
+    off, on = offline.sample(half * utd), online.sample(half * utd)
+    if bias:
+        off, on = off._replace(rewards=off.rewards + bias), on._replace(rewards=on.rewards + bias)
+    rows = [
+        torch.stack([x, y], dim=1).reshape(utd, batch_size, *x.shape[1:])
+        for x, y in zip(off, on, strict=True)
+    ]
+    return [Batch(*(r[g] for r in rows)) for g in range(utd)]

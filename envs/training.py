@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -42,7 +42,10 @@ from gymnasium.envs.classic_control import (
 )
 
 from ocrl.envs.evaluation import TimeFeature
-from ocrl.experiment.run import CheckpointError
+from ocrl.experiment.run import CheckpointError, Run, UsageError
+
+if TYPE_CHECKING:
+    from ocrl.data import ReplayBuffer
 
 #: Unwrapped non-MuJoCo envs: the attributes that hold their state (besides np_random).
 ENV_STATE: dict[type, tuple[str, ...]] = {
@@ -246,8 +249,9 @@ class TrainingEnvs:
     """An online loop's training envs as one checkpoint part: the vector env, the observation the policy
     acts on next (`obs`) and each copy's running `episode_return` and `episode_length`.
 
-    The loop steps `envs.step(action)` itself and keeps `obs` and the counters up to date; the checkpoint
-    saves them as they are, with every copy's env state, so a resumed run continues the same episodes.
+    An off-policy loop steps with `envs.step_into(buffer, action, loop.run, step)`, which keeps `obs` and
+    the counters up to date; the checkpoint saves them as they are, with every copy's env state, so a
+    resumed run continues the same episodes.
     """
 
     def __init__(
@@ -285,6 +289,43 @@ class TrainingEnvs:
     def step(self, action: np.ndarray) -> tuple:
         """`SyncVectorEnv.step`: (next_obs, reward, terminated, truncated, infos)."""
         return self.envs.step(action)
+
+    def check_flat_box(self, algo: str, env_id: str) -> tuple[int, int]:
+        """(obs_dim, act_dim) when the observations and actions are flat Boxes; else close the envs and stop with a UsageError."""
+        obs_space, act_space = self.single_observation_space, self.single_action_space
+        if not isinstance(act_space, gym.spaces.Box) or len(obs_space.shape or ()) != 1:
+            self.close()
+            raise UsageError(
+                f"--env-id {env_id}: {algo} needs flat Box observation and action spaces, "
+                f"this environment has {obs_space} and {act_space}"
+            )
+        return obs_space.shape[0], act_space.shape[0]
+
+    def step_into(
+        self,
+        buffer: ReplayBuffer,
+        action: np.ndarray,
+        run: Run,
+        step: int,
+        stored_action: np.ndarray | None = None,
+    ) -> None:
+        """Step every copy with `action`; add the transitions to `buffer` (`stored_action` in place of `action`
+        when given), log each finished episode's return and length to `run` at `step`, and move `obs` on."""
+        next_obs, reward, terminated, truncated, infos = self.envs.step(action)
+        real_next_obs = next_obs.copy()
+        done = terminated | truncated
+        # SAME_STEP autoreset: next_obs already starts the new episode; the true last state is in infos.
+        for i in np.flatnonzero(done):
+            real_next_obs[i] = infos["final_obs"][i]
+        stored = action if stored_action is None else stored_action
+        buffer.add(self.obs, stored, reward, real_next_obs, terminated, truncated)
+        self.episode_return += reward
+        self.episode_length += 1
+        for i in np.flatnonzero(done):
+            run.log(step, {"charts/episodic_return": self.episode_return[i],
+                           "charts/episodic_length": self.episode_length[i]})  # fmt: skip
+            self.episode_return[i], self.episode_length[i] = 0.0, 0
+        self.obs = next_obs
 
     def close(self) -> None:
         self.envs.close()

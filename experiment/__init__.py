@@ -1,7 +1,7 @@
 """Running an experiment: the CLI with presets and checks, run folders, logs, checkpoints and the training-loop plumbing."""
 
-from ocrl.experiment.flags import check_args, cli, friendly_errors
-from ocrl.experiment.loop import Agent, TrainingLoop
+from ocrl.experiment.flags import POSITIVE_FIELDS, check_args, cli, friendly_errors
+from ocrl.experiment.loop import Agent, SnapshotEvaluator, TrainingLoop
 from ocrl.experiment.run import (
     CheckpointError,
     Run,
@@ -20,9 +20,11 @@ from ocrl.experiment.run import (
 from ocrl.files import atomic_path, atomic_write_text
 
 __all__ = [
+    "POSITIVE_FIELDS",
     "Agent",
     "CheckpointError",
     "Run",
+    "SnapshotEvaluator",
     "TrainingLoop",
     "UsageError",
     "atomic_path",

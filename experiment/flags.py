@@ -42,9 +42,11 @@ def _is_learning_rate(name: str) -> bool:
     return name == "lr" or name.endswith("_lr") or name.startswith("lr_")
 
 
-def check_args(args: Any, positive: Sequence[str] = POSITIVE_FIELDS) -> None:
-    """Raise UsageError for a bad value (count <= 0, seed out of range, learning rate <= 0, NaN, a run folder in
-    use, an output that cannot be written) before anything is written."""
+def check_args(
+    args: Any, positive: Sequence[str] = POSITIVE_FIELDS, non_negative: Sequence[str] = ()
+) -> None:
+    """Raise UsageError for a bad value (count <= 0, a `non_negative` field < 0, seed out of range, learning rate
+    <= 0, NaN, a run folder in use, an output that cannot be written) before anything is written."""
     fields = {f.name: f for f in dataclasses.fields(args)}
     for name in positive:
         if name not in fields:
@@ -54,6 +56,9 @@ def check_args(args: Any, positive: Sequence[str] = POSITIVE_FIELDS) -> None:
             default = fields[name].default
             hint = f" (the default is {default})" if isinstance(default, int) else ""
             raise UsageError(f"{_flag(name)} {value}: must be a positive whole number{hint}")
+    for name in non_negative:
+        if getattr(args, name) < 0:
+            raise UsageError(f"{_flag(name)} {getattr(args, name)}: must be >= 0")
     seed = getattr(args, "seed", 0)
     if "seed" in fields and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
         raise UsageError(f"--seed {seed}: must be a whole number from 0 to {MAX_SEED}")

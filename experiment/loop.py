@@ -13,6 +13,7 @@ An algorithm file keeps its loop visible and calls one method for each of these:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -209,3 +210,26 @@ class TrainingLoop:
                 self.pbar.set_postfix_str(self.run.log_eval(self.step, evaluator(policy)))
             evaluator.close()
         return self.run.finish(self.step, {"resumed_from": self.resumed_from, **extra})
+
+
+class SnapshotEvaluator:
+    """An evaluator that also keeps the evaluated actor in the run's snapshots/ (actor_<step>.pt with its
+    score, and a line of index.jsonl), e.g. for scripts/collect_dataset.py."""
+
+    def __init__(self, evaluator: Any, actor: torch.nn.Module, loop: TrainingLoop) -> None:
+        self.evaluator, self.actor, self.loop = evaluator, actor, loop
+        self.folder = loop.dir / "snapshots"
+
+    def __call__(self, policy: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+        result = self.evaluator(policy)
+        step, name = self.loop.step, f"actor_{self.loop.step:09d}.pt"
+        self.folder.mkdir(exist_ok=True)
+        save_checkpoint(
+            self.folder / name, {"actor": self.actor.state_dict(), "step": step, **result}
+        )
+        with open(self.folder / "index.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "file": name, **result}) + "\n")
+        return result
+
+    def close(self) -> None:
+        self.evaluator.close()

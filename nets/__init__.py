@@ -7,6 +7,7 @@ from ocrl.nets.core import (
     EnsembleLayerNorm,
     EnsembleLinear,
     TanhGaussianActor,
+    TanhNormalPolicy,
     orthogonal_init,
     polyak_update,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "EnsembleLinear",
     "NearestNeighbors",
     "TanhGaussianActor",
+    "TanhNormalPolicy",
     "orthogonal_init",
     "polyak_update",
 ]

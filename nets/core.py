@@ -103,7 +103,7 @@ class EnsembleLayerNorm(nn.Module):
 
 
 class CriticEnsemble(nn.Module):
-    """E independent Q(s, a) MLPs computed together; `forward` returns Q-values of shape (E, B)."""
+    """E independent Q(s, a) MLPs computed together; `forward` returns Q-values of shape (E, B) (with out_dim > 1: (E, B, out_dim))."""
 
     def __init__(
         self,
@@ -113,6 +113,8 @@ class CriticEnsemble(nn.Module):
         num_critics: int = 2,
         layer_norm: bool = False,
         activation: type[nn.Module] = nn.ReLU,
+        layer_norm_eps: float = 1e-5,
+        out_dim: int = 1,
     ) -> None:
         super().__init__()
         self.num_critics = num_critics
@@ -121,10 +123,10 @@ class CriticEnsemble(nn.Module):
         for h in hidden:
             layers.append(EnsembleLinear(width, h, num_critics))
             if layer_norm:
-                layers.append(EnsembleLayerNorm(h, num_critics))
+                layers.append(EnsembleLayerNorm(h, num_critics, layer_norm_eps))
             layers.append(activation(inplace=True) if activation is nn.ReLU else activation())
             width = h
-        layers.append(EnsembleLinear(width, 1, num_critics))
+        layers.append(EnsembleLinear(width, out_dim, num_critics))
         self.net = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -235,6 +237,47 @@ class TanhGaussianActor(nn.Module):
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic (mean) action used at evaluation time."""
         return self(obs)[2]
+
+
+class TanhNormalPolicy(nn.Module):
+    """RLPD's TanhNormal: MLP (Dense, Dropout, ReLU) -> mean and log-std heads, log-std clipped to [-20, 2];
+    returns (scale * tanh(u), log-probability of it, scale * tanh(mean)). Xavier-uniform init, zero biases."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...],
+        scale: float = 1.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        widths = (in_dim, *hidden)
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.mean = nn.Linear(widths[-1], act_dim)
+        self.log_std = nn.Linear(widths[-1], act_dim)
+        for layer in [*self.layers, self.mean, self.log_std]:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.scale, self.dropout = scale, dropout
+
+    def forward(
+        self, x: torch.Tensor, train: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for layer in self.layers:
+            x = F.relu(F.dropout(layer(x), self.dropout, training=train and self.dropout > 0))
+        mean = self.mean(x)
+        log_std = self.log_std(x).clamp(-20.0, 2.0)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        # log N(u; mean, std) from the noise itself: (u - mean) / std would lose digits when std << |mean|.
+        gauss = (-0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # log(1 - tanh(u)^2), finite for large |u|; then the scale's change of variables.
+        log_det = (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+        log_prob = gauss - log_det - u.shape[-1] * math.log(self.scale)
+        return self.scale * torch.tanh(u), log_prob, self.scale * torch.tanh(mean)
 
 
 @torch.no_grad()

@@ -117,3 +117,37 @@ def test_an_unknown_flag_is_one_line_with_the_closest_name(capsys):
         err
         == "error: unknown flag --batch-sise; did you mean --batch-size? (--help lists every flag)"
     )
+
+
+def test_check_args_refuses_a_negative_non_negative_field(tmp_path):
+    from ocrl.experiment import UsageError, check_args
+
+    args = ToyArgs(run_dir=str(tmp_path / "run"))
+    check_args(args, non_negative=("seed", "total_steps"))
+    args.total_steps = -1
+    check_args(args, positive=(), non_negative=("seed",))
+    with pytest.raises(UsageError, match="^--total-steps -1: must be >= 0$"):
+        check_args(args, positive=(), non_negative=("seed", "total_steps"))
+
+
+def test_snapshot_evaluator_keeps_every_evaluated_actor(tmp_path):
+    import json
+
+    from ocrl.experiment import SnapshotEvaluator
+
+    actor = torch.nn.Linear(2, 1)
+    loop = TrainingLoop("toy", "toy", ToyArgs(run_dir=str(tmp_path / "run")), {}, None)
+    evaluator = SnapshotEvaluator(ToyEvaluator(), actor, loop)
+    for step in loop.steps(stride=10):
+        with torch.no_grad():
+            actor.weight.fill_(step)
+        if loop.due(20):
+            loop.evaluate(evaluator, actor)
+    index = [json.loads(line) for line in (loop.dir / "snapshots" / "index.jsonl").open()]
+    assert [(s["step"], s["file"], s["return"]) for s in index] == [
+        (20, "actor_000000020.pt", 1.0), (30, "actor_000000030.pt", 1.0),
+    ]  # fmt: skip
+    saved = load_checkpoint(loop.dir / "snapshots" / "actor_000000020.pt")
+    assert saved["step"] == 20 and saved["return"] == 1.0
+    assert float(saved["actor"]["weight"][0, 0]) == 10.0  # the weights at the evaluation
+    evaluator.close()

@@ -81,7 +81,7 @@ def test_subset_q_is_the_selected_members():
     agent = make_agent()
     s, a = make_batch().observations, make_batch().actions
     idx = torch.tensor([3, 1])
-    got = expo.subset_q(agent.critic_target, idx, s, a)
+    got = agent.critic_target.members(s, a, idx)
     torch.testing.assert_close(got, agent.critic_target(s, a)[idx])
     for row, j in enumerate(idx.tolist()):
         torch.testing.assert_close(got[row].double(), plain_q(agent.critic_target, j, s, a))

@@ -285,13 +285,13 @@ def tiny(tmp_path, **over) -> ggd_td.Args:
 
 
 def test_a_diverging_run_stops_with_the_divergence_message(tmp_path, monkeypatch):
-    forward = ggd_td.GGDCritic.forward
+    q_and_raw = ggd_td.GGDSAC.q_and_raw
 
-    def underflowing(self, obs, action):
-        q, raw = forward(self, obs, action)
+    def underflowing(self, critic, obs, action):
+        q, raw = q_and_raw(self, critic, obs, action)
         return q, raw - 200.0
 
-    monkeypatch.setattr(ggd_td.GGDCritic, "forward", underflowing)
+    monkeypatch.setattr(ggd_td.GGDSAC, "q_and_raw", underflowing)
     with pytest.raises(FloatingPointError, match="training diverged at step 60"):
         ggd_td.main(tiny(tmp_path))
     metrics = ggd_td.main(tiny(tmp_path, beta_eps=1e-6, run_dir=str(tmp_path / "floored")))

@@ -74,6 +74,31 @@ def test_critic_ensemble_subset_of_members(layer_norm):
     assert (grads[[0, 3]] > 0).all() and (grads[[1, 2, 4]] == 0).all()
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_critic_ensemble_subset_is_the_selected_members(layer_norm):
+    torch.manual_seed(0)
+    critic = CriticEnsemble(3, 2, (8, 8), num_critics=5, layer_norm=layer_norm, layer_norm_eps=1e-6)
+    if layer_norm:  # non-trivial affine transforms, Flax's eps
+        assert [m.eps for m in critic.net[1::3]] == [1e-6, 1e-6]
+        for layer in critic.net[1::3]:
+            nn.init.normal_(layer.weight), nn.init.normal_(layer.bias)
+    obs, act = torch.randn(7, 3), torch.randn(7, 2)
+    index = torch.tensor([4, 1, 2])
+    got = critic.members(obs, act, index)
+    assert got.shape == (3, 7)
+    for row, e in enumerate(index.tolist()):
+        torch.testing.assert_close(got[row], critic.member(obs, act, e))
+
+
+def test_critic_ensemble_with_several_outputs_per_member():
+    torch.manual_seed(0)
+    critic = CriticEnsemble(3, 2, (8,), num_critics=4, out_dim=2)
+    obs, act = torch.randn(5, 3), torch.randn(5, 2)
+    out = critic(obs, act)
+    assert out.shape == (4, 5, 2)
+    torch.testing.assert_close(out[2], critic.member(obs, act, 2))
+
+
 def test_critic_ensemble_accepts_per_member_inputs():
     critic = CriticEnsemble(3, 2, (8,), num_critics=4)
     obs, act = torch.randn(4, 5, 3), torch.randn(4, 5, 2)

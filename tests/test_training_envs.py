@@ -83,3 +83,52 @@ def test_a_checkpoint_of_another_env_is_refused():
     c = TrainingEnvs(lambda: make_env("Hopper-v4"), 2, seed=0)
     with pytest.raises(CheckpointError, match="1 training envs, this run 2"):
         c.load_state_dict(a.state_dict())
+
+
+class LogCalls:
+    """A stand-in for the run's log: (step, scalars) of every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict]] = []
+
+    def log(self, step: int, scalars: dict) -> None:
+        self.calls.append((step, scalars))
+
+
+def test_step_into_stores_the_true_last_observation_and_logs_finished_episodes():
+    from ocrl.data import ReplayBuffer
+
+    # Two copies whose episodes end (by the time limit) at steps 3 and 3: SAME_STEP autoreset.
+    envs = TrainingEnvs(lambda: make_env("Pendulum-v1", max_episode_steps=3), 2, seed=0)
+    buffer, run = ReplayBuffer(3, 1, 10, "cpu"), LogCalls()
+    returns = np.zeros(2)
+    for step in range(4):
+        obs = envs.obs.copy()
+        action = np.full((2, 1), 0.5, dtype=np.float32)
+        envs.step_into(buffer, action, run, step, stored_action=action * 2)
+        new = slice(2 * step, 2 * step + 2)
+        np.testing.assert_array_equal(buffer.observations[new].numpy(), obs)
+        np.testing.assert_array_equal(buffer.actions[new].numpy(), action * 2)
+        returns += buffer.rewards[new].numpy().astype(np.float64)
+        if step == 2:  # the true last state, not the next episode's first
+            assert not np.allclose(buffer.next_observations[new].numpy(), envs.obs)
+            assert buffer.timeouts[new].all() and not buffer.terminals[new].any()
+            assert [s for s, _ in run.calls] == [2, 2]
+            for i, (_, scalars) in enumerate(run.calls):
+                assert scalars["charts/episodic_length"] == 3
+                assert scalars["charts/episodic_return"] == pytest.approx(returns[i], rel=1e-6)
+            np.testing.assert_array_equal(envs.episode_length, [0, 0])
+        else:
+            np.testing.assert_array_equal(buffer.next_observations[new].numpy(), envs.obs)
+    assert len(run.calls) == 2 and list(envs.episode_length) == [1, 1]
+    envs.close()
+
+
+def test_check_flat_box_refuses_a_discrete_action_space():
+    from ocrl.experiment import UsageError
+
+    envs = TrainingEnvs(lambda: make_env("Pendulum-v1"), 1, seed=0)
+    assert envs.check_flat_box("SAC", "Pendulum-v1") == (3, 1)
+    envs = TrainingEnvs(lambda: make_env("CartPole-v1"), 1, seed=0)
+    with pytest.raises(UsageError, match="--env-id CartPole-v1: SAC needs flat Box"):
+        envs.check_flat_box("SAC", "CartPole-v1")
