@@ -23,6 +23,7 @@ from ocrl.envs.lot_sizing import (
     load_instance,
 )
 from ocrl.envs.offline_task import OfflineTask, dataset_env_kwargs, load_offline_task
+from ocrl.envs.vector import make_vector_env
 
 __all__ = [
     "DYNAMICS_ENV_IDS",
@@ -46,6 +47,7 @@ __all__ = [
     "load_offline_task",
     "make_problem",
     "make_env",
+    "make_vector_env",
     "normalized_score",
     "reference_scores",
     "register_env_family",
