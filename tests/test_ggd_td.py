@@ -12,9 +12,9 @@ import torch
 from scipy import stats
 
 from ocrl.algos import ggd_td
-from ocrl.nets import ggd
 from ocrl.data import Batch
 from ocrl.experiment import UsageError
+from ocrl.nets import ggd
 from ocrl.nets.core import EnsembleLinear
 
 OBS, ACT, B, E = 3, 2, 12, 5
