@@ -99,7 +99,13 @@ from ocrl.experiment import (
     seed_everything,
 )
 from ocrl.nets import ActorCritic
-from ocrl.nets.ggd import ggd_nll, inverse_variance_weights, mbbe_variance, weighted_regulariser
+from ocrl.nets.ggd import (
+    ggd_diagnostics,
+    ggd_nll,
+    inverse_variance_weights,
+    mbbe_variance,
+    weighted_regulariser,
+)
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
@@ -334,34 +340,13 @@ class GGDPPO(Agent):
             "ppo/explained_variance": explained_var,
         }  # fmt: skip
 
-    @torch.no_grad()
     def diagnostics(self) -> dict[str, torch.Tensor]:
-        """The reference's checks over the last update's minibatches: shape/variance-head statistics, non-finite terms, xi and ESS."""
-        seen, stats = self.seen, {}
-        if "param" in seen:
-            p, name = torch.cat(seen["param"], dim=-1), "beta" if self.args.loss == "ggd" else "var"
-            mean, std = p.mean(), p.std()
-            stats.update({
-                f"ggd/{name}_mean": mean, f"ggd/{name}_std": std, f"ggd/{name}_min": p.min(),
-                f"ggd/{name}_max": p.max(), f"ggd/{name}_cv": std / mean,
-            })  # fmt: skip
-            if "td_var" in seen:
-                # Correlation over the samples of the heads' mean shape with the variance of their errors.
-                a, b = p.mean(dim=0), torch.cat(seen["td_var"])
-                a, b = a - a.mean(), b - b.mean()
-                corr = (a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12)
-                stats[f"ggd/{name}_tdvar_corr"] = corr
-            if name == "beta":
-                stats["ggd/beta_le2_fraction"] = ((p > 0) & (p <= 2)).float().mean()
-                stats["ggd/nonfinite"] = torch.stack(seen["nonfinite"]).sum().float()
-        if "xi" in seen:
-            stats.update({
-                "ggd/xi": torch.stack(seen["xi"]).mean(),
-                "ggd/solver_ran": torch.stack(seen["ran"]).float().mean(),
-                "ggd/ess": torch.stack(seen["ess"]).mean(),
-                "ggd/reg_var_mean": torch.stack(seen["reg_var"]).mean(),
-            })  # fmt: skip
-        return stats
+        """The reference's checks over the last update's minibatches (shape statistics, non-finite terms, xi, ESS)."""
+        seen = {
+            k: torch.cat(v, -1) if k in ("param", "td_var") else torch.stack(v)
+            for k, v in self.seen.items()
+        }
+        return ggd_diagnostics("beta" if self.args.loss == "ggd" else "var", **seen)
 
 
 def resolved_reg(args: Args) -> str:

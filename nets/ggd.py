@@ -123,3 +123,38 @@ def weighted_regulariser(
         per = F.huber_loss(pred, target.expand_as(pred), reduction="none")
     per = per * weights.unsqueeze(-2)
     return per.mean(-1).sum(-1) if scale == "code" else per.sum(-1).sum(-1)
+
+
+@torch.no_grad()
+def ggd_diagnostics(
+    name: str, param: torch.Tensor | None = None, td_var: torch.Tensor | None = None,
+    nonfinite: torch.Tensor | None = None, xi: torch.Tensor | None = None,
+    ran: torch.Tensor | None = None, ess: torch.Tensor | None = None,
+    reg_var: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The reference's checks as ggd/* logs: statistics of the heads' shapes or variances `param` (..., E, B) named
+    `name` ('beta' or 'var'), their correlation over B with the errors' variance td_var (..., B), the non-finite
+    NLL terms, and the regulariser's xi, solver use, ESS and variances (None: not logged)."""
+    stats = {}
+    if param is not None:
+        p = param
+        mean, std = p.mean(), p.std()
+        stats.update({
+            f"ggd/{name}_mean": mean, f"ggd/{name}_std": std, f"ggd/{name}_min": p.min(),
+            f"ggd/{name}_max": p.max(), f"ggd/{name}_cv": std / mean,
+        })  # fmt: skip
+        if td_var is not None:
+            # Correlation over the samples of the heads' mean shape with the variance of their errors.
+            a, b = p.mean(dim=-2), td_var
+            a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+            corr = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+            stats[f"ggd/{name}_tdvar_corr"] = corr.mean()
+        if name == "beta":
+            stats["ggd/beta_le2_fraction"] = ((p > 0) & (p <= 2)).float().mean()
+            stats["ggd/nonfinite"] = nonfinite.sum().float()
+    if xi is not None:
+        stats.update({
+            "ggd/xi": xi.mean(), "ggd/solver_ran": ran.float().mean(),
+            "ggd/ess": ess.mean(), "ggd/reg_var_mean": reg_var.mean(),
+        })  # fmt: skip
+    return stats
