@@ -102,9 +102,9 @@ from ocrl.nets import ActorCritic
 from ocrl.nets.ggd import (
     ggd_diagnostics,
     ggd_nll,
-    inverse_variance_weights,
-    mbbe_variance,
-    weighted_regulariser,
+    inverse_variance_regulariser,
+    regulariser_misfit,
+    resolved_reg,
 )
 
 PRESETS: dict[str, dict] = {
@@ -238,7 +238,7 @@ class GGDPPO(Agent):
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=args.lr, eps=1e-5)
         self.obs_rms = ObservationNormalizer((obs_dim,), enabled=args.normalize_obs)
         self.return_rms = RunningMeanStd()
-        self.reg = resolved_reg(args)
+        self.reg = resolved_reg(args.reg, args.loss)
         self.reg_loss = (
             args.reg_loss if args.reg_loss != "auto" else ("mae" if args.loss == "ggd" else "mse")
         )
@@ -270,19 +270,6 @@ class GGDPPO(Agent):
         loss, terms = ggd_nll(error, beta, args.ggd_form, args.detach_ra_weight)
         self.keep(param=beta.detach(), nonfinite=(~torch.isfinite(terms)).sum())
         return loss
-
-    def regulariser(self, v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """BIV/BIEV, the batch inverse-variance weighted loss of the heads' means v against target, both (E, B)."""
-        args = self.args
-        with torch.no_grad():
-            if self.reg == "biev":
-                var = mbbe_variance(v.detach() - target, args.biev_mbbe)
-            else:
-                var = args.discount**2 * v.detach().var(dim=-2, correction=1)
-            var = var.clamp_min(EPS)  # (B,)
-            weights, xi, ran = inverse_variance_weights(var, self.min_ess, args.xi_solver)
-            self.keep(xi=xi, ran=ran, ess=1.0 / weights.pow(2).sum(-1), reg_var=var.mean())
-        return weighted_regulariser(v, target, weights, self.reg_loss, args.reg_scale)
 
     def update(self, rollout: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """update_epochs passes of clipped-surrogate minibatch steps over one rollout (flattened to B; values, advantages and returns per head, (B, E))."""
@@ -318,8 +305,13 @@ class GGDPPO(Agent):
                     error = torch.max(error, (v_clipped - returns[mb]).abs())
                 raw = heads[..., 1].T if heads.shape[-1] == 2 else None
                 v_loss = self.value_loss(error.T, raw)  # heads first: (E, b)
-                if self.reg != "none":
-                    reg_loss = self.regulariser(new_value.T, returns[mb].T)
+                if self.reg != "none":  # BIEV/BIV on the heads' means, heads first
+                    reg_loss, kept = inverse_variance_regulariser(
+                        new_value.T, returns[mb].T, self.reg, biev_mbbe=args.biev_mbbe,
+                        discount=args.discount, min_ess=self.min_ess, solver=args.xi_solver,
+                        loss=self.reg_loss, scale=args.reg_scale, floor=EPS,
+                    )  # fmt: skip
+                    self.keep(**kept | {"reg_var": kept["reg_var"].mean()})
                 else:
                     reg_loss = torch.zeros_like(v_loss)
                 self.keep(td_var=(new_value - returns[mb]).detach().var(dim=-1, correction=0))
@@ -349,13 +341,6 @@ class GGDPPO(Agent):
         return ggd_diagnostics("beta" if self.args.loss == "ggd" else "var", **seen)
 
 
-def resolved_reg(args: Args) -> str:
-    """--reg with auto resolved: biev for --loss ggd (the released full method), none otherwise."""
-    if args.reg != "auto":
-        return args.reg
-    return "biev" if args.loss == "ggd" else "none"
-
-
 def check_ggd_ppo_args(args: Args) -> None:
     check_args(args, ("total_steps", "num_envs", "num_steps", "batch_size", "update_epochs",
                       "eval_every", "eval_episodes", "log_every", "ensemble_size",
@@ -378,18 +363,9 @@ def check_ggd_ppo_args(args: Args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be a number >= 0")
     if args.target_kl is not None and not args.target_kl > 0:
         raise UsageError(f"--target-kl {args.target_kl}: must be positive (or omitted)")
-    reg = resolved_reg(args)
-    need = 4 if reg == "biev" and args.biev_mbbe else 2
-    if reg != "none" and args.ensemble_size < need:
-        raise UsageError(
-            f"--ensemble-size {args.ensemble_size}: --reg {reg} needs at least {need} heads "
-            f"({'the kurtosis correction divides by (E-2)(E-3)' if need == 4 else 'a variance over heads'}); "
-            "use --ensemble-size 5 or --reg none"
-        )
-    if reg != "none" and args.batch_size < 2:
-        raise UsageError(
-            f"--batch-size {args.batch_size}: --reg {reg} needs at least 2; use --reg none"
-        )
+    reg = resolved_reg(args.reg, args.loss)
+    if problem := regulariser_misfit(reg, args.biev_mbbe, args.ensemble_size, args.batch_size):
+        raise UsageError(problem)
 
 
 def main(args: Args) -> dict:

@@ -111,6 +111,53 @@ def inverse_variance_weights(
     return inv / inv.sum(-1, keepdim=True), xi, ran
 
 
+def resolved_reg(reg: str, loss: str) -> str:
+    """--reg with auto resolved: biev for --loss ggd (the released full method), none otherwise."""
+    if reg != "auto":
+        return reg
+    return "biev" if loss == "ggd" else "none"
+
+
+def regulariser_misfit(
+    reg: str, biev_mbbe: bool, ensemble_size: int, batch_size: int, members: str = "heads"
+) -> str | None:
+    """Why the (resolved) regulariser cannot run with these sizes, as a one-line flag message, or None."""
+    need = 4 if reg == "biev" and biev_mbbe else 2
+    if reg != "none" and ensemble_size < need:
+        why = (
+            "the kurtosis correction divides by (E-2)(E-3)"
+            if need == 4
+            else f"a variance over {members}"
+        )
+        return (
+            f"--ensemble-size {ensemble_size}: --reg {reg} needs at least {need} {members} ({why}); "
+            "use --ensemble-size 5 or --reg none"
+        )
+    if reg != "none" and batch_size < 2:
+        return f"--batch-size {batch_size}: --reg {reg} needs at least 2; use --reg none"
+    return None
+
+
+def inverse_variance_regulariser(
+    pred: torch.Tensor, target: torch.Tensor, reg: str, *, biev_mbbe: bool, discount: float,
+    min_ess: float, solver: str, loss: str, scale: str, floor: float = 1e-6,
+    spread: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """BIEV/BIV: the batch inverse-variance weighted loss of pred against target, both (..., E, B), and what it
+    kept (xi, ran, ess, reg_var). The variance per sample: BIEV the MBBE variance of the errors over E; BIV
+    discount^2 times the variance over E of pred (or of `spread`, e.g. target critics); floored at `floor`."""
+    with torch.no_grad():
+        if reg == "biev":
+            var = mbbe_variance(pred.detach() - target, biev_mbbe)
+        else:
+            source = pred.detach() if spread is None else spread
+            var = discount**2 * source.var(dim=-2, correction=1)
+        var = var.clamp_min(floor)
+        weights, xi, ran = inverse_variance_weights(var, min_ess, solver)
+        kept = {"xi": xi, "ran": ran, "ess": 1.0 / weights.pow(2).sum(-1), "reg_var": var}
+    return weighted_regulariser(pred, target, weights, loss, scale), kept
+
+
 def weighted_regulariser(
     pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str, scale: str
 ) -> torch.Tensor:

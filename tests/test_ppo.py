@@ -1,4 +1,4 @@
-"""PPO (algos/ppo.py): GAE, the clipped losses and their gradient against formulas written here, the
+"""PPO (algos/ppo.py): GAE (ocrl.data.gae), the clipped losses and their gradient against formulas written here, the
 running normalisers, MultiDiscrete heads, flag checks and a CartPole learning test."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ocrl.algos import ppo
-from ocrl.data import RunningMeanStd
+from ocrl.data import RunningMeanStd, gae
+from ocrl.envs import EnvError
 from ocrl.experiment import UsageError
 
 
@@ -22,7 +23,8 @@ def test_gae_is_the_discounted_sum_of_td_errors_inside_each_episode():
     rewards, values = torch.randn(steps, envs), torch.randn(steps, envs)
     dones = (torch.rand(steps, envs) < 0.3).float()  # dones[t]: obs[t] starts a new episode
     next_value, next_done = torch.randn(envs), torch.tensor([0.0, 1.0, 0.0])
-    adv, ret = ppo.gae(rewards, values, dones, next_value, next_done, gamma, lam)
+    adv, ret = gae(rewards, values[..., None], dones, next_value[:, None], next_done, gamma, lam)
+    adv, ret = adv[..., 0], ret[..., 0]  # one value head
     # Written out: A_t = sum_l (gamma lam)^l delta_{t+l}, stopping after the step whose successor starts
     # a new episode; delta_t = r_t + gamma V(s_{t+1}) [s_{t+1} not a new start] - V(s_t).
     v_next = torch.cat([values[1:], next_value[None]])
@@ -48,7 +50,7 @@ def fixed_rollout(agent: ppo.PPO, n: int = 12, obs_dim: int = 3):
         dist = agent.policy.distribution(obs)
         actions = dist.sample()
         logprobs = dist.log_prob(actions).sum(-1) + 0.3 * torch.randn(n)  # ratios away from 1
-        values = agent.policy.value(obs) + 0.5 * torch.randn(n)
+        values = agent.policy.value(obs)[:, 0] + 0.5 * torch.randn(n)  # the one head
     return {
         "obs": obs, "actions": actions, "logprobs": logprobs, "values": values,
         "advantages": torch.randn(n), "returns": values + torch.randn(n),
@@ -204,7 +206,7 @@ def test_bad_values_are_refused(over, expected):
 
 
 def test_an_env_without_flat_box_observations_is_refused(tmp_path):
-    with pytest.raises(UsageError, match="flat Box observation"):
+    with pytest.raises(EnvError, match="flat Box observation"):
         ppo.main(ppo.Args(env_id="Blackjack-v1", run_dir=str(tmp_path / "r")))
     assert not (tmp_path / "r").exists()
 
