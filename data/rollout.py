@@ -187,6 +187,15 @@ class EpisodeCurve:
             self.window_means.append(float(np.mean(self.pending)))
             self.pending = []
 
+    def summary(self, prefix: str) -> dict[str, float | None]:
+        """The last, largest and summed window means as <prefix>_last, _max and _sum (None before any window)."""
+        means = self.window_means
+        return {
+            f"{prefix}_last": means[-1] if means else None,
+            f"{prefix}_max": max(means) if means else None,
+            f"{prefix}_sum": float(np.sum(means)) if means else None,
+        }
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
             "window_means": torch.tensor(self.window_means, dtype=torch.float64),

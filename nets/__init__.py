@@ -9,6 +9,7 @@ from ocrl.nets.core import (
     TanhGaussianActor,
     orthogonal_init,
     polyak_update,
+    xavier_init,
 )
 from ocrl.nets.knn import NearestNeighbors
 from ocrl.nets.vae import ConditionalVAE
@@ -24,4 +25,5 @@ __all__ = [
     "TanhGaussianActor",
     "orthogonal_init",
     "polyak_update",
+    "xavier_init",
 ]
