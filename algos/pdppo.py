@@ -47,7 +47,6 @@ machine's most likely choice, 10 episodes) is logged beside it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -58,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocrl.data import EpisodeCurve, RolloutBuffer, explained_variance
+from ocrl.data import EpisodeCurve, RolloutBuffer, discounted_returns, explained_variance
 from ocrl.envs import Evaluator
 from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, instance_from_flag
 from ocrl.experiment import (
@@ -158,7 +157,6 @@ class Args:
     """show a progress bar"""
 
 
-# ------------------------------------------------------------------------------------------ networks
 class MachineActor(nn.Module):
     """fc1-ReLU-fc2-ReLU-head; the head's M (I + 1) logits are one categorical per machine."""
 
@@ -182,19 +180,6 @@ class MachineActor(nn.Module):
         return self.distribution(obs).probs.argmax(-1)
 
 
-# ---------------------------------------------------------------------------------------- the update
-def discounted_returns(
-    rewards: torch.Tensor, terminals: torch.Tensor, gamma: float
-) -> torch.Tensor:
-    """R_t = r_t + gamma R_{t+1} over a flat buffer in time order, restarting after each terminal step."""
-    returns = torch.zeros_like(rewards)
-    running = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
-    for t in reversed(range(rewards.shape[0])):
-        running = rewards[t] + gamma * running * (1.0 - terminals[t])
-        returns[t] = running
-    return returns
-
-
 class PDPPO(Agent):
     """The actor, the critic(s) and their optimisers; `update` is one update of K full-batch epochs."""
 
@@ -202,25 +187,23 @@ class PDPPO(Agent):
         self.args = args
         self.actor = MachineActor(obs_dim, n_machines, n_choices, args.hidden).to(device)
         self.critic = xavier_init(MLP(obs_dim, 1, (args.hidden,) * 2, nn.Tanh)).to(device)
+        if args.critic == "dual" or args.variant == "early":  # V^x on the post-decision state
+            self.critic_post = xavier_init(MLP(obs_dim, 1, (args.hidden,) * 2, nn.Tanh)).to(device)
         if not args.train_actor_trunk:  # the released optimiser holds only the head
             self.actor.fc1.requires_grad_(False)
             self.actor.fc2.requires_grad_(False)
         actor_params = [p for p in self.actor.parameters() if p.requires_grad]
         if args.variant == "early":
-            self.critic_post = xavier_init(MLP(obs_dim, 1, (args.hidden,) * 2, nn.Tanh)).to(device)
             groups = [
                 {"params": actor_params, "lr": args.lr_actor},
                 {"params": [*self.critic.parameters(), *self.critic_post.parameters()], "lr": args.lr_critic},
             ]  # fmt: skip
             self.optimizer = torch.optim.Adam(groups, weight_decay=1e-3)
         elif args.critic == "single":
-            groups = [
-                {"params": actor_params, "lr": args.lr_actor},
-                {"params": self.critic.parameters(), "lr": args.lr_critic},
-            ]
+            groups = [{"params": actor_params, "lr": args.lr_actor},
+                      {"params": self.critic.parameters(), "lr": args.lr_critic}]  # fmt: skip
             self.optimizer = torch.optim.Adam(groups)
         else:
-            self.critic_post = xavier_init(MLP(obs_dim, 1, (args.hidden,) * 2, nn.Tanh)).to(device)
             self.actor_opt = torch.optim.Adam(actor_params, lr=args.lr_actor)
             self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.lr_critic)
             self.critic_post_opt = torch.optim.Adam(
@@ -325,12 +308,8 @@ def collect_episodes(envs, agent: PDPPO, horizon: int, seed: int, device):
             action = dist.sample()
             obs, reward, terminated, _, info = envs.step(action.cpu().numpy())
             post_obs = torch.as_tensor(info["post_obs"], device=device)
-            post_critic = getattr(agent, "critic_post", None)  # --critic single has none
-            post_values = (
-                post_critic(post_obs)
-                if post_critic is not None
-                else torch.zeros(len(obs), 1, device=device)
-            )
+            zeros = torch.zeros(len(obs), 1, device=device)  # --critic single: no V^x
+            post_values = agent.critic_post(post_obs) if hasattr(agent, "critic_post") else zeros
             steps.append({
                 "obs": obs_t, "post_obs": post_obs, "actions": action, "logprobs": dist.log_prob(action),
                 "values": agent.critic(obs_t).squeeze(-1), "post_values": post_values.squeeze(-1),
@@ -338,9 +317,8 @@ def collect_episodes(envs, agent: PDPPO, horizon: int, seed: int, device):
                 "post_rewards": as_t(info["post_reward"]), "terminals": as_t(terminated),
             })  # fmt: skip
         episode_return += reward
-    return {
-        k: torch.stack([s[k] for s in steps], dim=1).flatten(0, 1) for k in steps[0]
-    }, episode_return
+    fresh = {k: torch.stack([s[k] for s in steps], dim=1).flatten(0, 1) for k in steps[0]}
+    return fresh, episode_return
 
 
 def check_pdppo_args(args: Args) -> None:
@@ -350,9 +328,9 @@ def check_pdppo_args(args: Args) -> None:
         raise UsageError(f"--replay-rollouts {args.replay_rollouts}: must be >= 0")
     if not args.clip_coef > 0:  # the learning rates: check_args
         raise UsageError(f"--clip-coef {args.clip_coef}: must be a positive number")
-    for name in ("ent_coef", "vf_coef"):
+    for name in ("ent_coef", "vf_coef"):  # finite: check_args
         value = getattr(args, name)
-        if not (math.isfinite(value) and value >= 0):
+        if value < 0:
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be a number >= 0")
     if args.variant == "early" and args.critic == "single":
         raise UsageError("--variant early has two critics; drop --critic single")
@@ -395,9 +373,8 @@ def main(args: Args) -> dict:
     for start in loop.steps(stride=args.update_every):
         # Every rollout is whole episodes from fresh starts, seeded by its index: a resumed run sees the
         # episodes an uninterrupted one would.
-        seed = int(
-            np.random.SeedSequence([args.seed, start // args.update_every]).generate_state(1)[0]
-        )
+        index = start // args.update_every
+        seed = int(np.random.SeedSequence([args.seed, index]).generate_state(1)[0])
         fresh, episode_return = collect_episodes(envs, agent, horizon, seed, device)
         metrics = agent.update(stored.append(fresh))
         if stored.n > args.replay_rollouts * args.update_every:  # the released buffer_size_mul

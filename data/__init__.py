@@ -12,6 +12,7 @@ from ocrl.data.rollout import (
     EpisodeCurve,
     RolloutBuffer,
     VectorRollout,
+    discounted_returns,
     explained_variance,
     gae,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "RunningMeanStd",
     "Transitions",
     "VectorRollout",
+    "discounted_returns",
     "explained_variance",
     "gae",
     "load_dataset",

@@ -1,5 +1,5 @@
 """On-policy data: a rollout buffer, collection from vector environments (reward normalisation, bootstrap on
-truncation, episode logs), GAE over a head axis and the training curve of episode returns."""
+truncation, episode logs), GAE over a head axis, Monte-Carlo returns and the training curve of episode returns."""
 
 from __future__ import annotations
 
@@ -67,6 +67,18 @@ def gae(
         delta = rewards[t] + discount * next_values * not_done - values[t]
         advantages[t] = last = delta + discount * gae_lambda * not_done * last
     return advantages, advantages + values
+
+
+def discounted_returns(
+    rewards: torch.Tensor, terminals: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """R_t = r_t + gamma R_{t+1} over a flat buffer in time order, restarting after each terminal step."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + gamma * running * (1.0 - terminals[t])
+        returns[t] = running
+    return returns
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
