@@ -33,40 +33,23 @@ variants (s2_i = gamma^2 Var_e^{ddof 1}(V_e(s_i)), the heads' spread); --reg non
 --reg auto = biev for --loss ggd, none otherwise; the regulariser's loss is the MAE for ggd, MSE otherwise.
 
 Where the paper and the released code differ the code is the default, with a flag for the other (the
-spec's "faithful vs fixed" table): --ggd-form power (the paper's |delta|^beta; the code multiplies
-|delta| * beta), --beta-eps 1e-6 (a floor on beta; the code has none, so beta can underflow to 0 and the
-loss to NaN, which stops the run with ocrl's divergence message), --detach-ra-weight, --no-biev-mbbe (the
-paper text's plain V[delta]), --reg-scale sum (sum_i w_i l_i; the code's mean over the minibatch after
-sum_i w_i = 1 makes the regulariser lambda / B times that).
+spec's "faithful vs fixed" table): --ggd-form power, --beta-eps 1e-6, --detach-ra-weight, --no-biev-mbbe,
+--reg-scale sum (each flag's --help says what it changes).
 
-Two settings (--preset):
-- sb3-faithful (the default): the released SB3 configuration (configs/ppo.yml and SB3 PPO's defaults):
-  5 training envs x 2048 steps (10,240 per rollout), minibatch 64, 10 epochs, constant lr 3e-4 (Adam eps
-  1e-5), gamma 0.99, GAE lambda 0.95, clip 0.2 with no value clipping, ent_coef 0, vf_coef 0.5, max grad
-  norm 0.5, advantages standardised with +1e-6 (the released EPS; SB3 and CleanRL use 1e-8), no observation
-  or reward normalisation, time-limit truncation bootstrapped (r += gamma mean_e V_e(final obs), as SB3),
-  sb3_contrib's TimeFeatureWrapper on the observations (the released MuJoCo configs; --no-time-feature for
-  the classic-control tasks, where the released configs have none), 3M steps (the released HalfCheetah-v4,
-  Hopper-v4 and Walker2d-v4 budget).
-- cleanrl-default: the same value loss inside algos/ppo.py's defaults: 1 env, lr annealed linearly to 0,
-  value clipping (the GGD/MSE/Gaussian losses of the clipped-max error above), observation and reward
-  normalisation, no truncation bootstrap, advantages +1e-8, no time feature, 1M steps, and --vf-coef 0.25
-  (CleanRL's 0.5 times its 1/2 MSE). With --loss mse --ensemble-size 1 this preset is algos/ppo.py.
+Two settings (--preset): sb3-faithful (the default) is the released SB3 configuration (configs/ppo.yml and
+SB3 PPO's defaults: 5 envs x 2048 steps, constant lr, no value clipping, advantages +1e-6, no normalisation,
+truncation bootstrapped with gamma mean_e V_e(final obs), sb3_contrib's TimeFeatureWrapper, 3M steps);
+cleanrl-default is the same value loss inside algos/ppo.py's defaults, with --vf-coef 0.25 (CleanRL's 0.5
+times its 1/2 MSE): with --loss mse --ensemble-size 1 it is algos/ppo.py. Both settings in full, the
+deviations from the released code and the ggd/* logs: docs/algos/ggd_ppo.md.
 
-Deviations from the released code in both settings: the E heads, 5 independent Linear(64, 2) in SB3, are
-one Linear(64, 2E) here (the same function; its orthogonal initialisation makes the heads' rows mutually
-orthogonal too); the regulariser uses the unclipped errors when --clip-vloss is on (the released code has
-no value clipping); the minibatch size must divide the rollout (SB3 allows a last short minibatch); where
-the heads' errors coincide exactly the released kurtosis is 0/0 = NaN and here s2 = 1e-6; evaluation follows
-ocrl's shared protocol (deterministic policy, 10 episodes every 5,000 env steps) instead of SB3's 30.
-Differences from CleanRL as in algos/ppo.py (one running normaliser for all env copies; total_steps rounded
-up to whole iterations).
-
-Logged every --log-every steps (over all minibatches of the iteration): ggd/beta_{mean,std,min,max,cv}
-(ggd/var_* with --loss gaussian), ggd/beta_le2_fraction (share of beta in (0, 2]), ggd/nonfinite
-(non-finite NLL terms; 0 with --beta-eps > 0), ggd/beta_tdvar_corr (correlation over samples of the heads'
-mean beta with the variance of their errors), ggd/xi, ggd/solver_ran (share of minibatches with ESS < m),
-ggd/ess, ggd/reg_var_mean, and losses/value_loss, losses/reg_loss.
+Differences from CleanRL: one running normaliser for all env copies (CleanRL's wrappers keep one per copy;
+the same for --num-envs 1), held in the checkpoint; the run ends after whole iterations, so total_steps is
+rounded up to a multiple of num_envs x num_steps (CleanRL rounds down); `--batch-size` is the minibatch size
+(CleanRL derives it from --num-minibatches 32: 2048 / 32 = 64). Evaluation follows ocrl's shared protocol:
+deterministic policy (the mean, or each sub-action's most likely value) on observations normalised with the
+statistics of that moment, 10 episodes every 5,000 environment steps; Hopper-v4, HalfCheetah-v4 and
+Walker2d-v4 also get D4RL's normalised score.
 
     python algos/ggd_ppo.py --env-id Hopper-v4
     python algos/ggd_ppo.py --env-id Hopper-v4 --loss mse           # plain (SB3) PPO, the rest equal
@@ -98,31 +81,17 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import ActorCritic
-from ocrl.nets.ggd import (
-    ggd_diagnostics,
-    ggd_nll,
-    inverse_variance_regulariser,
-    regulariser_misfit,
-    resolved_reg,
-)
+from ocrl.nets import ActorCritic, ggd
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
     # algos/ppo.py's defaults with the GGD value loss; vf_coef 0.25 = CleanRL's 0.5 x its 1/2 MSE.
     "cleanrl-default": {
-        "total_steps": 1_000_000,
-        "num_envs": 1,
-        "anneal_lr": True,
-        "adv_eps": 1e-8,
-        "clip_vloss": True,
-        "vf_coef": 0.25,
-        "normalize_obs": True,
-        "normalize_reward": True,
-        "bootstrap_truncation": False,
+        "total_steps": 1_000_000, "num_envs": 1, "anneal_lr": True, "adv_eps": 1e-8, "clip_vloss": True,
+        "vf_coef": 0.25, "normalize_obs": True, "normalize_reward": True, "bootstrap_truncation": False,
         "time_feature": False,
     },
-}
+}  # fmt: skip
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 EPS = 1e-6  # the released code's floor on the regulariser's variances
 
@@ -141,9 +110,9 @@ class Args:
     """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
     each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 3_000_000
-    """environment steps over all env copies, rounded up to whole iterations of num_envs x num_steps (the released HalfCheetah/Hopper/Walker2d budget)"""
+    """environment steps over all env copies, rounded up to whole iterations of num_envs x num_steps"""
     num_envs: int = 5
-    """parallel training environments (the released n_envs 5)"""
+    """parallel training environments"""
     num_steps: int = 2048
     """steps per env copy in each rollout"""
     batch_size: int = 64
@@ -159,13 +128,13 @@ class Args:
     gae_lambda: float = 0.95
     """lambda of the generalised advantage estimate"""
     norm_adv: bool = True
-    """standardise the (head-mean) advantages of each minibatch"""
+    """standardise the advantages of each minibatch"""
     adv_eps: float = 1e-6
     """A_hat = (A - mean A) / (std A + adv_eps): the released EPS 1e-6; SB3 and CleanRL use 1e-8"""
     clip_coef: float = 0.2
     """clip range eps of the probability ratio (and of the value with --clip-vloss)"""
     clip_vloss: bool = False
-    """clip the value loss around the rollout's values, as CleanRL does (the released clip_range_vf None: off)"""
+    """clip the value loss around the rollout's values, as CleanRL does"""
     ent_coef: float = 0.0
     """weight of the entropy bonus"""
     vf_coef: float = 0.5
@@ -175,15 +144,15 @@ class Args:
     target_kl: float | None = None
     """stop the epochs of an iteration once the approximate KL exceeds it (None: never)"""
     normalize_obs: bool = False
-    """standardise observations by their running mean and variance, then clip to +-10 (CleanRL)"""
+    """standardise observations by their running mean and variance, then clip to +-10"""
     normalize_reward: bool = False
-    """divide rewards by the running std of the discounted return, then clip to +-10 (CleanRL)"""
+    """divide rewards by the running std of the discounted return, then clip to +-10"""
     bootstrap_truncation: bool = True
-    """add gamma mean_e V_e(final observation) to the last reward of a truncated episode (SB3); CleanRL does not"""
+    """add gamma V(final observation) to the last reward of a truncated episode (SB3); CleanRL does not"""
     time_feature: bool = True
     """append 1 - t / max_episode_steps to the observations (sb3_contrib's TimeFeatureWrapper, the released MuJoCo configs), in training and evaluation"""
     hidden: tuple[int, ...] = (64, 64)
-    """hidden layer widths of the actor and of the critic trunk (Tanh)"""
+    """hidden layer widths of the actor and of the critic (Tanh)"""
     ensemble_size: int = 5
     """value heads E on the critic trunk, each with a mean and (except --loss mse) a raw-shape output"""
     loss: Literal["ggd", "gaussian", "mse"] = "ggd"
@@ -238,7 +207,7 @@ class GGDPPO(Agent):
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=args.lr, eps=1e-5)
         self.obs_rms = ObservationNormalizer((obs_dim,), enabled=args.normalize_obs)
         self.return_rms = RunningMeanStd()
-        self.reg = resolved_reg(args.reg, args.loss)
+        self.reg = ggd.resolved_reg(args.reg, args.loss)
         self.reg_loss = (
             args.reg_loss if args.reg_loss != "auto" else ("mae" if args.loss == "ggd" else "mse")
         )
@@ -267,12 +236,12 @@ class GGDPPO(Agent):
             nll = F.gaussian_nll_loss(error, torch.zeros_like(error), var, reduction="none")
             return nll.mean(-1).sum(-1)
         beta = F.softplus(raw) + args.beta_eps
-        loss, terms = ggd_nll(error, beta, args.ggd_form, args.detach_ra_weight)
+        loss, terms = ggd.ggd_nll(error, beta, args.ggd_form, args.detach_ra_weight)
         self.keep(param=beta.detach(), nonfinite=(~torch.isfinite(terms)).sum())
         return loss
 
     def update(self, rollout: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """update_epochs passes of clipped-surrogate minibatch steps over one rollout (flattened to B; values, advantages and returns per head, (B, E))."""
+        """update_epochs passes of clipped-surrogate minibatch steps over one rollout (flattened to B)."""
         args, policy = self.args, self.policy
         obs, actions, logprobs = rollout["obs"], rollout["actions"], rollout["logprobs"]
         advantages, returns, values = rollout["advantages"], rollout["returns"], rollout["values"]
@@ -306,7 +275,7 @@ class GGDPPO(Agent):
                 raw = heads[..., 1].T if heads.shape[-1] == 2 else None
                 v_loss = self.value_loss(error.T, raw)  # heads first: (E, b)
                 if self.reg != "none":  # BIEV/BIV on the heads' means, heads first
-                    reg_loss, kept = inverse_variance_regulariser(
+                    reg_loss, kept = ggd.inverse_variance_regulariser(
                         new_value.T, returns[mb].T, self.reg, biev_mbbe=args.biev_mbbe,
                         discount=args.discount, min_ess=self.min_ess, solver=args.xi_solver,
                         loss=self.reg_loss, scale=args.reg_scale, floor=EPS,
@@ -338,7 +307,7 @@ class GGDPPO(Agent):
             k: torch.cat(v, -1) if k in ("param", "td_var") else torch.stack(v)
             for k, v in self.seen.items()
         }
-        return ggd_diagnostics("beta" if self.args.loss == "ggd" else "var", **seen)
+        return ggd.ggd_diagnostics("beta" if self.args.loss == "ggd" else "var", **seen)
 
 
 def check_ggd_ppo_args(args: Args) -> None:
@@ -363,8 +332,8 @@ def check_ggd_ppo_args(args: Args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be a number >= 0")
     if args.target_kl is not None and not args.target_kl > 0:
         raise UsageError(f"--target-kl {args.target_kl}: must be positive (or omitted)")
-    reg = resolved_reg(args.reg, args.loss)
-    if problem := regulariser_misfit(reg, args.biev_mbbe, args.ensemble_size, args.batch_size):
+    reg = ggd.resolved_reg(args.reg, args.loss)
+    if problem := ggd.regulariser_misfit(reg, args.biev_mbbe, args.ensemble_size, args.batch_size):
         raise UsageError(problem)
 
 
@@ -391,8 +360,8 @@ def main(args: Args) -> dict:
     iterations = math.ceil(args.total_steps / rollout_size)
     rollout = VectorRollout(
         envs, args.num_steps, agent.obs_rms, agent.return_rms, device, seed=args.seed,
-        ensemble_size=args.ensemble_size, discount=args.discount, gae_lambda=args.gae_lambda,
-        normalize_reward=args.normalize_reward, bootstrap_truncation=args.bootstrap_truncation,
+        discount=args.discount, gae_lambda=args.gae_lambda, normalize_reward=args.normalize_reward,
+        bootstrap_truncation=args.bootstrap_truncation, ensemble_size=args.ensemble_size,
     )  # fmt: skip
 
     for start in loop.steps(stride=rollout_size):

@@ -103,7 +103,7 @@ class Args:
     lr: float = 3e-4
     """Adam learning rate (eps 1e-5) of the actor and critic"""
     anneal_lr: bool = True
-    """anneal the learning rate linearly to 0 over the iterations"""
+    """anneal the learning rate linearly to 0 over the iterations (CleanRL); SB3 keeps it constant"""
     discount: float = 0.99
     """discount factor gamma"""
     gae_lambda: float = 0.95
@@ -167,10 +167,8 @@ class PPO(Agent):
         """update_epochs passes of clipped-surrogate minibatch steps over one rollout (flattened to B)."""
         args, policy = self.args, self.policy
         obs, actions, logprobs = rollout["obs"], rollout["actions"], rollout["logprobs"]
-        # The one value head's advantages, returns and values, (B,).
-        advantages, returns, values = (
-            rollout[k].reshape(-1) for k in ("advantages", "returns", "values")
-        )
+        advantages, returns, values = rollout["advantages"], rollout["returns"], rollout["values"]
+        advantages, returns, values = advantages[:, 0], returns[:, 0], values[:, 0]  # the one head
         n = obs.shape[0]
         clipfracs = []
         for _ in range(args.update_epochs):

@@ -51,9 +51,9 @@ def fixed_rollout(agent: ppo.PPO, n: int = 12, obs_dim: int = 3):
         actions = dist.sample()
         logprobs = dist.log_prob(actions).sum(-1) + 0.3 * torch.randn(n)  # ratios away from 1
         values = agent.policy.value(obs)[:, 0] + 0.5 * torch.randn(n)  # the one head
-    return {
-        "obs": obs, "actions": actions, "logprobs": logprobs, "values": values,
-        "advantages": torch.randn(n), "returns": values + torch.randn(n),
+    return {  # values, advantages and returns per value head: (n, 1)
+        "obs": obs, "actions": actions, "logprobs": logprobs, "values": values[:, None],
+        "advantages": torch.randn(n, 1), "returns": (values + torch.randn(n))[:, None],
     }  # fmt: skip
 
 
@@ -76,14 +76,19 @@ def test_update_losses_and_gradient_are_the_written_formula(clip_vloss):
     entropy = (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(1)
     value = agent.policy.critic(r["obs"])[:, 0]
     ratio = (logp - r["logprobs"]).exp()
-    a = r["advantages"]
+    a = r["advantages"][:, 0]
     a = (a - a.mean()) / (a.std() + 1e-8)
     pg = torch.maximum(-a * ratio, -a * ratio.clamp(0.8, 1.2)).mean()
     if clip_vloss:
-        clipped = r["values"] + (value - r["values"]).clamp(-0.2, 0.2)
-        v = 0.5 * torch.maximum((value - r["returns"]) ** 2, (clipped - r["returns"]) ** 2).mean()
+        clipped = r["values"][:, 0] + (value - r["values"][:, 0]).clamp(-0.2, 0.2)
+        v = (
+            0.5
+            * torch.maximum(
+                (value - r["returns"][:, 0]) ** 2, (clipped - r["returns"][:, 0]) ** 2
+            ).mean()
+        )
     else:
-        v = 0.5 * ((value - r["returns"]) ** 2).mean()
+        v = 0.5 * ((value - r["returns"][:, 0]) ** 2).mean()
     loss = pg - 0.05 * entropy.mean() + 0.7 * v
     expected_grads = torch.autograd.grad(loss, params)
 
