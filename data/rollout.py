@@ -4,12 +4,21 @@ truncation, episode logs), GAE over a head axis, Monte-Carlo returns and the tra
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from ocrl.data.running import ObservationNormalizer, RunningMeanStd
+
+
+class Policy(Protocol):
+    """What a rollout asks of the policy: pi(.|s) and the value heads V_e(s), (B, E)."""
+
+    def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution: ...
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor: ...
 
 
 class RolloutBuffer:
@@ -33,6 +42,10 @@ class RolloutBuffer:
             self.data[key][self.n : self.n + k] = value
         self.n += k
         return {key: t[: self.n] for key, t in self.data.items()}
+
+    def clear(self) -> None:
+        """Forget every row (the storage stays)."""
+        self.n = 0
 
     def drop_oldest(self, k: int) -> None:
         """Forget the k oldest rows."""
@@ -116,13 +129,13 @@ class VectorRollout:
         self.episode_return, self.episode_length = np.zeros(n), np.zeros(n, dtype=np.int64)
 
     def collect(
-        self, policy, step: int, log: Callable[[int, dict], None]
+        self, policy: Policy, step: int, log: Callable[[int, dict], None]
     ) -> dict[str, torch.Tensor]:
         """Run `policy` (distribution(obs), value(obs) -> (B, E)) for a rollout from env step `step`; return it
         flattened to B = num_steps x num_envs rows with GAE advantages and returns per head (B, E)."""
         envs, device, n = self.envs, self.device, self.envs.num_envs
         space = envs.single_action_space
-        self.buffer.n = 0
+        self.buffer.clear()
         for t in range(self.num_steps):
             obs_t = torch.as_tensor(self.next_obs, device=device)
             with torch.no_grad():
@@ -164,7 +177,10 @@ class VectorRollout:
         del flat["rewards"], flat["dones"]
         return flat | {"advantages": advantages.flatten(0, 1), "returns": returns.flatten(0, 1)}
 
-    def scaled_rewards(self, policy, reward, terminated, truncated, infos) -> np.ndarray:
+    def scaled_rewards(
+        self, policy: Policy, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+        infos: dict,
+    ) -> np.ndarray:  # fmt: skip
         """The rewards to learn from: normalised (--normalize-reward), plus the truncation bootstrap."""
         scaled = reward.astype(np.float64)
         if self.normalize_reward:
