@@ -14,6 +14,7 @@ from ocrl.algos import ppo
 from ocrl.data import RunningMeanStd, gae
 from ocrl.envs import EnvError
 from ocrl.experiment import UsageError
+from ocrl.nets import ActorCritic
 
 
 # ------------------------------------------------------------------------------------------- GAE
@@ -168,7 +169,7 @@ def test_evaluation_normalises_with_the_statistics_but_does_not_update_them():
 def test_multidiscrete_log_prob_is_the_sum_of_one_categorical_per_sub_action():
     torch.manual_seed(0)
     space = gym.spaces.MultiDiscrete([2, 4, 3])
-    policy = ppo.ActorCritic(5, space, (8,))
+    policy = ActorCritic(5, space, (8,))
     obs = torch.randn(64, 5)
     dist = policy.distribution(obs)
     actions = dist.sample()
@@ -189,7 +190,7 @@ def test_multidiscrete_log_prob_is_the_sum_of_one_categorical_per_sub_action():
 
 
 def test_discrete_greedy_action_has_the_env_shape():
-    policy = ppo.ActorCritic(4, gym.spaces.Discrete(3), (8,))
+    policy = ActorCritic(4, gym.spaces.Discrete(3), (8,))
     assert policy.act(torch.randn(5, 4)).shape == (5,)
 
 
