@@ -33,40 +33,23 @@ variants (s2_i = gamma^2 Var_e^{ddof 1}(V_e(s_i)), the heads' spread); --reg non
 --reg auto = biev for --loss ggd, none otherwise; the regulariser's loss is the MAE for ggd, MSE otherwise.
 
 Where the paper and the released code differ the code is the default, with a flag for the other (the
-spec's "faithful vs fixed" table): --ggd-form power (the paper's |delta|^beta; the code multiplies
-|delta| * beta), --beta-eps 1e-6 (a floor on beta; the code has none, so beta can underflow to 0 and the
-loss to NaN, which stops the run with ocrl's divergence message), --detach-ra-weight, --no-biev-mbbe (the
-paper text's plain V[delta]), --reg-scale sum (sum_i w_i l_i; the code's mean over the minibatch after
-sum_i w_i = 1 makes the regulariser lambda / B times that).
+spec's "faithful vs fixed" table): --ggd-form power, --beta-eps 1e-6, --detach-ra-weight, --no-biev-mbbe,
+--reg-scale sum (each flag's --help says what it changes).
 
-Two settings (--preset):
-- sb3-faithful (the default): the released SB3 configuration (configs/ppo.yml and SB3 PPO's defaults):
-  5 training envs x 2048 steps (10,240 per rollout), minibatch 64, 10 epochs, constant lr 3e-4 (Adam eps
-  1e-5), gamma 0.99, GAE lambda 0.95, clip 0.2 with no value clipping, ent_coef 0, vf_coef 0.5, max grad
-  norm 0.5, advantages standardised with +1e-6 (the released EPS; SB3 and CleanRL use 1e-8), no observation
-  or reward normalisation, time-limit truncation bootstrapped (r += gamma mean_e V_e(final obs), as SB3),
-  sb3_contrib's TimeFeatureWrapper on the observations (the released MuJoCo configs; --no-time-feature for
-  the classic-control tasks, where the released configs have none), 3M steps (the released HalfCheetah-v4,
-  Hopper-v4 and Walker2d-v4 budget).
-- cleanrl-default: the same value loss inside algos/ppo.py's defaults: 1 env, lr annealed linearly to 0,
-  value clipping (the GGD/MSE/Gaussian losses of the clipped-max error above), observation and reward
-  normalisation, no truncation bootstrap, advantages +1e-8, no time feature, 1M steps, and --vf-coef 0.25
-  (CleanRL's 0.5 times its 1/2 MSE). With --loss mse --ensemble-size 1 this preset is algos/ppo.py.
+Two settings (--preset): sb3-faithful (the default) is the released SB3 configuration (configs/ppo.yml and
+SB3 PPO's defaults: 5 envs x 2048 steps, constant lr, no value clipping, advantages +1e-6, no normalisation,
+truncation bootstrapped with gamma mean_e V_e(final obs), sb3_contrib's TimeFeatureWrapper, 3M steps);
+cleanrl-default is the same value loss inside algos/ppo.py's defaults, with --vf-coef 0.25 (CleanRL's 0.5
+times its 1/2 MSE): with --loss mse --ensemble-size 1 it is algos/ppo.py. Both settings in full, the
+deviations from the released code and the ggd/* logs: docs/algos/ggd_ppo.md.
 
-Deviations from the released code in both settings: the E heads, 5 independent Linear(64, 2) in SB3, are
-one Linear(64, 2E) here (the same function; its orthogonal initialisation makes the heads' rows mutually
-orthogonal too); the regulariser uses the unclipped errors when --clip-vloss is on (the released code has
-no value clipping); the minibatch size must divide the rollout (SB3 allows a last short minibatch); where
-the heads' errors coincide exactly the released kurtosis is 0/0 = NaN and here s2 = 1e-6; evaluation follows
-ocrl's shared protocol (deterministic policy, 10 episodes every 5,000 env steps) instead of SB3's 30.
-Differences from CleanRL as in algos/ppo.py (one running normaliser for all env copies; total_steps rounded
-up to whole iterations).
-
-Logged every --log-every steps (over all minibatches of the iteration): ggd/beta_{mean,std,min,max,cv}
-(ggd/var_* with --loss gaussian), ggd/beta_le2_fraction (share of beta in (0, 2]), ggd/nonfinite
-(non-finite NLL terms; 0 with --beta-eps > 0), ggd/beta_tdvar_corr (correlation over samples of the heads'
-mean beta with the variance of their errors), ggd/xi, ggd/solver_ran (share of minibatches with ESS < m),
-ggd/ess, ggd/reg_var_mean, and losses/value_loss, losses/reg_loss.
+Differences from CleanRL: one running normaliser for all env copies (CleanRL's wrappers keep one per copy;
+the same for --num-envs 1), held in the checkpoint; the run ends after whole iterations, so total_steps is
+rounded up to a multiple of num_envs x num_steps (CleanRL rounds down); `--batch-size` is the minibatch size
+(CleanRL derives it from --num-minibatches 32: 2048 / 32 = 64). Evaluation follows ocrl's shared protocol:
+deterministic policy (the mean, or each sub-action's most likely value) on observations normalised with the
+statistics of that moment, 10 episodes every 5,000 environment steps; Hopper-v4, HalfCheetah-v4 and
+Walker2d-v4 also get D4RL's normalised score.
 
     python algos/ggd_ppo.py --env-id Hopper-v4
     python algos/ggd_ppo.py --env-id Hopper-v4 --loss mse           # plain (SB3) PPO, the rest equal
@@ -85,8 +68,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocrl.data import RunningMeanStd
-from ocrl.envs import Evaluator, TimeFeature, make_env, reference_scores
+from ocrl.data import ObservationNormalizer, RunningMeanStd, VectorRollout, explained_variance
+from ocrl.envs import Evaluator, TimeFeature, make_vector_env, reference_scores
 from ocrl.experiment import (
     Agent,
     TrainingLoop,
@@ -98,24 +81,17 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import MLP, orthogonal_init
+from ocrl.nets import ActorCritic, ggd
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
     # algos/ppo.py's defaults with the GGD value loss; vf_coef 0.25 = CleanRL's 0.5 x its 1/2 MSE.
     "cleanrl-default": {
-        "total_steps": 1_000_000,
-        "num_envs": 1,
-        "anneal_lr": True,
-        "adv_eps": 1e-8,
-        "clip_vloss": True,
-        "vf_coef": 0.25,
-        "normalize_obs": True,
-        "normalize_reward": True,
-        "bootstrap_truncation": False,
+        "total_steps": 1_000_000, "num_envs": 1, "anneal_lr": True, "adv_eps": 1e-8, "clip_vloss": True,
+        "vf_coef": 0.25, "normalize_obs": True, "normalize_reward": True, "bootstrap_truncation": False,
         "time_feature": False,
     },
-}
+}  # fmt: skip
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 EPS = 1e-6  # the released code's floor on the regulariser's variances
 
@@ -134,9 +110,9 @@ class Args:
     """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
     each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 3_000_000
-    """environment steps over all env copies, rounded up to whole iterations of num_envs x num_steps (the released HalfCheetah/Hopper/Walker2d budget)"""
+    """environment steps over all env copies, rounded up to whole iterations of num_envs x num_steps"""
     num_envs: int = 5
-    """parallel training environments (the released n_envs 5)"""
+    """parallel training environments"""
     num_steps: int = 2048
     """steps per env copy in each rollout"""
     batch_size: int = 64
@@ -152,13 +128,13 @@ class Args:
     gae_lambda: float = 0.95
     """lambda of the generalised advantage estimate"""
     norm_adv: bool = True
-    """standardise the (head-mean) advantages of each minibatch"""
+    """standardise the advantages of each minibatch"""
     adv_eps: float = 1e-6
     """A_hat = (A - mean A) / (std A + adv_eps): the released EPS 1e-6; SB3 and CleanRL use 1e-8"""
     clip_coef: float = 0.2
     """clip range eps of the probability ratio (and of the value with --clip-vloss)"""
     clip_vloss: bool = False
-    """clip the value loss around the rollout's values, as CleanRL does (the released clip_range_vf None: off)"""
+    """clip the value loss around the rollout's values, as CleanRL does"""
     ent_coef: float = 0.0
     """weight of the entropy bonus"""
     vf_coef: float = 0.5
@@ -168,15 +144,15 @@ class Args:
     target_kl: float | None = None
     """stop the epochs of an iteration once the approximate KL exceeds it (None: never)"""
     normalize_obs: bool = False
-    """standardise observations by their running mean and variance, then clip to +-10 (CleanRL)"""
+    """standardise observations by their running mean and variance, then clip to +-10"""
     normalize_reward: bool = False
-    """divide rewards by the running std of the discounted return, then clip to +-10 (CleanRL)"""
+    """divide rewards by the running std of the discounted return, then clip to +-10"""
     bootstrap_truncation: bool = True
-    """add gamma mean_e V_e(final observation) to the last reward of a truncated episode (SB3); CleanRL does not"""
+    """add gamma V(final observation) to the last reward of a truncated episode (SB3); CleanRL does not"""
     time_feature: bool = True
     """append 1 - t / max_episode_steps to the observations (sb3_contrib's TimeFeatureWrapper, the released MuJoCo configs), in training and evaluation"""
     hidden: tuple[int, ...] = (64, 64)
-    """hidden layer widths of the actor and of the critic trunk (Tanh)"""
+    """hidden layer widths of the actor and of the critic (Tanh)"""
     ensemble_size: int = 5
     """value heads E on the critic trunk, each with a mean and (except --loss mse) a raw-shape output"""
     loss: Literal["ggd", "gaussian", "mse"] = "ggd"
@@ -219,173 +195,6 @@ class Args:
     """show a progress bar"""
 
 
-class ActorCritic(nn.Module):
-    """E value heads (mean, raw shape) on one trunk, and pi(.|s): Normal(mean(s), exp(log_std)) for Box actions, one categorical per sub-action otherwise."""
-
-    def __init__(
-        self, obs_dim: int, action_space: gym.Space, hidden: tuple[int, ...],
-        ensemble_size: int = 1, value_dims: int = 1,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        # SB3's E separate Linear(64, value_dims) heads on the value trunk, as one Linear(64, E x value_dims).
-        self.ensemble_size = ensemble_size
-        self.critic = orthogonal_init(
-            MLP(obs_dim, ensemble_size * value_dims, hidden, nn.Tanh), 1.0
-        )
-        self.continuous = isinstance(action_space, gym.spaces.Box)
-        self.single_discrete = isinstance(action_space, gym.spaces.Discrete)
-        if self.continuous:
-            act_dim = action_space.shape[0]
-            self.actor_mean = orthogonal_init(MLP(obs_dim, act_dim, hidden, nn.Tanh), 0.01)
-            self.actor_logstd = nn.Parameter(torch.zeros(1, act_dim))
-            return
-        nvec = np.atleast_1d(
-            np.asarray(getattr(action_space, "nvec", [getattr(action_space, "n", 0)]))
-        )
-        self.actor_logits = orthogonal_init(MLP(obs_dim, int(nvec.sum()), hidden, nn.Tanh), 0.01)
-        # Sub-actions with fewer choices than the largest are padded with logits that are never sampled.
-        width = int(nvec.max())
-        index = torch.zeros(len(nvec), width, dtype=torch.long)
-        valid = torch.arange(width)[None, :] < torch.as_tensor(nvec)[:, None]
-        offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]])
-        for k, (start, n) in enumerate(zip(offsets, nvec, strict=True)):
-            index[k, :n] = torch.arange(int(start), int(start + n))
-        self.register_buffer("logit_index", index)
-        self.register_buffer("logit_valid", valid)
-
-    def heads(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, E, value_dims): per head the mean V_e(s) and, with 2 dims, the raw shape."""
-        return self.critic(obs).unflatten(-1, (self.ensemble_size, -1))
-
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        """The heads' means V_e(s), (B, E)."""
-        return self.heads(obs)[..., 0]
-
-    def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
-        """pi(.|s): a Normal over (B, A), or a Categorical over (B, sub-actions, largest choice count)."""
-        if self.continuous:
-            mean = self.actor_mean(obs)
-            return torch.distributions.Normal(mean, self.actor_logstd.expand_as(mean).exp())
-        flat = self.actor_logits(obs)
-        logits = flat[..., self.logit_index]
-        logits = logits.masked_fill(~self.logit_valid, torch.finfo(logits.dtype).min)
-        return torch.distributions.Categorical(logits=logits)
-
-    def evaluate(
-        self, obs: torch.Tensor, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log pi(a|s), H[pi(.|s)], heads(s)), log-probabilities and entropies summed over the action's parts."""
-        dist = self.distribution(obs)
-        return dist.log_prob(actions).sum(-1), dist.entropy().sum(-1), self.heads(obs)
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """The deterministic action used at evaluation: the mean, or each sub-action's most likely value."""
-        if self.continuous:
-            return self.actor_mean(obs)
-        action = self.distribution(obs).probs.argmax(-1)
-        return action.squeeze(-1) if self.single_discrete else action
-
-
-# ----------------------------------------------------------------------------- the losses
-def ggd_nll(
-    delta: torch.Tensor, beta: torch.Tensor, form: str = "product", detach_weight: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum_e mean_i of the risk-averse-weighted GGD NLL, the unweighted terms); delta, beta: (..., E, B)."""
-    err = delta.abs() * beta if form == "product" else delta.abs().pow(beta)
-    terms = err - beta.log() + torch.lgamma(1.0 / beta)
-    weight = beta / beta.sum(dim=-2, keepdim=True)
-    if detach_weight:
-        weight = weight.detach()
-    return (terms * weight).mean(-1).sum(-1), terms
-
-
-def mbbe_variance(td: torch.Tensor, mbbe: bool = True) -> torch.Tensor:
-    """Over the heads (dim -2) of td (..., E, B): Var^{ddof 0} / (kappa / E + (E+1)/(E-1)), kappa the unbiased excess kurtosis."""
-    n = td.shape[-2]
-    centred = td - td.mean(dim=-2, keepdim=True)
-    m2 = centred.pow(2).mean(dim=-2)
-    if not mbbe:
-        return m2
-    m4 = centred.pow(4).mean(dim=-2)
-    kurtosis = ((n * n - 1) * m4 / m2**2 - 3 * (n - 1) ** 2) / ((n - 2) * (n - 3))
-    corrected = m2 / (kurtosis / n + (n + 1) / (n - 1))
-    # Identical heads: 0/0, clipped to EPS by the caller.
-    return torch.where(m2 > 0, corrected, torch.zeros_like(m2))
-
-
-def effective_batch_size(var: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-    """ESS = 1 / sum_i w_i^2 with w_i proportional to 1 / (var_i + xi); var (..., B), xi (..., K) -> (..., K)."""
-    inv = 1.0 / (var.unsqueeze(-2) + xi.unsqueeze(-1))
-    return inv.sum(-1) ** 2 / inv.pow(2).sum(-1)
-
-
-def _bracket(var: torch.Tensor, grid: torch.Tensor, m: float):
-    """The grid interval (lo, up] where the ESS (non-decreasing in xi) first reaches m, and the ESS at its ends."""
-    ess = effective_batch_size(var, grid)
-    k = (ess >= m).int().argmax(dim=-1, keepdim=True).clamp_min(1)
-    return grid.gather(-1, k - 1), grid.gather(-1, k), ess.gather(-1, k - 1), ess.gather(-1, k)
-
-
-def xi_bisection(
-    var: torch.Tensor, m: float, points: int = 64, rounds: int = 3
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(xi, ran) per row of var (..., B), on var's device: xi = 0 where ESS(var) >= m, else the root of ESS(var + xi) = m."""
-    v = var.double()
-    n = v.shape[-1]
-    ess0 = effective_batch_size(v, v.new_zeros(*v.shape[:-1], 1))[..., 0]
-    # With xi >= max(var) / (sqrt(n/m) - 1) the weights differ by at most sqrt(n/m), so ESS >= m.
-    hi = 2.0 * v.amax(dim=-1, keepdim=True) / (math.sqrt(n / m) - 1.0)
-    unit = torch.logspace(-12, 0, points - 1, dtype=v.dtype, device=v.device)
-    lo, up, e_lo, e_up = _bracket(v, hi * torch.cat([unit.new_zeros(1), unit]), m)
-    steps = torch.linspace(0.0, 1.0, points, dtype=v.dtype, device=v.device)
-    for _ in range(rounds):
-        lo, up, e_lo, e_up = _bracket(v, lo + (up - lo) * steps, m)
-    xi = lo + (m - e_lo) / (e_up - e_lo).clamp_min(1e-12) * (up - lo)
-    ran = ess0 < m
-    return torch.where(ran, xi[..., 0], torch.zeros_like(ess0)).to(var.dtype), ran
-
-
-def xi_nelder_mead(var: torch.Tensor, m: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The released solver, per row of var (..., B) on the CPU: Nelder-Mead on |ESS(var + |xi|) - m| from 0 (fatol 1, maxiter 100)."""
-    from scipy.optimize import minimize
-
-    rows = var.detach().double().cpu().numpy().reshape(-1, var.shape[-1])
-
-    def ess(v: np.ndarray) -> float:
-        w = (1.0 / v) / np.sum(1.0 / v)
-        return 1.0 / np.sum(w**2)
-
-    xis, ran = [], []
-    for v in rows:
-        xi = 0.0
-        if ess(v) < m:
-            res = minimize(lambda x, v=v: abs(ess(v + abs(x[0])) - m), 0.0, method="Nelder-Mead",
-                           options={"fatol": 1, "maxiter": 100})  # fmt: skip
-            xi = abs(float(res.x[0]))
-        xis.append(xi)
-        ran.append(ess(v) < m)
-    shape = var.shape[:-1]
-    return (
-        torch.tensor(xis, dtype=var.dtype).reshape(shape).to(var.device),
-        torch.tensor(ran).reshape(shape).to(var.device),
-    )
-
-
-def weighted_regulariser(
-    v: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str, scale: str
-) -> torch.Tensor:
-    """sum_e mean_i (scale code) or sum_e sum_i (scale sum) of w_i * l(v, target); v, target (..., E, B), weights (..., B)."""
-    if kind == "mse":
-        per = (v - target).pow(2)
-    elif kind == "mae":
-        per = (v - target).abs()
-    else:
-        per = F.huber_loss(v, target, reduction="none")
-    per = per * weights.unsqueeze(-2)
-    return per.mean(-1).sum(-1) if scale == "code" else per.sum(-1).sum(-1)
-
-
 class GGDPPO(Agent):
     """The actor-critic with E GGD value heads, its optimiser and the observation/return normalisers; `update` is one iteration's epochs."""
 
@@ -396,9 +205,9 @@ class GGDPPO(Agent):
             obs_dim, action_space, args.hidden, args.ensemble_size, value_dims
         ).to(device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=args.lr, eps=1e-5)
-        self.obs_rms = RunningMeanStd((obs_dim,))
+        self.obs_rms = ObservationNormalizer((obs_dim,), enabled=args.normalize_obs)
         self.return_rms = RunningMeanStd()
-        self.reg = resolved_reg(args)
+        self.reg = ggd.resolved_reg(args.reg, args.loss)
         self.reg_loss = (
             args.reg_loss if args.reg_loss != "auto" else ("mae" if args.loss == "ggd" else "mse")
         )
@@ -407,18 +216,9 @@ class GGDPPO(Agent):
             str, list[torch.Tensor]
         ] = {}  # the last update's intermediates, for diagnostics
 
-    def normalize_obs(self, obs: np.ndarray, update: bool) -> np.ndarray:
-        """Standardise (and, in training, first update the statistics with) a batch of observations."""
-        if not self.args.normalize_obs:
-            return obs.astype(np.float32)
-        if update:
-            self.obs_rms.update(obs)
-        x = (obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + 1e-8)
-        return np.clip(x, -10.0, 10.0).astype(np.float32)
-
     def act_for_evaluation(self, obs: torch.Tensor) -> torch.Tensor:
         """The evaluator's policy: raw observations, normalised with the current statistics (not updated)."""
-        x = self.normalize_obs(obs.cpu().numpy().astype(np.float64), update=False)
+        x = self.obs_rms(obs.cpu().numpy().astype(np.float64), update=False)
         return self.policy.act(torch.as_tensor(x, device=obs.device))
 
     def keep(self, **tensors: torch.Tensor) -> None:
@@ -436,28 +236,12 @@ class GGDPPO(Agent):
             nll = F.gaussian_nll_loss(error, torch.zeros_like(error), var, reduction="none")
             return nll.mean(-1).sum(-1)
         beta = F.softplus(raw) + args.beta_eps
-        loss, terms = ggd_nll(error, beta, args.ggd_form, args.detach_ra_weight)
+        loss, terms = ggd.ggd_nll(error, beta, args.ggd_form, args.detach_ra_weight)
         self.keep(param=beta.detach(), nonfinite=(~torch.isfinite(terms)).sum())
         return loss
 
-    def regulariser(self, v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """BIV/BIEV, the batch inverse-variance weighted loss of the heads' means v against target, both (E, B)."""
-        args = self.args
-        with torch.no_grad():
-            if self.reg == "biev":
-                var = mbbe_variance(v.detach() - target, args.biev_mbbe)
-            else:
-                var = args.discount**2 * v.detach().var(dim=-2, correction=1)
-            var = var.clamp_min(EPS)  # (B,)
-            solve = xi_bisection if args.xi_solver == "bisection" else xi_nelder_mead
-            xi, ran = solve(var, self.min_ess)
-            inv = 1.0 / (var + xi.unsqueeze(-1))
-            weights = inv / inv.sum(-1, keepdim=True)
-            self.keep(xi=xi, ran=ran, ess=1.0 / weights.pow(2).sum(-1), reg_var=var.mean())
-        return weighted_regulariser(v, target, weights, self.reg_loss, args.reg_scale)
-
     def update(self, rollout: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """update_epochs passes of clipped-surrogate minibatch steps over one rollout (flattened to B; values, advantages and returns per head, (B, E))."""
+        """update_epochs passes of clipped-surrogate minibatch steps over one rollout (flattened to B)."""
         args, policy = self.args, self.policy
         obs, actions, logprobs = rollout["obs"], rollout["actions"], rollout["logprobs"]
         advantages, returns, values = rollout["advantages"], rollout["returns"], rollout["values"]
@@ -490,8 +274,13 @@ class GGDPPO(Agent):
                     error = torch.max(error, (v_clipped - returns[mb]).abs())
                 raw = heads[..., 1].T if heads.shape[-1] == 2 else None
                 v_loss = self.value_loss(error.T, raw)  # heads first: (E, b)
-                if self.reg != "none":
-                    reg_loss = self.regulariser(new_value.T, returns[mb].T)
+                if self.reg != "none":  # BIEV/BIV on the heads' means, heads first
+                    reg_loss, kept = ggd.inverse_variance_regulariser(
+                        new_value.T, returns[mb].T, self.reg, biev_mbbe=args.biev_mbbe,
+                        discount=args.discount, min_ess=self.min_ess, solver=args.xi_solver,
+                        loss=self.reg_loss, scale=args.reg_scale, floor=EPS,
+                    )  # fmt: skip
+                    self.keep(**kept | {"reg_var": kept["reg_var"].mean()})
                 else:
                     reg_loss = torch.zeros_like(v_loss)
                 self.keep(td_var=(new_value - returns[mb]).detach().var(dim=-1, correction=0))
@@ -504,8 +293,7 @@ class GGDPPO(Agent):
                 self.optimizer.step()
             if args.target_kl is not None and float(approx_kl) > args.target_kl:
                 break
-        mean_returns, mean_values = returns.mean(-1), values.mean(-1)
-        explained_var = 1 - (mean_returns - mean_values).var() / mean_returns.var().clamp_min(1e-12)
+        explained_var = explained_variance(values.mean(-1), returns.mean(-1))
         return {
             "value_loss": v_loss.detach(), "reg_loss": reg_loss.detach(), "policy_loss": pg_loss.detach(),
             "entropy": entropy_loss.detach(), "old_approx_kl": old_approx_kl,
@@ -513,59 +301,13 @@ class GGDPPO(Agent):
             "ppo/explained_variance": explained_var,
         }  # fmt: skip
 
-    @torch.no_grad()
     def diagnostics(self) -> dict[str, torch.Tensor]:
-        """The reference's checks over the last update's minibatches: shape/variance-head statistics, non-finite terms, xi and ESS."""
-        seen, stats = self.seen, {}
-        if "param" in seen:
-            p, name = torch.cat(seen["param"], dim=-1), "beta" if self.args.loss == "ggd" else "var"
-            mean, std = p.mean(), p.std()
-            stats.update({
-                f"ggd/{name}_mean": mean, f"ggd/{name}_std": std, f"ggd/{name}_min": p.min(),
-                f"ggd/{name}_max": p.max(), f"ggd/{name}_cv": std / mean,
-            })  # fmt: skip
-            if "td_var" in seen:
-                # Correlation over the samples of the heads' mean shape with the variance of their errors.
-                a, b = p.mean(dim=0), torch.cat(seen["td_var"])
-                a, b = a - a.mean(), b - b.mean()
-                corr = (a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12)
-                stats[f"ggd/{name}_tdvar_corr"] = corr
-            if name == "beta":
-                stats["ggd/beta_le2_fraction"] = ((p > 0) & (p <= 2)).float().mean()
-                stats["ggd/nonfinite"] = torch.stack(seen["nonfinite"]).sum().float()
-        if "xi" in seen:
-            stats.update({
-                "ggd/xi": torch.stack(seen["xi"]).mean(),
-                "ggd/solver_ran": torch.stack(seen["ran"]).float().mean(),
-                "ggd/ess": torch.stack(seen["ess"]).mean(),
-                "ggd/reg_var_mean": torch.stack(seen["reg_var"]).mean(),
-            })  # fmt: skip
-        return stats
-
-
-def gae(
-    rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
-    next_done: torch.Tensor, discount: float, gae_lambda: float,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(advantages, returns) of a (T, N, E) rollout (rewards and dones (T, N, 1): GAE per head); dones[t] marks obs[t] as the first of a new episode."""
-    advantages = torch.zeros_like(values)
-    last = torch.zeros_like(next_value)
-    steps = rewards.shape[0]
-    for t in reversed(range(steps)):
-        if t == steps - 1:
-            not_done, next_values = 1.0 - next_done, next_value
-        else:
-            not_done, next_values = 1.0 - dones[t + 1], values[t + 1]
-        delta = rewards[t] + discount * next_values * not_done - values[t]
-        advantages[t] = last = delta + discount * gae_lambda * not_done * last
-    return advantages, advantages + values
-
-
-def resolved_reg(args: Args) -> str:
-    """--reg with auto resolved: biev for --loss ggd (the released full method), none otherwise."""
-    if args.reg != "auto":
-        return args.reg
-    return "biev" if args.loss == "ggd" else "none"
+        """The reference's checks over the last update's minibatches (shape statistics, non-finite terms, xi, ESS)."""
+        seen = {
+            k: torch.cat(v, -1) if k in ("param", "td_var") else torch.stack(v)
+            for k, v in self.seen.items()
+        }
+        return ggd.ggd_diagnostics("beta" if self.args.loss == "ggd" else "var", **seen)
 
 
 def check_ggd_ppo_args(args: Args) -> None:
@@ -590,18 +332,9 @@ def check_ggd_ppo_args(args: Args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be a number >= 0")
     if args.target_kl is not None and not args.target_kl > 0:
         raise UsageError(f"--target-kl {args.target_kl}: must be positive (or omitted)")
-    reg = resolved_reg(args)
-    need = 4 if reg == "biev" and args.biev_mbbe else 2
-    if reg != "none" and args.ensemble_size < need:
-        raise UsageError(
-            f"--ensemble-size {args.ensemble_size}: --reg {reg} needs at least {need} heads "
-            f"({'the kurtosis correction divides by (E-2)(E-3)' if need == 4 else 'a variance over heads'}); "
-            "use --ensemble-size 5 or --reg none"
-        )
-    if reg != "none" and args.batch_size < 2:
-        raise UsageError(
-            f"--batch-size {args.batch_size}: --reg {reg} needs at least 2; use --reg none"
-        )
+    reg = ggd.resolved_reg(args.reg, args.loss)
+    if problem := ggd.regulariser_misfit(reg, args.biev_mbbe, args.ensemble_size, args.batch_size):
+        raise UsageError(problem)
 
 
 def main(args: Args) -> dict:
@@ -610,112 +343,33 @@ def main(args: Args) -> dict:
     device = pick_device(args.device, args.threads)
     np_rng = seed_everything(args.seed)
 
-    wrap = TimeFeature if args.time_feature else (lambda env: env)
-    envs = gym.vector.SyncVectorEnv(
-        [lambda: wrap(make_env(args.env_id)) for _ in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    supported = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete)
-    if not isinstance(act_space, supported) or len(obs_space.shape or ()) != 1:
-        envs.close()
-        raise UsageError(
-            f"--env-id {args.env_id}: PPO needs a flat Box observation and Box, Discrete or "
-            f"MultiDiscrete actions; this environment has {obs_space} and {act_space}"
-        )
-    obs_dim = obs_space.shape[0]
-    continuous = isinstance(act_space, gym.spaces.Box)
-    envs.action_space.seed(args.seed)
-
-    agent = GGDPPO(args, obs_dim, act_space, device)
+    wrap = TimeFeature if args.time_feature else None
+    envs = make_vector_env(args.env_id, args.num_envs, args.seed, "PPO",
+                           (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete), wrap)  # fmt: skip
+    obs_dim = envs.single_observation_space.shape[0]
+    agent = GGDPPO(args, obs_dim, envs.single_action_space, device)
     ref_min, ref_max = reference_scores(args.env_id)
     evaluator = Evaluator(
         args.env_id, args.eval_episodes, args.seed, ref_min_score=ref_min, ref_max_score=ref_max,
-        device=device, env_wrapper=wrap if args.time_feature else None,
+        device=device, env_wrapper=wrap,
     )  # fmt: skip
     rollout_size = args.num_envs * args.num_steps
     loop = TrainingLoop(
         "ggd_ppo", args.env_id, args, agent.parts(), np_rng, rate_tag="charts/steps_per_s"
     )
     iterations = math.ceil(args.total_steps / rollout_size)
-    n, steps, heads = args.num_envs, args.num_steps, args.ensemble_size
-    act_shape = act_space.shape if continuous else (len(np.atleast_1d(act_space.nvec)) if isinstance(act_space, gym.spaces.MultiDiscrete) else 1,)  # fmt: skip
-    rollout = {
-        "obs": torch.zeros(steps, n, obs_dim, device=device),
-        "actions": torch.zeros(
-            steps, n, *act_shape, device=device, dtype=None if continuous else torch.long
-        ),  # fmt: skip
-        "logprobs": torch.zeros(steps, n, device=device),
-        "rewards": torch.zeros(steps, n, device=device),
-        "dones": torch.zeros(steps, n, device=device),
-        "values": torch.zeros(steps, n, heads, device=device),
-    }
-    raw_obs, _ = envs.reset(seed=[args.seed + i for i in range(n)])
-    next_obs = agent.normalize_obs(raw_obs.astype(np.float64), update=True)
-    next_done = torch.zeros(n, device=device)
-    discounted_return = np.zeros(n)
-    episode_return, episode_length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    rollout = VectorRollout(
+        envs, args.num_steps, agent.obs_rms, agent.return_rms, device, seed=args.seed,
+        discount=args.discount, gae_lambda=args.gae_lambda, normalize_reward=args.normalize_reward,
+        bootstrap_truncation=args.bootstrap_truncation, ensemble_size=args.ensemble_size,
+    )  # fmt: skip
 
     for start in loop.steps(stride=rollout_size):
         if args.anneal_lr:
-            iteration = (
-                start // rollout_size
-            )  # 0-based; CleanRL's frac = 1 - (iteration - 1) / num_iterations
+            # 0-based here; CleanRL's frac = 1 - (iteration - 1) / num_iterations
+            iteration = start // rollout_size
             agent.optimizer.param_groups[0]["lr"] = (1.0 - iteration / iterations) * args.lr
-        for t in range(steps):
-            obs_t = torch.as_tensor(next_obs, device=device)
-            rollout["obs"][t], rollout["dones"][t] = obs_t, next_done
-            with torch.no_grad():
-                dist = agent.policy.distribution(obs_t)
-                action = dist.sample()
-                rollout["logprobs"][t] = dist.log_prob(action).sum(-1)
-                rollout["values"][t] = agent.policy.value(obs_t)
-            rollout["actions"][t] = action.reshape(n, *act_shape)
-            env_action = action.cpu().numpy()
-            if continuous:
-                env_action = np.clip(env_action, act_space.low, act_space.high)
-            elif isinstance(act_space, gym.spaces.Discrete):
-                env_action = env_action.reshape(n)
-            raw_next, reward, terminated, truncated, infos = envs.step(env_action)
-            done = terminated | truncated
-            episode_return += reward
-            episode_length += 1
-            for i in np.flatnonzero(done):
-                loop.run.log(start + (t + 1) * n, {"charts/episodic_return": episode_return[i],
-                                                   "charts/episodic_length": episode_length[i]})  # fmt: skip
-                episode_return[i], episode_length[i] = 0.0, 0
-            scaled = reward.astype(np.float64)
-            if args.normalize_reward:
-                # gymnasium's NormalizeReward: the running return resets on termination only.
-                discounted_return = discounted_return * args.discount * (1 - terminated) + reward
-                agent.return_rms.update(discounted_return)
-                scaled = np.clip(reward / np.sqrt(agent.return_rms.var + 1e-8), -10.0, 10.0)
-            if args.bootstrap_truncation and (truncated & ~terminated).any():
-                cut = np.flatnonzero(truncated & ~terminated)
-                final = np.stack([infos["final_obs"][i] for i in cut]).astype(np.float64)
-                final_t = torch.as_tensor(agent.normalize_obs(final, update=False), device=device)
-                with torch.no_grad():
-                    # SB3: the mean over the heads of V_e(final obs), the same for every head.
-                    scaled[cut] += (
-                        args.discount * agent.policy.value(final_t).mean(-1).cpu().numpy()
-                    )
-            rollout["rewards"][t] = torch.as_tensor(scaled, dtype=torch.float32, device=device)
-            next_obs = agent.normalize_obs(raw_next.astype(np.float64), update=True)
-            next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
-
-        with torch.no_grad():
-            next_value = agent.policy.value(torch.as_tensor(next_obs, device=device))
-        advantages, returns = gae(
-            rollout["rewards"][..., None], rollout["values"], rollout["dones"][..., None],
-            next_value, next_done[..., None], args.discount, args.gae_lambda,
-        )  # fmt: skip
-        flat = {
-            "obs": rollout["obs"].reshape(-1, obs_dim),
-            "actions": rollout["actions"].reshape(rollout_size, *act_shape),
-            "logprobs": rollout["logprobs"].reshape(-1), "values": rollout["values"].reshape(-1, heads),
-            "advantages": advantages.reshape(-1, heads), "returns": returns.reshape(-1, heads),
-        }  # fmt: skip
-        metrics = agent.update(flat)
+        metrics = agent.update(rollout.collect(agent.policy, start, loop.run.log))
         metrics["charts/learning_rate"] = torch.tensor(agent.optimizer.param_groups[0]["lr"])
         loop.log(metrics | agent.diagnostics())
         if loop.due(args.eval_every):

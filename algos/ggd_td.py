@@ -57,7 +57,6 @@ evaluation) and the ggd/* diagnostics logged every --log-every steps: docs/algos
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,6 +80,13 @@ from ocrl.experiment import (
     seed_everything,
 )
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
+from ocrl.nets.ggd import (
+    ggd_nll,
+    mbbe_variance,
+    weighted_regulariser,
+    xi_bisection,
+    xi_nelder_mead,
+)
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
@@ -180,111 +186,6 @@ class Args:
     """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
     progress: bool = True
     """show a progress bar"""
-
-
-# ----------------------------------------------------------------------------- the losses
-def ggd_nll(
-    delta: torch.Tensor, beta: torch.Tensor, form: str = "product", detach_weight: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum_e mean_i of the risk-averse-weighted GGD NLL, the unweighted terms); delta, beta: (..., E, B)."""
-    err = delta.abs() * beta if form == "product" else delta.abs().pow(beta)
-    terms = err - beta.log() + torch.lgamma(1.0 / beta)
-    weight = beta / beta.sum(dim=-2, keepdim=True)
-    if detach_weight:
-        weight = weight.detach()
-    return (terms * weight).mean(-1).sum(-1), terms
-
-
-def ggd_variance(beta: torch.Tensor) -> torch.Tensor:
-    """Variance of a GGD with scale 1: Gamma(3/beta) / Gamma(1/beta)."""
-    return torch.exp(torch.lgamma(3.0 / beta) - torch.lgamma(1.0 / beta))
-
-
-def mbbe_variance(td: torch.Tensor, mbbe: bool = True) -> torch.Tensor:
-    """Over the members (dim -2) of td (..., E, B): Var^{ddof 0} / (kappa / E + (E+1)/(E-1)), kappa the unbiased excess kurtosis."""
-    n = td.shape[-2]
-    centred = td - td.mean(dim=-2, keepdim=True)
-    m2 = centred.pow(2).mean(dim=-2)
-    if not mbbe:
-        return m2
-    m4 = centred.pow(4).mean(dim=-2)
-    kurtosis = ((n * n - 1) * m4 / m2**2 - 3 * (n - 1) ** 2) / ((n - 2) * (n - 3))
-    corrected = m2 / (kurtosis / n + (n + 1) / (n - 1))
-    return torch.where(
-        m2 > 0, corrected, torch.zeros_like(m2)
-    )  # identical members: 0/0 -> clipped to EPS
-
-
-def effective_batch_size(var: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-    """ESS = 1 / sum_i w_i^2 with w_i proportional to 1 / (var_i + xi); var (..., B), xi (..., K) -> (..., K)."""
-    inv = 1.0 / (var.unsqueeze(-2) + xi.unsqueeze(-1))
-    return inv.sum(-1) ** 2 / inv.pow(2).sum(-1)
-
-
-def _bracket(var: torch.Tensor, grid: torch.Tensor, m: float):
-    """The grid interval (lo, up] where the ESS (non-decreasing in xi) first reaches m, and the ESS at its ends."""
-    ess = effective_batch_size(var, grid)
-    k = (ess >= m).int().argmax(dim=-1, keepdim=True).clamp_min(1)
-    return grid.gather(-1, k - 1), grid.gather(-1, k), ess.gather(-1, k - 1), ess.gather(-1, k)
-
-
-def xi_bisection(
-    var: torch.Tensor, m: float, points: int = 64, rounds: int = 3
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(xi, ran) per row of var (..., B), on var's device: xi = 0 where ESS(var) >= m, else the root of ESS(var + xi) = m."""
-    v = var.double()
-    n = v.shape[-1]
-    ess0 = effective_batch_size(v, v.new_zeros(*v.shape[:-1], 1))[..., 0]
-    # With xi >= max(var) / (sqrt(n/m) - 1) the weights differ by at most sqrt(n/m), so ESS >= m.
-    hi = 2.0 * v.amax(dim=-1, keepdim=True) / (math.sqrt(n / m) - 1.0)
-    unit = torch.logspace(-12, 0, points - 1, dtype=v.dtype, device=v.device)
-    lo, up, e_lo, e_up = _bracket(v, hi * torch.cat([unit.new_zeros(1), unit]), m)
-    steps = torch.linspace(0.0, 1.0, points, dtype=v.dtype, device=v.device)
-    for _ in range(rounds):
-        lo, up, e_lo, e_up = _bracket(v, lo + (up - lo) * steps, m)
-    xi = lo + (m - e_lo) / (e_up - e_lo).clamp_min(1e-12) * (up - lo)
-    ran = ess0 < m
-    return torch.where(ran, xi[..., 0], torch.zeros_like(ess0)).to(var.dtype), ran
-
-
-def xi_nelder_mead(var: torch.Tensor, m: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The released solver, per row of var (..., B) on the CPU: Nelder-Mead on |ESS(var + |xi|) - m| from 0 (fatol 1, maxiter 100)."""
-    from scipy.optimize import minimize
-
-    rows = var.detach().double().cpu().numpy().reshape(-1, var.shape[-1])
-
-    def ess(v: np.ndarray) -> float:
-        w = (1.0 / v) / np.sum(1.0 / v)
-        return 1.0 / np.sum(w**2)
-
-    xis, ran = [], []
-    for v in rows:
-        xi = 0.0
-        if ess(v) < m:
-            res = minimize(lambda x, v=v: abs(ess(v + abs(x[0])) - m), 0.0, method="Nelder-Mead",
-                           options={"fatol": 1, "maxiter": 100})  # fmt: skip
-            xi = abs(float(res.x[0]))
-        xis.append(xi)
-        ran.append(ess(v) < m)
-    shape = var.shape[:-1]
-    return (
-        torch.tensor(xis, dtype=var.dtype).reshape(shape).to(var.device),
-        torch.tensor(ran).reshape(shape).to(var.device),
-    )
-
-
-def weighted_regulariser(
-    q: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str, scale: str
-) -> torch.Tensor:
-    """sum_e mean_i (scale code) or sum_e sum_i (scale sum) of w_i * l(q, target); q, target (..., E, B), weights (..., B)."""
-    if kind == "mse":
-        per = (q - target).pow(2)
-    elif kind == "mae":
-        per = (q - target).abs()
-    else:
-        per = F.huber_loss(q, target.expand_as(q), reduction="none")
-    per = per * weights.unsqueeze(-2)
-    return per.mean(-1).sum(-1) if scale == "code" else per.sum(-1).sum(-1)
 
 
 class GGDSAC(Agent):

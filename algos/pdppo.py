@@ -47,8 +47,8 @@ machine's most likely choice, 10 episodes) is logged beside it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -57,9 +57,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ocrl.data import EpisodeCurve, RolloutBuffer, discounted_returns, explained_variance
 from ocrl.envs import Evaluator
-from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, load_instance, published_instance
-from ocrl.envs.lot_sizing import generate_instance as generate_lot_sizing_instance
+from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, instance_from_flag
 from ocrl.experiment import (
     Agent,
     TrainingLoop,
@@ -71,6 +71,7 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
+from ocrl.nets import MLP, xavier_init
 
 PRESETS: dict[str, dict] = {
     # The earlier PDPPO (a760530 / 4b36c77): one return for both critics, the min-value advantage.
@@ -156,19 +157,6 @@ class Args:
     """show a progress bar"""
 
 
-# ------------------------------------------------------------------------------------------ networks
-def critic_net(in_dim: int, hidden: int) -> nn.Sequential:
-    """Linear-Tanh-Linear-Tanh-Linear(1), Xavier-uniform weights and zero biases (the released critics)."""
-    net = nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
-    )  # fmt: skip
-    for layer in net:
-        if isinstance(layer, nn.Linear):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
-    return net
-
-
 class MachineActor(nn.Module):
     """fc1-ReLU-fc2-ReLU-head; the head's M (I + 1) logits are one categorical per machine."""
 
@@ -192,45 +180,30 @@ class MachineActor(nn.Module):
         return self.distribution(obs).probs.argmax(-1)
 
 
-# ---------------------------------------------------------------------------------------- the update
-def discounted_returns(
-    rewards: torch.Tensor, terminals: torch.Tensor, gamma: float
-) -> torch.Tensor:
-    """R_t = r_t + gamma R_{t+1} over a flat buffer in time order, restarting after each terminal step."""
-    returns = torch.zeros_like(rewards)
-    running = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
-    for t in reversed(range(rewards.shape[0])):
-        running = rewards[t] + gamma * running * (1.0 - terminals[t])
-        returns[t] = running
-    return returns
-
-
 class PDPPO(Agent):
     """The actor, the critic(s) and their optimisers; `update` is one update of K full-batch epochs."""
 
     def __init__(self, args: Args, obs_dim: int, n_machines: int, n_choices: int, device) -> None:
         self.args = args
         self.actor = MachineActor(obs_dim, n_machines, n_choices, args.hidden).to(device)
-        self.critic = critic_net(obs_dim, args.hidden).to(device)
+        self.critic = xavier_init(MLP(obs_dim, 1, (args.hidden,) * 2, nn.Tanh)).to(device)
+        if args.critic == "dual" or args.variant == "early":  # V^x on the post-decision state
+            self.critic_post = xavier_init(MLP(obs_dim, 1, (args.hidden,) * 2, nn.Tanh)).to(device)
         if not args.train_actor_trunk:  # the released optimiser holds only the head
             self.actor.fc1.requires_grad_(False)
             self.actor.fc2.requires_grad_(False)
         actor_params = [p for p in self.actor.parameters() if p.requires_grad]
         if args.variant == "early":
-            self.critic_post = critic_net(obs_dim, args.hidden).to(device)
             groups = [
                 {"params": actor_params, "lr": args.lr_actor},
                 {"params": [*self.critic.parameters(), *self.critic_post.parameters()], "lr": args.lr_critic},
             ]  # fmt: skip
             self.optimizer = torch.optim.Adam(groups, weight_decay=1e-3)
         elif args.critic == "single":
-            groups = [
-                {"params": actor_params, "lr": args.lr_actor},
-                {"params": self.critic.parameters(), "lr": args.lr_critic},
-            ]
+            groups = [{"params": actor_params, "lr": args.lr_actor},
+                      {"params": self.critic.parameters(), "lr": args.lr_critic}]  # fmt: skip
             self.optimizer = torch.optim.Adam(groups)
         else:
-            self.critic_post = critic_net(obs_dim, args.hidden).to(device)
             self.actor_opt = torch.optim.Adam(actor_params, lr=args.lr_actor)
             self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.lr_critic)
             self.critic_post_opt = torch.optim.Adam(
@@ -322,79 +295,30 @@ class PDPPO(Agent):
         }  # fmt: skip
 
 
-def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - Var[target - predicted] / Var[target]."""
-    return 1 - (target - predicted).var() / target.var().clamp_min(1e-12)
-
-
-class TrainingCurve:
-    """The paper's metric: the mean return of the episodes that ended in each 4,000-step window (a checkpoint part)."""
-
-    def __init__(self) -> None:
-        self.window_means: list[float] = []
-        self.pending: list[float] = []
-
-    def add(self, returns: np.ndarray, step: int, window: int = 4000) -> None:
-        self.pending.extend(float(r) for r in returns)
-        if step % window == 0 and self.pending:
-            self.window_means.append(float(np.mean(self.pending)))
-            self.pending = []
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            "window_means": torch.tensor(self.window_means, dtype=torch.float64),
-            "pending": torch.tensor(self.pending, dtype=torch.float64),
-        }
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.window_means = state["window_means"].tolist()
-        self.pending = state["pending"].tolist()
-
-
-class RolloutStore:
-    """The transitions an update trains on, oldest first, episode after episode (a checkpoint part)."""
-
-    def __init__(self, capacity: int, shapes: dict[str, tuple[int, ...]], device) -> None:
-        self.data = {
-            key: torch.zeros(capacity, *shape, device=device,
-                             dtype=torch.long if key == "actions" else torch.float32)
-            for key, shape in shapes.items()
-        }  # fmt: skip
-        self.n = 0
-
-    def append(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Add a rollout; return views of everything stored."""
-        k = next(iter(rows.values())).shape[0]
-        for key, value in rows.items():
-            self.data[key][self.n : self.n + k] = value
-        self.n += k
-        return {key: t[: self.n] for key, t in self.data.items()}
-
-    def drop_oldest(self, k: int) -> None:
-        for t in self.data.values():
-            t[: self.n - k] = t[k : self.n].clone()
-        self.n -= k
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"n": torch.tensor(self.n), **{k: t[: self.n].clone() for k, t in self.data.items()}}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.n = int(state["n"])
-        for key, t in self.data.items():
-            t[: self.n] = state[key]
-
-
-def resolve_instance(args: Args):
-    """The LotSizingInstance named by --instance (published name, JSON path or 'generated')."""
-    if args.instance == "generated":
-        return generate_lot_sizing_instance(args.n_items, args.n_machines, 100, args.instance_seed)
-    if args.instance in PUBLISHED:
-        return published_instance(args.instance, args.instance_dir)
-    if Path(args.instance).suffix == ".json":
-        return load_instance(args.instance)
-    raise UsageError(
-        f"--instance {args.instance}: not one of {', '.join(PUBLISHED)}, 'generated' or a .json path"
-    )
+def collect_episodes(envs, agent: PDPPO, horizon: int, seed: int, device):
+    """(transitions, returns) of whole episodes from fresh starts (reset with `seed`), with the log-probs and values
+    when collected, episode after episode (as the released code stores them)."""
+    obs, _ = envs.reset(seed=seed)
+    steps, episode_return = [], np.zeros(envs.num_envs)
+    as_t = partial(torch.as_tensor, dtype=torch.float32, device=device)
+    for _ in range(horizon):
+        obs_t = torch.as_tensor(obs, device=device)
+        with torch.no_grad():
+            dist = agent.actor.distribution(obs_t)
+            action = dist.sample()
+            obs, reward, terminated, _, info = envs.step(action.cpu().numpy())
+            post_obs = torch.as_tensor(info["post_obs"], device=device)
+            zeros = torch.zeros(len(obs), 1, device=device)  # --critic single: no V^x
+            post_values = agent.critic_post(post_obs) if hasattr(agent, "critic_post") else zeros
+            steps.append({
+                "obs": obs_t, "post_obs": post_obs, "actions": action, "logprobs": dist.log_prob(action),
+                "values": agent.critic(obs_t).squeeze(-1), "post_values": post_values.squeeze(-1),
+                "rewards": as_t(reward), "pre_rewards": as_t(info["pre_reward"]),
+                "post_rewards": as_t(info["post_reward"]), "terminals": as_t(terminated),
+            })  # fmt: skip
+        episode_return += reward
+    fresh = {k: torch.stack([s[k] for s in steps], dim=1).flatten(0, 1) for k in steps[0]}
+    return fresh, episode_return
 
 
 def check_pdppo_args(args: Args) -> None:
@@ -402,13 +326,11 @@ def check_pdppo_args(args: Args) -> None:
                       "eval_episodes", "log_every", "n_items", "n_machines"))  # fmt: skip
     if args.replay_rollouts < 0:
         raise UsageError(f"--replay-rollouts {args.replay_rollouts}: must be >= 0")
-    for name in ("lr_actor", "lr_critic", "clip_coef"):
+    if not args.clip_coef > 0:  # the learning rates: check_args
+        raise UsageError(f"--clip-coef {args.clip_coef}: must be a positive number")
+    for name in ("ent_coef", "vf_coef"):  # finite: check_args
         value = getattr(args, name)
-        if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"--{name.replace('_', '-')} {value}: must be a positive number")
-    for name in ("ent_coef", "vf_coef"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value >= 0):
+        if value < 0:
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be a number >= 0")
     if args.variant == "early" and args.critic == "single":
         raise UsageError("--variant early has two critics; drop --critic single")
@@ -417,7 +339,9 @@ def check_pdppo_args(args: Args) -> None:
 def main(args: Args) -> dict:
     args = resume_args(args) if args.resume else args
     check_pdppo_args(args)
-    instance = resolve_instance(args)
+    instance = instance_from_flag(
+        args.instance, args.instance_dir, args.n_items, args.n_machines, args.instance_seed
+    )
     horizon = instance.horizon
     if args.update_every % horizon:
         raise UsageError(
@@ -431,11 +355,13 @@ def main(args: Args) -> dict:
     n_machines, n_choices = instance.n_machines, instance.n_items + 1
 
     agent = PDPPO(args, obs_dim, n_machines, n_choices, device)
-    curve = TrainingCurve()
+    curve = EpisodeCurve(window=4000)  # the paper's training curve: 40 episodes a point
     shapes = {"obs": (obs_dim,), "post_obs": (obs_dim,), "actions": (n_machines,),
               "logprobs": (n_machines,), "values": (), "post_values": (), "rewards": (),
               "pre_rewards": (), "post_rewards": (), "terminals": ()}  # fmt: skip
-    stored = RolloutStore((args.replay_rollouts + 1) * args.update_every, shapes, device)
+    stored = RolloutBuffer(
+        (args.replay_rollouts + 1) * args.update_every, shapes, device, {"actions": torch.long}
+    )
     agent.curve, agent.stored = curve, stored  # checkpoint parts
     name = args.instance if args.instance in PUBLISHED else Path(args.instance).stem
     evaluator = Evaluator(
@@ -443,48 +369,15 @@ def main(args: Args) -> dict:
         env_kwargs={"instance": instance, "obs": args.obs},
     )  # fmt: skip
     loop = TrainingLoop(f"pdppo_{args.critic}", f"lotsizing-{name}", args, agent.parts(), np_rng)
-    dual = args.critic == "dual" or args.variant == "early"
 
     for start in loop.steps(stride=args.update_every):
         # Every rollout is whole episodes from fresh starts, seeded by its index: a resumed run sees the
         # episodes an uninterrupted one would.
         index = start // args.update_every
-        obs, _ = envs.reset(
-            seed=int(np.random.SeedSequence([args.seed, index]).generate_state(1)[0])
-        )
-        rollout = {key: [] for key in shapes}
-        episode_return = np.zeros(n_envs)
-        for _ in range(horizon):
-            obs_t = torch.as_tensor(obs, device=device)
-            with torch.no_grad():
-                dist = agent.actor.distribution(obs_t)
-                action = dist.sample()
-                rollout["logprobs"].append(dist.log_prob(action))
-                rollout["values"].append(agent.critic(obs_t).squeeze(-1))
-            next_obs, reward, terminated, _, info = envs.step(action.cpu().numpy())
-            post_obs = torch.as_tensor(info["post_obs"], device=device)
-            if dual:
-                with torch.no_grad():
-                    rollout["post_values"].append(agent.critic_post(post_obs).squeeze(-1))
-            else:
-                rollout["post_values"].append(torch.zeros(n_envs, device=device))
-            rollout["obs"].append(obs_t)
-            rollout["post_obs"].append(post_obs)
-            rollout["actions"].append(action)
-            as_t = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
-            rollout["rewards"].append(as_t(reward))
-            rollout["pre_rewards"].append(as_t(info["pre_reward"]))
-            rollout["post_rewards"].append(as_t(info["post_reward"]))
-            rollout["terminals"].append(as_t(terminated))
-            episode_return += reward
-            obs = next_obs  # after the last period: the next episodes' starts, replaced by the reset above
-        # Episode-major order (episode after episode), as the released code stores them.
-        fresh = {k: torch.stack(v, dim=1).flatten(0, 1) for k, v in rollout.items()}
-        buf = stored.append(fresh)
-        metrics = agent.update(buf)
-        if (
-            stored.n > args.replay_rollouts * args.update_every
-        ):  # the released code's buffer_size_mul
+        seed = int(np.random.SeedSequence([args.seed, index]).generate_state(1)[0])
+        fresh, episode_return = collect_episodes(envs, agent, horizon, seed, device)
+        metrics = agent.update(stored.append(fresh))
+        if stored.n > args.replay_rollouts * args.update_every:  # the released buffer_size_mul
             stored.drop_oldest(args.update_every)
         curve.add(episode_return, loop.step)
         metrics["pdppo/episode_return"] = torch.tensor(float(episode_return.mean()))
@@ -492,14 +385,10 @@ def main(args: Args) -> dict:
         if loop.due(args.eval_every):
             loop.evaluate(evaluator, agent.actor.act)
 
-    means = curve.window_means
-    extra = {
-        "instance": name, "critic": args.critic, "variant": args.variant,
-        "train_return_last": means[-1] if means else None,
-        "train_return_max": max(means) if means else None,
-        "train_return_sum": float(np.sum(means)) if means else None,
-    }  # fmt: skip
-    return loop.finish(evaluator, agent.actor.act, **extra)
+    return loop.finish(
+        evaluator, agent.actor.act, instance=name, critic=args.critic, variant=args.variant,
+        **curve.summary("train_return"),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

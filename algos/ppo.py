@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ocrl.data import RunningMeanStd
-from ocrl.envs import Evaluator, make_env, reference_scores
+from ocrl.data import ObservationNormalizer, RunningMeanStd, VectorRollout, explained_variance
+from ocrl.envs import Evaluator, make_vector_env, reference_scores
 from ocrl.experiment import (
     Agent,
     TrainingLoop,
@@ -57,7 +57,7 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import MLP, orthogonal_init
+from ocrl.nets import ActorCritic
 
 PRESETS: dict[str, dict] = {
     # CleanRL's ppo.py (discrete actions, CartPole-v1): 4 envs x 128 steps, 4 minibatches of 128, 4 epochs.
@@ -103,7 +103,7 @@ class Args:
     lr: float = 3e-4
     """Adam learning rate (eps 1e-5) of the actor and critic"""
     anneal_lr: bool = True
-    """anneal the learning rate linearly to 0 over the iterations"""
+    """anneal the learning rate linearly to 0 over the iterations (CleanRL); SB3 keeps it constant"""
     discount: float = 0.99
     """discount factor gamma"""
     gae_lambda: float = 0.95
@@ -148,84 +148,19 @@ class Args:
     """show a progress bar"""
 
 
-class ActorCritic(nn.Module):
-    """V(s), and pi(.|s): Normal(mean(s), exp(log_std)) for Box actions, one categorical per sub-action otherwise."""
-
-    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: tuple[int, ...]) -> None:
-        super().__init__()
-        self.critic = orthogonal_init(MLP(obs_dim, 1, hidden, nn.Tanh), 1.0)
-        self.continuous = isinstance(action_space, gym.spaces.Box)
-        self.single_discrete = isinstance(action_space, gym.spaces.Discrete)
-        if self.continuous:
-            act_dim = action_space.shape[0]
-            self.actor_mean = orthogonal_init(MLP(obs_dim, act_dim, hidden, nn.Tanh), 0.01)
-            self.actor_logstd = nn.Parameter(torch.zeros(1, act_dim))
-            return
-        nvec = np.atleast_1d(
-            np.asarray(getattr(action_space, "nvec", [getattr(action_space, "n", 0)]))
-        )
-        self.actor_logits = orthogonal_init(MLP(obs_dim, int(nvec.sum()), hidden, nn.Tanh), 0.01)
-        # Sub-actions with fewer choices than the largest are padded with logits that are never sampled.
-        width = int(nvec.max())
-        index = torch.zeros(len(nvec), width, dtype=torch.long)
-        valid = torch.arange(width)[None, :] < torch.as_tensor(nvec)[:, None]
-        offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]])
-        for k, (start, n) in enumerate(zip(offsets, nvec, strict=True)):
-            index[k, :n] = torch.arange(int(start), int(start + n))
-        self.register_buffer("logit_index", index)
-        self.register_buffer("logit_valid", valid)
-
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs).squeeze(-1)
-
-    def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
-        """pi(.|s): a Normal over (B, A), or a Categorical over (B, sub-actions, largest choice count)."""
-        if self.continuous:
-            mean = self.actor_mean(obs)
-            return torch.distributions.Normal(mean, self.actor_logstd.expand_as(mean).exp())
-        flat = self.actor_logits(obs)
-        logits = flat[..., self.logit_index]
-        logits = logits.masked_fill(~self.logit_valid, torch.finfo(logits.dtype).min)
-        return torch.distributions.Categorical(logits=logits)
-
-    def evaluate(
-        self, obs: torch.Tensor, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log pi(a|s), H[pi(.|s)], V(s)), log-probabilities and entropies summed over the action's parts."""
-        dist = self.distribution(obs)
-        return dist.log_prob(actions).sum(-1), dist.entropy().sum(-1), self.value(obs)
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """The deterministic action used at evaluation: the mean, or each sub-action's most likely value."""
-        if self.continuous:
-            return self.actor_mean(obs)
-        action = self.distribution(obs).probs.argmax(-1)
-        return action.squeeze(-1) if self.single_discrete else action
-
-
 class PPO(Agent):
     """The actor-critic, its optimiser and the observation/return normalisers; `update` is one iteration's epochs."""
 
     def __init__(self, args: Args, obs_dim: int, action_space: gym.Space, device) -> None:
         self.args = args
-        self.policy = ActorCritic(obs_dim, action_space, args.hidden).to(device)
+        self.policy = ActorCritic(obs_dim, action_space, args.hidden).to(device)  # one value head
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=args.lr, eps=1e-5)
-        self.obs_rms = RunningMeanStd((obs_dim,))
+        self.obs_rms = ObservationNormalizer((obs_dim,), enabled=args.normalize_obs)
         self.return_rms = RunningMeanStd()
-
-    def normalize_obs(self, obs: np.ndarray, update: bool) -> np.ndarray:
-        """Standardise (and, in training, first update the statistics with) a batch of observations."""
-        if not self.args.normalize_obs:
-            return obs.astype(np.float32)
-        if update:
-            self.obs_rms.update(obs)
-        x = (obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + 1e-8)
-        return np.clip(x, -10.0, 10.0).astype(np.float32)
 
     def act_for_evaluation(self, obs: torch.Tensor) -> torch.Tensor:
         """The evaluator's policy: raw observations, normalised with the current statistics (not updated)."""
-        x = self.normalize_obs(obs.cpu().numpy().astype(np.float64), update=False)
+        x = self.obs_rms(obs.cpu().numpy().astype(np.float64), update=False)
         return self.policy.act(torch.as_tensor(x, device=obs.device))
 
     def update(self, rollout: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -233,13 +168,15 @@ class PPO(Agent):
         args, policy = self.args, self.policy
         obs, actions, logprobs = rollout["obs"], rollout["actions"], rollout["logprobs"]
         advantages, returns, values = rollout["advantages"], rollout["returns"], rollout["values"]
+        advantages, returns, values = advantages[:, 0], returns[:, 0], values[:, 0]  # the one head
         n = obs.shape[0]
         clipfracs = []
         for _ in range(args.update_epochs):
             order = torch.randperm(n, device=obs.device)
             for start in range(0, n, args.batch_size):
                 mb = order[start : start + args.batch_size]
-                new_logprob, entropy, new_value = policy.evaluate(obs[mb], actions[mb])
+                new_logprob, entropy, heads = policy.evaluate(obs[mb], actions[mb])
+                new_value = heads[:, 0, 0]  # (b,)
                 logratio = new_logprob - logprobs[mb]
                 ratio = logratio.exp()
                 with torch.no_grad():
@@ -268,31 +205,13 @@ class PPO(Agent):
                 self.optimizer.step()
             if args.target_kl is not None and float(approx_kl) > args.target_kl:
                 break
-        explained_var = 1 - (returns - values).var() / returns.var().clamp_min(1e-12)
+        explained_var = explained_variance(values, returns)
         return {
             "value_loss": v_loss.detach(), "policy_loss": pg_loss.detach(),
             "entropy": entropy_loss.detach(), "old_approx_kl": old_approx_kl,
             "approx_kl": approx_kl, "ppo/clipfrac": torch.stack(clipfracs).mean(),
             "ppo/explained_variance": explained_var,
         }  # fmt: skip
-
-
-def gae(
-    rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
-    next_done: torch.Tensor, discount: float, gae_lambda: float,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(advantages, returns) of a (T, N) rollout; dones[t] marks obs[t] as the first of a new episode."""
-    advantages = torch.zeros_like(rewards)
-    last = torch.zeros_like(next_value)
-    steps = rewards.shape[0]
-    for t in reversed(range(steps)):
-        if t == steps - 1:
-            not_done, next_values = 1.0 - next_done, next_value
-        else:
-            not_done, next_values = 1.0 - dones[t + 1], values[t + 1]
-        delta = rewards[t] + discount * next_values * not_done - values[t]
-        advantages[t] = last = delta + discount * gae_lambda * not_done * last
-    return advantages, advantages + values
 
 
 def check_ppo_args(args: Args) -> None:
@@ -324,23 +243,10 @@ def main(args: Args) -> dict:
     device = pick_device(args.device, args.threads)
     np_rng = seed_everything(args.seed)
 
-    envs = gym.vector.SyncVectorEnv(
-        [lambda: make_env(args.env_id) for _ in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    supported = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete)
-    if not isinstance(act_space, supported) or len(obs_space.shape or ()) != 1:
-        envs.close()
-        raise UsageError(
-            f"--env-id {args.env_id}: PPO needs a flat Box observation and Box, Discrete or "
-            f"MultiDiscrete actions; this environment has {obs_space} and {act_space}"
-        )
-    obs_dim = obs_space.shape[0]
-    continuous = isinstance(act_space, gym.spaces.Box)
-    envs.action_space.seed(args.seed)
-
-    agent = PPO(args, obs_dim, act_space, device)
+    envs = make_vector_env(args.env_id, args.num_envs, args.seed, "PPO",
+                           (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete))  # fmt: skip
+    obs_dim = envs.single_observation_space.shape[0]
+    agent = PPO(args, obs_dim, envs.single_action_space, device)
     ref_min, ref_max = reference_scores(args.env_id)
     evaluator = Evaluator(
         args.env_id, args.eval_episodes, args.seed, ref_min_score=ref_min, ref_max_score=ref_max,
@@ -351,81 +257,18 @@ def main(args: Args) -> dict:
         "ppo", args.env_id, args, agent.parts(), np_rng, rate_tag="charts/steps_per_s"
     )
     iterations = math.ceil(args.total_steps / rollout_size)
-    n, steps = args.num_envs, args.num_steps
-    act_shape = act_space.shape if continuous else (len(np.atleast_1d(act_space.nvec)) if isinstance(act_space, gym.spaces.MultiDiscrete) else 1,)  # fmt: skip
-    rollout = {
-        "obs": torch.zeros(steps, n, obs_dim, device=device),
-        "actions": torch.zeros(
-            steps, n, *act_shape, device=device, dtype=None if continuous else torch.long
-        ),  # fmt: skip
-        "logprobs": torch.zeros(steps, n, device=device),
-        "rewards": torch.zeros(steps, n, device=device),
-        "dones": torch.zeros(steps, n, device=device),
-        "values": torch.zeros(steps, n, device=device),
-    }
-    raw_obs, _ = envs.reset(seed=[args.seed + i for i in range(n)])
-    next_obs = agent.normalize_obs(raw_obs.astype(np.float64), update=True)
-    next_done = torch.zeros(n, device=device)
-    discounted_return = np.zeros(n)
-    episode_return, episode_length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    rollout = VectorRollout(
+        envs, args.num_steps, agent.obs_rms, agent.return_rms, device, seed=args.seed,
+        discount=args.discount, gae_lambda=args.gae_lambda, normalize_reward=args.normalize_reward,
+        bootstrap_truncation=args.bootstrap_truncation,
+    )  # fmt: skip
 
     for start in loop.steps(stride=rollout_size):
         if args.anneal_lr:
-            iteration = (
-                start // rollout_size
-            )  # 0-based; CleanRL's frac = 1 - (iteration - 1) / num_iterations
+            # 0-based here; CleanRL's frac = 1 - (iteration - 1) / num_iterations
+            iteration = start // rollout_size
             agent.optimizer.param_groups[0]["lr"] = (1.0 - iteration / iterations) * args.lr
-        for t in range(steps):
-            obs_t = torch.as_tensor(next_obs, device=device)
-            rollout["obs"][t], rollout["dones"][t] = obs_t, next_done
-            with torch.no_grad():
-                dist = agent.policy.distribution(obs_t)
-                action = dist.sample()
-                rollout["logprobs"][t] = dist.log_prob(action).sum(-1)
-                rollout["values"][t] = agent.policy.value(obs_t)
-            rollout["actions"][t] = action.reshape(n, *act_shape)
-            env_action = action.cpu().numpy()
-            if continuous:
-                env_action = np.clip(env_action, act_space.low, act_space.high)
-            elif isinstance(act_space, gym.spaces.Discrete):
-                env_action = env_action.reshape(n)
-            raw_next, reward, terminated, truncated, infos = envs.step(env_action)
-            done = terminated | truncated
-            episode_return += reward
-            episode_length += 1
-            for i in np.flatnonzero(done):
-                loop.run.log(start + (t + 1) * n, {"charts/episodic_return": episode_return[i],
-                                                   "charts/episodic_length": episode_length[i]})  # fmt: skip
-                episode_return[i], episode_length[i] = 0.0, 0
-            scaled = reward.astype(np.float64)
-            if args.normalize_reward:
-                # gymnasium's NormalizeReward: the running return resets on termination only.
-                discounted_return = discounted_return * args.discount * (1 - terminated) + reward
-                agent.return_rms.update(discounted_return)
-                scaled = np.clip(reward / np.sqrt(agent.return_rms.var + 1e-8), -10.0, 10.0)
-            if args.bootstrap_truncation and (truncated & ~terminated).any():
-                cut = np.flatnonzero(truncated & ~terminated)
-                final = np.stack([infos["final_obs"][i] for i in cut]).astype(np.float64)
-                final_t = torch.as_tensor(agent.normalize_obs(final, update=False), device=device)
-                with torch.no_grad():
-                    scaled[cut] += args.discount * agent.policy.value(final_t).cpu().numpy()
-            rollout["rewards"][t] = torch.as_tensor(scaled, dtype=torch.float32, device=device)
-            next_obs = agent.normalize_obs(raw_next.astype(np.float64), update=True)
-            next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
-
-        with torch.no_grad():
-            next_value = agent.policy.value(torch.as_tensor(next_obs, device=device))
-        advantages, returns = gae(
-            rollout["rewards"], rollout["values"], rollout["dones"], next_value, next_done,
-            args.discount, args.gae_lambda,
-        )  # fmt: skip
-        flat = {
-            "obs": rollout["obs"].reshape(-1, obs_dim),
-            "actions": rollout["actions"].reshape(rollout_size, *act_shape),
-            "logprobs": rollout["logprobs"].reshape(-1), "values": rollout["values"].reshape(-1),
-            "advantages": advantages.reshape(-1), "returns": returns.reshape(-1),
-        }  # fmt: skip
-        metrics = agent.update(flat)
+        metrics = agent.update(rollout.collect(agent.policy, start, loop.run.log))
         metrics["charts/learning_rate"] = torch.tensor(agent.optimizer.param_groups[0]["lr"])
         loop.log(metrics)
         if loop.due(args.eval_every):

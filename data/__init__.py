@@ -1,4 +1,4 @@
-"""Datasets (D4RL, Minari, shipped), normalisation, trajectory windows and replay buffers."""
+"""Datasets (D4RL, Minari, shipped), normalisation, trajectory windows, replay buffers and on-policy rollouts."""
 
 from ocrl.data.offline import (
     DatasetError,
@@ -8,16 +8,31 @@ from ocrl.data.offline import (
     source_statistics_metadata,
 )
 from ocrl.data.replay import Batch, ReplayBuffer, mixed_minibatches
-from ocrl.data.running import RunningMeanStd
+from ocrl.data.rollout import (
+    EpisodeCurve,
+    RolloutBuffer,
+    VectorRollout,
+    discounted_returns,
+    explained_variance,
+    gae,
+)
+from ocrl.data.running import ObservationNormalizer, RunningMeanStd
 from ocrl.data.windows import trajectory_windows, window_rows
 
 __all__ = [
     "Batch",
     "DatasetError",
+    "EpisodeCurve",
+    "ObservationNormalizer",
     "OfflineDataset",
     "ReplayBuffer",
+    "RolloutBuffer",
     "RunningMeanStd",
     "Transitions",
+    "VectorRollout",
+    "discounted_returns",
+    "explained_variance",
+    "gae",
     "load_dataset",
     "mixed_minibatches",
     "source_statistics_metadata",

@@ -1,4 +1,4 @@
-"""Running mean and variance of a stream of batches (observation and return normalisers of on-policy algorithms)."""
+"""Running mean and variance of a stream of batches, and the observation normaliser built on them (on-policy algorithms)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,21 @@ class RunningMeanStd:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.mean, self.var = state["mean"].numpy().copy(), state["var"].numpy().copy()
         self.count = float(state["count"])
+
+
+class ObservationNormalizer(RunningMeanStd):
+    """Observations standardised by their running mean and variance, then clipped to +-clip (gymnasium's
+    NormalizeObservation, float32 out); when not `enabled`, only cast to float32."""
+
+    def __init__(self, shape: tuple[int, ...], enabled: bool = True, clip: float = 10.0) -> None:
+        super().__init__(shape)
+        self.enabled, self.clip = enabled, clip
+
+    def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
+        """Standardise a batch (float64 in), with `update` first folding it into the statistics."""
+        if not self.enabled:
+            return obs.astype(np.float32)
+        if update:
+            self.update(obs)
+        x = (obs - self.mean) / np.sqrt(self.var + 1e-8)
+        return np.clip(x, -self.clip, self.clip).astype(np.float32)

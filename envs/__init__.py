@@ -16,6 +16,7 @@ from ocrl.envs.evaluation import (
 from ocrl.envs.ids import register_envs
 from ocrl.envs.offline_task import OfflineTask, dataset_env_kwargs, load_offline_task
 from ocrl.envs.training import TrainingEnvs
+from ocrl.envs.vector import make_vector_env
 
 __all__ = [
     "DYNAMICS_ENV_IDS",
@@ -40,6 +41,7 @@ __all__ = [
     "load_offline_task",
     "make_problem",
     "make_env",
+    "make_vector_env",
     "normalized_score",
     "reference_scores",
     "register_env_family",

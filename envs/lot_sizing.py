@@ -277,6 +277,22 @@ def published_instance(
     return load_instance(Path(folder) / file)
 
 
+def instance_from_flag(
+    name: str, instance_dir: str | os.PathLike | None = None, n_items: int = 15,
+    n_machines: int = 5, instance_seed: int = 0,
+) -> LotSizingInstance:  # fmt: skip
+    """The instance an --instance flag names: a published setting, a JSON path, or 'generated' (100 periods)."""
+    if name == "generated":
+        return generate_instance(n_items, n_machines, 100, instance_seed)
+    if name in PUBLISHED:
+        return published_instance(name, instance_dir)
+    if Path(name).suffix == ".json":
+        return load_instance(name)
+    raise EnvError(
+        f"--instance {name}: not one of {', '.join(PUBLISHED)}, 'generated' or a .json path"
+    )
+
+
 def _min_bias(rng: np.random.Generator, shape, low: int, high: int, p_low: float) -> np.ndarray:
     """Integers in [low, high]: ``low`` with probability ``p_low``, the others uniform (``generate_vector_min_bias``)."""
     if high == low:

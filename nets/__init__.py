@@ -1,5 +1,6 @@
-"""Torch modules shared by the algorithms: MLPs, batched critic ensembles, actors, exact k-NN search and a conditional VAE."""
+"""Torch modules shared by the algorithms: MLPs, batched critic ensembles, actors, an on-policy actor-critic, exact k-NN search and a conditional VAE."""
 
+from ocrl.nets.actor_critic import ActorCritic
 from ocrl.nets.core import (
     MLP,
     CriticEnsemble,
@@ -10,12 +11,14 @@ from ocrl.nets.core import (
     TanhNormalPolicy,
     orthogonal_init,
     polyak_update,
+    xavier_init,
 )
 from ocrl.nets.knn import NearestNeighbors
 from ocrl.nets.vae import ConditionalVAE
 
 __all__ = [
     "MLP",
+    "ActorCritic",
     "ConditionalVAE",
     "CriticEnsemble",
     "DeterministicActor",
@@ -26,4 +29,5 @@ __all__ = [
     "TanhNormalPolicy",
     "orthogonal_init",
     "polyak_update",
+    "xavier_init",
 ]

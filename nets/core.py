@@ -47,6 +47,15 @@ def orthogonal_init(mlp: MLP, head_gain: float) -> MLP:
     return mlp
 
 
+def xavier_init(mlp: MLP) -> MLP:
+    """Xavier-uniform weights and zero biases on every linear layer."""
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return mlp
+
+
 class EnsembleLinear(nn.Module):
     """`num_members` independent linear layers applied as one batched matmul: (E, B, in) -> (E, B, out)."""
 

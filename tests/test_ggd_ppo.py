@@ -16,6 +16,7 @@ from scipy.optimize import minimize
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ocrl.algos import ggd_ppo, ppo
+from ocrl.data import gae
 from ocrl.experiment import UsageError, cli, friendly_errors
 
 OBS, N, E = 3, 12, 5
@@ -29,14 +30,13 @@ def test_gae_runs_per_head_and_each_head_is_ppo_gae():
     rewards, values = torch.randn(steps, envs), torch.randn(steps, envs, E)
     dones = (torch.rand(steps, envs) < 0.3).float()
     next_value, next_done = torch.randn(envs, E), torch.tensor([0.0, 1.0, 0.0])
-    adv, ret = ggd_ppo.gae(rewards[..., None], values, dones[..., None], next_value,
-                           next_done[..., None], gamma, lam)  # fmt: skip
+    adv, ret = gae(rewards, values, dones, next_value, next_done, gamma, lam)
     assert adv.shape == ret.shape == (steps, envs, E)
-    for e in range(E):
-        want_adv, want_ret = ppo.gae(rewards, values[..., e], dones, next_value[:, e], next_done,
-                                     gamma, lam)  # fmt: skip
-        torch.testing.assert_close(adv[..., e], want_adv)
-        torch.testing.assert_close(ret[..., e], want_ret)
+    for e in range(E):  # each head alone: the one-head GAE that tests/test_ppo.py writes out
+        want_adv, want_ret = gae(rewards, values[..., e : e + 1], dones, next_value[:, e : e + 1],
+                                 next_done, gamma, lam)  # fmt: skip
+        torch.testing.assert_close(adv[..., e : e + 1], want_adv)
+        torch.testing.assert_close(ret[..., e : e + 1], want_ret)
 
 
 # ---------------------------------------------------------------------- the update, written out

@@ -14,6 +14,7 @@ from scipy import stats
 from ocrl.algos import ggd_td
 from ocrl.data import Batch
 from ocrl.experiment import UsageError
+from ocrl.nets import ggd
 from ocrl.nets.core import EnsembleLinear
 
 OBS, ACT, B, E = 3, 2, 12, 5
@@ -24,13 +25,13 @@ LOW, HIGH = torch.tensor([-2.0, -0.5]), torch.tensor([2.0, 1.5])
 def test_power_form_at_beta_2_is_the_gaussian_nll_with_variance_one_half():
     delta = torch.linspace(-3, 3, 41, dtype=torch.float64).reshape(1, -1)  # one member (weight 1)
     beta = torch.full_like(delta, 2.0)
-    _, terms = ggd_td.ggd_nll(delta, beta, form="power")
+    _, terms = ggd.ggd_nll(delta, beta, form="power")
     # N(0, 1/2): -log p = 0.5 log(2 pi / 2) + delta^2 / (2 * 1/2); the code drops the GGD's log 2.
     gauss = 0.5 * math.log(math.pi) + delta**2
     torch.testing.assert_close(terms + math.log(2.0), gauss, rtol=0, atol=1e-12)
     # Any beta: the power form + log 2 is -log of scipy's generalised normal density (scale 1).
     for b in (0.5, 1.0, 1.5, 3.0, 8.0):
-        _, terms = ggd_td.ggd_nll(delta, torch.full_like(delta, b), form="power")
+        _, terms = ggd.ggd_nll(delta, torch.full_like(delta, b), form="power")
         expected = -stats.gennorm.logpdf(delta.numpy(), b)
         np.testing.assert_allclose(terms.numpy() + math.log(2.0), expected, rtol=1e-10, atol=1e-12)
 
@@ -39,7 +40,7 @@ def test_product_form_and_risk_averse_weight_match_the_released_loss():
     g = torch.Generator().manual_seed(0)
     delta = torch.randn(2, E, 7, generator=g, dtype=torch.float64)
     beta = torch.rand(2, E, 7, generator=g, dtype=torch.float64) * 3 + 0.1
-    loss, _ = ggd_td.ggd_nll(delta, beta, form="product")
+    loss, _ = ggd.ggd_nll(delta, beta, form="product")
     for t in range(
         2
     ):  # losses/mle.py: sum over members of (|d| b - log b + lgamma(1/b)) b / sum b, batch mean
@@ -57,7 +58,7 @@ def test_product_form_and_risk_averse_weight_match_the_released_loss():
 def test_variance_is_gamma_3_over_beta_over_gamma_1_over_beta():
     table = {0.5: 120, 1: 2.0, 1.5: 0.739, 2: 0.5, 3: 0.373, 4: 0.338, 8: 0.315}  # the spec's table
     beta = torch.tensor(list(table), dtype=torch.float64)
-    var = ggd_td.ggd_variance(beta)
+    var = ggd.ggd_variance(beta)
     np.testing.assert_allclose(var.numpy(), list(table.values()), rtol=2e-3)
     np.testing.assert_allclose(var.numpy(), stats.gennorm.var(beta.numpy()), rtol=1e-10)
     plain = [math.gamma(3 / b) / math.gamma(1 / b) for b in table]
@@ -69,7 +70,7 @@ def test_mbbe_variance_matches_a_direct_computation():
     rng = np.random.default_rng(0)
     for n in (4, 5, 10):
         td = rng.standard_t(3, size=(3, n, 50))  # heavy tails: kurtosis matters
-        got = ggd_td.mbbe_variance(torch.from_numpy(td)).numpy()
+        got = ggd.mbbe_variance(torch.from_numpy(td)).numpy()
         kappa = stats.kurtosis(td, axis=1, fisher=True, bias=False)  # the released code's call
         expected = np.var(td, axis=1, ddof=0) / (kappa / n + (n + 1) / (n - 1))
         np.testing.assert_allclose(got, expected, rtol=1e-10)
@@ -78,7 +79,7 @@ def test_mbbe_variance_matches_a_direct_computation():
         g2 = (c**4).mean(axis=1) / (c**2).mean(axis=1) ** 2 - 3
         kappa_plain = ((n + 1) * g2 + 6) * (n - 1) / ((n - 2) * (n - 3))
         np.testing.assert_allclose(kappa, kappa_plain, rtol=1e-10)
-        plain_var = ggd_td.mbbe_variance(torch.from_numpy(td), mbbe=False).numpy()
+        plain_var = ggd.mbbe_variance(torch.from_numpy(td), mbbe=False).numpy()
         np.testing.assert_allclose(plain_var, np.var(td, axis=1), rtol=1e-12)
 
 
@@ -95,10 +96,10 @@ def test_bisection_xi_equals_nelder_mead_xi_on_random_batches():
         sigma = 1 + 3 * torch.rand(1, generator=g).item()
         scale = 10 ** (4 * torch.rand(1, generator=g).item() - 2)
         var = torch.exp(sigma * torch.randn(4, n, generator=g, dtype=torch.float64)) * scale
-        xb, ran_b = ggd_td.xi_bisection(var, m)
-        xn, ran_n = ggd_td.xi_nelder_mead(var, m)
+        xb, ran_b = ggd.xi_bisection(var, m)
+        xn, ran_n = ggd.xi_nelder_mead(var, m)
         assert torch.equal(ran_b, ran_n)
-        ess0 = ggd_td.effective_batch_size(var, torch.zeros(4, 1, dtype=torch.float64))[:, 0]
+        ess0 = ggd.effective_batch_size(var, torch.zeros(4, 1, dtype=torch.float64))[:, 0]
         assert torch.equal(ran_b, ess0 < m)
         assert (xb[~ran_b] == 0).all() and (xn[~ran_n] == 0).all()
         # Bisection: ESS(var + xi) = m (1 / sum w^2 written out here).
@@ -113,7 +114,7 @@ def test_bisection_xi_equals_nelder_mead_xi_on_random_batches():
 
 def test_bisection_xi_is_zero_when_the_batch_is_already_large_enough():
     var = torch.ones(2, 256)
-    xi, ran = ggd_td.xi_bisection(var, 16.0)
+    xi, ran = ggd.xi_bisection(var, 16.0)
     assert not ran.any() and (xi == 0).all()
 
 

@@ -1,4 +1,4 @@
-"""PPO (algos/ppo.py): GAE, the clipped losses and their gradient against formulas written here, the
+"""PPO (algos/ppo.py): GAE (ocrl.data.gae), the clipped losses and their gradient against formulas written here, the
 running normalisers, MultiDiscrete heads, flag checks and a CartPole learning test."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from ocrl.algos import ppo
-from ocrl.data import RunningMeanStd
+from ocrl.data import RunningMeanStd, gae
+from ocrl.envs import EnvError
 from ocrl.experiment import UsageError
+from ocrl.nets import ActorCritic
 
 
 # ------------------------------------------------------------------------------------------- GAE
@@ -22,7 +24,8 @@ def test_gae_is_the_discounted_sum_of_td_errors_inside_each_episode():
     rewards, values = torch.randn(steps, envs), torch.randn(steps, envs)
     dones = (torch.rand(steps, envs) < 0.3).float()  # dones[t]: obs[t] starts a new episode
     next_value, next_done = torch.randn(envs), torch.tensor([0.0, 1.0, 0.0])
-    adv, ret = ppo.gae(rewards, values, dones, next_value, next_done, gamma, lam)
+    adv, ret = gae(rewards, values[..., None], dones, next_value[:, None], next_done, gamma, lam)
+    adv, ret = adv[..., 0], ret[..., 0]  # one value head
     # Written out: A_t = sum_l (gamma lam)^l delta_{t+l}, stopping after the step whose successor starts
     # a new episode; delta_t = r_t + gamma V(s_{t+1}) [s_{t+1} not a new start] - V(s_t).
     v_next = torch.cat([values[1:], next_value[None]])
@@ -48,10 +51,10 @@ def fixed_rollout(agent: ppo.PPO, n: int = 12, obs_dim: int = 3):
         dist = agent.policy.distribution(obs)
         actions = dist.sample()
         logprobs = dist.log_prob(actions).sum(-1) + 0.3 * torch.randn(n)  # ratios away from 1
-        values = agent.policy.value(obs) + 0.5 * torch.randn(n)
-    return {
-        "obs": obs, "actions": actions, "logprobs": logprobs, "values": values,
-        "advantages": torch.randn(n), "returns": values + torch.randn(n),
+        values = agent.policy.value(obs)[:, 0] + 0.5 * torch.randn(n)  # the one head
+    return {  # values, advantages and returns per value head: (n, 1)
+        "obs": obs, "actions": actions, "logprobs": logprobs, "values": values[:, None],
+        "advantages": torch.randn(n, 1), "returns": (values + torch.randn(n))[:, None],
     }  # fmt: skip
 
 
@@ -74,14 +77,19 @@ def test_update_losses_and_gradient_are_the_written_formula(clip_vloss):
     entropy = (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(1)
     value = agent.policy.critic(r["obs"])[:, 0]
     ratio = (logp - r["logprobs"]).exp()
-    a = r["advantages"]
+    a = r["advantages"][:, 0]
     a = (a - a.mean()) / (a.std() + 1e-8)
     pg = torch.maximum(-a * ratio, -a * ratio.clamp(0.8, 1.2)).mean()
     if clip_vloss:
-        clipped = r["values"] + (value - r["values"]).clamp(-0.2, 0.2)
-        v = 0.5 * torch.maximum((value - r["returns"]) ** 2, (clipped - r["returns"]) ** 2).mean()
+        clipped = r["values"][:, 0] + (value - r["values"][:, 0]).clamp(-0.2, 0.2)
+        v = (
+            0.5
+            * torch.maximum(
+                (value - r["returns"][:, 0]) ** 2, (clipped - r["returns"][:, 0]) ** 2
+            ).mean()
+        )
     else:
-        v = 0.5 * ((value - r["returns"]) ** 2).mean()
+        v = 0.5 * ((value - r["returns"][:, 0]) ** 2).mean()
     loss = pg - 0.05 * entropy.mean() + 0.7 * v
     expected_grads = torch.autograd.grad(loss, params)
 
@@ -161,7 +169,7 @@ def test_evaluation_normalises_with_the_statistics_but_does_not_update_them():
 def test_multidiscrete_log_prob_is_the_sum_of_one_categorical_per_sub_action():
     torch.manual_seed(0)
     space = gym.spaces.MultiDiscrete([2, 4, 3])
-    policy = ppo.ActorCritic(5, space, (8,))
+    policy = ActorCritic(5, space, (8,))
     obs = torch.randn(64, 5)
     dist = policy.distribution(obs)
     actions = dist.sample()
@@ -182,7 +190,7 @@ def test_multidiscrete_log_prob_is_the_sum_of_one_categorical_per_sub_action():
 
 
 def test_discrete_greedy_action_has_the_env_shape():
-    policy = ppo.ActorCritic(4, gym.spaces.Discrete(3), (8,))
+    policy = ActorCritic(4, gym.spaces.Discrete(3), (8,))
     assert policy.act(torch.randn(5, 4)).shape == (5,)
 
 
@@ -204,7 +212,7 @@ def test_bad_values_are_refused(over, expected):
 
 
 def test_an_env_without_flat_box_observations_is_refused(tmp_path):
-    with pytest.raises(UsageError, match="flat Box observation"):
+    with pytest.raises(EnvError, match="flat Box observation"):
         ppo.main(ppo.Args(env_id="Blackjack-v1", run_dir=str(tmp_path / "r")))
     assert not (tmp_path / "r").exists()
 

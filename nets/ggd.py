@@ -1,0 +1,207 @@
+"""The GGD-TD family's numerical machinery (Kim et al., arXiv 2408.02295; released code ait-lab/ggtde): the
+risk-averse generalised-Gaussian NLL, the MBBE-corrected error variance of BIEV, the batch inverse-variance
+weights with their xi solvers, and the weighted regulariser. Used by algos/ggd_td.py and algos/ggd_ppo.py;
+each file keeps its own targets, value loss choice and update."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def ggd_nll(
+    delta: torch.Tensor, beta: torch.Tensor, form: str = "product", detach_weight: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_e mean_i of the risk-averse-weighted GGD NLL, the unweighted terms); delta, beta: (..., E, B)."""
+    err = delta.abs() * beta if form == "product" else delta.abs().pow(beta)
+    terms = err - beta.log() + torch.lgamma(1.0 / beta)
+    weight = beta / beta.sum(dim=-2, keepdim=True)
+    if detach_weight:
+        weight = weight.detach()
+    return (terms * weight).mean(-1).sum(-1), terms
+
+
+def ggd_variance(beta: torch.Tensor) -> torch.Tensor:
+    """Variance of a GGD with scale 1: Gamma(3/beta) / Gamma(1/beta)."""
+    return torch.exp(torch.lgamma(3.0 / beta) - torch.lgamma(1.0 / beta))
+
+
+def mbbe_variance(td: torch.Tensor, mbbe: bool = True) -> torch.Tensor:
+    """Over the members (dim -2) of td (..., E, B): Var^{ddof 0} / (kappa / E + (E+1)/(E-1)), kappa the unbiased excess kurtosis."""
+    n = td.shape[-2]
+    centred = td - td.mean(dim=-2, keepdim=True)
+    m2 = centred.pow(2).mean(dim=-2)
+    if not mbbe:
+        return m2
+    m4 = centred.pow(4).mean(dim=-2)
+    kurtosis = ((n * n - 1) * m4 / m2**2 - 3 * (n - 1) ** 2) / ((n - 2) * (n - 3))
+    corrected = m2 / (kurtosis / n + (n + 1) / (n - 1))
+    # Identical members: 0/0, clipped to a floor by the caller.
+    return torch.where(m2 > 0, corrected, torch.zeros_like(m2))
+
+
+def effective_batch_size(var: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+    """ESS = 1 / sum_i w_i^2 with w_i proportional to 1 / (var_i + xi); var (..., B), xi (..., K) -> (..., K)."""
+    inv = 1.0 / (var.unsqueeze(-2) + xi.unsqueeze(-1))
+    return inv.sum(-1) ** 2 / inv.pow(2).sum(-1)
+
+
+def _bracket(var: torch.Tensor, grid: torch.Tensor, m: float):
+    """The grid interval (lo, up] where the ESS (non-decreasing in xi) first reaches m, and the ESS at its ends."""
+    ess = effective_batch_size(var, grid)
+    k = (ess >= m).int().argmax(dim=-1, keepdim=True).clamp_min(1)
+    return grid.gather(-1, k - 1), grid.gather(-1, k), ess.gather(-1, k - 1), ess.gather(-1, k)
+
+
+def xi_bisection(
+    var: torch.Tensor, m: float, points: int = 64, rounds: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xi, ran) per row of var (..., B), on var's device: xi = 0 where ESS(var) >= m, else the root of ESS(var + xi) = m."""
+    v = var.double()
+    n = v.shape[-1]
+    ess0 = effective_batch_size(v, v.new_zeros(*v.shape[:-1], 1))[..., 0]
+    # With xi >= max(var) / (sqrt(n/m) - 1) the weights differ by at most sqrt(n/m), so ESS >= m.
+    hi = 2.0 * v.amax(dim=-1, keepdim=True) / (math.sqrt(n / m) - 1.0)
+    unit = torch.logspace(-12, 0, points - 1, dtype=v.dtype, device=v.device)
+    lo, up, e_lo, e_up = _bracket(v, hi * torch.cat([unit.new_zeros(1), unit]), m)
+    steps = torch.linspace(0.0, 1.0, points, dtype=v.dtype, device=v.device)
+    for _ in range(rounds):
+        lo, up, e_lo, e_up = _bracket(v, lo + (up - lo) * steps, m)
+    xi = lo + (m - e_lo) / (e_up - e_lo).clamp_min(1e-12) * (up - lo)
+    ran = ess0 < m
+    return torch.where(ran, xi[..., 0], torch.zeros_like(ess0)).to(var.dtype), ran
+
+
+def xi_nelder_mead(var: torch.Tensor, m: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released solver, per row of var (..., B) on the CPU: Nelder-Mead on |ESS(var + |xi|) - m| from 0 (fatol 1, maxiter 100)."""
+    from scipy.optimize import minimize
+
+    rows = var.detach().double().cpu().numpy().reshape(-1, var.shape[-1])
+
+    def ess(v: np.ndarray) -> float:
+        w = (1.0 / v) / np.sum(1.0 / v)
+        return 1.0 / np.sum(w**2)
+
+    xis, ran = [], []
+    for v in rows:
+        xi = 0.0
+        if ess(v) < m:
+            res = minimize(lambda x, v=v: abs(ess(v + abs(x[0])) - m), 0.0, method="Nelder-Mead",
+                           options={"fatol": 1, "maxiter": 100})  # fmt: skip
+            xi = abs(float(res.x[0]))
+        xis.append(xi)
+        ran.append(ess(v) < m)
+    shape = var.shape[:-1]
+    return (
+        torch.tensor(xis, dtype=var.dtype).reshape(shape).to(var.device),
+        torch.tensor(ran).reshape(shape).to(var.device),
+    )
+
+
+def inverse_variance_weights(
+    var: torch.Tensor, m: float, solver: str = "bisection"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(w, xi, ran) per row of var (..., B): w_i = (1/(var_i + xi)) / sum_j 1/(var_j + xi), xi from `solver` so that ESS >= m."""
+    solve = xi_bisection if solver == "bisection" else xi_nelder_mead
+    xi, ran = solve(var, m)
+    inv = 1.0 / (var + xi.unsqueeze(-1))
+    return inv / inv.sum(-1, keepdim=True), xi, ran
+
+
+def resolved_reg(reg: str, loss: str) -> str:
+    """--reg with auto resolved: biev for --loss ggd (the released full method), none otherwise."""
+    if reg != "auto":
+        return reg
+    return "biev" if loss == "ggd" else "none"
+
+
+def regulariser_misfit(
+    reg: str, biev_mbbe: bool, ensemble_size: int, batch_size: int, members: str = "heads"
+) -> str | None:
+    """Why the (resolved) regulariser cannot run with these sizes, as a one-line flag message, or None."""
+    need = 4 if reg == "biev" and biev_mbbe else 2
+    if reg != "none" and ensemble_size < need:
+        why = (
+            "the kurtosis correction divides by (E-2)(E-3)"
+            if need == 4
+            else f"a variance over {members}"
+        )
+        return (
+            f"--ensemble-size {ensemble_size}: --reg {reg} needs at least {need} {members} ({why}); "
+            "use --ensemble-size 5 or --reg none"
+        )
+    if reg != "none" and batch_size < 2:
+        return f"--batch-size {batch_size}: --reg {reg} needs at least 2; use --reg none"
+    return None
+
+
+def inverse_variance_regulariser(
+    pred: torch.Tensor, target: torch.Tensor, reg: str, *, biev_mbbe: bool, discount: float,
+    min_ess: float, solver: str, loss: str, scale: str, floor: float = 1e-6,
+    spread: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """BIEV/BIV: the batch inverse-variance weighted loss of pred against target, both (..., E, B), and what it
+    kept (xi, ran, ess, reg_var). The variance per sample: BIEV the MBBE variance of the errors over E; BIV
+    discount^2 times the variance over E of pred (or of `spread`, e.g. target critics); floored at `floor`."""
+    with torch.no_grad():
+        if reg == "biev":
+            var = mbbe_variance(pred.detach() - target, biev_mbbe)
+        else:
+            source = pred.detach() if spread is None else spread
+            var = discount**2 * source.var(dim=-2, correction=1)
+        var = var.clamp_min(floor)
+        weights, xi, ran = inverse_variance_weights(var, min_ess, solver)
+        kept = {"xi": xi, "ran": ran, "ess": 1.0 / weights.pow(2).sum(-1), "reg_var": var}
+    return weighted_regulariser(pred, target, weights, loss, scale), kept
+
+
+def weighted_regulariser(
+    pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str, scale: str
+) -> torch.Tensor:
+    """sum_e mean_i (scale code) or sum_e sum_i (scale sum) of w_i * l(pred, target); pred, target (..., E, B), weights (..., B)."""
+    if kind == "mse":
+        per = (pred - target).pow(2)
+    elif kind == "mae":
+        per = (pred - target).abs()
+    else:
+        per = F.huber_loss(pred, target.expand_as(pred), reduction="none")
+    per = per * weights.unsqueeze(-2)
+    return per.mean(-1).sum(-1) if scale == "code" else per.sum(-1).sum(-1)
+
+
+@torch.no_grad()
+def ggd_diagnostics(
+    name: str, param: torch.Tensor | None = None, td_var: torch.Tensor | None = None,
+    nonfinite: torch.Tensor | None = None, xi: torch.Tensor | None = None,
+    ran: torch.Tensor | None = None, ess: torch.Tensor | None = None,
+    reg_var: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The reference's checks as ggd/* logs: statistics of the heads' shapes or variances `param` (..., E, B) named
+    `name` ('beta' or 'var'), their correlation over B with the errors' variance td_var (..., B), the non-finite
+    NLL terms, and the regulariser's xi, solver use, ESS and variances (None: not logged)."""
+    stats = {}
+    if param is not None:
+        p = param
+        mean, std = p.mean(), p.std()
+        stats.update({
+            f"ggd/{name}_mean": mean, f"ggd/{name}_std": std, f"ggd/{name}_min": p.min(),
+            f"ggd/{name}_max": p.max(), f"ggd/{name}_cv": std / mean,
+        })  # fmt: skip
+        if td_var is not None:
+            # Correlation over the samples of the heads' mean shape with the variance of their errors.
+            a, b = p.mean(dim=-2), td_var
+            a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+            corr = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+            stats[f"ggd/{name}_tdvar_corr"] = corr.mean()
+        if name == "beta":
+            stats["ggd/beta_le2_fraction"] = ((p > 0) & (p <= 2)).float().mean()
+            stats["ggd/nonfinite"] = nonfinite.sum().float()
+    if xi is not None:
+        stats.update({
+            "ggd/xi": xi.mean(), "ggd/solver_ran": ran.float().mean(),
+            "ggd/ess": ess.mean(), "ggd/reg_var_mean": reg_var.mean(),
+        })  # fmt: skip
+    return stats
