@@ -17,12 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .harness import Common, interleaved, medians, seconds, time_round
+from .harness import DeviceArgs, interleaved, medians, seconds, step_rates, time_round
 from .synther import import_synther, quiet, same_maths
 
 
 @dataclass
-class Args(Common):
+class Args(DeviceArgs):
+    """ocrl's diffusion training and sampling against SynthER's code (--synther-path)."""
+
     synther_path: str = "../SynthER"
     """folder holding SynthER's source tree (its synther/ package): `git clone https://github.com/conglu1997/SynthER ../SynthER`"""
     width: int = 256
@@ -186,10 +188,7 @@ def main(args: Args) -> dict[str, float]:
         if "compiled" in name:
             fn()
     # Interleaved: a training round of every variant in turn, then one sampling pass of each in turn.
-    t_med = medians(interleaved(
-        {n: lambda s=s: time_round(s, args.train_steps, device) for n, s in train.items()},
-        args.rounds,
-    ))  # fmt: skip
+    t_med = step_rates(train, args.train_steps, args.rounds, device)
     s_med = medians(interleaved(
         {n: lambda fn=fn: n_sample / seconds(fn, device) for n, fn in sample.items()},
         args.sample_rounds,

@@ -12,17 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .harness import Common, interleaved, medians, replay_buffer, synthetic, time_round
+from .harness import TransitionArgs, replay_buffer, step_rates, synthetic, time_round
 
 
 @dataclass
-class Args(Common):
-    obs_dim: int = 11
-    """observation size (Hopper: 11)"""
-    act_dim: int = 3
-    """action size (Hopper: 3)"""
-    batch_size: int = 256
-    """minibatch size"""
+class Args(TransitionArgs):
+    """EXPO's wall time per environment step against RLPD's."""
+
     utd: int = 20
     """critic steps per environment step (the scripts: 20)"""
     steps: int = 2
@@ -61,10 +57,8 @@ def main(args: Args) -> dict[str, float]:
         steps[name] = step
     for step in steps.values():  # warm-up
         time_round(step, 1, device)
-    rates = interleaved(
-        {n: lambda s=s: time_round(s, args.steps, device) for n, s in steps.items()}, args.rounds
-    )
-    secs = {name: 1.0 / r for name, r in medians(rates).items()}
+    rates = step_rates(steps, args.steps, args.rounds, device)
+    secs = {name: 1.0 / r for name, r in rates.items()}
     base = secs["RLPD (--policy gaussian)"]
     print(f"\nEXPO vs RLPD per environment step on {device} (obs {args.obs_dim}, act {args.act_dim}, "
           f"batch {args.batch_size}, UTD {args.utd}, 10 critics (256, 256, 256), N 8 + K 8, T 10, "

@@ -12,17 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .harness import Common, interleaved, medians, replay_buffer, synthetic, time_round
+from .harness import TransitionArgs, replay_buffer, step_rates, synthetic, time_round
 
 
 @dataclass
-class Args(Common):
-    obs_dim: int = 11
-    """observation size (Hopper: 11)"""
-    act_dim: int = 3
-    """action size (Hopper: 3)"""
-    batch_size: int = 256
-    """minibatch size"""
+class Args(TransitionArgs):
+    """GGD-TD's SAC update for each loss against --loss mse."""
+
     updates: int = 300
     """updates per timed round"""
     rounds: int = 5
@@ -55,10 +51,8 @@ def main(args: Args) -> dict[str, float]:
         steps[name] = step
     for step in steps.values():  # warm-up
         time_round(step, 5, device)
-    rates = interleaved(
-        {n: lambda s=s: time_round(s, args.updates, device) for n, s in steps.items()}, args.rounds
-    )
-    ms = {name: 1e3 / r for name, r in medians(rates).items()}
+    rates = step_rates(steps, args.updates, args.rounds, device)
+    ms = {name: 1e3 / r for name, r in rates.items()}
     base = ms["--loss mse (plain SAC)"]
     print(f"\nGGD-TD SAC update on {device} (obs {args.obs_dim}, act {args.act_dim}, batch {args.batch_size}, "
           f"2 twins x 5 members, Tanh [256, 256], torch threads {torch.get_num_threads()}; median of "

@@ -21,11 +21,31 @@ from ocrl.data import ReplayBuffer
 
 
 @dataclass
-class Common:
-    device: str = "cpu"
-    """device to run on"""
+class CpuArgs:
+    """The flag every benchmark but threads takes."""
+
     threads: int | None = None
     """torch CPU threads (default: torch's); benchmark on a shared machine with 1"""
+
+
+@dataclass
+class DeviceArgs(CpuArgs):
+    """The flags of a benchmark that runs torch on a device."""
+
+    device: str = "cpu"
+    """device to run on"""
+
+
+@dataclass
+class TransitionArgs(DeviceArgs):
+    """The flags of a benchmark that trains on minibatches of synthetic transitions."""
+
+    obs_dim: int = 11
+    """observation size (Hopper: 11)"""
+    act_dim: int = 3
+    """action size (Hopper: 3)"""
+    batch_size: int = 256
+    """minibatch size"""
 
 
 def sync(device: torch.device) -> None:
@@ -51,6 +71,16 @@ def seconds(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - start
+
+
+def step_rates(
+    steps: dict[str, Callable[[int], None]], calls: int, rounds: int, device: torch.device
+) -> dict[str, float]:
+    """Each step function's median calls/s over `rounds` interleaved rounds of `calls` calls."""
+    rates = interleaved(
+        {n: lambda s=s: time_round(s, calls, device) for n, s in steps.items()}, rounds
+    )
+    return medians(rates)
 
 
 def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .harness import Common, interleaved, medians, seconds, time_round
+from .harness import DeviceArgs, interleaved, medians, seconds, time_round
 
 
 @dataclass
-class Args(Common):
+class Args(DeviceArgs):
+    """HDPO's inventory simulator against a plain clone-and-assign rollout."""
+
     batches: tuple[int, ...] = (1024, 8192)
     """paths per simulated batch"""
     rounds: int = 5

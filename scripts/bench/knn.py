@@ -16,11 +16,13 @@ import torch
 
 from ocrl.nets import NearestNeighbors
 
-from .harness import Common, sync
+from .harness import DeviceArgs, sync
 
 
 @dataclass
-class Args(Common):
+class Args(DeviceArgs):
+    """PRDC's nearest-neighbour search, every backend, against scipy's KDTree."""
+
     rows: int = 1_000_000
     """points in the nearest-neighbour index"""
     rounds: int = 5

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import Common, installed, interleaved, load_file, medians, stand_in, stand_ins
+from .harness import CpuArgs, installed, interleaved, load_file, medians, stand_in, stand_ins
 
 
 @dataclass
-class Args(Common):
+class Args(CpuArgs):
+    """ocrl's lot-sizing environments against PDPPO's SimplePlant (--pdppo-path)."""
+
     pdppo_path: str = "../pdppo/code/Lot-sizing"
     """PDPPO's code/Lot-sizing folder (envs/simplePlant.py): `git clone https://github.com/leokan92/pdppo ../pdppo`"""
     instance: str | None = None

@@ -14,11 +14,13 @@ import numpy as np
 from ocrl.data import OfflineDataset, ReplayBuffer, load_dataset
 from ocrl.data.d4rl import write_d4rl_hdf5
 
-from .harness import Common, synthetic
+from .harness import CpuArgs, synthetic
 
 
 @dataclass
-class Args(Common):
+class Args(CpuArgs):
+    """Peak memory of loading a D4RL file into the training buffer, against its float32 size."""
+
     rows: int = 1_000_000
     """rows of the synthetic D4RL file"""
     obs_dim: int = 11

@@ -20,11 +20,13 @@ import torch
 from ocrl.data import load_dataset
 from ocrl.data.windows import windows_to_transitions
 
-from .harness import Common, interleaved, medians, seconds
+from .harness import DeviceArgs, interleaved, medians, seconds
 
 
 @dataclass
-class Args(Common):
+class Args(DeviceArgs):
+    """PGD's regeneration of the synthetic set, guided against unguided."""
+
     obs_dim: int = 11
     """observation size of the stand-in model (Hopper: 11)"""
     act_dim: int = 3

@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from .harness import Common
+from .harness import DeviceArgs
 
 Name = Literal[
     "updates", "memory", "knn", "hdpo", "diffusion", "pgd", "ggd_td", "expo", "lot_sizing"
@@ -17,7 +17,9 @@ Name = Literal[
 
 
 @dataclass
-class Args(Common):
+class Args(DeviceArgs):
+    """Every benchmark but threads, at its default sizes."""
+
     skip: tuple[Name, ...] = ()
     """benchmarks to leave out"""
     compile: bool = True

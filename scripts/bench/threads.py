@@ -36,6 +36,8 @@ FLAGS: dict[str, dict] = {
 
 @dataclass
 class Args:
+    """Algorithm files' updates/s with 1 thread and all cores, quiet, busy and paired."""
+
     algos: tuple[str, ...] = ("td3_bc", "iql", "a2pr", "sac", "diffusion")
     """algorithm files to time, at their default sizes"""
     threads: tuple[int, ...] = (1, 0)

@@ -21,17 +21,13 @@ from torch import nn
 from ocrl.algos import td3_bc
 from ocrl.experiment import TrainingLoop
 
-from .harness import Common, interleaved, medians, replay_buffer, synthetic, time_round
+from .harness import TransitionArgs, replay_buffer, step_rates, synthetic, time_round
 
 
 @dataclass
-class Args(Common):
-    obs_dim: int = 11
-    """observation size (Hopper: 11)"""
-    act_dim: int = 3
-    """action size (Hopper: 3)"""
-    batch_size: int = 256
-    """minibatch size"""
+class Args(TransitionArgs):
+    """TD3+BC updates/s, eager and compiled, against an original-style eager update."""
+
     updates: int = 300
     """updates per timed round"""
     rounds: int = 5
@@ -175,11 +171,7 @@ def main(args: Args) -> dict[str, float]:
         t = time.perf_counter()
         time_round(step, 20, device)
         print(f"warm-up {name}: {time.perf_counter() - t:.1f}s")
-    rates = interleaved(
-        {n: lambda s=s: time_round(s, args.updates, device) for n, s in variants.items()},
-        args.rounds,
-    )
-    med = medians(rates)
+    med = step_rates(variants, args.updates, args.rounds, device)
     base = med["baseline (original-style eager)"]
     print(f"\nTD3+BC updates/s on {device} (obs {args.obs_dim}, act {args.act_dim}, batch {args.batch_size}, "
           f"torch threads {torch.get_num_threads()}; median of {args.rounds} interleaved rounds of {args.updates})")  # fmt: skip
