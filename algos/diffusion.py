@@ -33,7 +33,7 @@ dynamics error of a MuJoCo reset to the generated state beside the same number o
 On CUDA the network runs in bf16 autocast with TF32 matmuls (`--no-bf16` for fp32) while the sigma maths stays
 in fp32; `--compile` captures the sampler's denoiser call in CUDA graphs (torch.compile reduce-overhead). The
 sampler keeps sigma and gamma on the device and never reads them on the host. That CUDA path has not yet run on
-a GPU (`scripts/bench.py --only diffusion --device cuda` measures it); the CPU path computes the same maths.
+a GPU (`python -m scripts.bench diffusion --device cuda` measures it); the CPU path computes the same maths.
 
     python algos/diffusion.py --dataset hopper-medium-replay-v2                       # SynthER's setting (GPU)
     python algos/diffusion.py --preset cpu-small --dataset ocrl/hopper/medium-v0     # minutes on a CPU

@@ -14,7 +14,7 @@ Backends, all exact (they return the true nearest neighbours, ties broken arbitr
   with all workers, brute force) and runs the cheapest, re-timing the others now and then. The answers do
   not depend on the arm; the speed follows the query distribution (far queries early in PRDC training:
   brute force; near ones later: a single-thread KD-tree, which avoids scipy's thread start-up cost).
-* ``"auto"``: ``"brute"`` on CUDA, ``"adaptive"`` on the CPU (measured: ``scripts/bench.py --only knn``).
+* ``"auto"``: ``"brute"`` on CUDA, ``"adaptive"`` on the CPU (measured: ``python -m scripts.bench knn``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The docs stay usable: every `python algos/<x>.py` / `python scripts/<x>.py` command in a fenced shell
-block of README.md or docs/**/*.md names only flags (and presets) its file takes, and every relative link
-points at a file of the repository that exists (and at a heading that exists, for `page.md#anchor`)."""
+"""The docs stay usable: every `python algos/<x>.py` / `python scripts/<x>.py` / `python -m scripts.bench
+<benchmark>` command in a fenced shell block of README.md or docs/**/*.md names only flags (and presets) its
+file (or benchmark) takes, and every relative link points at a file of the repository that exists (and at
+a heading that exists, for `page.md#anchor`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", ";;", "|&"}
 REDIRECTS = re.compile(r"^\d*(<|>|>>|<<|<&|>&|&>)$")
 KEYWORDS = {"do", "done", "then", "else", "elif", "fi", "time", "!", "{", "}"}
 SCRIPT = re.compile(r"^(?:\./)?((?:algos|scripts)/[A-Za-z0-9_]+\.py)$")
+BENCH = "scripts.bench"  # the benchmark package, run as `python -m scripts.bench <benchmark> ...`
 VAR = re.compile(r"^\$(?:\{(\w+)\}|(\w+))$")
 ASSIGN = re.compile(r"^([A-Za-z_]\w*)=(.*)$", re.S)
 
@@ -94,20 +96,28 @@ def commands(block: str) -> list[list[str]]:
 
 
 def script_of(cmd: list[str]) -> tuple[str, list[str]] | None:
-    """(`algos/x.py` or `scripts/x.py`, its arguments) when the command runs one with python."""
+    """(`algos/x.py` or `scripts/x.py`, its arguments) when the command runs one with python; for
+    `python -m scripts.bench` ("scripts.bench", [benchmark, its arguments])."""
     if not cmd or not Path(cmd[0]).name.startswith("python"):
         return None
     rest = cmd[1:]
     while rest and rest[0].startswith("-") and rest[0] not in ("-m", "-c"):
         rest = rest[2:] if rest[0] in ("-W", "-X") else rest[1:]  # python's own options
+    if rest[:2] == ["-m", BENCH]:
+        return BENCH, rest[2:]
     m = SCRIPT.match(rest[0]) if rest else None
     return (m.group(1), rest[1:]) if m else None
 
 
 @functools.cache
 def module_of(script: str):
-    """The file's module, imported once (algos/x.py as ocrl.algos.x; scripts by path)."""
+    """The file's module, imported once (algos/x.py as ocrl.algos.x; scripts by path; scripts.bench as
+    the package it is, from the repository root as `python -m` finds it)."""
     path = ROOT / script
+    if script == BENCH:
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        return importlib.import_module(BENCH)
     if script.startswith("algos/"):
         return importlib.import_module(f"ocrl.algos.{path.stem}")
     name = f"_docs_{path.parent.name}_{path.stem}"
@@ -119,11 +129,13 @@ def module_of(script: str):
 
 
 @functools.cache
-def flags_of(script: str) -> frozenset[str]:
-    """What tyro makes of the file's `Args` dataclass: --kebab-case per field (positional fields have no
-    flag), --no-<name> for booleans, and --help. (Every file parses `Args` with tyro, directly or through
-    ocrl.experiment.cli; that this equals tyro's own parser was checked when this test was written.)"""
-    args_cls = module_of(script).Args
+def flags_of(script: str, benchmark: str | None = None) -> frozenset[str]:
+    """What tyro makes of the file's `Args` dataclass (or the benchmark module's, for scripts.bench):
+    --kebab-case per field (positional fields have no flag), --no-<name> for booleans, and --help. (Every
+    file parses `Args` with tyro, directly or through ocrl.experiment.cli; that this equals tyro's own
+    parser was checked when this test was written.)"""
+    module = module_of(script)
+    args_cls = module.benchmark(benchmark).Args if benchmark else module.Args
     hints = typing.get_type_hints(args_cls, include_extras=True)
     positional = typing.get_args(tyro.conf.Positional[int])[1]
     flags = {"--help"}
@@ -159,16 +171,23 @@ def problems(cmd: list[str]) -> list[str]:
     if found is None:
         return []
     script, args = found
-    if not (ROOT / script).is_file():
+    benchmark = None
+    if script == BENCH:
+        benchmarks = module_of(BENCH).BENCHMARKS
+        if not args or args[0] not in benchmarks:
+            return [f"{BENCH} has no benchmark {args[0] if args else '(none given)'}"]
+        benchmark, args = args[0], args[1:]
+        script = f"{BENCH} {benchmark}"
+    elif not (ROOT / script).is_file():
         return [f"{script} does not exist"]
-    known = flags_of(script)
+    known = flags_of(found[0], benchmark)
     out = []
     for word in args:
         if word.startswith("--") and word != "--":
             flag = word.split("=", 1)[0]
             if flag not in known:
                 out.append(f"{script} has no flag {flag}")
-    presets = getattr(module_of(script), "PRESETS", None)
+    presets = getattr(module_of(found[0]), "PRESETS", None)
     if isinstance(presets, dict):
         out += [
             f"{script} has no --preset {p}" for p in values(args, "--preset") if p not in presets
@@ -199,6 +218,10 @@ def test_the_docs_have_commands_to_check():
     files = {script_of(c)[0] for _, c in cmds}
     # The README's quickstart and the pages of every algorithm file are among them.
     assert "algos/td3_bc.py" in files and "scripts/sweep.py" in files, files
+    # And every benchmark of scripts/bench/.
+    runs = [script_of(c) for _, c in cmds]
+    benchmarks = {args[0] for script, args in runs if script == BENCH and args}
+    assert set(module_of(BENCH).BENCHMARKS) <= benchmarks, sorted(benchmarks)
     algos = {f"algos/{p.stem}.py" for p in (ROOT / "algos").glob("*.py") if p.stem != "__init__"}
     assert algos <= files, sorted(algos - files)
 
@@ -227,13 +250,16 @@ def test_the_command_check_can_fail():
         "python algos/td3_bc.py --no-total-steps --preset no-such-preset\n"
         "python algos/no_such_file.py --x 1\n"
         "python scripts/sweep.py --algos td3_bc sac --flags total_steps=5 no_such_field=1\n"
+        "python -m scripts.bench ggd_td --updates 5 --utd 2 --threads=1 --no-compile\n"
+        "python -m scripts.bench no_such_benchmark --rounds 1\n"
+        "python -m scripts.bench expo --utd 2 --no-compile && python -m pytest -q tests\n"
     )
     cmds = commands(block)
     assert ["echo", "ok"] in cmds  # split at && and ;, the loop keywords dropped
     runs = [c for c in cmds if script_of(c)]
     assert [script_of(c)[0] for c in runs] == [
         "algos/td3_bc.py", "algos/td3_bc.py", "algos/td3_bc.py", "algos/no_such_file.py",
-        "scripts/sweep.py",
+        "scripts/sweep.py", "scripts.bench", "scripts.bench", "scripts.bench",
     ]  # fmt: skip
     # $F holds the flags of the continued assignment; $S is a value and stays as it is.
     assert runs[0] == ["python", "algos/td3_bc.py", "--seed", "$S", "--batch-size", "8",
@@ -250,6 +276,15 @@ def test_the_command_check_can_fail():
         "--flags no_such_field=1: algos/td3_bc.py has no field no_such_field",
         "--flags no_such_field=1: algos/sac.py has no field no_such_field",
     ]
+    # A benchmark's flags are its own module's: expo's --utd is not ggd_td's; --no-compile is a
+    # boolean of expo's Args only. `python -m pytest` is no script to check.
+    assert problems(runs[5]) == [
+        "scripts.bench ggd_td has no flag --utd",
+        "scripts.bench ggd_td has no flag --no-compile",
+    ]
+    assert problems(runs[6]) == ["scripts.bench has no benchmark no_such_benchmark"]
+    assert problems(runs[7]) == []
+    assert script_of(["python", "-m", "pytest", "-q"]) is None
     # Positional arguments are not flags; a script's own flags are read from its Args.
     assert "--env-id" not in flags_of("scripts/collect_dataset.py")
     assert problems(["python", "scripts/report.py", "runs/x", "--out-dir", "y"]) == []

@@ -1,14 +1,11 @@
-"""Updates per second with one torch thread and with all cores, quiet and beside other work (the --threads default).
+"""Updates per second with one torch thread and with all cores, quiet and beside other work (the --threads
+default).
 
-Each measurement is a fresh process running an algorithm's own `main()` at its default network sizes, timed over
-the update loop only: the first `--warmup` loop steps (and SAC's random-action phase) are left out, then the
-loop stops after `--seconds`. Three conditions: alone ("quiet"), beside one process that keeps a core busy (a
-Python spin loop), and two identical runs side by side (the rate is their mean). `--threads 0` is torch's
-default, one thread per core.
-
-    python scripts/bench_threads.py                       # td3_bc iql a2pr sac diffusion, ~10 minutes
-    python scripts/bench_threads.py --algos td3_bc --seconds 10
-"""
+Each measurement is a fresh process running an algorithm's own `main()` at its default network sizes, timed
+over the update loop only: the first `--warmup` loop steps (and SAC's random-action phase) are left out,
+then the loop stops after `--seconds`. Three conditions: alone ("quiet"), beside one process that keeps a
+core busy (a Python spin loop), and two identical runs side by side (the rate is their mean).
+`--threads 0` is torch's default, one thread per core. td3_bc iql a2pr sac diffusion take ~10 minutes."""
 
 from __future__ import annotations
 
@@ -24,9 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import tyro
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Loop steps left out before the clock starts: SAC's warm-up phase takes random actions with no update.
 SAC_LEARNING_STARTS = 1_000
@@ -41,6 +36,8 @@ FLAGS: dict[str, dict] = {
 
 @dataclass
 class Args:
+    """Algorithm files' updates/s with 1 thread and all cores, quiet, busy and paired."""
+
     algos: tuple[str, ...] = ("td3_bc", "iql", "a2pr", "sac", "diffusion")
     """algorithm files to time, at their default sizes"""
     threads: tuple[int, ...] = (1, 0)
@@ -92,10 +89,13 @@ def work(name: str, threads: int, seconds: float, warmup: int) -> None:
 def measure(name: str, threads: int, copies: int, args: Args) -> float:
     """Mean updates/s of `copies` simultaneous workers."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    cmd = [sys.executable, __file__, "--worker", name, "--worker-threads", str(threads)]
+    cmd = [sys.executable, "-m", "scripts.bench", "threads"]
+    cmd += ["--worker", name, "--worker-threads", str(threads)]
     cmd += ["--seconds", str(args.seconds), "--warmup", str(args.warmup)]
     procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT
+        )
         for _ in range(copies)
     ]
     rates = []
@@ -110,7 +110,9 @@ def measure(name: str, threads: int, copies: int, args: Args) -> float:
     return statistics.mean(rates)
 
 
-def main(args: Args) -> list[dict]:
+def main(args: Args) -> list[dict] | None:
+    if args.worker:
+        return work(args.worker, args.worker_threads, args.seconds, args.warmup)
     rows = []
     print(f"cores: {os.cpu_count()}; {args.seconds:.0f} s timed per measurement")
     print(f"{'algorithm':<10} {'threads':>7} " + " ".join(f"{c:>9}" for c in args.conditions))
@@ -134,11 +136,3 @@ def main(args: Args) -> list[dict]:
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
     return rows
-
-
-if __name__ == "__main__":
-    cli_args = tyro.cli(Args)
-    if cli_args.worker:
-        work(cli_args.worker, cli_args.worker_threads, cli_args.seconds, cli_args.warmup)
-    else:
-        main(cli_args)
