@@ -16,7 +16,7 @@ shopt -s nullglob
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT=${OUT:?set OUT to a folder for the report}
-BUDGET=${BUDGET:-400}
+BUDGET=${BUDGET:-420}
 DRY=${DRY:-0}
 PHASES=${PHASES:-AB}
 START=$SECONDS
@@ -85,45 +85,45 @@ if [[ $PHASES == *A* ]]; then
 A=(--device "$DEV" --no-progress --log-every "$LOG")
 EV=(--eval-every "$N" --eval-episodes 2)
 H=$((N / 2))
-bg td3_bc 150 "$PY" algos/td3_bc.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/td3_bc"
-bg td3_bc_compile 150 "$PY" algos/td3_bc.py "${A[@]}" "${EV[@]}" --total-steps "$N" --compile \
+bg td3_bc 130 "$PY" algos/td3_bc.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/td3_bc"
+bg td3_bc_compile 130 "$PY" algos/td3_bc.py "${A[@]}" "${EV[@]}" --total-steps "$N" --compile \
   --run-dir "$RUNS/td3_bc_compile"
-bg iql 150 "$PY" algos/iql.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/iql"
-bg prdc 150 "$PY" algos/prdc.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/prdc"
-bg a2pr 150 "$PY" algos/a2pr.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/a2pr"
-bg sac 150 "$PY" algos/sac.py "${A[@]}" "${EV[@]}" --total-steps "$N" --learning-starts "$H" \
+bg iql 130 "$PY" algos/iql.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/iql"
+bg prdc 130 "$PY" algos/prdc.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/prdc"
+bg a2pr 130 "$PY" algos/a2pr.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/a2pr"
+bg sac 130 "$PY" algos/sac.py "${A[@]}" "${EV[@]}" --total-steps "$N" --learning-starts "$H" \
   --run-dir "$RUNS/sac"
-bg ggd_td 150 "$PY" algos/ggd_td.py "${A[@]}" "${EV[@]}" --total-steps "$N" --learning-starts "$H" \
+bg ggd_td 130 "$PY" algos/ggd_td.py "${A[@]}" "${EV[@]}" --total-steps "$N" --learning-starts "$H" \
   --run-dir "$RUNS/ggd_td"
-bg expo 150 "$PY" algos/expo.py "${A[@]}" --eval-every "$H" --eval-episodes 2 --total-steps "$H" \
+bg expo 130 "$PY" algos/expo.py "${A[@]}" --eval-every "$H" --eval-episodes 2 --total-steps "$H" \
   --learning-starts $((N / 4)) --utd-ratio 5 --run-dir "$RUNS/expo"
-bg expo_compile 150 "$PY" algos/expo.py "${A[@]}" --eval-every "$H" --eval-episodes 2 --total-steps "$H" \
+bg expo_compile 130 "$PY" algos/expo.py "${A[@]}" --eval-every "$H" --eval-episodes 2 --total-steps "$H" \
   --learning-starts $((N / 4)) --utd-ratio 5 --compile --run-dir "$RUNS/expo_compile"
-bg rlpd 150 "$PY" algos/expo.py "${A[@]}" --eval-every "$H" --eval-episodes 2 --total-steps "$H" \
+bg rlpd 130 "$PY" algos/expo.py "${A[@]}" --eval-every "$H" --eval-episodes 2 --total-steps "$H" \
   --learning-starts $((N / 4)) --utd-ratio 5 --policy gaussian --run-dir "$RUNS/rlpd"
 D=(--num-samples "$SAMPLES" --sample-batch-size "$SBATCH" --sample-steps 32 --quality-samples 1000)
-bg diffusion_bf16 150 "$PY" algos/diffusion.py "${A[@]}" --preset cpu-small --total-steps "$N" "${D[@]}" \
+bg diffusion_bf16 130 "$PY" algos/diffusion.py "${A[@]}" --preset cpu-small --total-steps "$N" "${D[@]}" \
   --run-dir "$RUNS/diffusion_bf16"
-bg diffusion_fp32_compile 150 "$PY" algos/diffusion.py "${A[@]}" --preset cpu-small --total-steps "$N" \
+bg diffusion_fp32_compile 130 "$PY" algos/diffusion.py "${A[@]}" --preset cpu-small --total-steps "$N" \
   "${D[@]}" --no-bf16 --compile --run-dir "$RUNS/diffusion_fp32_compile"
-bg diffusion_trajectory 150 "$PY" algos/diffusion.py "${A[@]}" --preset pgd-unguided --unet-features 64 \
+bg diffusion_trajectory 130 "$PY" algos/diffusion.py "${A[@]}" --preset pgd-unguided --unet-features 64 \
   --unet-blocks 2 --trajectory-length 16 --total-steps "$N" --num-samples 4000 --sample-batch-size 256 \
   --sample-steps 16 --quality-samples 1000 --run-dir "$RUNS/diffusion_trajectory"
 P=(--preset cpu-small --diffusion-steps "$N" --guidance-coef 0.1 --normalize-action-guidance
   --total-steps "$N" --synth-dataset-lifetime "$H" --num-synth-trajectories 256)
-bg pgd_td3_bc 150 "$PY" algos/pgd.py "${A[@]}" "${EV[@]}" "${P[@]}" --agent td3_bc --run-dir "$RUNS/pgd_td3_bc"
-bg pgd_iql 150 "$PY" algos/pgd.py "${A[@]}" "${EV[@]}" "${P[@]}" --agent iql --run-dir "$RUNS/pgd_iql"
-bg hdpo 150 "$PY" algos/hdpo.py --device "$DEV" --no-progress --max-steps 40 --n-train 8192 --n-dev 8192 \
+bg pgd_td3_bc 130 "$PY" algos/pgd.py "${A[@]}" "${EV[@]}" "${P[@]}" --agent td3_bc --run-dir "$RUNS/pgd_td3_bc"
+bg pgd_iql 130 "$PY" algos/pgd.py "${A[@]}" "${EV[@]}" "${P[@]}" --agent iql --run-dir "$RUNS/pgd_iql"
+bg hdpo 130 "$PY" algos/hdpo.py --device "$DEV" --no-progress --max-steps 40 --n-train 8192 --n-dev 8192 \
   --n-test 4096 --test-periods 400 --test-ignore 200 --run-dir "$RUNS/hdpo"
 if [ "$DRY" = 1 ]; then
-  bg graphs 150 "$PY" scripts/device_check.py graphs cpu
-  bg tests_prdc 150 "$PY" -m pytest -q -p no:cacheprovider --collect-only tests/test_prdc.py
-  bg tests 150 "$PY" -m pytest -q -p no:cacheprovider --collect-only -m "not slow" tests
+  bg graphs 130 "$PY" scripts/device_check.py graphs cpu
+  bg tests_prdc 130 "$PY" -m pytest -q -p no:cacheprovider --collect-only tests/test_prdc.py
+  bg tests 130 "$PY" -m pytest -q -p no:cacheprovider --collect-only -m "not slow" tests
 else
-  bg graphs 150 env TORCH_LOGS=perf_hints,recompiles,graph_breaks "$PY" scripts/device_check.py graphs cuda
-  bg tests_prdc 150 "$PY" -m pytest -v -p no:cacheprovider tests/test_prdc.py
+  bg graphs 130 env TORCH_LOGS=perf_hints,recompiles,graph_breaks "$PY" scripts/device_check.py graphs cuda
+  bg tests_prdc 130 "$PY" -m pytest -v -p no:cacheprovider tests/test_prdc.py
   # The whole suite except what needs packages the GPU image lacks (ray, rliable) or is no CUDA path.
-  bg tests 165 "$PY" -m pytest -v -p no:cacheprovider -n 6 -m "not slow" --timeout 120 -rfE \
+  bg tests 130 "$PY" -m pytest -v -p no:cacheprovider -n 6 -m "not slow" --timeout 120 -rfE \
     --ignore=tests/test_sweep.py --ignore=tests/test_report.py --ignore=tests/test_robotics_tasks.py tests
 fi
 # Not a bare `wait`: that would also wait for the `tee` of the log, which ends only with the script.
@@ -145,9 +145,9 @@ else
   EXP=(--expo-utd 20 --expo-steps 2 --rounds 3)
 fi
 export TORCH_LOGS=perf_hints,recompiles,graph_breaks
-step bench_updates 90 "$PY" scripts/device_check.py bench -- "${B[@]}" --only updates "${UPD[@]}"
-step bench_diffusion 100 "$PY" scripts/device_check.py bench -- "${B[@]}" --only diffusion "${DIF[@]}"
-step bench_expo 120 "$PY" scripts/device_check.py bench -- "${B[@]}" --only expo "${EXP[@]}"
+step bench_expo 110 "$PY" scripts/device_check.py bench -- "${B[@]}" --only expo "${EXP[@]}"
+step bench_updates 80 "$PY" scripts/device_check.py bench -- "${B[@]}" --only updates "${UPD[@]}"
+step bench_diffusion 90 "$PY" scripts/device_check.py bench -- "${B[@]}" --only diffusion "${DIF[@]}"
 step bench_diffusion_synther_size 80 "$PY" scripts/device_check.py bench -- "${B[@]}" --only diffusion \
   --no-compile --diffusion-width 2048 --diffusion-depth 6 "${DIF[@]}"
 unset TORCH_LOGS
@@ -179,7 +179,7 @@ R=$OUT/report.md
   [ -f "$LOGS/graphs.log" ] && grep -E "^- |counters" "$LOGS/graphs.log"
   echo
   echo "## Timings"
-  for b in bench_updates bench_diffusion bench_expo bench_diffusion_synther_size; do
+  for b in bench_expo bench_updates bench_diffusion bench_diffusion_synther_size; do
     [ -f "$LOGS/$b.log" ] || continue
     echo "### $b"
     grep -v -E '^[VIWDE][0-9]{4} |^\s*$' "$LOGS/$b.log" | grep -v "^\[" | tail -30
