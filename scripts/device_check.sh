@@ -11,6 +11,17 @@
 #   DRY=1 OUT=/tmp/out PY=.venv/bin/python bash scripts/device_check.sh   # CPU dry run: tiny, sequential
 #
 # Writes $OUT/report.md (also printed at the end), $OUT/log.txt and $OUT/logs.tar.gz (every step's log).
+#
+# On the lent GPU machine (python3 3.12 with torch; no gymnasium, mujoco, minari or tyro, no network): copy
+# the committed tree and the wheels into an ignored folder of the checkout that travels, e.g.
+#   echo /.devcheck/ >> .git/info/exclude; git archive HEAD | tar -x -C .devcheck/src
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     -d .devcheck/whl gymnasium==1.4.0 farama-notifications==0.0.6 mujoco==4.0.1 mujoco-core==4.0.1 \
+#     minari==0.5.4 tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.1 glfw==2.11.0 pyopengl==3.1.10 \
+#     typing-extensions==4.16.0                      # 14 MB; the image has the rest (typer, rich, h5py...)
+# and run, carrying .devcheck, with a limit of BUDGET + ~40 s:
+#   D=$PWD/.devcheck; python3 -m pip install -q --no-deps --no-index --target /tmp/site $D/whl/*.whl;
+#   mkdir -p /tmp/pkg; ln -sfn $D/src /tmp/pkg/ocrl; cd $D/src; PYTHONPATH=/tmp/pkg:/tmp/site bash scripts/device_check.sh
 set -uo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
