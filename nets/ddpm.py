@@ -151,16 +151,24 @@ class DDPM(nn.Module):
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Ancestral sampling from x_T ~ N(0, I), one action per row of `obs`; no host reads inside the loop."""
         batch, act_dim = obs.shape[0], self.act_dim
-        x = torch.randn(batch, act_dim, device=obs.device, generator=generator)
+        x = _randn(batch, act_dim, device=obs.device, generator=generator)
         for t in range(self.steps - 1, -1, -1):
             time = torch.full((batch, 1), float(t), device=obs.device)
             eps = self.eps_net(x, obs, time)
             coef = (1.0 - self.alphas[t]) / (1.0 - self.alpha_hats[t]).sqrt()
             x = (x - coef * eps) / self.alphas[t].sqrt()
             # z is drawn at t = 0 too and multiplied by 0 there, as the original's scan does.
-            z = torch.randn(batch, act_dim, device=obs.device, generator=generator)
+            z = _randn(batch, act_dim, device=obs.device, generator=generator)
             if t > 0:
                 x = x + self.betas[t].sqrt() * self.temperature * z
             if self.clip:
                 x = x.clamp(-1.0, 1.0)
         return x.clamp(-1.0, 1.0)
+
+
+def _randn(*size: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    # torch.compile with a dynamic batch size (EXPO's --compile acts at batch 1 and backs up at 256) fails in
+    # randn's generator overload, which takes no symbolic sizes: pass a generator only when there is one.
+    if generator is None:
+        return torch.randn(*size, device=device)
+    return torch.randn(*size, device=device, generator=generator)

@@ -2,7 +2,7 @@
 
 python scripts/device_check.py env                      # torch, CUDA, the device, package versions
 python scripts/device_check.py summary NAME=RUN_DIR ... # finished? steps, last losses, all finite?
-python scripts/device_check.py bench -- <bench.py flags> # scripts/bench.py, then torch.compile's counters
+python scripts/device_check.py bench -- <benchmark> <flags>  # python -m scripts.bench, then torch.compile's counters
 python scripts/device_check.py graphs [cuda]            # does a randperm subset replay inside CUDA graphs?
 """
 
@@ -111,15 +111,13 @@ def _counters() -> str:
 
 
 def bench(argv: list[str]) -> None:
-    """scripts/bench.py with these flags, then torch.compile's counters (cudagraph skips, graph breaks)."""
-    import tyro
+    """`python -m scripts.bench` with these arguments (a benchmark and its flags), then torch.compile's counters."""
+    import runpy
 
-    spec = importlib.util.spec_from_file_location("ocrl_bench", HERE / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(HERE.parent))  # the repository root, where `scripts.bench` is importable
+    sys.argv = ["python -m scripts.bench", *argv]
     start = time.perf_counter()
-    module.main(tyro.cli(module.Args, args=argv))
+    runpy.run_module("scripts.bench", run_name="__main__")
     print(f"\n(bench {' '.join(argv)}: {time.perf_counter() - start:.0f} s)")
     print(_counters())
 
@@ -164,13 +162,13 @@ def graphs(device_name: str) -> None:
           f"subsets of 45 (eager draws expect ~{45 * (1 - (44 / 45) ** replays):.0f}); "
           f"{unknown} outputs matched no subset")  # fmt: skip
 
-    # 2. EXPO's subset-min target Q (expo.subset_q over agent.subset()) on fixed inputs, compiled the same way;
+    # 2. EXPO's subset-min target Q (critic_target.members over agent.subset()) on fixed inputs, compiled the same way;
     # then the target critics change in place (as polyak_update does) and the replays must follow.
     agent = expo.EXPO(expo.Args(compile=True), 11, 3, device)
     obs, act = torch.randn(256, 11, device=device), torch.rand(256, 3, device=device) * 2 - 1
 
     def subset_min(obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return expo.subset_q(agent.critic_target, agent.subset(), obs, act).min(dim=0).values
+        return agent.critic_target.members(obs, act, agent.subset()).min(dim=0).values
 
     compiled_q = torch.compile(subset_min, mode="reduce-overhead")
     for phase in ("initial weights", "after an in-place weight change"):
@@ -189,7 +187,7 @@ def graphs(device_name: str) -> None:
             )
             misses += match is None
             hits.append(match)
-        print(f"- EXPO subset_q min, {phase}: {len({h for h in hits if h})} distinct subsets of "
+        print(f"- EXPO subset-min, {phase}: {len({h for h in hits if h})} distinct subsets of "
               f"{len(pairs)} in {replays} replays; {misses} replays matched no subset of the current "
               "weights (must be 0)")  # fmt: skip
         with torch.no_grad():

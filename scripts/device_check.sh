@@ -3,7 +3,7 @@
 # a run's findings). Phase A, in parallel (correctness, not timed): every algorithm's CLI with --device cuda
 # at tiny sizes (--compile, --no-bf16 and the trajectory level too), the randperm-in-CUDA-graph probe, the
 # CUDA-parametrised tests and the test suite (device 'auto' = CUDA there). Phase B, one at a time (timings):
-# scripts/bench.py's TD3+BC updates (eager vs torch.compile), diffusion (fp32 vs bf16+TF32, + the CUDA-graph
+# python -m scripts.bench's TD3+BC updates (eager vs torch.compile), diffusion (fp32 vs bf16+TF32, + the CUDA-graph
 # sampler) and EXPO per environment step (eager vs --compile), each followed by torch.compile's counters.
 # Every step has a time limit; later steps get what is left of BUDGET seconds. PHASES=B runs phase B alone.
 #
@@ -146,21 +146,21 @@ if [[ $PHASES == *B* ]]; then
 B=(--device "$DEV")
 if [ "$DRY" = 1 ]; then
   UPD=(--updates 20 --rounds 1 --no-compile)
-  DIF=(--diffusion-train-steps 5 --rounds 1 --diffusion-sample-batch 100 --diffusion-sample-steps 4
-    --diffusion-sample-rounds 1)
-  EXP=(--expo-utd 1 --expo-steps 1 --rounds 1)
+  DIF=(--train-steps 5 --rounds 1 --sample-batch 100 --sample-steps 4
+    --sample-rounds 1)
+  EXP=(--utd 1 --steps 1 --rounds 1)
 else
   UPD=(--updates 300 --rounds 5)
-  DIF=(--diffusion-train-steps 50 --rounds 3 --diffusion-sample-batch 10000 --diffusion-sample-steps 32
-    --diffusion-sample-rounds 3)
-  EXP=(--expo-utd 20 --expo-steps 2 --rounds 3)
+  DIF=(--train-steps 50 --rounds 3 --sample-batch 10000 --sample-steps 32
+    --sample-rounds 3)
+  EXP=(--utd 20 --steps 2 --rounds 3)
 fi
 export TORCH_LOGS=perf_hints,recompiles,graph_breaks
-step bench_expo 110 "$PY" scripts/device_check.py bench -- "${B[@]}" --only expo "${EXP[@]}"
-step bench_updates 80 "$PY" scripts/device_check.py bench -- "${B[@]}" --only updates "${UPD[@]}"
-step bench_diffusion 90 "$PY" scripts/device_check.py bench -- "${B[@]}" --only diffusion "${DIF[@]}"
-step bench_diffusion_synther_size 80 "$PY" scripts/device_check.py bench -- "${B[@]}" --only diffusion \
-  --no-compile --diffusion-width 2048 --diffusion-depth 6 "${DIF[@]}"
+step bench_expo 110 "$PY" scripts/device_check.py bench -- expo "${B[@]}" "${EXP[@]}"
+step bench_updates 80 "$PY" scripts/device_check.py bench -- updates "${B[@]}" "${UPD[@]}"
+step bench_diffusion 90 "$PY" scripts/device_check.py bench -- diffusion "${B[@]}" "${DIF[@]}"
+step bench_diffusion_synther_size 80 "$PY" scripts/device_check.py bench -- diffusion "${B[@]}" \
+  --no-compile --width 2048 --depth 6 "${DIF[@]}"
 unset TORCH_LOGS
 fi
 
