@@ -1,53 +1,37 @@
 """GGD-TD: "Generalized Gaussian Temporal Difference Error for Uncertainty-aware Reinforcement Learning"
 (Kim, Lee, Cho, Han, Hwang, arXiv 2408.02295; code ait-lab/ggtde @ ea36916, an SB3 fork), SAC variant.
 
-SAC whose critics are 2 twins x E = 5 members (10 Q-MLPs computed together in one batched matmul).
-Every member outputs a mean Q and a raw shape; beta = softplus(raw) + beta_eps is the shape of a
-generalised Gaussian (GGD, scale alpha = 1) over the member's TD error. Per member e and sample i:
+algos/sac.py with critics of 2 twins x E = 5 members (one batched ensemble). Every member outputs a mean
+Q and a raw shape; beta = softplus(raw) + beta_eps is the shape of a generalised Gaussian (GGD, scale 1)
+over the member's TD error, trained by the released risk-averse GGD loss. Per member e and sample i:
 
     y_e     = r + discount * (1 - terminal) * (min_twin Q'_{twin,e}(s', a') - alpha * log pi(a'|s')),  a' ~ pi(s')
     delta   = Q_e(s, a) - y_e
     L_GGD   = sum_e mean_i [ (|delta| * beta_e - log beta_e + lgamma(1 / beta_e)) * beta_e / sum_e' beta_e' ]
+    L_reg   = sum_e mean_i [ w_i * l(Q_e(s_i, a_i), y_{i,e}) ],   w_i = (1/(s2_i + xi)) / sum_j 1/(s2_j + xi)
     L_Q     = 0.5 * sum_twin (L_value + lambda * L_reg)
     L_pi    = mean (alpha * log pi(a|s) - min_twin mean_e Q_{twin,e}(s, a)),                  a ~ pi(s)
+    L_alpha = mean (-exp(log_alpha) * (log pi(a|s) + target_entropy)),  target_entropy = -|A|
 
-The risk-averse weight beta_e / sum_e' beta_e' is not detached and the constant log 2 is dropped, as in
-the released `losses/mle.py`. Only the means feed the targets and the actor; beta shapes the critic
-loss alone. Var(TD error) = Gamma(3/beta) / Gamma(1/beta): larger beta, less aleatoric uncertainty.
-The batch regulariser (lambda = --uncertainty-temperature 0.1), per twin, is
-
-    L_reg   = sum_e mean_i [ w_i * l(Q_e(s_i, a_i), y_{i,e}) ],   w_i = (1/(s2_i + xi)) / sum_j 1/(s2_j + xi)
-    BIEV:     s2_i = Var_e^{ddof 0}(delta_i) / (kappa_i / E + (E + 1)/(E - 1)),   delta detached, clipped >= 1e-6
-    BIV:      s2_i = discount^2 * Var_e^{ddof 1}(Q_e(s_i, a_i)),                      clipped >= 1e-6
-
-with kappa_i the unbiased (Fisher) excess kurtosis of delta_i over the members (the MBBE correction) and
-l the MAE for the GGD loss (MSE for the Gaussian one). xi >= 0 is 0 when the effective batch size
-ESS = 1 / sum_i w_i^2 is at least m = min(B - 1, --min-batch-size 16); otherwise it is the xi where
-ESS(s2 + xi) = m. The released code finds it by scipy's Nelder-Mead on |ESS - m| from 0 (fatol 1,
-maxiter 100) on the CPU at every step; the default here is a bracketing search on the device (a
-64-way bisection: a log grid, then 3 linear refinements, then linear interpolation; no host
-synchronisation), and --xi-solver nelder-mead runs the released solver as a check
-(tests/test_ggd_td.py checks that the two agree on random batches).
+with L_value the GGD NLL (--loss ggd), the variance head's Gaussian NLL (gaussian) or the MSE (mse);
+s2_i the variance of sample i over the members (BIEV: of delta, MBBE-corrected; BIV: of Q times
+discount^2), floored at 1e-6; l the MAE for the GGD loss (MSE otherwise); and xi >= 0 the shift that
+keeps the effective batch size 1 / sum_i w_i^2 at least min(B - 1, --min-batch-size) (ocrl.nets.ggd).
+Only the means feed the targets and the actor; beta shapes the critic loss alone.
 
 The default is the released full method (`iev-ggd-sac`): --loss ggd with --reg auto (= biev for ggd,
-none for the other losses). --loss mse is the released plain `sac` (sum over members of the MSE, the
-same 5-member networks, no regulariser), the baseline the reviews asked for; --loss gaussian is
-`gd-sac` (the variance head: F.gaussian_nll_loss with var = softplus(raw), eps 1e-6); --reg biv gives
-the `iv-*` variants. --ensemble-size 1 --loss mse is a plain twin-critic SAC.
+none for the other losses); --loss mse is the released plain `sac` (the same networks, no regulariser),
+--loss gaussian `gd-sac`, --reg biv the `iv-*` variants. Where the paper and the released code differ
+the code is the default, with a flag for the other. docs/algos/ggd_td.md has the regulariser and the xi
+solvers in full, these flags, the deviations from the released code and the ggd/* logs.
 
-Where the paper and the released code differ the code is the default (the spec's "faithful vs fixed"
-table), with a flag for the other: --ggd-form power (the paper's |delta|^beta; the code multiplies
-|delta| * beta), --beta-eps 1e-6 (a floor on beta; the code has none, so beta can underflow to 0 and the
-loss to NaN, which stops the run with ocrl's divergence message), --detach-ra-weight, --no-biev-mbbe
-(the paper text's plain V[delta]), --biv-source target (IV-RL's variance of the target critics'
-Q'(s', a') times discount^2; the code uses the online predictions), --reg-scale sum (sum_i w_i l_i; the
-code's mean over the batch after sum_i w_i = 1 makes the regulariser lambda / B times that).
-
-Two settings (--preset): sb3-faithful (the default), the released SB3 configuration (5 envs, one gradient
-step per vector step, learning_starts 100, lr 3e-4 throughout, actor step every update, Tanh MLPs
-[256, 256], sb3_contrib's TimeFeatureWrapper, 3M steps); cleanrl-default, only the critic loss swapped
-into algos/sac.py's defaults. Deviations from the released code (the actor, the update order, the heads,
-evaluation) and the ggd/* diagnostics logged every --log-every steps: docs/algos/ggd_td.md.
+Two settings (--preset): sb3-faithful (the default), the released SB3 configuration (5 envs, one
+gradient step per vector step, learning_starts 100, lr 3e-4 throughout, an actor step every update,
+Tanh MLPs, sb3_contrib's TimeFeatureWrapper, 3M steps); cleanrl-default, only the critic loss swapped
+into algos/sac.py's defaults. Truncated episodes bootstrap (only `terminated` ends the return).
+Evaluation follows ocrl's shared protocol: deterministic (mean) actor, 10 episodes every 5,000
+environment steps, episode seeds derived from --seed; Hopper-v4, HalfCheetah-v4 and Walker2d-v4 also
+get D4RL's normalised score.
 
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000 --loss mse   # plain SAC, the rest equal
@@ -79,14 +63,7 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
-from ocrl.nets.ggd import (
-    ggd_nll,
-    mbbe_variance,
-    weighted_regulariser,
-    xi_bisection,
-    xi_nelder_mead,
-)
+from ocrl.nets import CriticEnsemble, TanhGaussianActor, ggd, polyak_update
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
@@ -94,7 +71,6 @@ PRESETS: dict[str, dict] = {
                             activation="relu", time_feature=False, total_steps=1_000_000),
 }  # fmt: skip
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
-EPS = 1e-6  # the released code's floor on the regulariser's variances
 
 
 @dataclass
@@ -111,9 +87,9 @@ class Args:
     """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
     each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 3_000_000
-    """environment steps (over all env copies); the released Hopper-v4 budget"""
+    """environment steps (over all env copies)"""
     num_envs: int = 5
-    """parallel training environments; one gradient update per vector step (SB3: 5 envs, 1 step per 5 env steps)"""
+    """parallel training environments; one gradient update per vector step"""
     buffer_size: int = 1_000_000
     """replay buffer capacity"""
     discount: float = 0.99
@@ -189,7 +165,7 @@ class Args:
 
 
 class GGDSAC(Agent):
-    """The actor, the GGD twin-ensemble critics, their targets, the log-temperature and the optimisers; `update` is one iteration."""
+    """The actor, the twin critics of E GGD members each, their targets, the log-temperature and the optimisers; `update` is one GGD-SAC iteration."""
 
     def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
         self.args = args
@@ -212,7 +188,7 @@ class GGDSAC(Agent):
             requires_grad=args.autotune,
         )
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.q_lr) if args.autotune else None
-        self.reg = resolved_reg(args)
+        self.reg = ggd.resolved_reg(args.reg, args.loss)
         self.reg_loss = (
             args.reg_loss if args.reg_loss != "auto" else ("mae" if args.loss == "ggd" else "mse")
         )
@@ -235,30 +211,9 @@ class GGDSAC(Agent):
             nll = F.gaussian_nll_loss(delta, torch.zeros_like(delta), var, reduction="none")
             return nll.mean(-1).sum(-1)
         beta = F.softplus(raw) + args.beta_eps
-        loss, terms = ggd_nll(delta, beta, args.ggd_form, args.detach_ra_weight)
+        loss, terms = ggd.ggd_nll(delta, beta, args.ggd_form, args.detach_ra_weight)
         self.seen.update(param=beta.detach(), nonfinite=(~torch.isfinite(terms)).sum())
         return loss
-
-    def regulariser(
-        self, q: torch.Tensor, target: torch.Tensor, next_q: torch.Tensor
-    ) -> torch.Tensor:
-        """Per twin (twins,): BIV/BIEV, the batch inverse-variance weighted loss of the means."""
-        args = self.args
-        with torch.no_grad():
-            if self.reg == "biev":
-                var = mbbe_variance(q.detach() - target, args.biev_mbbe)
-            else:
-                source = q.detach() if args.biv_source == "online" else next_q
-                var = args.discount**2 * source.var(dim=-2, correction=1)
-            var = var.clamp_min(EPS)  # (twins, B)
-            solve = xi_bisection if args.xi_solver == "bisection" else xi_nelder_mead
-            xi, ran = solve(var, self.min_ess)
-            inv = 1.0 / (var + xi.unsqueeze(-1))
-            weights = inv / inv.sum(-1, keepdim=True)
-            self.seen.update(
-                xi=xi, ran=ran, ess=1.0 / weights.pow(2).sum(-1), reg_var=var,
-            )  # fmt: skip
-        return weighted_regulariser(q, target, weights, self.reg_loss, args.reg_scale)
 
     def update(
         self, batch: Batch, actor_steps: int, update_target: bool = True
@@ -269,18 +224,21 @@ class GGDSAC(Agent):
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_actions, next_log_prob, _ = actor(next_obs)
-            next_q, _ = self.q_and_raw(self.critic_target, next_obs, next_actions)
+            next_q, _ = self.q_and_raw(self.critic_target, next_obs, next_actions)  # (2, E, B)
             # Per member: the min over the twins; the same a' for every member.
             soft_next = next_q.min(dim=0).values - alpha * next_log_prob
-            target = rewards + args.discount * (1.0 - terminals) * soft_next  # (E, B)
+            target = rewards + args.discount * (1.0 - terminals) * soft_next
         q, raw = self.q_and_raw(critic, obs, actions)
         delta = q - target
         value_loss = self.value_loss(delta, raw)
-        reg_loss = (
-            self.regulariser(q, target, next_q)
-            if self.reg != "none"
-            else torch.zeros_like(value_loss)
-        )
+        reg_loss = torch.zeros_like(value_loss)
+        if self.reg != "none":  # BIEV/BIV on the members' means
+            reg_loss, kept = ggd.inverse_variance_regulariser(
+                q, target, self.reg, biev_mbbe=args.biev_mbbe, discount=args.discount,
+                min_ess=self.min_ess, solver=args.xi_solver, loss=self.reg_loss,
+                scale=args.reg_scale, spread=next_q if args.biv_source == "target" else None,
+            )  # fmt: skip
+            self.seen.update(kept)
         critic_loss = 0.5 * (value_loss + args.uncertainty_temperature * reg_loss).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -315,38 +273,9 @@ class GGDSAC(Agent):
             polyak_update(self.critic_target.parameters(), critic.parameters(), args.tau)
         return metrics
 
-    @torch.no_grad()
     def diagnostics(self) -> dict[str, torch.Tensor]:
-        """The reference's checks for the last update: shape/variance-head statistics, non-finite terms, xi and ESS."""
-        seen, stats = self.seen, {}
-        if "param" in seen:
-            p, name = seen["param"], "beta" if self.args.loss == "ggd" else "var"
-            mean, std = p.mean(), p.std()
-            stats.update({
-                f"ggd/{name}_mean": mean, f"ggd/{name}_std": std, f"ggd/{name}_min": p.min(),
-                f"ggd/{name}_max": p.max(), f"ggd/{name}_cv": std / mean,
-            })  # fmt: skip
-            # Correlation over the batch of the members' mean head with their TD-error variance.
-            a, b = p.mean(dim=1), seen["td_var"]
-            a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
-            corr = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
-            stats[f"ggd/{name}_tdvar_corr"] = corr.mean()
-            if name == "beta":
-                stats["ggd/beta_le2_fraction"] = ((p > 0) & (p <= 2)).float().mean()
-                stats["ggd/nonfinite"] = seen["nonfinite"].float()
-        if "xi" in seen:
-            stats.update({
-                "ggd/xi": seen["xi"].mean(), "ggd/solver_ran": seen["ran"].float().mean(),
-                "ggd/ess": seen["ess"].mean(), "ggd/reg_var_mean": seen["reg_var"].mean(),
-            })  # fmt: skip
-        return stats
-
-
-def resolved_reg(args: Args) -> str:
-    """--reg with auto resolved: biev for --loss ggd (the released full method), none otherwise."""
-    if args.reg != "auto":
-        return args.reg
-    return "biev" if args.loss == "ggd" else "none"
+        """The reference's checks for the last update as ggd/* logs (shape statistics, non-finite terms, xi, ESS)."""
+        return ggd.ggd_diagnostics("beta" if self.args.loss == "ggd" else "var", **self.seen)
 
 
 def check_ggd_args(args: Args) -> None:
@@ -357,18 +286,10 @@ def check_ggd_args(args: Args) -> None:
         raise UsageError(
             f"--beta-eps {args.beta_eps}: must be >= 0 (0: the released code; 1e-6: a floor)"
         )
-    reg = resolved_reg(args)
-    need = 4 if reg == "biev" and args.biev_mbbe else 2
-    if reg != "none" and args.ensemble_size < need:
-        raise UsageError(
-            f"--ensemble-size {args.ensemble_size}: --reg {reg} needs at least {need} members "
-            f"({'the kurtosis correction divides by (E-2)(E-3)' if need == 4 else 'a variance over members'}); "
-            "use --ensemble-size 5 or --reg none"
-        )
-    if reg != "none" and args.batch_size < 2:
-        raise UsageError(
-            f"--batch-size {args.batch_size}: --reg {reg} needs at least 2; use --reg none"
-        )
+    reg = ggd.resolved_reg(args.reg, args.loss)
+    sizes = (args.ensemble_size, args.batch_size)
+    if problem := ggd.regulariser_misfit(reg, args.biev_mbbe, *sizes, members="members"):
+        raise UsageError(problem)
     if args.compile and args.xi_solver == "nelder-mead":
         raise UsageError(
             "--compile: the Nelder-Mead solver runs on the host; use --xi-solver bisection"

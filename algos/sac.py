@@ -144,10 +144,9 @@ class SAC(Agent):
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_actions, next_log_prob, _ = actor(next_obs)
-            next_q = (
-                self.critic_target(next_obs, next_actions).min(dim=0).values - alpha * next_log_prob
-            )
-            target = rewards + args.discount * (1.0 - terminals) * next_q
+            next_q = self.critic_target(next_obs, next_actions)  # (2, B)
+            soft_next = next_q.min(dim=0).values - alpha * next_log_prob
+            target = rewards + args.discount * (1.0 - terminals) * soft_next
         q = critic(obs, actions)  # (2, B)
         critic_loss = ((q - target) ** 2).mean(dim=1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
@@ -158,7 +157,8 @@ class SAC(Agent):
         actor_params = list(actor.parameters())
         for _ in range(actor_steps):
             pi, log_prob, _ = actor(obs)
-            actor_loss = (alpha * log_prob - critic(obs, pi).min(dim=0).values).mean()
+            q_pi = critic(obs, pi).min(dim=0).values
+            actor_loss = (alpha * log_prob - q_pi).mean()
             # Gradients for the actor only: the critic's weight gradients are not needed here.
             grads = torch.autograd.grad(actor_loss, actor_params)
             for p, g in zip(actor_params, grads, strict=True):

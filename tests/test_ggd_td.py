@@ -331,7 +331,7 @@ def test_presets_differ_only_in_the_training_setup():
     changed = {k for k in vars(base) if getattr(base, k) != getattr(clean, k)}
     assert changed == {"num_envs", "learning_starts", "q_lr", "policy_freq", "activation",
                        "time_feature", "total_steps"}  # fmt: skip
-    assert base.loss == clean.loss == "ggd" and ggd_td.resolved_reg(base) == "biev"
+    assert base.loss == clean.loss == "ggd" and ggd.resolved_reg(base.reg, base.loss) == "biev"
 
 
 def test_time_feature_counts_down_to_the_time_limit():
