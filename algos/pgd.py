@@ -108,7 +108,8 @@ class Args:
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
     threads: int = 1
-    """torch's CPU threads (1: fastest per run at these sizes, runs side by side do not slow each other); 0: all cores"""
+    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
+    each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 1_000_000
     """agent updates (PGD: 1M)"""
     batch_size: int = 256
