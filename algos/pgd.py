@@ -14,15 +14,16 @@ then the usual churn + Heun step runs from the shifted x_k. log pi is Normal(mu(
 for TD3+BC's deterministic actor and IQL's tanh-mean Gaussian (state-independent std) without a tanh Jacobian.
 The initial synthetic set is unguided; every --synth-dataset-lifetime updates it is regenerated with guidance
 from the current actor. Each batch holds --synth-batch-size synthetic transitions and the rest real (240 + 16).
-The agents are PGD's (targets Polyak-updated at the start of every step; Adam eps 1e-5): TD3+BC with one actor
-step then --critic-updates critic steps, IQL with V's expectile step, the critics' step on r + gamma V(s') and
-the advantage-weighted actor step. The trajectory model is --diffusion-model (the model.pt of
-`python algos/diffusion.py --preset pgd-unguided`), or --diffusion-steps N trains the same model here first.
+The agents are PGD's (--agent iql, the code's default, or td3_bc; targets Polyak-updated at the start of
+every step; Adam eps 1e-5): TD3+BC with one actor step then --critic-updates critic steps, IQL with V's
+expectile step, the critics' step on r + gamma V(s') and the advantage-weighted actor step. The trajectory
+model is --diffusion-model (the model.pt of `python algos/diffusion.py --preset pgd-unguided`), or
+--diffusion-steps N trains the same model here first.
 
 Defaults are the released code's (EmptyJackson/policy-guided-diffusion @ 9da606c), except the window length
 (the model's), the regeneration's off-by-one, standardised observations, sampling synthetic data with
-replacement and g = 0 instead of NaN for an all-saturated trajectory; --guidance-coef 0 is the unguided
-baseline, --synth-batch-size 0 the real-data one. Details, the agents' losses and results: docs/algos/pgd.md.
+replacement and g = 0 instead of NaN for an all-saturated trajectory. --guidance-coef 0 (the default) is the
+unguided baseline, --synth-batch-size 0 the real-data one. Details, the agents' losses, results: docs/algos/pgd.md.
 
     python algos/pgd.py --dataset hopper-medium-replay-v2 --diffusion-model runs/diffusion__.../model.pt \\
         --agent td3_bc --guidance-coef 0.1 --normalize-action-guidance
