@@ -32,29 +32,15 @@ L_pi = E[alpha log pi(a|s) - mean_k Q_k(s, a)], next actions a' ~ pi(s'), and th
 its evaluation uses the deterministic mean action, as RLPD's.
 
 Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*), not configs/expo_config.py:
-N = 8 base and K = 8 edited candidates (config: 32 and 0), hidden (256, 256, 256) for critics and the edit
-MLP (config: (256, 256)), beta_edit 0.05 (AntMaze, square, threading; pen-binary uses 0.7), num_min_qs 2
-(config and Adroit/robomimic; the AntMaze scripts use 1), UTD 20, 5,000 random steps first, 300k steps
-(AntMaze), no entropy in the backup. Flags for the reference's faithful-vs-fixed rows:
-
-- `--target-entropy code` (-|A|/2, the learner's default), `adjusted` (-|A|/2 + |A| log beta_edit, the
-  learner's off-by-default flag) or `port` (-|A| + |A| log 2 beta_edit, a third-party PyTorch port). With
-  `code` and beta_edit 0.05 the edit entropy (at most |A| log 2 beta_edit) never reaches the target, so
-  log alpha only grows (about 4e-4 per update): watch expo/log_alpha.
-- `--clip-edited-actions` clips a + a_hat to [-1, 1] in the learner, the candidates and the replay; the
-  code does not (an edited action can leave [-1, 1] by up to beta_edit; the environment step is clipped).
-- `--backup-entropy`: for EXPO the paper's section 4.3 variant, which the released code does not have (our
-  reading): the backup action is drawn from softmax(sampling_beta * Q) over the N + K candidates and
-  y subtracts discount * alpha * log of its probability. For `--policy gaussian` it is RLPD's SAC entropy
-  term (RLPD's default for locomotion; off for AntMaze/Adroit, and off here by default).
-
-Other deviations (evaluation, the fixed 50/50 split, action rescaling, LayerNorm eps, N = 1) and how
-AntMaze and Adroit run from Minari's D4RL data (`--preset antmaze`, `--reward-bias auto`: -1 for AntMaze
-names): docs/algos/expo.md.
+N = K = 8 candidates, hidden (256, 256, 256), beta_edit 0.05, num_min_qs 2, UTD 20, 5,000 random steps, 300k
+steps, no entropy in the backup. Flags for the reference's faithful-vs-fixed rows: --target-entropy
+code (-|A|/2, the learner's default; with beta_edit 0.05 log alpha then only grows), adjusted or port;
+--clip-edited-actions (the code does not clip a + a_hat); --backup-entropy (EXPO: section 4.3's softmax over
+the candidates, which the released code does not have; RLPD: SAC's entropy term). What each does, the other
+deviations and how AntMaze and Adroit run (--preset antmaze, --reward-bias auto): docs/algos/expo.md.
 
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --total-steps 50000
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --policy gaussian --total-steps 50000
-    python algos/expo.py --preset antmaze --dataset D4RL/antmaze/large-diverse-v1
 """
 
 from __future__ import annotations
@@ -66,7 +52,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch import nn
 
 from ocrl.data import Batch, ReplayBuffer, mixed_minibatches
 from ocrl.envs import TrainingEnvs, load_offline_task, make_env
@@ -81,7 +66,7 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import CriticEnsemble, EnsembleLinear, TanhNormalPolicy, polyak_update
+from ocrl.nets import CriticEnsemble, TanhNormalPolicy, polyak_update, xavier_init
 from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
 
 PRESETS: dict[str, dict] = {
@@ -186,8 +171,7 @@ class Args:
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
-    """torch.compile the OTF candidate selection (the T-step chain of all N + K candidates and the critic scores);
-    on CUDA in 'reduce-overhead' mode, which replays it as CUDA graphs"""
+    """torch.compile the OTF candidate selection (the T-step chain of the N + K candidates and their scores; CUDA graphs on CUDA)"""
     run_dir: str | None = None
     """run folder; default runs/expo__<dataset>__s<seed>__<time> (rlpd__... with --policy gaussian)"""
     overwrite: bool = False
@@ -215,12 +199,7 @@ class EXPO(Agent):
         self.critic = CriticEnsemble(
             obs_dim, act_dim, args.hidden, args.num_qs, args.critic_layer_norm, layer_norm_eps=1e-6
         )
-        for layer in self.critic.net:  # Flax's init: xavier-uniform kernels, zero biases
-            if isinstance(layer, EnsembleLinear):
-                bound = math.sqrt(6.0 / (layer.in_dim + layer.out_dim))
-                nn.init.uniform_(layer.weight, -bound, bound)
-                nn.init.zeros_(layer.bias)
-        self.critic.to(device)
+        xavier_init(self.critic.net).to(device)  # Flax's init: xavier-uniform kernels, zero biases
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
         decay = lr_factor("cosine", args.lr_decay_steps)
@@ -276,19 +255,13 @@ class EXPO(Agent):
             if args.clip_edited_actions:
                 edited = edited.clamp(-1.0, 1.0)
             candidates = torch.cat([base, edited], dim=1)
-        q = (
-            self.critic_target.members(
-                obs.repeat_interleave(n + k, 0), candidates.reshape(-1, a), self.subset()
-            )
-            .min(dim=0)
-            .values
-        )
-        return candidates, q.view(b, n + k), base
+        states = obs.repeat_interleave(n + k, 0)
+        q = self.critic_target.members(states, candidates.reshape(-1, a), self.subset()).min(dim=0)
+        return candidates, q.values.view(b, n + k), base
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, record: bool = True) -> torch.Tensor:
-        """The action executed in the environment and at evaluation: the OTF argmax with the EMA diffusion, or a ~ pi(s);
-        `record` keeps its diagnostics."""
+        """The environment (and evaluation) action: the OTF argmax with the EMA diffusion, or a ~ pi(s)."""
         if not self.expo:
             return self.actor(obs)[0]
         candidates, q, base = self.select(obs, self.diffusion_ema.ema_model)
@@ -297,9 +270,9 @@ class EXPO(Agent):
         if not record:
             return action
         self.seen.update(
-            act_edited=(best >= self.args.n_samples).float().mean(),
+            edited_fraction_act=(best >= self.args.n_samples).float().mean(),
             chosen_base_distance=(base - action[:, None]).norm(dim=-1).mean(),
-            act_outside=(action.abs() > 1.0).any(dim=-1).float().mean(),
+            action_outside_fraction=(action.abs() > 1.0).any(dim=-1).float().mean(),
         )
         return action
 
@@ -325,7 +298,7 @@ class EXPO(Agent):
                 else:
                     best = q_sel.argmax(dim=1)
                 next_actions = candidates[rows, best]
-                self.seen["backup_edited"] = (best >= args.n_samples).float().mean()
+                self.seen["edited_fraction_backup"] = (best >= args.n_samples).float().mean()
             else:
                 next_actions, next_log_prob, _ = self.actor(next_obs)
                 if args.backup_entropy:
@@ -340,8 +313,8 @@ class EXPO(Agent):
         self.critic_opt.step()
         polyak_update(self.critic_target.parameters(), self.critic.parameters(), args.tau)
         self.seen.update(
-            q_mean=q.detach().mean(), q_std=q.detach().std(dim=0).mean(), target=target.mean(),
-            subset_gap=(next_all.mean(dim=0) - next_q).mean(),
+            q_mean=q.detach().mean(), q_ensemble_std=q.detach().std(dim=0).mean(), target_mean=target.mean(),
+            target_mean_minus_subset_min=(next_all.mean(dim=0) - next_q).mean(),
         )  # fmt: skip
         return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
@@ -356,8 +329,8 @@ class EXPO(Agent):
         self.diffusion_ema.update()
         # Mixed minibatches interleave offline (even rows) and online (odd rows) transitions.
         self.seen.update(
-            bc_offline=losses[0::2].detach().mean(), bc_online=losses[1::2].detach().mean()
-        )
+            bc_loss_offline=losses[0::2].detach().mean(), bc_loss_online=losses[1::2].detach().mean(),
+        )  # fmt: skip
         return {"bc_loss": bc_loss.detach()}
 
     def policy_step(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -388,11 +361,8 @@ class EXPO(Agent):
         alpha_loss.backward()
         self.alpha_opt.step()
         return {
-            name: loss.detach(),
-            "entropy": entropy,
-            "alpha": alpha,
-            "alpha_loss": alpha_loss.detach(),
-        }
+            name: loss.detach(), "entropy": entropy, "alpha": alpha, "alpha_loss": alpha_loss.detach(),
+        }  # fmt: skip
 
     def update(self, minibatches: list[Batch]) -> dict[str, torch.Tensor]:
         """One environment step's updates: a critic step on each of the G minibatches, then on the last one the
@@ -401,23 +371,16 @@ class EXPO(Agent):
         for batch in minibatches:
             metrics = self.critic_step(batch)
             if self.expo:
-                edited.append(self.seen["backup_edited"])
+                edited.append(self.seen["edited_fraction_backup"])
         if self.expo:
-            self.seen["backup_edited"] = torch.stack(edited).mean()
+            self.seen["edited_fraction_backup"] = torch.stack(edited).mean()
             metrics |= self.diffusion_step(minibatches[-1])
         return metrics | self.policy_step(minibatches[-1])
 
     @torch.no_grad()
     def diagnostics(self) -> dict[str, torch.Tensor]:
         """The reference's checks (interval means): log alpha, OTF edited fractions, edit size, Q statistics, imitation loss by source."""
-        names = {
-            "act_edited": "edited_fraction_act", "backup_edited": "edited_fraction_backup",
-            "edit_magnitude": "edit_magnitude", "act_outside": "action_outside_fraction",
-            "chosen_base_distance": "chosen_base_distance", "q_mean": "q_mean", "q_std": "q_ensemble_std",
-            "target": "target_mean", "subset_gap": "target_mean_minus_subset_min",
-            "bc_offline": "bc_loss_offline", "bc_online": "bc_loss_online",
-        }  # fmt: skip
-        stats = {f"expo/{names[k]}": v for k, v in self.seen.items() if k in names}
+        stats = {f"expo/{k}": v for k, v in self.seen.items()}
         return stats | {"expo/log_alpha": self.log_alpha.detach().clone()}
 
 

@@ -12,41 +12,19 @@ Before EDM step k = 0..N-1 of the stochastic Heun sampler, in the model's normal
 
 then the usual churn + Heun step runs from the shifted x_k. log pi is Normal(mu(s), 1) on the squashed action
 for TD3+BC's deterministic actor and IQL's tanh-mean Gaussian (state-independent std) without a tanh Jacobian.
-The initial synthetic set is generated unguided at step 0; every --synth-dataset-lifetime updates (not at
-step 0) it is regenerated with guidance from the current actor. Each batch holds --synth-batch-size
-synthetic transitions and batch_size - synth_batch_size real ones (240 + 16 by default).
+The initial synthetic set is unguided; every --synth-dataset-lifetime updates it is regenerated with guidance
+from the current actor. Each batch holds --synth-batch-size synthetic transitions and the rest real (240 + 16).
+The agents are PGD's (--agent iql, the code's default, or td3_bc; targets Polyak-updated at the start of
+every step; Adam eps 1e-5): TD3+BC with one actor step then --critic-updates critic steps, IQL with V's
+expectile step, the critics' step on r + gamma V(s') and the advantage-weighted actor step. The trajectory
+model is --diffusion-model (the model.pt of `python algos/diffusion.py --preset pgd-unguided`), or
+--diffusion-steps N trains the same model here first.
 
-The agents are PGD's versions (rl/td3_bc.py, rl/iql.py of EmptyJackson/policy-guided-diffusion @ 9da606c):
-one Adam(lr 3e-4, eps 1e-5) per network, constant lr, targets Polyak-updated (0.005) at the *start* of every
-step. TD3+BC: an actor step every step, L_pi = -(alpha / mean|Q1(s, pi(s))|) mean Q1(s, pi(s)) + mean (pi(s) -
-a)^2, then --critic-updates (2) critic steps on y = r + gamma (1 - d) min_i Q_i'(s', clip(pi'(s') + clip(N(0,
-0.2^2), +-0.5), +-1)). IQL: L_V = mean |tau - 1[A < 0]| A^2 with A = min_i Q_i'(s, a) - V(s) from the target
-Qs, L_Q = sum_i mean (Q_i(s, a) - r - gamma (1 - d) V(s'))^2 / 2 with V(s') from before V's step, L_pi =
-mean min(exp(beta A), 100) * (-sum_j log pi(a_j | s)); the mean action is evaluated.
+Defaults are the released code's (EmptyJackson/policy-guided-diffusion @ 9da606c), except the window length
+(the model's), the regeneration's off-by-one, standardised observations, sampling synthetic data with
+replacement and g = 0 instead of NaN for an all-saturated trajectory. --guidance-coef 0 (the default) is the
+unguided baseline, --synth-batch-size 0 the real-data one. Details, the agents' losses, results: docs/algos/pgd.md.
 
-The trajectory model is PGD's unguided diffusion model of windows [s, arctanh a, r, done] (train_diffusion.py):
---diffusion-model loads the model.pt that `python algos/diffusion.py --preset pgd-unguided --dataset <data>`
-writes (EMA U-Net, normaliser, window length); or --diffusion-steps N trains one here first, with PGD's settings:
-EDM's loss with one sigma per window, a temporal U-Net (--unet-features, --unet-blocks, GroupNorm per time step),
-Adam(2e-3, betas (0.9, 0.999)) with 10% warm-up from 0.1 then cosine to 0, no clipping, batches of 32 windows drawn
-with replacement (PGD shuffles epochs), EMA 0.995 every 10 steps, and writes it as model.pt in the run folder
-(a resumed run reloads it). It trains, saves and loads through algos/diffusion.py's code (ocrl.nets.edm_model):
-seeded by --seed alone, it is the model that file trains with the same settings.
-
-Defaults are the released code's, except: the sampled window length is the model's training length
-(--num-rollout-steps defaults to trajectory_length - 1; 128 is the code's value, a horizon mismatch); the
-regeneration runs before update K, 2K, ... (the code's runs after update K, an off-by-one); observations are
-standardised (the code's --normalize_obs is off by default; here --no-normalize-obs); synthetic transitions
-are drawn with replacement (the code draws a batch without replacement). --guidance-norm-eps-in-denominator
-gives the safer g / (||g|| + 1e-8); --tanh-jacobian adds log(1 - tanh^2) to IQL's guidance density. A
-trajectory whose actions are all tanh-saturated (common at sigma ~ 80 for short windows) has g = 0, which the
-code's g / ||g|| turns into NaN; here its normalised g is 0 (+ 1e-8).
---guidance-coef 0 is the unguided baseline: the sampler is then bit-identical to algos/diffusion.py's for the
-same generator and the actor is never called; --synth-batch-size 0 trains on real data only (nothing is
-generated). The `cpu-small` preset (1,024 trajectories per regeneration, 32 Heun steps instead of 256) is
-what docs/results/pgd.md uses.
-
-    python algos/diffusion.py --preset pgd-unguided --dataset hopper-medium-replay-v2   # then, with its model.pt:
     python algos/pgd.py --dataset hopper-medium-replay-v2 --diffusion-model runs/diffusion__.../model.pt \\
         --agent td3_bc --guidance-coef 0.1 --normalize-action-guidance
     python algos/pgd.py --preset cpu-small --dataset ocrl/hopper/medium-replay-v0 --diffusion-steps 30000 \\
@@ -65,7 +43,6 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ocrl.data import Batch, OfflineDataset
 from ocrl.data.replay import SyntheticSet, mixed_batch
@@ -92,18 +69,12 @@ from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 't
 from ocrl.nets.diffusion import DiffusionNormalizer, EDMTrainer, build_network, model_state
 
 PRESETS: dict[str, dict] = {
-    # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256).
-    "cpu-small": {
-        "num_synth_trajectories": 1024,
-        "sample_batch_size": 256,
-        "sample_steps": 32,
-        "synth_dataset_lifetime": 10_000,
-        # The model --diffusion-steps trains (docs/results/pgd.md's: 16-row windows, F 64, 2 blocks).
-        "trajectory_length": 16,
-        "unet_features": 64,
-        "unet_blocks": 2,
-    },
-}
+    # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256),
+    # and the model --diffusion-steps trains: docs/results/pgd.md's 16-row windows, F 64, 2 blocks.
+    "cpu-small": dict(num_synth_trajectories=1024, sample_batch_size=256, sample_steps=32,
+                      synth_dataset_lifetime=10_000, trajectory_length=16, unet_features=64,
+                      unet_blocks=2),
+}  # fmt: skip
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
@@ -228,8 +199,7 @@ class GaussianActor(nn.Module):
         super().__init__()
         self.net = MLP(obs_dim, act_dim, hidden)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
-        low = torch.as_tensor(action_low, dtype=torch.float32)
-        high = torch.as_tensor(action_high, dtype=torch.float32)
+        low, high = (torch.as_tensor(x, dtype=torch.float32) for x in (action_low, action_high))
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
 
@@ -287,20 +257,15 @@ class TD3BC(Agent):
         lmbda = args.alpha / (q_pi.abs().mean().detach() + 1e-7)
         bc_mse = (pi - actions).square().mean()
         actor_loss = -lmbda * q_pi.mean() + bc_mse
-        actor_params = list(actor.parameters())
-        grads = torch.autograd.grad(actor_loss, actor_params)
-        for p, g in zip(actor_params, grads, strict=True):
+        params = list(actor.parameters())
+        for p, g in zip(params, torch.autograd.grad(actor_loss, params), strict=True):
             p.grad = g
         self.actor_opt.step()
 
-        scale, bias = actor.action_scale, actor.action_bias
+        scale, bias, clip = actor.action_scale, actor.action_bias, args.noise_clip
         for _ in range(args.critic_updates):
             with torch.no_grad():
-                noise = (
-                    torch.randn_like(actions)
-                    .mul_(args.policy_noise)
-                    .clamp_(-args.noise_clip, args.noise_clip)
-                )
+                noise = torch.randn_like(actions).mul_(args.policy_noise).clamp_(-clip, clip)
                 next_actions = torch.clamp(
                     self.actor_target(next_obs) + noise * scale, bias - scale, bias + scale
                 )
@@ -419,16 +384,11 @@ def train_trajectory_model(
             f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows: "
             f"U-Net with {sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters"
         )
-        losses = []
-        bar = tqdm(range(args.diffusion_steps), desc="trajectory model", disable=not args.progress)
-        for step in bar:
-            batch = data[torch.randint(len(data), (args.diffusion_batch_size,), device=device)]
-            losses.append(trainer.update(batch)["denoiser_loss"])
-            if (step + 1) % args.log_every == 0 or step + 1 == args.diffusion_steps:
-                mean_loss = torch.stack(losses).mean().item()  # the only host read per interval
-                check_finite(step + 1, {"trajectory model loss": mean_loss}, run)
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                losses.clear()
+        trainer.fit(
+            data, args.diffusion_steps, args.diffusion_batch_size, args.log_every,
+            lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
+            args.progress, "trajectory model",
+        )  # fmt: skip
     meta = {"env_id": env_id, "dataset": dataset.name, "trajectory_length": args.trajectory_length}
     state = model_state(
         "unet", kwargs, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
@@ -525,25 +485,21 @@ def regeneration_seed(seed: int, index: int) -> int:
 
 def check_pgd_args(args: Args) -> None:
     counts = ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every")
+    counts += ("critic_updates",) + ("num_rollout_steps",) * (args.num_rollout_steps is not None)
     counts += ("synth_dataset_lifetime", "num_synth_trajectories", "sample_batch_size")
-    if args.diffusion_steps != 0:
+    if args.diffusion_steps != 0:  # check_args refuses every non-finite float and lr <= 0
         counts += ("diffusion_steps", "unet_features", "unet_blocks", "window_stride")
         counts += ("diffusion_batch_size",)
     check_args(args, counts)
-    if args.diffusion_steps != 0:
-        if args.diffusion_model is not None:
-            raise UsageError(
-                f"--diffusion-model {args.diffusion_model} and --diffusion-steps "
-                f"{args.diffusion_steps}: give one (load a model, or train one here)"
-            )
-        if args.trajectory_length < 2:
-            raise UsageError(
-                f"--trajectory-length {args.trajectory_length}: a window needs >= 2 rows"
-            )
-        if args.unet_features % 8 or args.unet_features < 16:
-            raise UsageError(f"--unet-features {args.unet_features}: a multiple of 8, at least 16")
-        if not (args.diffusion_lr > 0 and math.isfinite(args.diffusion_lr)):
-            raise UsageError(f"--diffusion-lr {args.diffusion_lr}: must be a positive number")
+    if args.diffusion_steps != 0 and args.diffusion_model is not None:
+        raise UsageError(
+            f"--diffusion-model {args.diffusion_model} and --diffusion-steps "
+            f"{args.diffusion_steps}: give one (load a model, or train one here)"
+        )
+    if args.diffusion_steps != 0 and args.trajectory_length < 2:
+        raise UsageError(f"--trajectory-length {args.trajectory_length}: a window needs >= 2 rows")
+    if args.diffusion_steps != 0 and (args.unet_features % 8 or args.unet_features < 16):
+        raise UsageError(f"--unet-features {args.unet_features}: a multiple of 8, at least 16")
     if not 0 <= args.synth_batch_size <= args.batch_size:
         raise UsageError(
             f"--synth-batch-size {args.synth_batch_size}: must lie in [0, --batch-size "
@@ -551,15 +507,10 @@ def check_pgd_args(args: Args) -> None:
         )
     if args.sample_steps < 2:
         raise UsageError(f"--sample-steps {args.sample_steps}: the Heun sampler needs at least 2")
-    if args.num_rollout_steps is not None and args.num_rollout_steps < 1:
-        raise UsageError(f"--num-rollout-steps {args.num_rollout_steps}: must be positive")
-    if args.critic_updates < 1:
-        raise UsageError(f"--critic-updates {args.critic_updates}: must be positive")
     if not 0.0 < args.expectile < 1.0:
         raise UsageError(f"--expectile {args.expectile}: must lie in (0, 1); PGD uses 0.7")
-    # check_args has refused every non-finite float.
-    if not (args.lr > 0 and args.max_weight > 0):
-        raise UsageError("--lr and --max-weight must be positive")
+    if not args.max_weight > 0:
+        raise UsageError(f"--max-weight {args.max_weight}: must be positive")
 
 
 def given_model(args: Args, task: OfflineTask, device: torch.device) -> TrajectoryModel | None:
@@ -572,13 +523,13 @@ def given_model(args: Args, task: OfflineTask, device: torch.device) -> Trajecto
                 f"{model.act_dim}, dataset '{args.dataset}' has {task.obs_dim}/{task.act_dim}"
             )
         return model
-    # Check the windows before the run folder is made.
-    if args.synth_batch_size > 0:
-        if len(trajectory_windows(task.dataset, args.trajectory_length, args.window_stride)) == 0:
-            raise UsageError(
-                f"--trajectory-length {args.trajectory_length}: no episode of '{args.dataset}' is "
-                "that long; use shorter windows"
-            )
+    length, stride = args.trajectory_length, args.window_stride
+    # Checked before the run folder is made.
+    if args.synth_batch_size > 0 and len(trajectory_windows(task.dataset, length, stride)) == 0:
+        raise UsageError(
+            f"--trajectory-length {args.trajectory_length}: no episode of '{args.dataset}' is "
+            "that long; use shorter windows"
+        )
     return None
 
 

@@ -47,11 +47,16 @@ def orthogonal_init(mlp: MLP, head_gain: float) -> MLP:
     return mlp
 
 
-def xavier_init(mlp: MLP) -> MLP:
-    """Xavier-uniform weights and zero biases on every linear layer."""
+def xavier_init(mlp: nn.Sequential) -> nn.Sequential:
+    """Xavier-uniform weights (each ensemble member's on its own) and zero biases on every linear layer."""
     for layer in mlp:
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        elif isinstance(layer, EnsembleLinear):
+            # Flax's xavier_uniform of each member's (in, out) kernel.
+            bound = math.sqrt(6.0 / (layer.in_dim + layer.out_dim))
+            nn.init.uniform_(layer.weight, -bound, bound)
             nn.init.zeros_(layer.bias)
     return mlp
 

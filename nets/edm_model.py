@@ -8,12 +8,13 @@ sampler. What the samples are for (a dataset file, PGD's guided regeneration) st
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ocrl.nets.diffusion_training import EMA, DiffusionNormalizer, lr_factor
 from ocrl.nets.edm import (
@@ -70,6 +71,22 @@ class EDMTrainer:
         self.scheduler.step()
         self.ema.update()
         return {"denoiser_loss": loss.detach(), "diffusion/grad_norm": grad_norm}
+
+    def fit(
+        self, data: torch.Tensor, steps: int, batch_size: int, log_every: int,
+        on_log: Callable[[int, float], None], progress: bool = True, desc: str = "denoiser",
+    ) -> None:  # fmt: skip
+        """`steps` updates on batches of `data` drawn with replacement; `on_log(step, mean loss)` every `log_every` steps and at the last."""
+        losses = []
+        bar = tqdm(range(steps), desc=desc, disable=not progress)
+        for step in bar:
+            batch = data[torch.randint(len(data), (batch_size,), device=data.device)]
+            losses.append(self.update(batch)["denoiser_loss"])
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                mean_loss = torch.stack(losses).mean().item()  # the only host read per interval
+                on_log(step + 1, mean_loss)
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                losses.clear()
 
     def ema_denoiser(self) -> EDMDenoiser:
         """The denoiser on the EMA weights (the one to sample from)."""

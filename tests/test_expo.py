@@ -113,7 +113,7 @@ def test_critic_step_backs_up_the_otf_argmax_with_an_independent_subset_min():
         strict=True,
     ):  # fmt: skip
         torch.testing.assert_close(t_new, 0.9 * t_old + 0.1 * p, rtol=1e-6, atol=1e-7)
-    assert float(agent.seen["backup_edited"]) == pytest.approx(
+    assert float(agent.seen["edited_fraction_backup"]) == pytest.approx(
         (q_sel.argmax(1) >= 3).float().mean().item()
     )
 
@@ -262,7 +262,9 @@ def test_otf_scores_base_and_edited_candidates_and_acting_picks_the_argmax():
     agent.select = lambda obs, diffusion: (cands, q, base)
     action = agent.act(s)
     torch.testing.assert_close(action, cands[torch.arange(B), plain.argmax(1)])
-    assert float(agent.seen["act_edited"]) == pytest.approx((plain.argmax(1) >= 3).float().mean())
+    assert float(agent.seen["edited_fraction_act"]) == pytest.approx(
+        (plain.argmax(1) >= 3).float().mean()
+    )
 
 
 def test_clip_edited_actions_keeps_candidates_in_range():

@@ -13,6 +13,7 @@ from ocrl.nets import (
     EnsembleLinear,
     TanhGaussianActor,
     polyak_update,
+    xavier_init,
 )
 
 
@@ -142,3 +143,22 @@ def test_polyak_update():
     polyak_update(target, online, 0.25)
     torch.testing.assert_close(target[0], torch.full((3,), 0.25))
     torch.testing.assert_close(target[1], torch.full((2,), 0.75))
+
+
+def test_xavier_init_gives_each_ensemble_member_flaxs_xavier_uniform_and_zero_biases():
+    torch.manual_seed(0)
+    critic = CriticEnsemble(30, 10, (20,), num_critics=3, layer_norm=True)
+    xavier_init(critic.net)
+    first = critic.net[0]
+    assert isinstance(first, EnsembleLinear)
+    weight = first.weight.detach()
+    # fan_in + fan_out of one member's (40, 20) kernel; torch's default bound would be 1 / sqrt(40).
+    bound = math.sqrt(6.0 / (40 + 20))
+    assert float(weight.abs().max()) <= bound and float(weight.abs().max()) > 0.99 * bound
+    # Uniform on [-b, b] has variance b^2 / 3, per member.
+    for j in range(3):
+        assert float(weight[j].var()) == pytest.approx(bound**2 / 3, rel=0.15)
+    linears = [m for m in critic.net if isinstance(m, EnsembleLinear)]
+    assert all(not m.bias.detach().any() for m in linears)
+    mlp = xavier_init(MLP(40, 20, ()))  # plain nn.Linear layers are torch's xavier_uniform_
+    assert float(mlp[0].weight.detach().abs().max()) <= bound and not mlp[0].bias.detach().any()

@@ -18,7 +18,13 @@ from ocrl.algos import pgd
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.data.windows import windows_to_transitions
 from ocrl.experiment import load_checkpoint
-from ocrl.nets.diffusion import DiffusionNormalizer, EDMTrainer, build_network, heun_sample
+from ocrl.nets.diffusion import (
+    DiffusionNormalizer,
+    EDMTrainer,
+    ResidualMLPDenoiser,
+    build_network,
+    heun_sample,
+)
 
 
 @pytest.fixture(scope="session")
@@ -570,6 +576,27 @@ def test_diffusion_steps_trains_through_the_code_algos_diffusion_uses_with_its_p
     # The EMA moved away from the initial weights: 30 steps of training happened.
     init_state = build_network("unet", ours["network_kwargs"]).state_dict()
     assert any(not torch.equal(init_state[k], v) for k, v in ours["ema"].items())
+
+
+def test_edm_trainer_fit_draws_batches_of_the_data_and_reports_the_interval_means(monkeypatch):
+    trainer = EDMTrainer(ResidualMLPDenoiser(3, width=8, depth=1, dim_t=4), lr=1e-3, total_steps=5)
+    data = torch.arange(12.0).view(4, 3)
+    seen, logs = [], []
+
+    def update(self, x):
+        seen.append(x.clone())
+        return {"denoiser_loss": x.sum()}
+
+    monkeypatch.setattr(EDMTrainer, "update", update)
+    trainer.fit(data, 5, 2, 2, lambda step, loss: logs.append((step, loss)), progress=False)
+    assert len(seen) == 5
+    assert all(
+        x.shape == (2, 3) and all(bool((data == row).all(1).any()) for row in x) for x in seen
+    )
+    sums = [float(x.sum()) for x in seen]
+    assert [step for step, _ in logs] == [2, 4, 5]  # every log_every steps and at the last
+    expected = [(sums[0] + sums[1]) / 2, (sums[2] + sums[3]) / 2, sums[4]]
+    assert [loss for _, loss in logs] == pytest.approx(expected)
 
 
 def test_a_trained_model_leaves_the_agent_as_a_loaded_one_and_resume_reloads_it(
