@@ -184,9 +184,9 @@ class Args:
     log_every: int = 2_048
     """environment steps between loss logs (checked after each iteration)"""
     save_model: bool = False
-    """write checkpoint.pt (networks, optimiser, normalisers, RNG) at every evaluation and at the end"""
+    """write checkpoint.pt (networks, optimiser, normalisers, training envs, RNG) at every evaluation and at the end"""
     resume: str | None = None
-    """run folder to continue from its checkpoint.pt (the environments restart their episodes)"""
+    """run folder to continue from its checkpoint.pt (the environments continue their episodes)"""
     run_dir: str | None = None
     """run folder; default runs/ggd_ppo__<env>__s<seed>__<time>"""
     overwrite: bool = False
@@ -354,15 +354,16 @@ def main(args: Args) -> dict:
         device=device, env_wrapper=wrap,
     )  # fmt: skip
     rollout_size = args.num_envs * args.num_steps
-    loop = TrainingLoop(
-        "ggd_ppo", args.env_id, args, agent.parts(), np_rng, rate_tag="charts/steps_per_s"
-    )
-    iterations = math.ceil(args.total_steps / rollout_size)
     rollout = VectorRollout(
         envs, args.num_steps, agent.obs_rms, agent.return_rms, device, seed=args.seed,
         discount=args.discount, gae_lambda=args.gae_lambda, normalize_reward=args.normalize_reward,
         bootstrap_truncation=args.bootstrap_truncation, ensemble_size=args.ensemble_size,
     )  # fmt: skip
+    loop = TrainingLoop(
+        "ggd_ppo", args.env_id, args, agent.parts() | {"rollout": rollout}, np_rng,
+        rate_tag="charts/steps_per_s",
+    )  # fmt: skip
+    iterations = math.ceil(args.total_steps / rollout_size)
 
     for start in loop.steps(stride=rollout_size):
         if args.anneal_lr:

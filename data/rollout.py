@@ -177,6 +177,36 @@ class VectorRollout:
         del flat["rewards"], flat["dones"]
         return flat | {"advantages": advantages.flatten(0, 1), "returns": returns.flatten(0, 1)}
 
+    def state_dict(self) -> dict:
+        """What the next rollout continues from: the envs' states (`ocrl.envs.training.vector_env_state`), the
+        normalised observation, the done flags, the running discounted return and the episode counters. The
+        normalisers are the agent's parts."""
+        from ocrl.envs.training import vector_env_state  # ocrl.envs imports ocrl.data
+
+        return {
+            "next_obs": torch.from_numpy(np.array(self.next_obs)),
+            "next_done": self.next_done.cpu().clone(),
+            "discounted_return": torch.from_numpy(self.discounted_return.copy()),
+            "episode_return": torch.from_numpy(self.episode_return.copy()),
+            "episode_length": torch.from_numpy(self.episode_length.copy()),
+            **vector_env_state(self.envs),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        from ocrl.envs.training import load_vector_env_state
+
+        # This run's reset: the start of a new episode for a copy saved as "restart".
+        fresh = self.next_obs
+        restarted = load_vector_env_state(self.envs, state)
+        self.next_obs = state["next_obs"].numpy().copy()
+        self.next_done = state["next_done"].to(self.device)
+        self.discounted_return = state["discounted_return"].numpy().copy()
+        self.episode_return = state["episode_return"].numpy().copy()
+        self.episode_length = state["episode_length"].numpy().copy()
+        for i in restarted:
+            self.next_obs[i], self.next_done[i] = fresh[i], 0.0
+            self.discounted_return[i], self.episode_return[i], self.episode_length[i] = 0.0, 0.0, 0
+
     def scaled_rewards(
         self, policy: Policy, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
         infos: dict,

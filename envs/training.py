@@ -22,6 +22,9 @@ episode return and length. Its `state_dict` is everything the next steps depend 
 Any other env or wrapper (gymnasium-robotics tasks keep their goal and target positions outside MjData;
 RecordEpisodeStatistics) is saved as "restart": on `--resume` that copy starts a new episode, as every
 copy did before this part existed, and a note names it and why.
+
+`vector_env_state` and `load_vector_env_state` are the envs' part of that state for any SyncVectorEnv; the
+on-policy `ocrl.data.VectorRollout` saves its envs with them.
 """
 
 from __future__ import annotations
@@ -245,6 +248,43 @@ def _load_env_state_dict(env: gym.Env, state: dict) -> None:
             setattr(inner, attr, _decode(value))
 
 
+def vector_env_state(envs: gym.vector.SyncVectorEnv) -> dict:
+    """The state of a SyncVectorEnv's copies (each saved as `_env_state_dict` does), its autoreset flags and its
+    batched action space's RNG, as plain data and tensors."""
+    return {
+        # SyncVectorEnv's own bookkeeping: which copies reset at their next step (NEXT_STEP mode).
+        "autoreset": torch.from_numpy(envs._autoreset_envs.copy()),
+        "action_space_rng": _rng_json(envs.action_space.np_random),
+        "envs": [_env_state_dict(env) for env in envs.envs],
+    }
+
+
+def load_vector_env_state(envs: gym.vector.SyncVectorEnv, state: dict) -> list[int]:
+    """Restore `vector_env_state` into envs made the same way; return the copies saved as "restart" (left as this
+    run's reset left them, after a note that says why), whose observation and counters the caller resets."""
+    if len(state["envs"]) != envs.num_envs:
+        raise CheckpointError(
+            f"the checkpoint has {len(state['envs'])} training envs, this run {envs.num_envs}"
+        )
+    autoreset = state["autoreset"].numpy().copy()
+    restarted, why = [], []
+    for i, (env, saved) in enumerate(zip(envs.envs, state["envs"], strict=True)):
+        if "restart" in saved:
+            restarted.append(i)
+            why.append(saved["restart"])
+            autoreset[i] = False
+        else:
+            _load_env_state_dict(env, saved)
+    envs._autoreset_envs = autoreset
+    envs.action_space.np_random.bit_generator.state = json.loads(state["action_space_rng"])
+    if restarted:
+        print(
+            f"note: --resume: {len(restarted)} of {envs.num_envs} training envs start a new "
+            f"episode ({why[0]})"
+        )
+    return restarted
+
+
 class TrainingEnvs:
     """An online loop's training envs as one checkpoint part: the vector env, the observation the policy
     acts on next (`obs`) and each copy's running `episode_return` and `episode_length`.
@@ -335,36 +375,15 @@ class TrainingEnvs:
             "obs": torch.from_numpy(np.array(self.obs)),
             "episode_return": torch.from_numpy(self.episode_return.copy()),
             "episode_length": torch.from_numpy(self.episode_length.copy()),
-            # SyncVectorEnv's own bookkeeping: which copies reset at their next step (NEXT_STEP mode).
-            "autoreset": torch.from_numpy(self.envs._autoreset_envs.copy()),
-            "action_space_rng": _rng_json(self.envs.action_space.np_random),
-            "envs": [_env_state_dict(env) for env in self.envs.envs],
+            **vector_env_state(self.envs),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if len(state["envs"]) != self.num_envs:
-            raise CheckpointError(
-                f"the checkpoint has {len(state['envs'])} training envs, this run {self.num_envs}"
-            )
-        fresh = (
-            self.obs
-        )  # this run's reset: the start of a new episode for a copy saved as "restart"
+        # This run's reset: the start of a new episode for a copy saved as "restart".
+        fresh = self.obs
+        restarted = load_vector_env_state(self.envs, state)
         self.obs = state["obs"].numpy().copy()
         self.episode_return = state["episode_return"].numpy().copy()
         self.episode_length = state["episode_length"].numpy().copy()
-        autoreset = state["autoreset"].numpy().copy()
-        restarted = []
-        for i, (env, saved) in enumerate(zip(self.envs.envs, state["envs"], strict=True)):
-            if "restart" in saved:
-                restarted.append(saved["restart"])
-                self.obs[i], self.episode_return[i], self.episode_length[i] = fresh[i], 0.0, 0
-                autoreset[i] = False
-            else:
-                _load_env_state_dict(env, saved)
-        self.envs._autoreset_envs = autoreset
-        self.envs.action_space.np_random.bit_generator.state = json.loads(state["action_space_rng"])
-        if restarted:
-            print(
-                f"note: --resume: {len(restarted)} of {self.num_envs} training envs start a new "
-                f"episode ({restarted[0]})"
-            )
+        for i in restarted:
+            self.obs[i], self.episode_return[i], self.episode_length[i] = fresh[i], 0.0, 0

@@ -1,8 +1,11 @@
 """ocrl.data's on-policy rollout (VectorRollout, RolloutBuffer, EpisodeCurve) and ocrl.envs.make_vector_env:
 rewards against gymnasium's NormalizeReward and a replay of the same actions, the truncation bootstrap with
-the heads' mean value, episode logs, GAE's shapes, and the space check."""
+the heads' mean value, episode logs, GAE's shapes, a checkpoint that continues mid-episode, and the space
+check."""
 
 from __future__ import annotations
+
+import io
 
 import gymnasium as gym
 import numpy as np
@@ -17,7 +20,7 @@ from ocrl.data import (
     VectorRollout,
     gae,
 )
-from ocrl.envs import EnvError, make_vector_env
+from ocrl.envs import EnvError, TimeFeature, make_vector_env
 
 HEAD_SCALES = torch.tensor([1.0, 3.0])  # two value heads: V_e(s) = scale_e * sum(s), mean 2 sum(s)
 
@@ -101,6 +104,50 @@ def test_rollout_buffer_appends_drops_the_oldest_and_round_trips():
     other = RolloutBuffer(6, {"x": (2,), "a": ()}, "cpu", {"a": torch.long})
     other.load_state_dict(buf.state_dict())
     assert other.n == 1 and torch.equal(other.data["x"][:1], buf.data["x"][:1])
+
+
+def pendulum_rollout(seed: int, wrapper=None) -> VectorRollout:
+    """Two Pendulum-v1 copies, 120 steps a rollout, both normalisers on, the truncation bootstrap."""
+    envs = make_vector_env("Pendulum-v1", 2, seed, "test", wrapper=wrapper)
+    return VectorRollout(
+        envs, 120, ObservationNormalizer((envs.single_observation_space.shape[0],)),
+        RunningMeanStd(), "cpu", seed=seed, ensemble_size=2, discount=0.9, gae_lambda=0.95,
+        normalize_reward=True, bootstrap_truncation=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("wrapper", [None, TimeFeature], ids=["plain", "time-feature"])
+def test_a_restored_rollout_collects_the_same_next_rollout(wrapper):
+    torch.manual_seed(0)
+    first = pendulum_rollout(0, wrapper)
+    first.collect(
+        StubPolicy(), 0, lambda step, values: None
+    )  # stops at step 120 of 200: mid-episode
+    buffer = io.BytesIO()
+    torch.save(
+        [first.state_dict(), first.obs_norm.state_dict(), first.return_rms.state_dict()], buffer
+    )
+    buffer.seek(0)
+    rollout, obs_norm, return_rms = torch.load(buffer, weights_only=True)
+    second = pendulum_rollout(
+        1, wrapper
+    )  # other seeds: everything it continues with comes from the state
+    second.load_state_dict(rollout)
+    second.obs_norm.load_state_dict(obs_norm)
+    second.return_rms.load_state_dict(return_rms)
+
+    rng = torch.get_rng_state()
+    logs_a, logs_b = [], []
+    a = first.collect(StubPolicy(), 240, lambda step, values: logs_a.append((step, values)))
+    torch.set_rng_state(rng)
+    b = second.collect(StubPolicy(), 240, lambda step, values: logs_b.append((step, values)))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # Both copies end their first episode at step 200 of 240: the restored time limits and counters.
+    assert [step for step, _ in logs_a] == [240 + 80 * 2] * 2 and logs_a == logs_b
+    assert np.array_equal(first.next_obs, second.next_obs)
+    assert np.array_equal(first.discounted_return, second.discounted_return)
 
 
 def test_episode_curve_closes_a_window_at_its_end_and_summarises():
