@@ -155,8 +155,9 @@ def restore_training_state(
             f"no '{err.args[0]}' entry" if isinstance(err, KeyError) else str(err).splitlines()[0]
         )
         raise CheckpointError(
-            f"checkpoint does not fit this run ({detail[:160]}): was it written by another algorithm "
-            "or with other network sizes? Resume with the flags of the run that wrote it"
+            f"checkpoint does not fit this run ({detail[:160]}): was it written by another algorithm, "
+            "with other network sizes, or by an older ocrl (online runs save their environments since "
+            "2026-12)? Resume with the flags of the run that wrote it, or start a new run"
         ) from None
 
 
