@@ -13,7 +13,6 @@ the algorithm, whose text is copied exactly (less its imports, which join the me
 
 from __future__ import annotations
 
-import argparse
 import ast
 import subprocess
 import sys
@@ -21,22 +20,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tyro
+
 ROOT = Path(__file__).resolve().parents[1]  # the repository root is the `ocrl` package
 
 #: pip names of import names that differ.
 PIP_NAMES = {"yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow", "cv2": "opencv-python"}
 
-#: Library names that read files shipped with ocrl; the note is added to the export's --help.
+#: Library names that read files shipped with ocrl, with what the export's --help says instead.
 CANNOT_TRAVEL = {
     ("ocrl.data.offline", "SHIPPED_ROOT"): (
-        "This export does not carry the datasets shipped with ocrl (ocrl/...): pass --dataset a "
-        "D4RL-layout .hdf5 file, a Minari folder or a Minari id."
-    ),
-    ("ocrl.envs.lot_sizing", "PUBLISHED"): (
-        "This export does not carry the published lot-sizing instances: pass --instance generated "
-        "or a .json instance file."
+        "This copy does not carry the datasets shipped with ocrl (ids ocrl/...): pass --dataset a "
+        "D4RL-layout .hdf5 file, a Minari dataset folder or a Minari id."
     ),
 }
+#: The library constant an export sets to those notes (`cli` adds it to --help).
+HELP_NOTE = ("ocrl.experiment.flags", "HELP_NOTE")
 
 
 class ExportError(Exception):
@@ -582,6 +581,13 @@ def export(algo: Path, command: str) -> str:
                         a = byte_offset(lines, n.lineno, n.col_offset)
                         edits.append((a, a + len(n.id.encode()), flat[(p.module, n.id)].encode()))
         texts[id(p.node)] = segment(mod, p.node, edits)
+    notes = [note for key, note in CANNOT_TRAVEL.items() if key in carried]
+    if notes and HELP_NOTE in carried:
+        (piece,) = carried[HELP_NOTE]
+        texts[id(piece.node)] = (
+            "#: What did not travel with this copy of the algorithm (--help shows it).\n"
+            f"{flat[HELP_NOTE]} = {' '.join(notes)!r}"
+        )
 
     # Module order: a module's pieces come after those its module-level code uses.
     modules: list[str] = []
@@ -611,7 +617,6 @@ def export(algo: Path, command: str) -> str:
         visit(m)
 
     # Things that cannot travel, and the namespaces/aliases the algorithm's imports bound.
-    notes = [note for key, note in CANNOT_TRAVEL.items() if key in carried]
     tail: list[str] = []
     for node in main.tree.body:
         if not isinstance(node, ast.ImportFrom | ast.Import):
@@ -722,25 +727,29 @@ def iter_algos() -> Iterator[Path]:
     yield from sorted(p for p in (ROOT / "algos").glob("*.py") if p.name != "__init__.py")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("algo", type=Path, help="the algorithm file, e.g. algos/td3_bc.py")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--out", type=Path, help="where to write the exported file")
-    group.add_argument(
-        "--check", type=Path, help="exit 1 unless this export is what --out writes now"
-    )
-    args = parser.parse_args(argv)
+@dataclass
+class Args:
+    """Write algos/<name>.py and the ocrl pieces it uses as one file that runs without ocrl."""
+
+    algo: tyro.conf.Positional[Path]
+    """the algorithm file, e.g. algos/td3_bc.py"""
+    out: Path | None = None
+    """where to write the exported file"""
+    check: Path | None = None
+    """instead of writing: exit 1 unless this file is what --out would write now (the commit aside)"""
+
+
+def main(args: Args) -> int:
+    if (args.out is None) == (args.check is None):
+        return usage("pass exactly one of --out FILE and --check FILE")
     if not args.algo.is_file():
-        parser.exit(
-            2, f"export.py: {args.algo}: no such file; pass an algorithm file from algos/\n"
-        )
+        return usage(f"{args.algo}: no such file; pass an algorithm file from algos/")
     target = args.out or args.check
     command = f"python scripts/export.py {args.algo.as_posix()} --out {target.name}"
     try:
         text = export(args.algo, command)
     except ExportError as e:
-        parser.exit(2, f"export.py: {e}\n")
+        return usage(str(e))
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(text)
     ruff_tidy(tmp)
@@ -759,5 +768,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def usage(message: str) -> int:
+    print(f"error: export.py: {message}", file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(tyro.cli(Args)))

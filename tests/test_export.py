@@ -102,7 +102,15 @@ ONLINE = {
 }
 
 
-@pytest.mark.parametrize("name", ["td3_bc", "iql", "sac", "ppo"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "td3_bc",
+        pytest.param("iql", marks=pytest.mark.slow),
+        pytest.param("sac", marks=pytest.mark.slow),
+        "ppo",
+    ],
+)
 def test_export_runs_without_ocrl_and_matches(name, hopper_random_file, tmp_path):
     file = export(name, tmp_path / f"my_{name}.py")
     if name in OFFLINE:
@@ -120,6 +128,7 @@ def test_export_runs_without_ocrl_and_matches(name, hopper_random_file, tmp_path
     assert got == want and got["steps"] > 0
 
 
+@pytest.mark.slow
 def test_export_diffusion_runs_without_ocrl_and_matches(hopper_random_file, tmp_path):
     file = export("diffusion", tmp_path / "my_diffusion.py")
     flags = ["--dataset", hopper_random_file, "--width", "32", "--depth", "2", "--dim-t", "16"]
@@ -170,9 +179,8 @@ def test_export_carries_only_what_is_reached(tmp_path):
 
 def test_library_change_shows_in_next_export(tmp_path):
     tree = tmp_path / "ocrl"
-    shutil.copytree(
-        ROOT, tree, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__")
-    )
+    skip = shutil.ignore_patterns(".*", "runs", "__pycache__", "tests", "docs", "datasets")
+    shutil.copytree(ROOT, tree, ignore=skip)  # the code only: no venv, data or git
     core = tree / "nets" / "core.py"
     source = core.read_text()
     assert "def polyak_update(" in source
@@ -193,3 +201,17 @@ def test_check_flag_says_whether_an_export_is_current(tmp_path):
     assert subprocess.run(check, cwd=ROOT, capture_output=True).returncode == 0
     file.write_text(file.read_text().replace("def gae(", "def gae_(", 1))
     assert subprocess.run(check, cwd=ROOT, capture_output=True).returncode == 1
+
+
+def test_shipped_dataset_cannot_travel_and_the_copy_says_so(tmp_path):
+    file = export("td3_bc", tmp_path / "my_td3_bc.py")
+    helped = run_without_ocrl(file, "--help", tmp=tmp_path)
+    assert "does not carry the datasets shipped with ocrl" in helped.stdout
+    run = run_without_ocrl(file, "--run-dir", str(tmp_path / "run"), tmp=tmp_path)  # the default
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line != "import ocrl fails"]
+    assert len(lines) == 1 and "ocrl/hopper/medium-v0" in lines[0] and "pass --dataset" in lines[0]
+    assert not (tmp_path / "run").exists()
+    # In the repository the shipped id is found, and --help has no such note.
+    helped = run_in_repo("td3_bc", "--help")
+    assert helped.returncode == 0 and "does not carry" not in helped.stdout
