@@ -34,6 +34,8 @@ CANNOT_TRAVEL = {
         "D4RL-layout .hdf5 file, a Minari dataset folder or a Minari id."
     ),
 }
+#: The module whose `register_envs` registers ocrl's Gymnasium ids when ocrl.envs is imported.
+IDS_MODULE = "ocrl.envs.ids"
 #: The library constant an export sets to those notes (`cli` adds it to --help).
 HELP_NOTE = ("ocrl.experiment.flags", "HELP_NOTE")
 
@@ -392,6 +394,37 @@ def pieces_of(modname: str, name: str, lenient: bool) -> list[Piece]:
     return out
 
 
+def gym_ids() -> dict[str, tuple[dict, tuple[str, str], tuple[str, str] | None]]:
+    """ocrl's Gymnasium ids (`ocrl.envs.ids.register_envs`): id -> (kwargs, entry, vector entry)."""
+    if module_file(IDS_MODULE) is None:
+        return {}
+    mod = load(IDS_MODULE)
+    tables: dict[str, object] = {"Any": object}
+    flags = __import__("__future__").annotations.compiler_flag
+    for node in mod.tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            exec(compile(ast.Module([node], []), str(mod.path), "exec", flags=flags), tables)
+    out = {}
+    for loop in ast.walk(mod.defs["register_envs"][0]):
+        if not (isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call)):
+            continue
+        table = tables[ast.unparse(loop.iter.func.value)]
+        for call in ast.walk(loop):
+            if isinstance(call, ast.Call) and ast.unparse(call.func).endswith("register"):
+                kw = {
+                    k.arg: k.value.value for k in call.keywords if isinstance(k.value, ast.Constant)
+                }
+                entry = tuple(kw["entry_point"].split(":"))
+                vector = (
+                    tuple(kw["vector_entry_point"].split(":"))
+                    if "vector_entry_point" in kw
+                    else None
+                )
+                for env_id, kwargs in table.items():
+                    out[env_id] = (kwargs, entry, vector)
+    return out
+
+
 def git_revision() -> str:
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -470,32 +503,46 @@ def export(algo: Path, command: str) -> str:
     # Closure over library definitions.
     carried: dict[tuple[str, str], list[Piece]] = {}
     order: list[tuple[str, str]] = []
-    todo = [
-        r for p in algo_pieces for r in p.refs if r.target[0] == "def" and r.target[1] != "__algo__"
-    ]
-    ann_only: list[Ref] = []
-    while todo:
-        ref = todo.pop()
-        key = (ref.target[1], ref.target[2])
-        if key in carried:
-            continue
-        carried[key] = pieces_of(*key, lenient)
-        order.append(key)
-        for p in carried[key]:
-            for r in p.refs:
-                if r.target[0] == "def":
-                    (ann_only if r.annotation else todo).append(r)
-    # An annotation that names an uncarried ocrl class is carried too (ruff would flag it, and
-    # tyro/get_type_hints may evaluate it).
-    while ann_only:
-        ref = ann_only.pop()
-        key = (ref.target[1], ref.target[2])
-        if key in carried:
-            continue
-        carried[key] = pieces_of(*key, lenient)
-        order.append(key)
-        for p in carried[key]:
-            ann_only.extend(r for r in p.refs if r.target[0] == "def")
+
+    def close(todo: list[Ref]) -> None:
+        ann_only: list[Ref] = []
+        while todo:
+            ref = todo.pop()
+            key = (ref.target[1], ref.target[2])
+            if key in carried or key[0] == "__algo__":
+                continue
+            carried[key] = pieces_of(*key, lenient)
+            order.append(key)
+            for p in carried[key]:
+                for r in p.refs:
+                    if r.target[0] == "def":
+                        (ann_only if r.annotation else todo).append(r)
+        # An annotation that names an uncarried ocrl class is carried too (ruff would flag it, and
+        # tyro/get_type_hints may evaluate it).
+        while ann_only:
+            ref = ann_only.pop()
+            key = (ref.target[1], ref.target[2])
+            if key in carried or key[0] == "__algo__":
+                continue
+            carried[key] = pieces_of(*key, lenient)
+            order.append(key)
+            for p in carried[key]:
+                ann_only.extend(r for r in p.refs if r.target[0] == "def")
+
+    close([r for p in algo_pieces for r in p.refs if r.target[0] == "def"])
+    # ocrl's own Gymnasium ids that the code names: registered in the export with the classes.
+    ids = gym_ids()
+    strings = {
+        n.value
+        for p in algo_pieces + [p for key in order for p in carried[key]]
+        for n in ast.walk(p.node)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+    used_ids = sorted(strings & set(ids))
+    close([
+        Ref(ast.Name(e[1]), ("def", *e), False, False)
+        for env_id in used_ids for e in ids[env_id][1:] if e is not None
+    ])  # fmt: skip
     for key in carried:
         if key[0] == "__algo__":
             raise ExportError(f"{key}: the library refers back to the algorithm")
@@ -618,6 +665,13 @@ def export(algo: Path, command: str) -> str:
 
     # Things that cannot travel, and the namespaces/aliases the algorithm's imports bound.
     tail: list[str] = []
+    if used_ids:
+        need_ext("import gymnasium as gym", "gym", str(algo))
+        tail.append("# The ocrl Gymnasium ids used here (importing ocrl.envs registers them).")
+    for env_id in used_ids:
+        kwargs, entry, vector = ids[env_id]
+        vec = f"vector_entry_point={flat[vector]}, " if vector else ""
+        tail.append(f"gym.register({env_id!r}, entry_point={flat[entry]}, {vec}kwargs={kwargs!r})")
     for node in main.tree.body:
         if not isinstance(node, ast.ImportFrom | ast.Import):
             continue
