@@ -25,7 +25,17 @@ import tyro
 ROOT = Path(__file__).resolve().parents[1]  # the repository root is the `ocrl` package
 
 #: pip names of import names that differ.
-PIP_NAMES = {"yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow", "cv2": "opencv-python"}
+PIP_NAMES = {
+    "yaml": "pyyaml",
+    "sklearn": "scikit-learn",
+    "PIL": "pillow",
+    "cv2": "opencv-python",
+    "gymnasium_robotics": "gymnasium-robotics",
+}
+#: Packages imported only for some inputs, with what for.
+OPTIONAL = {"gymnasium_robotics": "AntMaze/Adroit envs", "minari": "Minari datasets"}
+#: Packages a submodule import needs besides its top-level one.
+PIP_EXTRA = {"torch.utils.tensorboard": "tensorboard"}
 
 #: Library names that read files shipped with ocrl, with what the export's --help says instead.
 CANNOT_TRAVEL = {
@@ -591,7 +601,7 @@ def export(algo: Path, command: str) -> str:
         for imp in p.local_ext:
             for alias in imp.names:
                 dotted = alias.name if isinstance(imp, ast.Import) else imp.module or ""
-                local_imports.add(dotted.split(".")[0])
+                local_imports.add(dotted)
 
     # Library text with renames and module-alias rewrites applied.
     texts: dict[int, str] = {}
@@ -695,23 +705,21 @@ def export(algo: Path, command: str) -> str:
                 )
 
     # Packages for the pip line.
-    def third_party(names: set[str]) -> list[str]:
-        names = {n for n in names if n and n not in sys.stdlib_module_names and n != "__future__"}
-        return sorted(PIP_NAMES.get(n, n) for n in names)
-
-    packages = third_party({t.split()[1].split(".")[0] for t in ext.values()})
-    optional = [p for p in third_party(local_imports) if p not in packages]
+    # Packages for the pip line: every third-party import, at module level or inside a function
+    # (h5py, minari, tyro and tensorboard are imported where they are used).
+    dotted = {t.split()[1] for t in ext.values()} | local_imports
+    tops = {d.split(".")[0] for d in dotted} | {PIP_EXTRA[d] for d in dotted if d in PIP_EXTRA}
+    tops = {t for t in tops if t and t not in sys.stdlib_module_names and t != "__future__"}
+    packages = sorted(PIP_NAMES.get(t, t) for t in tops - set(OPTIONAL))
+    optional = sorted(PIP_NAMES.get(t, t) for t in tops & set(OPTIONAL))
+    why = ", ".join(OPTIONAL[t] for t in sorted(tops & set(OPTIONAL)))
 
     rel = algo.relative_to(ROOT) if algo.is_relative_to(ROOT) else algo
     out = [
         f"# Exported from ocrl {git_revision()}: {rel} and the ocrl pieces it uses.",
         f"# Made by: {command}",
         f"# Needs: pip install {' '.join(packages)}",
-        *(
-            [f"# Imported only where used (for some inputs): {' '.join(optional)}"]
-            if optional
-            else []
-        ),
+        *([f"# Optional: pip install {' '.join(optional)} ({why})"] if optional else []),
         "# Edit freely: nothing here imports ocrl. The library pieces come first, grouped by module;",
         "# the algorithm follows as in ocrl's algos/.",
     ]
@@ -799,7 +807,9 @@ def main(args: Args) -> int:
     if not args.algo.is_file():
         return usage(f"{args.algo}: no such file; pass an algorithm file from algos/")
     target = args.out or args.check
-    command = f"python scripts/export.py {args.algo.as_posix()} --out {target.name}"
+    algo = args.algo.resolve()
+    shown = algo.relative_to(ROOT) if algo.is_relative_to(ROOT) else algo
+    command = f"python scripts/export.py {shown.as_posix()} --out {target.name}"
     try:
         text = export(args.algo, command)
     except ExportError as e:
