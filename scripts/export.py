@@ -744,6 +744,10 @@ def export(algo: Path, command: str) -> str:
             out.append("")
     if tail:
         out.append("")
+        out.append(
+            f"# {'-' * 20} set-up (ocrl.envs ids, and names as {rel} imports them) {'-' * 10}"
+        )
+        out.append("")
         out += tail
     out.append("")
     out.append(f"# {'-' * 20} {rel} {'-' * max(3, 73 - len(str(rel)))}")
