@@ -142,7 +142,13 @@ def test_export_diffusion_runs_without_ocrl_and_matches(hopper_random_file, tmp_
     assert got == want and got
 
 
-@pytest.mark.parametrize("name", ALGOS)
+# td3_bc, ppo, ggd_ppo (a module imported as a namespace) and pdppo (an ocrl env id) in the quick run.
+QUICK = ("td3_bc", "ppo", "ggd_ppo", "pdppo")
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in ALGOS]
+)
 def test_every_export_is_clean_and_helps_without_ocrl(name, tmp_path):
     file = export(name, tmp_path / f"my_{name}.py")
     text = file.read_text()
