@@ -646,32 +646,46 @@ def export(algo: Path, command: str) -> str:
             f"{flat[HELP_NOTE]} = {' '.join(notes)!r}"
         )
 
-    # Module order: a module's pieces come after those its module-level code uses.
+    # Module order: a module's pieces come after those its module-level code uses (required), and
+    # where the imports allow, after the modules its functions use (it reads bottom-up).
     modules: list[str] = []
-    for key in order[::-1]:
+    for key in order:
         if key[0] not in modules:
             modules.append(key[0])
-    deps: dict[str, set[str]] = {m: set() for m in modules}
+    strict: dict[str, set[str]] = {m: set() for m in modules}
+    soft: dict[str, set[str]] = {m: set() for m in modules}
     for p in pieces:
         for r in p.refs:
-            if r.target[0] == "def" and r.module_level and r.target[1] != p.module:
-                deps[p.module].add(r.target[1])
-    ordered: list[str] = []
-    state: dict[str, int] = {}
+            if r.target[0] == "def" and r.target[1] != p.module:
+                (strict if r.module_level else soft)[p.module].add(r.target[1])
 
-    def visit(m: str) -> None:
-        if state.get(m) == 2:
-            return
-        if state.get(m) == 1:
-            raise ExportError(f"{m}: module-level definitions depend on each other in a cycle")
-        state[m] = 1
-        for d in sorted(deps[m], key=modules.index):
-            visit(d)
-        state[m] = 2
-        ordered.append(m)
+    def topological(edges: list[dict[str, set[str]]]) -> list[str]:
+        ordered: list[str] = []
+        state: dict[str, int] = {}
 
-    for m in modules:
-        visit(m)
+        def visit(m: str) -> None:
+            if state.get(m):
+                return  # done, or a cycle through function bodies (harmless)
+            state[m] = 1
+            for deps in edges:
+                for d in sorted(deps[m], key=modules.index):
+                    visit(d)
+            state[m] = 2
+            ordered.append(m)
+
+        for m in modules:
+            visit(m)
+        return ordered
+
+    def respects_strict(ordered: list[str]) -> bool:
+        at = {m: i for i, m in enumerate(ordered)}
+        return all(at[d] < at[m] for m in modules for d in strict[m])
+
+    ordered = topological([strict, soft])
+    if not respects_strict(ordered):
+        ordered = topological([strict])
+        if not respects_strict(ordered):
+            raise ExportError(f"module-level definitions of {', '.join(modules)} form a cycle")
 
     # Things that cannot travel, and the namespaces/aliases the algorithm's imports bound.
     tail: list[str] = []
