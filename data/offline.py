@@ -102,6 +102,11 @@ def load_dataset(
         ds = minari_io.read_minari(name)
         return _finish(ds, env_id)
 
+    if name.startswith("ocrl/") and not SHIPPED_ROOT.is_dir():  # a copy made by scripts/export.py
+        raise DatasetError(
+            f"dataset '{name}' ships with ocrl, not with this copy of the algorithm: pass --dataset "
+            "a D4RL-layout .hdf5 file, a Minari dataset folder or a Minari id"
+        )
     d4rl.check_near_miss(name)  # raises a helpful error for e.g. "hopper-mediun-v2"
 
     why = ""

@@ -36,6 +36,9 @@ POSITIVE_FIELDS = (
 
 #: The largest --seed: NumPy's legacy generator, which every run seeds, takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
+#: Added below the Args docstring in --help; an exported algorithm (scripts/export.py) says here
+#: what did not travel with it.
+HELP_NOTE = ""
 
 
 def _is_learning_rate(name: str) -> bool:
@@ -252,7 +255,10 @@ def cli(
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            parsed = tyro.cli(args_cls, default=default, args=argv)
+            doc = args_cls.__doc__ or ""
+            doc = "" if doc.startswith(f"{args_cls.__name__}(") else doc  # dataclass's stand-in
+            description = f"{doc}\n\n{HELP_NOTE}".strip() if HELP_NOTE else None
+            parsed = tyro.cli(args_cls, default=default, args=argv, description=description)
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             _usage_exit(_one_line(captured.getvalue()) or "could not parse the flags")

@@ -1,0 +1,859 @@
+"""Write one self-contained file: an algorithm from algos/ with the ocrl pieces it uses above it.
+
+    python scripts/export.py algos/td3_bc.py --out my_td3_bc.py
+    python scripts/export.py algos/td3_bc.py --check my_td3_bc.py   # is my_td3_bc.py still current?
+
+The algorithm's ``from ocrl...`` imports are followed (package re-exports and lazy ``__getattr__``
+re-exports to the defining module) and every top-level function, class and constant they reach is
+copied, by its source lines, under a one-line banner per module; nothing unreached is carried.
+Names two modules both define are renamed (``name__module``); an ocrl module used as a namespace
+(``ggd.biev``) is rewritten to the flat name inside library code and given a small namespace for
+the algorithm, whose text is copied exactly (less its imports, which join the merged block on top).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root is the `ocrl` package
+
+#: pip names of import names that differ.
+PIP_NAMES = {
+    "yaml": "pyyaml",
+    "sklearn": "scikit-learn",
+    "PIL": "pillow",
+    "cv2": "opencv-python",
+    "gymnasium_robotics": "gymnasium-robotics",
+}
+#: Packages imported only for some inputs, with what for.
+OPTIONAL = {"gymnasium_robotics": "AntMaze/Adroit envs", "minari": "Minari datasets"}
+#: Packages a submodule import needs besides its top-level one.
+PIP_EXTRA = {"torch.utils.tensorboard": "tensorboard"}
+
+#: Library names that read files shipped with ocrl, with what the export's --help says instead.
+CANNOT_TRAVEL = {
+    ("ocrl.data.offline", "SHIPPED_ROOT"): (
+        "This copy does not carry the datasets shipped with ocrl (ids ocrl/...): pass --dataset a "
+        "D4RL-layout .hdf5 file, a Minari dataset folder or a Minari id."
+    ),
+}
+#: The module whose `register_envs` registers ocrl's Gymnasium ids when ocrl.envs is imported.
+IDS_MODULE = "ocrl.envs.ids"
+#: The library constant an export sets to those notes (`cli` adds it to --help).
+HELP_NOTE = ("ocrl.experiment.flags", "HELP_NOTE")
+
+
+class ExportError(Exception):
+    """Something the exporter cannot copy; the message says what and where."""
+
+
+# ---------------------------------------------------------------- modules
+def module_file(name: str) -> Path | None:
+    """The source file of ocrl module `name`, or None when it is not an ocrl module."""
+    if name != "ocrl" and not name.startswith("ocrl."):
+        return None
+    base = ROOT.joinpath(*name.split(".")[1:])
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return None
+
+
+@dataclass
+class Module:
+    name: str
+    path: Path
+    source: bytes
+    tree: ast.Module
+    defs: dict[str, list[ast.stmt]] = field(default_factory=dict)
+    ocrl_imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    ext_imports: dict[str, str] = field(default_factory=dict)
+    lazy: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+
+    @property
+    def is_package(self) -> bool:
+        return self.path.name == "__init__.py"
+
+
+def ext_import_text(node: ast.Import | ast.ImportFrom, alias: ast.alias) -> tuple[str, str]:
+    """(bound name, the one-name import statement) of a third-party/stdlib import alias."""
+    if isinstance(node, ast.Import):
+        bound = alias.asname or alias.name.split(".")[0]
+        text = f"import {alias.name}" + (f" as {alias.asname}" if alias.asname else "")
+    else:
+        bound = alias.asname or alias.name
+        text = f"from {node.module} import {alias.name}" + (
+            f" as {alias.asname}" if alias.asname else ""
+        )
+    return bound, text
+
+
+def absolute(module: Module, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    parts = module.name.split(".")
+    if not module.is_package:
+        parts = parts[:-1]
+    parts = parts[: len(parts) - node.level + 1]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def is_type_checking(node: ast.stmt) -> bool:
+    return isinstance(node, ast.If) and ast.unparse(node.test) in (
+        "TYPE_CHECKING",
+        "typing.TYPE_CHECKING",
+    )
+
+
+_MODULES: dict[str, Module] = {}
+
+
+def load(name: str, path: Path | None = None) -> Module:
+    if name in _MODULES:
+        return _MODULES[name]
+    path = path or module_file(name)
+    if path is None:
+        raise ExportError(f"{name}: no such ocrl module under {ROOT}")
+    source = path.read_bytes()
+    mod = Module(name, path, source, ast.parse(source, str(path)))
+    for node in mod.tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            target = absolute(mod, node) if isinstance(node, ast.ImportFrom) else None
+            for alias in node.names:
+                if isinstance(node, ast.ImportFrom) and module_file(target) is not None:
+                    mod.ocrl_imports[alias.asname or alias.name] = (target, alias.name)
+                elif isinstance(node, ast.Import) and module_file(alias.name) is not None:
+                    if not alias.asname:
+                        raise ExportError(f"{path}:{node.lineno}: use `import {alias.name} as x`")
+                    mod.ocrl_imports[alias.asname] = (alias.name, None)
+                elif node.module != "__future__" if isinstance(node, ast.ImportFrom) else True:
+                    bound, text = ext_import_text(node, alias)
+                    mod.ext_imports[bound] = text
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            mod.defs.setdefault(node.name, []).append(node)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                for n in ast.walk(t):
+                    if isinstance(n, ast.Name):
+                        mod.defs.setdefault(n.id, []).append(node)
+    getattr_fn = next((n for n in mod.defs.get("__getattr__", [])), None)
+    if getattr_fn is not None:  # lazy re-exports: imports inside __getattr__, or a _LAZY table
+        for n in ast.walk(getattr_fn):
+            if isinstance(n, ast.ImportFrom) and module_file(absolute(mod, n)):
+                for alias in n.names:
+                    mod.lazy[alias.asname or alias.name] = (absolute(mod, n), alias.name)
+        for node in mod.defs.get("_LAZY", []):
+            if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Dict):
+                table = ast.literal_eval(node.value)
+                base = mod.name if mod.is_package else mod.name.rsplit(".", 1)[0]
+                for key, sub in table.items():
+                    mod.lazy[key] = (f"{base}.{sub}", key)
+    _MODULES[name] = mod
+    return mod
+
+
+# A resolved name: ("def", module, name), ("module", module) or ("ext", import text, bound name).
+Target = tuple
+
+
+def resolve(modname: str, name: str, seen: frozenset = frozenset()) -> Target:
+    """Where `name` as seen in module `modname` is defined."""
+    if (modname, name) in seen:
+        raise ExportError(f"{modname}.{name}: circular re-export")
+    seen = seen | {(modname, name)}
+    mod = load(modname)
+    if name in mod.defs and name != "__getattr__":
+        return ("def", modname, name)
+    if name in mod.ocrl_imports:
+        target, attr = mod.ocrl_imports[name]
+        return resolve_from(target, attr, seen)
+    if name in mod.ext_imports:
+        return ("ext", mod.ext_imports[name], name)
+    if name in mod.lazy:
+        target, attr = mod.lazy[name]
+        return resolve_from(target, attr, seen)
+    if mod.is_package and module_file(f"{modname}.{name}"):
+        return ("module", f"{modname}.{name}")
+    raise ExportError(f"{mod.path}: '{name}' is not defined or imported at module level")
+
+
+def resolve_from(target: str, attr: str | None, seen: frozenset = frozenset()) -> Target:
+    """What `from target import attr` (or `import target` when attr is None) binds."""
+    if attr is None:
+        return ("module", target)
+    mod = load(target)
+    if attr not in mod.defs and attr not in mod.ocrl_imports and attr not in mod.lazy:
+        if module_file(f"{target}.{attr}"):
+            return ("module", f"{target}.{attr}")
+    return resolve(target, attr, seen)
+
+
+# ---------------------------------------------------------------- references of one statement
+@dataclass
+class Ref:
+    node: ast.AST  # the Name, or the Attribute `alias.attr` of a module alias
+    target: Target
+    module_level: bool  # evaluated when the module runs (not only inside a function body)
+    annotation: bool
+
+
+@dataclass
+class Scope:
+    names: dict[
+        str, Target | None
+    ]  # local names; an ocrl import inside a function maps to its target
+    is_class: bool = False
+
+
+_NESTED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_COMPS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _bindings(body: list[ast.AST], mod: Module, drops: list[ast.stmt]) -> dict[str, Target | None]:
+    """Names a function body binds (not descending into nested scopes)."""
+    names: dict[str, Target | None] = {}
+    declared_global: set[str] = set()
+    stack = list(body)
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Global):
+            declared_global.update(n.names)
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del):
+            names.setdefault(n.id, None)
+        elif isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.setdefault(n.name, None)
+            stack.extend(n.decorator_list)
+            if not isinstance(n, ast.ClassDef):
+                stack.extend(d for d in n.args.defaults + n.args.kw_defaults if d is not None)
+            else:
+                stack.extend(n.bases + [k.value for k in n.keywords])
+            continue
+        elif isinstance(n, ast.Lambda):
+            stack.extend(d for d in n.args.defaults + n.args.kw_defaults if d is not None)
+            continue
+        elif isinstance(n, _COMPS):
+            stack.append(n.generators[0].iter)
+            continue
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            names.setdefault(n.name, None)
+        elif isinstance(n, ast.ImportFrom) and module_file(absolute(mod, n)):
+            for alias in n.names:
+                names[alias.asname or alias.name] = resolve_from(absolute(mod, n), alias.name)
+            drops.append(n)
+        elif isinstance(n, ast.Import | ast.ImportFrom):
+            for alias in n.names:
+                if isinstance(n, ast.Import) and module_file(alias.name):
+                    raise ExportError(f"{mod.path}:{n.lineno}: `import {alias.name}` in a function")
+                names.setdefault(alias.asname or alias.name.split(".")[0], None)
+        elif isinstance(n, ast.MatchAs | ast.MatchStar) and n.name:
+            names.setdefault(n.name, None)
+        stack.extend(ast.iter_child_nodes(n))
+    for g in declared_global:
+        names.pop(g, None)
+    return names
+
+
+def _args_names(args: ast.arguments) -> dict[str, None]:
+    every = args.posonlyargs + args.args + args.kwonlyargs
+    every += [a for a in (args.vararg, args.kwarg) if a is not None]
+    return {a.arg: None for a in every}
+
+
+class Collector:
+    """The global references of one top-level statement, with scopes, and the imports to drop."""
+
+    def __init__(self, mod: Module, lenient_annotations: bool):
+        self.mod = mod
+        self.lenient = lenient_annotations
+        self.refs: list[Ref] = []
+        self.drops: list[ast.stmt] = []
+        self.local_ext: list[ast.stmt] = []
+
+    def lookup(self, name: str, scopes: list[Scope]) -> Target | None | str:
+        for i, scope in enumerate(reversed(scopes)):
+            if scope.is_class and i != 0:
+                continue  # a class body is not visible from the functions inside it
+            if name in scope.names:
+                return scope.names[name] or "local"
+        return None
+
+    def visit(self, node: ast.AST, scopes: list[Scope], in_fn: bool, ann: bool = False) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for d in node.decorator_list:
+                self.visit(d, scopes, in_fn)
+            for d in node.args.defaults + [d for d in node.args.kw_defaults if d is not None]:
+                self.visit(d, scopes, in_fn)
+            every = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            every += [a for a in (node.args.vararg, node.args.kwarg) if a is not None]
+            for a in every:
+                if a.annotation is not None:
+                    self.visit(a.annotation, scopes, in_fn, ann=True)
+            if node.returns is not None:
+                self.visit(node.returns, scopes, in_fn, ann=True)
+            names = _args_names(node.args) | _bindings(node.body, self.mod, self.drops)
+            inner = scopes + [Scope(names)]
+            for s in node.body:
+                self.visit(s, inner, True)
+            return
+        if isinstance(node, ast.Lambda):
+            for d in node.args.defaults + [d for d in node.args.kw_defaults if d is not None]:
+                self.visit(d, scopes, in_fn)
+            self.visit(node.body, scopes + [Scope(_args_names(node.args))], True)
+            return
+        if isinstance(node, ast.ClassDef):
+            for d in node.decorator_list + node.bases + [k.value for k in node.keywords]:
+                self.visit(d, scopes, in_fn)
+            names = _bindings(node.body, self.mod, self.drops)
+            inner = scopes + [Scope(names, is_class=True)]
+            for s in node.body:
+                self.visit(s, inner, in_fn)
+            return
+        if isinstance(node, _COMPS):
+            self.visit(node.generators[0].iter, scopes, in_fn)
+            names: dict[str, Target | None] = {}
+            for g in node.generators:
+                for n in ast.walk(g.target):
+                    if isinstance(n, ast.Name):
+                        names[n.id] = None
+            inner = scopes + [Scope(names)]
+            for i, g in enumerate(node.generators):
+                self.visit(g.target, inner, in_fn)
+                if i:
+                    self.visit(g.iter, inner, in_fn)
+                for c in g.ifs:
+                    self.visit(c, inner, in_fn)
+            for part in ("elt", "key", "value"):
+                if hasattr(node, part):
+                    self.visit(getattr(node, part), inner, in_fn)
+            return
+        if isinstance(node, ast.AnnAssign):
+            self.visit(node.annotation, scopes, in_fn, ann=True)
+            self.visit(node.target, scopes, in_fn)
+            if node.value is not None:
+                self.visit(node.value, scopes, in_fn)
+            return
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            if node not in self.drops and scopes:
+                self.local_ext.append(node)
+            return
+        if is_type_checking(node) and not scopes:
+            return
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            base = self.target_of(node.value.id, scopes)
+            if base is not None and base[0] == "module":
+                target = resolve_from(base[1], node.attr)
+                if target[0] == "module":
+                    raise ExportError(f"{self.mod.path}:{node.lineno}: nested module attribute")
+                self.refs.append(Ref(node, target, not in_fn, ann))
+                return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            target = self.target_of(node.id, scopes)
+            if target is not None:
+                self.refs.append(Ref(node, target, not in_fn, ann))
+            return
+        for child in ast.iter_child_nodes(node):
+            self.visit(child, scopes, in_fn, ann)
+
+    def target_of(self, name: str, scopes: list[Scope]) -> Target | None:
+        found = self.lookup(name, scopes)
+        if found == "local":
+            return None
+        if found is not None:
+            return found
+        mod = self.mod
+        if (
+            name in mod.defs
+            or name in mod.ocrl_imports
+            or name in mod.ext_imports
+            or name in mod.lazy
+        ):
+            return resolve(mod.name, name)
+        return None  # a builtin (or an error the module has anyway)
+
+
+# ---------------------------------------------------------------- the export
+@dataclass
+class Piece:
+    module: str
+    node: ast.stmt
+    refs: list[Ref]
+    drops: list[ast.stmt]
+    local_ext: list[ast.stmt]
+
+
+def pieces_of(modname: str, name: str, lenient: bool) -> list[Piece]:
+    mod = load(modname)
+    out = []
+    seen: set[int] = set()
+    for node in mod.defs[name]:
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        c = Collector(mod, lenient)
+        c.visit(node, [], False)
+        out.append(Piece(modname, node, c.refs, c.drops, c.local_ext))
+    return out
+
+
+def gym_ids() -> dict[str, tuple[dict, tuple[str, str], tuple[str, str] | None]]:
+    """ocrl's Gymnasium ids (`ocrl.envs.ids.register_envs`): id -> (kwargs, entry, vector entry)."""
+    if module_file(IDS_MODULE) is None:
+        return {}
+    mod = load(IDS_MODULE)
+    tables: dict[str, object] = {"Any": object}
+    flags = __import__("__future__").annotations.compiler_flag
+    for node in mod.tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            exec(compile(ast.Module([node], []), str(mod.path), "exec", flags=flags), tables)
+    out = {}
+    for loop in ast.walk(mod.defs["register_envs"][0]):
+        if not (isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call)):
+            continue
+        table = tables[ast.unparse(loop.iter.func.value)]
+        for call in ast.walk(loop):
+            if isinstance(call, ast.Call) and ast.unparse(call.func).endswith("register"):
+                kw = {
+                    k.arg: k.value.value for k in call.keywords if isinstance(k.value, ast.Constant)
+                }
+                entry = tuple(kw["entry_point"].split(":"))
+                vector = (
+                    tuple(kw["vector_entry_point"].split(":"))
+                    if "vector_entry_point" in kw
+                    else None
+                )
+                for env_id, kwargs in table.items():
+                    out[env_id] = (kwargs, entry, vector)
+    return out
+
+
+def git_revision() -> str:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def stmt_start(mod: Module, node: ast.stmt) -> int:
+    """First line of a top-level statement: its decorators and the comment lines right above it."""
+    first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+    lines = mod.source.split(b"\n")
+    while (
+        first > 1
+        and lines[first - 2].lstrip().startswith(b"#")
+        and not lines[first - 2].startswith(b"# -")
+    ):
+        first -= 1
+    return first
+
+
+def byte_offset(lines: list[bytes], lineno: int, col: int) -> int:
+    return sum(len(line) + 1 for line in lines[: lineno - 1]) + col
+
+
+def segment(mod: Module, node: ast.stmt, edits: list[tuple[int, int, bytes]]) -> str:
+    """The statement's source lines with `edits` (absolute byte spans) applied."""
+    lines = mod.source.split(b"\n")
+    start = byte_offset(lines, stmt_start(mod, node), 0)
+    end = byte_offset(lines, node.end_lineno, len(lines[node.end_lineno - 1]))  # with its comment
+    text = mod.source[start:end]
+    for a, b, new in sorted(edits, reverse=True):
+        text = text[: a - start] + new + text[b - start :]
+    return text.decode()
+
+
+def drop_edits(mod: Module, piece: Piece) -> list[tuple[int, int, bytes]]:
+    """Remove the function-level ocrl imports (a `pass` where a body would be left empty)."""
+    parents = {}
+    for n in ast.walk(piece.node):
+        for field_name in ("body", "orelse", "finalbody"):
+            stmts = getattr(n, field_name, None)
+            for s in stmts if isinstance(stmts, list) else []:
+                if isinstance(s, ast.stmt):
+                    parents[id(s)] = (n, field_name)
+    lines = mod.source.split(b"\n")
+    edits = []
+    for d in piece.drops:
+        parent, fname = parents[id(d)]
+        siblings = getattr(parent, fname)
+        a = byte_offset(lines, d.lineno, 0)
+        b = byte_offset(lines, d.end_lineno, len(lines[d.end_lineno - 1])) + 1
+        indent = lines[d.lineno - 1][: d.col_offset]
+        only = all(s in piece.drops for s in siblings)
+        edits.append((a, b, indent + b"pass\n" if only and d is siblings[0] else b""))
+    return edits
+
+
+def export(algo: Path, command: str) -> str:
+    algo = algo.resolve()
+    main = load("__algo__", algo)
+    lenient = True
+
+    # The algorithm: every top-level statement but its imports and docstring.
+    body = [n for n in main.tree.body if not isinstance(n, ast.Import | ast.ImportFrom)]
+    docstring = ""
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        docstring = ast.get_source_segment(main.source.decode(), body[0]) or ""
+        body = body[1:]
+    algo_pieces = []
+    for node in body:
+        c = Collector(main, lenient_annotations=False)
+        c.visit(node, [], False)
+        algo_pieces.append(Piece("__algo__", node, c.refs, c.drops, c.local_ext))
+
+    # Closure over library definitions.
+    carried: dict[tuple[str, str], list[Piece]] = {}
+    order: list[tuple[str, str]] = []
+
+    def close(todo: list[Ref]) -> None:
+        ann_only: list[Ref] = []
+        while todo:
+            ref = todo.pop()
+            key = (ref.target[1], ref.target[2])
+            if key in carried or key[0] == "__algo__":
+                continue
+            carried[key] = pieces_of(*key, lenient)
+            order.append(key)
+            for p in carried[key]:
+                for r in p.refs:
+                    if r.target[0] == "def":
+                        (ann_only if r.annotation else todo).append(r)
+        # An annotation that names an uncarried ocrl class is carried too (ruff would flag it, and
+        # tyro/get_type_hints may evaluate it).
+        while ann_only:
+            ref = ann_only.pop()
+            key = (ref.target[1], ref.target[2])
+            if key in carried or key[0] == "__algo__":
+                continue
+            carried[key] = pieces_of(*key, lenient)
+            order.append(key)
+            for p in carried[key]:
+                ann_only.extend(r for r in p.refs if r.target[0] == "def")
+
+    close([r for p in algo_pieces for r in p.refs if r.target[0] == "def"])
+    # ocrl's own Gymnasium ids that the code names: registered in the export with the classes.
+    ids = gym_ids()
+    strings = {
+        n.value
+        for p in algo_pieces + [p for key in order for p in carried[key]]
+        for n in ast.walk(p.node)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+    used_ids = sorted(strings & set(ids))
+    close([
+        Ref(ast.Name(e[1]), ("def", *e), False, False)
+        for env_id in used_ids for e in ids[env_id][1:] if e is not None
+    ])  # fmt: skip
+    for key in carried:
+        if key[0] == "__algo__":
+            raise ExportError(f"{key}: the library refers back to the algorithm")
+
+    # Output names: the algorithm keeps its names; a library name another module or the
+    # algorithm also defines becomes name__module.
+    taken = {n for n in main.defs} | set(main.ext_imports)
+    flat: dict[tuple[str, str], str] = {}
+    by_name: dict[str, list[tuple[str, str]]] = {}
+    for key in order:
+        by_name.setdefault(key[1], []).append(key)
+    for name, keys in by_name.items():
+        for key in keys:
+            clash = len(keys) > 1 or name in taken
+            flat[key] = f"{name}__{key[0].rsplit('.', 1)[-1]}" if clash else name
+
+    # External imports of the carried code (module-level ones as one-name statements).
+    ext: dict[str, str] = {}
+    local_imports: set[str] = set()
+
+    def canonical(text: str) -> str:  # `import a.b as b` and `from a import b` bind the same
+        words = text.split()
+        dotted = words[1] if words[0] == "import" else f"{words[1]}.{words[3]}"
+        return dotted if "as" in words or words[0] == "from" else words[1].split(".")[0]
+
+    def need_ext(text: str, bound: str, where: str) -> None:
+        if bound in ext and canonical(ext[bound]) == canonical(text):
+            return
+        if ext.get(bound, text) != text:
+            raise ExportError(f"{where}: '{bound}' is both `{ext[bound]}` and `{text}`")
+        if bound in flat.values() or bound in main.defs:
+            raise ExportError(f"{where}: '{bound}' is imported and also defined")
+        ext[bound] = text
+
+    for p in algo_pieces:
+        for r in p.refs:
+            if r.target[0] == "ext":
+                need_ext(r.target[1], r.target[2], str(algo))
+    for bound, text in main.ext_imports.items():  # keep the algorithm's imports as written
+        need_ext(text, bound, str(algo))
+    pieces = [p for key in order for p in carried[key]]
+    for p in pieces:
+        for r in p.refs:
+            if r.target[0] == "ext":
+                need_ext(r.target[1], r.target[2], p.module)
+        for imp in p.local_ext:
+            for alias in imp.names:
+                dotted = alias.name if isinstance(imp, ast.Import) else imp.module or ""
+                local_imports.add(dotted)
+
+    # Library text with renames and module-alias rewrites applied.
+    texts: dict[int, str] = {}
+    for p in pieces:
+        mod = load(p.module)
+        lines = mod.source.split(b"\n")
+        edits = drop_edits(mod, p)
+        for r in p.refs:
+            if r.target[0] != "def":
+                continue
+            new = flat[(r.target[1], r.target[2])]
+            n = r.node
+            old = n.id if isinstance(n, ast.Name) else None
+            if old != new:
+                a = byte_offset(lines, n.lineno, n.col_offset)
+                b = byte_offset(lines, n.end_lineno, n.end_col_offset)
+                edits.append((a, b, new.encode()))
+        own = (
+            flat[(p.module, getattr(p.node, "name", None) or "")]
+            if hasattr(p.node, "name")
+            else None
+        )
+        if own is not None and own != p.node.name:
+            head = byte_offset(lines, p.node.lineno, p.node.col_offset)
+            line = mod.source[head:].split(b"\n", 1)[0]
+            kw = line.split(p.node.name.encode(), 1)[0]
+            a = head + len(kw)
+            edits.append((a, a + len(p.node.name.encode()), own.encode()))
+        elif isinstance(p.node, ast.Assign | ast.AnnAssign):
+            targets = p.node.targets if isinstance(p.node, ast.Assign) else [p.node.target]
+            for t in targets:
+                for n in ast.walk(t):
+                    if isinstance(n, ast.Name) and flat.get((p.module, n.id), n.id) != n.id:
+                        a = byte_offset(lines, n.lineno, n.col_offset)
+                        edits.append((a, a + len(n.id.encode()), flat[(p.module, n.id)].encode()))
+        texts[id(p.node)] = segment(mod, p.node, edits)
+    notes = [note for key, note in CANNOT_TRAVEL.items() if key in carried]
+    if notes and HELP_NOTE in carried:
+        (piece,) = carried[HELP_NOTE]
+        texts[id(piece.node)] = (
+            "#: What did not travel with this copy of the algorithm (--help shows it).\n"
+            f"{flat[HELP_NOTE]} = {' '.join(notes)!r}"
+        )
+
+    # Module order: a module's pieces come after those its module-level code uses (required), and
+    # where the imports allow, after the modules its functions use (it reads bottom-up).
+    modules: list[str] = []
+    for key in order:
+        if key[0] not in modules:
+            modules.append(key[0])
+    strict: dict[str, set[str]] = {m: set() for m in modules}
+    soft: dict[str, set[str]] = {m: set() for m in modules}
+    for p in pieces:
+        for r in p.refs:
+            if r.target[0] == "def" and r.target[1] != p.module:
+                (strict if r.module_level else soft)[p.module].add(r.target[1])
+
+    def topological(edges: list[dict[str, set[str]]]) -> list[str]:
+        ordered: list[str] = []
+        state: dict[str, int] = {}
+
+        def visit(m: str) -> None:
+            if state.get(m):
+                return  # done, or a cycle through function bodies (harmless)
+            state[m] = 1
+            for deps in edges:
+                for d in sorted(deps[m], key=modules.index):
+                    visit(d)
+            state[m] = 2
+            ordered.append(m)
+
+        for m in modules:
+            visit(m)
+        return ordered
+
+    def respects_strict(ordered: list[str]) -> bool:
+        at = {m: i for i, m in enumerate(ordered)}
+        return all(at[d] < at[m] for m in modules for d in strict[m])
+
+    ordered = topological([strict, soft])
+    if not respects_strict(ordered):
+        ordered = topological([strict])
+        if not respects_strict(ordered):
+            raise ExportError(f"module-level definitions of {', '.join(modules)} form a cycle")
+
+    # Things that cannot travel, and the namespaces/aliases the algorithm's imports bound.
+    tail: list[str] = []
+    if used_ids:
+        need_ext("import gymnasium as gym", "gym", str(algo))
+        tail.append("# The ocrl Gymnasium ids used here (importing ocrl.envs registers them).")
+    for env_id in used_ids:
+        kwargs, entry, vector = ids[env_id]
+        vec = f"vector_entry_point={flat[vector]}, " if vector else ""
+        tail.append(f"gym.register({env_id!r}, entry_point={flat[entry]}, {vec}kwargs={kwargs!r})")
+    for node in main.tree.body:
+        if not isinstance(node, ast.ImportFrom | ast.Import):
+            continue
+        for alias in node.names:
+            bound = alias.asname or alias.name
+            if bound not in main.ocrl_imports:
+                continue
+            target = resolve("__algo__", bound)
+            if target[0] == "def" and flat[(target[1], target[2])] != bound:
+                tail.append(f"{bound} = {flat[(target[1], target[2])]}")
+            elif target[0] == "module":
+                used = sorted(
+                    {r.node.attr for p in algo_pieces for r in p.refs
+                     if isinstance(r.node, ast.Attribute) and isinstance(r.node.value, ast.Name)
+                     and r.node.value.id == bound}
+                )  # fmt: skip
+                need_ext("from types import SimpleNamespace", "SimpleNamespace", str(algo))
+                fields = ", ".join(f"{a}={flat[resolve_from(target[1], a)[1:]]}" for a in used)
+                tail.append(
+                    f"{bound} = SimpleNamespace({fields})  # the names of {target[1]} used here"
+                )
+
+    # Packages for the pip line.
+    # Packages for the pip line: every third-party import, at module level or inside a function
+    # (h5py, minari, tyro and tensorboard are imported where they are used).
+    dotted = {t.split()[1] for t in ext.values()} | local_imports
+    tops = {d.split(".")[0] for d in dotted} | {PIP_EXTRA[d] for d in dotted if d in PIP_EXTRA}
+    tops = {t for t in tops if t and t not in sys.stdlib_module_names and t != "__future__"}
+    packages = sorted(PIP_NAMES.get(t, t) for t in tops - set(OPTIONAL))
+    optional = sorted(PIP_NAMES.get(t, t) for t in tops & set(OPTIONAL))
+    why = ", ".join(OPTIONAL[t] for t in sorted(tops & set(OPTIONAL)))
+
+    rel = algo.relative_to(ROOT) if algo.is_relative_to(ROOT) else algo
+    out = [
+        f"# Exported from ocrl {git_revision()}: {rel} and the ocrl pieces it uses.",
+        f"# Made by: {command}",
+        f"# Needs: pip install {' '.join(packages)}",
+        *([f"# Optional: pip install {' '.join(optional)} ({why})"] if optional else []),
+        "# Edit freely: nothing here imports ocrl. The library pieces come first, grouped by module;",
+        "# the algorithm follows as in ocrl's algos/.",
+    ]
+    out += [f"# Note: {n}" for n in notes]
+    if docstring:
+        doc = docstring
+        if notes:  # shown by the file's --help through the CLI's description
+            doc = doc[:-3].rstrip() + "\n\n" + "\n".join(notes) + "\n" + doc[-3:]
+        out.append(doc)
+    out.append("")
+    out.append("from __future__ import annotations")
+    out.append("")
+    out += sorted(set(ext.values()))
+    out.append("")
+    for m in ordered:
+        out.append("")
+        out.append(f"# {'-' * 20} {m} {'-' * max(3, 73 - len(m))}")
+        out.append("")
+        for p in sorted((p for p in pieces if p.module == m), key=lambda p: p.node.lineno):
+            out.append(texts[id(p.node)])
+            out.append("")
+            out.append("")
+    if tail:
+        out.append("")
+        out.append(
+            f"# {'-' * 20} set-up (ocrl.envs ids, and names as {rel} imports them) {'-' * 10}"
+        )
+        out.append("")
+        out += tail
+    out.append("")
+    out.append(f"# {'-' * 20} {rel} {'-' * max(3, 73 - len(str(rel)))}")
+    out.append("")
+    for p in algo_pieces:
+        lines = main.source.split(b"\n")
+        out.append(segment(main, p.node, []))
+        nxt = p.node.end_lineno
+        blank = 0
+        while nxt < len(lines) and not lines[nxt].strip():
+            blank += 1
+            nxt += 1
+        out += [""] * blank
+    return "\n".join(out).rstrip() + "\n"
+
+
+def ruff_tidy(path: Path) -> None:
+    """Sort the imports and format with ruff when it is installed, under ocrl's ruff settings."""
+    ruff = _ruff()
+    if ruff is None:
+        return
+    config = ["--config", str(ROOT / "pyproject.toml")]
+    subprocess.run([*ruff, "check", *config, "--select", "I", "--fix", "-q", str(path)],
+                   capture_output=True)  # fmt: skip
+    subprocess.run([*ruff, "format", *config, "-q", str(path)], capture_output=True)
+
+
+def _ruff() -> list[str] | None:
+    exe = Path(sys.executable).with_name("ruff")
+    if exe.is_file():
+        return [str(exe)]
+    try:
+        import ruff  # noqa: F401
+    except ImportError:
+        import shutil
+
+        found = shutil.which("ruff")
+        return [found] if found else None
+    return [sys.executable, "-m", "ruff"]
+
+
+def iter_algos() -> Iterator[Path]:
+    yield from sorted(p for p in (ROOT / "algos").glob("*.py") if p.name != "__init__.py")
+
+
+@dataclass
+class Args:
+    """Write algos/<name>.py and the ocrl pieces it uses as one file that runs without ocrl."""
+
+    algo: tyro.conf.Positional[Path]
+    """the algorithm file, e.g. algos/td3_bc.py"""
+    out: Path | None = None
+    """where to write the exported file"""
+    check: Path | None = None
+    """instead of writing: exit 1 unless this file is what --out would write now (the commit aside)"""
+
+
+def main(args: Args) -> int:
+    if (args.out is None) == (args.check is None):
+        return usage("pass exactly one of --out FILE and --check FILE")
+    if not args.algo.is_file():
+        return usage(f"{args.algo}: no such file; pass an algorithm file from algos/")
+    target = args.out or args.check
+    algo = args.algo.resolve()
+    shown = algo.relative_to(ROOT) if algo.is_relative_to(ROOT) else algo
+    command = f"python scripts/export.py {shown.as_posix()} --out {target.name}"
+    try:
+        text = export(args.algo, command)
+    except ExportError as e:
+        return usage(str(e))
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text)
+    ruff_tidy(tmp)
+    if args.check:
+        fresh = tmp.read_text().split("\n", 1)[1]
+        tmp.unlink()
+        old = args.check.read_text().split("\n", 1)[1] if args.check.is_file() else ""
+        if fresh != old:
+            print(f"{args.check}: out of date with {args.algo}; re-run with --out", file=sys.stderr)
+            return 1
+        print(f"{args.check}: current")
+        return 0
+    tmp.replace(args.out)
+    n = len(args.out.read_text().splitlines())
+    print(f"wrote {args.out} ({n} lines)")
+    return 0
+
+
+def usage(message: str) -> int:
+    print(f"error: export.py: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args)))

@@ -1,0 +1,221 @@
+"""scripts/export.py: an exported algorithm runs where `import ocrl` fails and matches the in-repo run exactly."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ALGOS = sorted(p.stem for p in (ROOT / "algos").glob("*.py") if p.name != "__init__.py")
+
+# Runs a file as __main__ in an interpreter where every `import ocrl` raises ImportError; it first
+# proves that the import fails.
+NO_OCRL = """
+import importlib.abc, runpy, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "ocrl" or name.startswith("ocrl."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+
+sys.meta_path.insert(0, Block())
+sys.path = [p for p in sys.path if not os.path.isdir(os.path.join(p, "algos"))]
+try:
+    import ocrl
+except ImportError:
+    print("import ocrl fails", file=sys.stderr)
+else:
+    raise SystemExit("ocrl is importable")
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+""".replace("import importlib.abc,", "import importlib.abc, os,")
+
+
+def export(name: str, out: Path, root: Path = ROOT) -> Path:
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "export.py"), f"algos/{name}.py", "--out", str(out)],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def run_without_ocrl(file: Path, *flags: str, tmp: Path) -> subprocess.CompletedProcess:
+    runner = tmp / "no_ocrl.py"
+    runner.write_text(NO_OCRL)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-I", str(runner), str(file), *flags],
+        cwd=tmp, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+
+
+def run_in_repo(name: str, *flags: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "algos" / f"{name}.py"), *flags],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+
+
+def metrics(run_dir: Path) -> dict:
+    """metrics.json less timings, with the run folder's path written as RUN."""
+    out = json.loads((run_dir / "metrics.json").read_text())
+    timing = ("wall_time", "time_s", "seconds", "per_s")
+    return {
+        k: v.replace(str(run_dir), "RUN") if isinstance(v, str) else v
+        for k, v in out.items()
+        if not any(t in k for t in timing)
+    }
+
+
+def ruff() -> list[str]:
+    exe = Path(sys.executable).with_name("ruff")
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("ruff")
+    if found is None:
+        pytest.skip("ruff is not installed")
+    return [found]
+
+
+OFFLINE = {"td3_bc": 300, "iql": 300}
+ONLINE = {
+    # registers the ocrl/LotSizing-v0 id in the copy, as importing ocrl.envs does
+    "pdppo": "--instance generated --n-items 4 --n-machines 3 --total-steps 1200 --update-every 200 "
+    "--k-epochs 3 --hidden 16 --eval-every 600 --log-every 400".split(),
+    "sac": ["--env-id", "Pendulum-v1", "--total-steps", "300", "--learning-starts", "100"],
+    "ppo": [
+        "--env-id",
+        "Pendulum-v1",
+        "--total-steps",
+        "512",
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "128",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["td3_bc", "ppo", *(pytest.param(n, marks=pytest.mark.slow) for n in ("iql", "sac", "pdppo"))],
+)
+def test_export_runs_without_ocrl_and_matches(name, hopper_random_file, tmp_path):
+    file = export(name, tmp_path / f"my_{name}.py")
+    if name in OFFLINE:
+        flags = ["--dataset", hopper_random_file, "--total-steps", str(OFFLINE[name])]
+        flags += ["--eval-every", str(OFFLINE[name]), "--eval-episodes", "1"]
+    else:
+        flags = [*ONLINE[name], "--eval-episodes", "1"]
+    flags += ["--seed", "3", "--threads", "1", "--no-progress"]
+    copy = run_without_ocrl(file, *flags, "--run-dir", str(tmp_path / "copy"), tmp=tmp_path)
+    assert copy.returncode == 0, copy.stderr[-2000:]
+    assert "import ocrl fails" in copy.stderr
+    repo = run_in_repo(name, *flags, "--run-dir", str(tmp_path / "repo"))
+    assert repo.returncode == 0, repo.stderr[-2000:]
+    got, want = metrics(tmp_path / "copy"), metrics(tmp_path / "repo")
+    assert got == want and got["steps"] > 0
+
+
+@pytest.mark.slow
+def test_export_diffusion_runs_without_ocrl_and_matches(hopper_random_file, tmp_path):
+    file = export("diffusion", tmp_path / "my_diffusion.py")
+    flags = ["--dataset", hopper_random_file, "--width", "32", "--depth", "2", "--dim-t", "16"]
+    flags += ["--total-steps", "200", "--batch-size", "64", "--log-every", "100"]
+    flags += ["--sample-steps", "4", "--num-samples", "500", "--sample-batch-size", "200"]
+    flags += ["--quality-samples", "100", "--seed", "3", "--threads", "1", "--no-progress"]
+    copy = run_without_ocrl(file, *flags, "--run-dir", str(tmp_path / "copy"), tmp=tmp_path)
+    assert copy.returncode == 0, copy.stderr[-2000:]
+    assert "import ocrl fails" in copy.stderr
+    repo = run_in_repo("diffusion", *flags, "--run-dir", str(tmp_path / "repo"))
+    assert repo.returncode == 0, repo.stderr[-2000:]
+    got, want = metrics(tmp_path / "copy"), metrics(tmp_path / "repo")
+    assert got == want and got
+
+
+# td3_bc, ppo, ggd_ppo (a module imported as a namespace) and pdppo (an ocrl env id) in the quick run.
+QUICK = ("td3_bc", "ppo", "ggd_ppo", "pdppo")
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in ALGOS]
+)
+def test_every_export_is_clean_and_helps_without_ocrl(name, tmp_path):
+    file = export(name, tmp_path / f"my_{name}.py")
+    text = file.read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            imported.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert "ocrl" not in imported
+    head = text.splitlines()[:3]
+    assert head[0].startswith("# Exported from ocrl ") and "pip install" in head[2]
+    algo = (ROOT / "algos" / f"{name}.py").read_text()
+    main_at = algo.index("\ndef main(")  # the algorithm's code is copied as written
+    assert algo[main_at:] in text
+    config = ["--config", str(ROOT / "pyproject.toml")]
+    check = subprocess.run([*ruff(), "check", *config, str(file)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    fmt = subprocess.run([*ruff(), "format", "--check", *config, str(file)], capture_output=True)
+    assert fmt.returncode == 0
+    helped = run_without_ocrl(file, "--help", tmp=tmp_path)
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    assert "import ocrl fails" in helped.stderr and "usage" in helped.stdout.lower()
+
+
+def test_export_carries_only_what_is_reached(tmp_path):
+    text = export("ppo", tmp_path / "my_ppo.py").read_text()
+    assert "def gae(" in text  # ppo's rollout needs it
+    assert "def write_minari(" not in text and "def load_dataset(" not in text
+    assert "class ReplayBuffer" not in text
+
+
+def test_library_change_shows_in_next_export(tmp_path):
+    tree = tmp_path / "ocrl"
+    skip = shutil.ignore_patterns(".*", "runs", "__pycache__", "tests", "docs", "datasets")
+    shutil.copytree(ROOT, tree, ignore=skip)  # the code only: no venv, data or git
+    core = tree / "nets" / "core.py"
+    source = core.read_text()
+    assert "def polyak_update(" in source
+    core.write_text(source.replace("def polyak_update(", "def polyak_update(  # changed\n", 1))
+    text = export("td3_bc", tmp_path / "my_td3_bc.py", root=tree).read_text()
+    assert "def polyak_update(  # changed" in text
+
+
+def test_check_flag_says_whether_an_export_is_current(tmp_path):
+    file = export("ppo", tmp_path / "my_ppo.py")
+    check = [
+        sys.executable,
+        str(ROOT / "scripts" / "export.py"),
+        "algos/ppo.py",
+        "--check",
+        str(file),
+    ]
+    assert subprocess.run(check, cwd=ROOT, capture_output=True).returncode == 0
+    file.write_text(file.read_text().replace("def gae(", "def gae_(", 1))
+    assert subprocess.run(check, cwd=ROOT, capture_output=True).returncode == 1
+
+
+def test_shipped_dataset_cannot_travel_and_the_copy_says_so(tmp_path):
+    file = export("td3_bc", tmp_path / "my_td3_bc.py")
+    helped = run_without_ocrl(file, "--help", tmp=tmp_path)
+    assert "does not carry the datasets shipped with ocrl" in helped.stdout
+    run = run_without_ocrl(file, "--run-dir", str(tmp_path / "run"), tmp=tmp_path)  # the default
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line != "import ocrl fails"]
+    assert len(lines) == 1 and "ocrl/hopper/medium-v0" in lines[0] and "pass --dataset" in lines[0]
+    assert not (tmp_path / "run").exists()
+    # In the repository the shipped id is found, and --help has no such note.
+    helped = run_in_repo("td3_bc", "--help")
+    assert helped.returncode == 0 and "does not carry" not in helped.stdout
