@@ -121,7 +121,9 @@ def module_of(script: str):
     if script.startswith("algos/"):
         return importlib.import_module(f"ocrl.algos.{path.stem}")
     name = f"_docs_{path.parent.name}_{path.stem}"
-    if str(path.parent) not in sys.path:  # as `python scripts/x.py` has it: modules beside the script import
+    if (
+        str(path.parent) not in sys.path
+    ):  # as `python scripts/x.py` has it: modules beside the script import
         sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
