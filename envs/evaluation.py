@@ -315,7 +315,10 @@ class Evaluator:
         def first() -> gym.Env:
             env = self._wrap(make_env(self.env_id, render_mode="rgb_array", **self._env_kwargs))
             # Started and stopped by __call__, one file per evaluation; no episode starts one by itself.
-            return gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: False)
+            with warnings.catch_warnings():
+                # A resumed run records into its videos/ again: step-named files are not overwritten.
+                warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
+                return gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: False)
 
         self.envs.close()
         self.envs = self._make_envs(first)
