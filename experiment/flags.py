@@ -96,10 +96,10 @@ EXTRAS = (
 
 def check_extras(args: Any) -> None:
     """Raise UsageError when a flag that is on needs an optional extra that is not installed."""
-    for field, module, extra, what in EXTRAS:
-        if getattr(args, field, False) and importlib.util.find_spec(module) is None:
+    for flag_field, module, extra, what in EXTRAS:
+        if getattr(args, flag_field, False) and importlib.util.find_spec(module) is None:
             raise UsageError(
-                f"{_flag(field)}: needs {what} ({module}), which is not installed; "
+                f"{_flag(flag_field)}: needs {what} ({module}), which is not installed; "
                 f"pip install -e '.[{extra}]'"
             )
 
