@@ -178,6 +178,16 @@ class Args:
     """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
     progress: bool = True
     """show a progress bar"""
+    track: bool = False
+    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
+    wandb_project: str = "ocrl"
+    """Weights & Biases project of --track"""
+    wandb_entity: str | None = None
+    """Weights & Biases team or user of --track (default: your own)"""
+    wandb_group: str | None = None
+    """Weights & Biases group of --track, e.g. one per sweep"""
+    capture_video: bool = False
+    """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
 
 def target_entropy(args: Args, act_dim: int) -> float:

@@ -146,6 +146,14 @@ class Args:
     """write the best policy's weights to policy.pt in the run folder (atomically)"""
     progress: bool = True
     """show a progress bar (of gradient steps)"""
+    track: bool = False
+    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
+    wandb_project: str = "ocrl"
+    """Weights & Biases project of --track"""
+    wandb_entity: str | None = None
+    """Weights & Biases team or user of --track (default: your own)"""
+    wandb_group: str | None = None
+    """Weights & Biases group of --track, e.g. one per sweep"""
 
     # What TrainingLoop reads: it counts gradient steps and logs (and checks) the training cost once an epoch.
     log_every = property(lambda self: self.n_train // self.batch_size)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -273,11 +276,9 @@ class Evaluator:
         if max_episode_steps is not None:
             kwargs["max_episode_steps"] = max_episode_steps
         make_env(env_id, **kwargs).close()  # fail early, in this process, on a bad id
-        wrap = env_wrapper or (lambda env: env)
-        self.envs = gym.vector.SyncVectorEnv(
-            [lambda: wrap(make_env(env_id, **kwargs)) for _ in range(num_episodes)],
-            autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
-        )
+        self._env_kwargs, self._wrap = kwargs, env_wrapper or (lambda env: env)
+        self.envs = self._make_envs()
+        self.recorder: gym.wrappers.RecordVideo | None = None
         self.obs_mean = (
             None
             if obs_mean is None
@@ -293,6 +294,36 @@ class Evaluator:
         self.action_low = getattr(self.envs.single_action_space, "low", None)
         self.action_high = getattr(self.envs.single_action_space, "high", None)
 
+    def _make_envs(self, first: Callable[[], gym.Env] | None = None) -> gym.vector.SyncVectorEnv:
+        def make() -> gym.Env:
+            return self._wrap(make_env(self.env_id, **self._env_kwargs))
+
+        return gym.vector.SyncVectorEnv(
+            [first or make] + [make] * (self.num_episodes - 1),
+            autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+        )
+
+    def record_video(self, folder: str | Path) -> None:
+        """Record the first episode of every later evaluation as an MP4 in `folder` (the optional extra `video`);
+        on Linux without a display MuJoCo renders through EGL unless MUJOCO_GL says otherwise."""
+        if self.recorder is not None:
+            return
+        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+            # Read when a MuJoCo env makes its renderer, so setting it after `import mujoco` still counts.
+            os.environ.setdefault("MUJOCO_GL", "egl")
+
+        def first() -> gym.Env:
+            env = self._wrap(make_env(self.env_id, render_mode="rgb_array", **self._env_kwargs))
+            # Started and stopped by __call__, one file per evaluation; no episode starts one by itself.
+            with warnings.catch_warnings():
+                # A resumed run records into its videos/ again: step-named files are not overwritten.
+                warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
+                return gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: False)
+
+        self.envs.close()
+        self.envs = self._make_envs(first)
+        self.recorder = self.envs.envs[0]
+
     def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:
         """Cast to float32 (D4RL data are float32, v4 envs return float64) and standardise."""
         x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
@@ -301,9 +332,13 @@ class Evaluator:
         return x
 
     @torch.no_grad()
-    def __call__(self, policy: Policy) -> dict[str, float | None]:
-        """Mean/std of the episode returns and, when reference scores are known, the normalised score (x100)."""
+    def __call__(self, policy: Policy, video_name: str = "eval") -> dict[str, float | None]:
+        """Mean/std of the episode returns and, when reference scores are known, the normalised score (x100);
+        after `record_video`, the first episode is also written to `<folder>/<video_name>.mp4`."""
         obs, _ = self.envs.reset(seed=self.seeds)
+        if self.recorder is not None:
+            self.recorder.start_recording(video_name)
+            self.recorder.recorded_frames.append(self.recorder.render())  # the first frame
         returns = np.zeros(self.num_episodes)
         lengths = np.zeros(self.num_episodes, dtype=np.int64)
         running = np.ones(self.num_episodes, dtype=bool)
@@ -315,6 +350,9 @@ class Evaluator:
             returns += reward * running
             lengths += running
             running &= ~(terminated | truncated)
+        # Episode 0's recording stops when its env restarts; when it was the last to end, here.
+        if self.recorder is not None and self.recorder.recording:
+            self.recorder.stop_recording()
         result: dict[str, float | None] = {
             "return": float(returns.mean()),
             "return_std": float(returns.std()),

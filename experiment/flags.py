@@ -1,11 +1,12 @@
 """The command line: parsing Args with presets, one-line errors for unknown flags and bad values,
-`check_args` (counts, seeds, learning rates, run folders, writable outputs) and `friendly_errors`."""
+`check_args` (counts, seeds, learning rates, optional extras, run folders, writable outputs) and `friendly_errors`."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import difflib
+import importlib.util
 import io
 import math
 import os
@@ -80,12 +81,30 @@ def check_args(
         raise UsageError(
             f"--threads {args.threads}: must be a whole number >= 0 (0: torch's default, all cores)"
         )
+    check_extras(args)
     run_dir = getattr(args, "run_dir", None)
     if run_dir is not None and not getattr(args, "resume", None):
         check_run_dir(run_dir, getattr(args, "overwrite", False))
     for name in ("run_dir", "out"):
         if getattr(args, name, None) is not None:
             check_writable(getattr(args, name), _flag(name))
+
+
+#: Flags that need an optional extra: (flag field, module it imports, extra, what it is for).
+EXTRAS = (
+    ("track", "wandb", "track", "Weights & Biases"),
+    ("capture_video", "moviepy", "video", "MoviePy, which writes the MP4s"),
+)
+
+
+def check_extras(args: Any) -> None:
+    """Raise UsageError when a flag that is on needs an optional extra that is not installed."""
+    for flag_field, module, extra, what in EXTRAS:
+        if getattr(args, flag_field, False) and importlib.util.find_spec(module) is None:
+            raise UsageError(
+                f"{_flag(flag_field)}: needs {what} ({module}), which is not installed; "
+                f"pip install -e '.[{extra}]'"
+            )
 
 
 def check_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:

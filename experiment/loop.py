@@ -107,7 +107,8 @@ class TrainingLoop:
             self.step = restore_training_state(ckpt, self.parts, np_rng, None)
         # --overwrite empties a finished run's folder; a resumed run continues in its own.
         overwrite = getattr(args, "overwrite", False) and ckpt is None
-        self.run = Run(algo, target, args.seed, args, args.run_dir, overwrite)
+        tracker_id = (ckpt["run"].get("tracker_id") or None) if ckpt is not None else None
+        self.run = Run(algo, target, args.seed, args, args.run_dir, overwrite, tracker_id)
         if ckpt is not None:
             self.run.load_state_dict(ckpt["run"])
         self.resumed_from = self.step
@@ -137,6 +138,11 @@ class TrainingLoop:
     def dir(self) -> Path:
         """The run folder."""
         return self.run.dir
+
+    @property
+    def video_folder(self) -> Path | None:
+        """With --capture-video, where the evaluator records its episodes (the run folder's videos/), else None."""
+        return self.dir / "videos" if getattr(self.args, "capture_video", False) else None
 
     def steps(self, stride: int = 1) -> Iterator[int]:
         """Yield the count of steps done before each iteration (from the checkpoint's on --resume); `self.step` is the count after it."""
@@ -194,12 +200,19 @@ class TrainingLoop:
     def evaluate(
         self, evaluator: Callable[[Any], dict], policy: Callable[[torch.Tensor], torch.Tensor]
     ) -> dict:
-        """Evaluate `policy`, log eval/*, show the score, and with --save-model write the checkpoint."""
-        result = evaluator(policy)
+        """Evaluate `policy`, log eval/*, show the score, and with --save-model write the checkpoint; with
+        --capture-video the first episode goes to videos/step-<step>.mp4."""
+        result = self._evaluate(evaluator, policy)
         self.pbar.set_postfix_str(self.run.log_eval(self.step, result))
         if getattr(self.args, "save_model", False):
             self.checkpoint()
         return result
+
+    def _evaluate(self, evaluator: Any, policy: Callable[[Any], Any]) -> dict:
+        if self.video_folder is None:
+            return evaluator(policy)
+        evaluator.record_video(self.video_folder)
+        return evaluator(policy, video_name=f"step-{self.step:09d}")
 
     def finish(self, evaluator: Any, policy: Callable[[Any], Any] | None, **extra: Any) -> dict:
         """Evaluate once if this run never did (a resumed finished run; not for evaluator None, a model with no
@@ -207,7 +220,9 @@ class TrainingLoop:
         self.pbar.close()
         if evaluator is not None:
             if not self.run.last_eval:
-                self.pbar.set_postfix_str(self.run.log_eval(self.step, evaluator(policy)))
+                self.pbar.set_postfix_str(
+                    self.run.log_eval(self.step, self._evaluate(evaluator, policy))
+                )
             evaluator.close()
         return self.run.finish(self.step, {"resumed_from": self.resumed_from, **extra})
 
@@ -220,8 +235,8 @@ class SnapshotEvaluator:
         self.evaluator, self.actor, self.loop = evaluator, actor, loop
         self.folder = loop.dir / "snapshots"
 
-    def __call__(self, policy: Callable[[torch.Tensor], torch.Tensor]) -> dict:
-        result = self.evaluator(policy)
+    def __call__(self, policy: Callable[[torch.Tensor], torch.Tensor], **kwargs: Any) -> dict:
+        result = self.evaluator(policy, **kwargs)
         step, name = self.loop.step, f"actor_{self.loop.step:09d}.pt"
         self.folder.mkdir(exist_ok=True)
         save_checkpoint(
@@ -230,6 +245,10 @@ class SnapshotEvaluator:
         with open(self.folder / "index.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "file": name, **result}) + "\n")
         return result
+
+    def record_video(self, folder: Path) -> None:
+        """Record the first episode of every later evaluation (`Evaluator.record_video`)."""
+        self.evaluator.record_video(folder)
 
     def close(self) -> None:
         self.evaluator.close()

@@ -1,4 +1,5 @@
-"""Run folders: seeding, device choice, TensorBoard logs, metrics and checkpoints (the command line is `ocrl.experiment.flags`)."""
+"""Run folders: seeding, device choice, TensorBoard logs (and Weights & Biases with --track), metrics and
+checkpoints (the command line is `ocrl.experiment.flags`)."""
 
 from __future__ import annotations
 
@@ -221,6 +222,58 @@ def _new_folder(base: Path) -> Path:
     raise FileExistsError(f"no free run folder name beside {base}")
 
 
+class WandbTracker:
+    """The run's scalars and config in Weights & Biases (--track), beside TensorBoard; WANDB_MODE=offline works
+    without a network."""
+
+    def __init__(self, run_dir: Path, config: Mapping[str, Any], run_id: str | None = None) -> None:
+        import wandb
+
+        try:
+            self.run = self._init(wandb, run_dir, config, run_id)
+        # wandb raises its own errors, and others, for a missing login or network.
+        except Exception as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise UsageError(
+                f"--track: Weights & Biases did not start ({reason}); log in with `wandb login`, "
+                "or set WANDB_MODE=offline to write the run locally"
+            ) from None
+        # Every scalar is plotted against the environment/update step, whatever order tags arrive in (a
+        # step= argument would drop values logged for an earlier step).
+        self.run.define_metric("global_step")
+        self.run.define_metric("*", step_metric="global_step")
+
+    @staticmethod
+    def _init(wandb: Any, run_dir: Path, config: Mapping[str, Any], run_id: str | None) -> Any:
+        return wandb.init(
+            project=config.get("wandb_project") or "ocrl",
+            entity=config.get("wandb_entity"),
+            group=config.get("wandb_group"),
+            config=dict(config),
+            name=run_dir.name,
+            dir=str(run_dir),
+            # A resumed run (--resume) continues the W&B run its checkpoint names.
+            id=run_id,
+            resume="allow" if run_id else None,
+            reinit="finish_previous",
+        )
+
+    @property
+    def id(self) -> str:
+        return self.run.id
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Log scalars at `step` (as the global_step metric)."""
+        self.run.log({"global_step": step, **{k: float(v) for k, v in scalars.items()}})
+
+    def finish(self, summary: Mapping[str, Any] | None = None, exit_code: int = 0) -> None:
+        """Put the final metrics in the run's summary and close it."""
+        for key, value in (summary or {}).items():
+            if value is not None:
+                self.run.summary[f"final/{key}"] = value
+        self.run.finish(exit_code=exit_code)
+
+
 class Run:
     """One run folder: config.json, TensorBoard events, evaluation bookkeeping and metrics.json at the end."""
 
@@ -232,7 +285,9 @@ class Run:
         config: Any,
         run_dir: str | None = None,
         overwrite: bool = False,
+        tracker_id: str | None = None,
     ) -> None:
+        """`config.track` also logs to Weights & Biases; `tracker_id` continues that W&B run (--resume)."""
         from torch.utils.tensorboard import SummaryWriter
 
         if run_dir is None:
@@ -246,6 +301,8 @@ class Run:
             self.dir.mkdir(parents=True, exist_ok=True)
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()}
+        # Started before the run's own files are written, so a W&B that cannot start leaves no run behind.
+        self.tracker = WandbTracker(self.dir, cfg, tracker_id) if cfg.get("track") else None
         # Rewritten at every start, so a reused --run-dir describes the run that is in it now.
         atomic_write_text(self.dir / CONFIG_FILE, json.dumps(cfg, indent=2, default=str))
         print(f"run folder: {self.dir} (tensorboard --logdir {self.dir})")
@@ -270,6 +327,8 @@ class Run:
         """Write scalars (already on the host) under their tag names."""
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, float(value), step)
+        if self.tracker is not None:
+            self.tracker.log(step, scalars)
 
     def log_eval(self, step: int, result: Mapping[str, float | None]) -> str:
         """Log an evaluation (`return`, `normalized_score`, ...) as eval/* and track the best; return a short summary."""
@@ -289,6 +348,7 @@ class Run:
             "best_score": self.best_score,
             "best_return": self.best_return,
             "last_eval": json.dumps(self.last_eval),
+            "tracker_id": self.tracker.id if self.tracker is not None else "",
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -313,6 +373,9 @@ class Run:
         metrics.update(extra or {})
         atomic_write_text(self.dir / METRICS_FILE, json.dumps(metrics, indent=2))
         self.writer.close()
+        if self.tracker is not None:
+            self.tracker.finish(metrics)
+            self.tracker = None
         shown = (
             f"normalized score {score:.1f} (best {self.best_score:.1f}), "
             if score is not None
@@ -327,7 +390,11 @@ class Run:
         return metrics
 
     def close(self) -> None:
+        """Close the logs of a run that stops early (divergence); a tracked W&B run is marked failed."""
         self.writer.close()
+        if self.tracker is not None:
+            self.tracker.finish(exit_code=1)
+            self.tracker = None
 
 
 def check_finite(step: int, values: Mapping[str, float], run: Run | None = None) -> None:
