@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ocrl.experiment.policy import Acting, write_policy
 from ocrl.experiment.run import (
     CheckpointError,
     Run,
@@ -89,8 +90,10 @@ class TrainingLoop:
         *,
         normalizer: Mapping[str, np.ndarray | None] | None = None,
         rate_tag: str = "charts/updates_per_s",
+        policy: Acting | torch.nn.Module | None = None,
     ) -> None:
         self.args = args
+        self.algo, self.policy = algo, policy
         self.total = int(args.total_steps)
         self.parts = _as_parts(parts)
         self.np_rng = np_rng
@@ -199,15 +202,30 @@ class TrainingLoop:
         self.pbar.set_postfix_str(self.run.log_eval(self.step, result))
         if getattr(self.args, "save_model", False):
             self.checkpoint()
+            self.write_policy(evaluator, result)
         return result
+
+    def write_policy(self, evaluator: Any, result: dict) -> None:
+        """Write policy.pt2 and policy.json of the acting module given as `policy` (none without one)."""
+        if self.policy is None or evaluator is None:
+            return
+        info = {
+            "algorithm": self.algo,
+            "dataset": getattr(self.args, "dataset", None),
+            "seed": self.args.seed,
+            "step": self.step,
+            "eval": result,
+        }
+        write_policy(self.dir, self.policy, evaluator, info)
 
     def finish(self, evaluator: Any, policy: Callable[[Any], Any] | None, **extra: Any) -> dict:
         """Evaluate once if this run never did (a resumed finished run; not for evaluator None, a model with no
-        policy), close everything, write metrics.json."""
+        policy), write the policy file, close everything, write metrics.json."""
         self.pbar.close()
         if evaluator is not None:
             if not self.run.last_eval:
                 self.pbar.set_postfix_str(self.run.log_eval(self.step, evaluator(policy)))
+            self.write_policy(evaluator, self.run.last_eval)
             evaluator.close()
         return self.run.finish(self.step, {"resumed_from": self.resumed_from, **extra})
 

@@ -1,0 +1,187 @@
+"""The policy file: policy.pt2 loads with torch alone and acts as the run's evaluator does; scripts/evaluate.py
+reproduces the run's last evaluation; ocrl.load_policy; bad input; --video writes MP4s."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_conventions import ALGOS
+
+import ocrl
+from ocrl.experiment import loop as loop_module
+
+ROOT = Path(__file__).resolve().parents[1]
+EVALUATE = ROOT / "scripts" / "evaluate.py"
+_spec = importlib.util.spec_from_file_location("evaluate_script", EVALUATE)
+evaluate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate)
+# Every algorithm whose acting is one deterministic function of the observation.
+EXPORTS = ["td3_bc", "prdc", "a2pr", "iql", "sac", "ggd_td", "ppo", "ggd_ppo"]
+
+# Loads the program where `import ocrl` fails (and says so), and writes its actions.
+STANDALONE = textwrap.dedent(
+    """
+    import sys
+    sys.modules["ocrl"] = None  # no ocrl, whatever sys.path holds
+    try:
+        import ocrl
+        raise SystemExit("ocrl is importable")
+    except ImportError:
+        pass
+    import torch
+    program = torch.export.load(sys.argv[1]).module()
+    torch.save(program(torch.load(sys.argv[2])), sys.argv[3])
+    """
+)
+
+
+def tiny_run(
+    name: str, data: str, run_dir: Path, monkeypatch, **over
+) -> tuple[dict, object, object]:
+    """A tiny run of algorithm `name`: its metrics, and the evaluator and policy that it finished with."""
+    module = importlib.import_module(f"ocrl.algos.{name}")
+    flags = {k: (data if v == "{data}" else v) for k, v in ALGOS[name][0].items()}
+    flags.update(eval_episodes=2, run_dir=str(run_dir), progress=False, **over)
+    seen = {}
+    finish = loop_module.TrainingLoop.finish
+
+    def keep(self, evaluator, policy, **extra):
+        seen.update(evaluator=evaluator, policy=policy)
+        return finish(self, evaluator, policy, **extra)
+
+    monkeypatch.setattr(loop_module.TrainingLoop, "finish", keep)
+    metrics = module.main(dataclasses.replace(module.Args(), **flags))
+    return metrics, seen["evaluator"], seen["policy"]
+
+
+def evaluator_actions(evaluator, policy, obs: np.ndarray) -> np.ndarray:
+    """What Evaluator.__call__ sends to the env for observations `obs`."""
+    with torch.no_grad():
+        action = policy(evaluator.normalize_obs(obs)).cpu().numpy()
+    if evaluator.action_low is not None:
+        action = np.clip(action, evaluator.action_low, evaluator.action_high)
+    return action
+
+
+@pytest.mark.parametrize("name", EXPORTS)
+def test_policy_file_acts_as_the_run_and_evaluate_reproduces_it(
+    name, hopper_random_file, tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    metrics, evaluator, policy = tiny_run(name, hopper_random_file, run_dir, monkeypatch)
+    info = json.loads((run_dir / "policy.json").read_text())
+    assert info["algorithm"] == name and info["step"] == metrics["steps"]
+    assert info["eval"]["return"] == metrics["return"]
+    obs_dim = info["observation_space"]["shape"][0]
+    obs = (np.random.default_rng(0).standard_normal((7, obs_dim)) * 3).astype(np.float32)
+    expected = evaluator_actions(evaluator, policy, obs)
+
+    # torch alone, in a process where ocrl cannot be imported
+    (tmp_path / "standalone.py").write_text(STANDALONE)
+    torch.save(torch.from_numpy(obs), tmp_path / "obs.pt")
+    proc = subprocess.run(
+        [sys.executable, "standalone.py", str(run_dir / "policy.pt2"), "obs.pt", "out.pt"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(torch.load(tmp_path / "out.pt").numpy(), expected)
+
+    # ocrl.load_policy: numpy in, numpy out; torch in, torch out; one observation too
+    loaded = ocrl.load_policy(run_dir)
+    np.testing.assert_array_equal(loaded(obs), expected)
+    assert torch.equal(loaded(torch.from_numpy(obs)), torch.from_numpy(expected))
+    assert loaded(obs[0]).shape == expected[0].shape
+
+    # the run's last evaluation, episode for episode
+    result = evaluate.main([str(run_dir), "--no-progress"])
+    assert result["return"] == metrics["return"]
+    assert result["normalized_score"] == metrics["normalized_score"]
+    assert json.loads((run_dir / "eval.json").read_text())["return"] == metrics["return"]
+
+
+@pytest.fixture(scope="module")
+def finished_td3_bc(hopper_random_file, tmp_path_factory) -> Path:
+    from ocrl.algos import td3_bc
+
+    run_dir = tmp_path_factory.mktemp("td3_bc")
+    td3_bc.main(td3_bc.Args(dataset=hopper_random_file, total_steps=20, eval_every=20,
+                            eval_episodes=2, hidden=(8, 8), run_dir=str(run_dir), progress=False))  # fmt: skip
+    return run_dir
+
+
+def run_evaluate(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(EVALUATE), *argv, "--no-progress"], capture_output=True, text=True,
+        timeout=300, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("empty", "holds no policy.pt2"),
+        ("missing", "is not a folder"),
+        ("Pendulum-v1", "do not fit the policy's"),
+        ("Hoper-v4", "not a registered Gymnasium id"),
+    ],
+)
+def test_evaluate_bad_input_is_one_line_exit_2(case, expected, finished_td3_bc, tmp_path):
+    if case == "empty":
+        argv = [str(tmp_path)]
+    elif case == "missing":
+        argv = [str(tmp_path / "nope")]
+    else:
+        argv = [str(finished_td3_bc), "--env-id", case]
+    proc = run_evaluate(*argv)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_other_seed_and_env_version(finished_td3_bc):
+    run = json.loads((finished_td3_bc / "metrics.json").read_text())
+    other_seed = evaluate.main(
+        [str(finished_td3_bc), "--seed", "5", "--episodes", "3", "--no-progress"]
+    )
+    assert other_seed["episodes"] == 3 and other_seed["return"] != run["return"]
+    v5 = evaluate.main([str(finished_td3_bc), "--env-id", "Hopper-v5", "--no-progress"])
+    assert v5["env_id"] == "Hopper-v5" and v5["normalized_score"] is not None
+
+
+def test_policy_file_written_with_each_checkpoint(hopper_random_file, tmp_path, monkeypatch):
+    written = []
+    write = loop_module.write_policy
+    monkeypatch.setattr(
+        loop_module, "write_policy", lambda *a, **k: written.append(a[3]["step"]) or write(*a, **k)
+    )
+    tiny_run("td3_bc", hopper_random_file, tmp_path / "run", monkeypatch, save_model=True)
+    assert written == [20, 40, 40]  # each evaluation's checkpoint, and the end of the run
+
+
+def test_evaluate_video_writes_mp4s(finished_td3_bc, tmp_path):
+    pytest.importorskip("moviepy")
+    imageio = pytest.importorskip("imageio")
+    env = dict(os.environ)
+    env.setdefault("MUJOCO_GL", "egl")
+    proc = run_evaluate(str(finished_td3_bc), "--video", str(tmp_path / "videos"), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    videos = sorted((tmp_path / "videos").glob("*.mp4"))
+    assert [v.name for v in videos] == ["seed-100-episode-0.mp4", "seed-101-episode-0.mp4"]
+    length = json.loads((finished_td3_bc / "policy.json").read_text())["eval"]["episode_length"]
+    reader = imageio.get_reader(videos[0])
+    # the reset frame and one per step; Hopper renders 480x480
+    assert reader.count_frames() == int(length) + 1
+    assert reader.get_meta_data()["size"] == (480, 480)
