@@ -153,11 +153,15 @@ def write_policy(
     from ocrl.envs.evaluation import TimeFeature
 
     first_env = evaluator.envs.envs[0]
+    env_kwargs = getattr(evaluator, "env_kwargs", {})
+    # Settings JSON cannot hold (a lot-sizing instance object) are named, so evaluate.py can refuse.
+    unrecorded = [k for k, v in env_kwargs.items() if not _json_ok(v)]
     meta = {
         "format": FORMAT,
         **info,
         "env_id": evaluator.env_id,
-        "env_kwargs": getattr(evaluator, "env_kwargs", {}),
+        "env_kwargs": {k: v for k, v in env_kwargs.items() if k not in unrecorded},
+        "env_kwargs_unrecorded": unrecorded,
         "time_feature": isinstance(first_env, TimeFeature),
         "observation_space": _space(obs_space),
         "action_space": _space(evaluator.envs.single_action_space),
@@ -170,6 +174,14 @@ def write_policy(
     }
     atomic_write_text(run_dir / POLICY_INFO, json.dumps(meta, indent=2, default=str))
     return run_dir / POLICY_FILE
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 class PolicyError(ValueError):

@@ -100,6 +100,13 @@ def evaluate(
     episodes = episodes or info["eval_episodes"]
     seed = info["seed"] if seed is None else seed
     seeds = episode_seeds(seed, episodes)
+    missing = info.get("env_kwargs_unrecorded") or []
+    if missing and env_id == info["env_id"]:
+        raise InputError(
+            f"{run_dir}: the run made {env_id} with settings that policy.json cannot hold "
+            f"({', '.join(missing)}), so evaluate.py cannot rebuild its env; load the policy with "
+            "ocrl.load_policy and step that env yourself"
+        )
     # The run's env settings (a dataset's recorded kwargs) belong to its own env id only.
     kwargs = dict(info.get("env_kwargs") or {}) if env_id == info["env_id"] else {}
     wrap = TimeFeature if info.get("time_feature") else (lambda env: env)

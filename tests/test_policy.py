@@ -74,6 +74,19 @@ def evaluator_actions(evaluator, policy, obs: np.ndarray) -> np.ndarray:
     return action
 
 
+def assert_standalone_actions(run_dir: Path, obs: np.ndarray, expected: np.ndarray, tmp_path: Path):
+    """policy.pt2, loaded with torch alone in a process where ocrl cannot be imported, gives `expected`."""
+    (tmp_path / "standalone.py").write_text(STANDALONE)
+    torch.save(torch.from_numpy(obs), tmp_path / "obs.pt")
+    proc = subprocess.run(
+        [sys.executable, "standalone.py", str(run_dir / "policy.pt2"), "obs.pt", "out.pt"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(torch.load(tmp_path / "out.pt").numpy(), expected)
+
+
 @pytest.mark.parametrize("name", EXPORTS)
 def test_policy_file_acts_as_the_run_and_evaluate_reproduces_it(
     name, hopper_random_file, tmp_path, monkeypatch
@@ -87,16 +100,7 @@ def test_policy_file_acts_as_the_run_and_evaluate_reproduces_it(
     obs = (np.random.default_rng(0).standard_normal((7, obs_dim)) * 3).astype(np.float32)
     expected = evaluator_actions(evaluator, policy, obs)
 
-    # torch alone, in a process where ocrl cannot be imported
-    (tmp_path / "standalone.py").write_text(STANDALONE)
-    torch.save(torch.from_numpy(obs), tmp_path / "obs.pt")
-    proc = subprocess.run(
-        [sys.executable, "standalone.py", str(run_dir / "policy.pt2"), "obs.pt", "out.pt"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    np.testing.assert_array_equal(torch.load(tmp_path / "out.pt").numpy(), expected)
+    assert_standalone_actions(run_dir, obs, expected, tmp_path)
 
     # ocrl.load_policy: numpy in, numpy out; torch in, torch out; one observation too
     loaded = ocrl.load_policy(run_dir)
@@ -185,3 +189,33 @@ def test_evaluate_video_writes_mp4s(finished_td3_bc, tmp_path):
     # the reset frame and one per step; Hopper renders 480x480
     assert reader.count_frames() == int(length) + 1
     assert reader.get_meta_data()["size"] == (480, 480)
+
+
+def test_pdppo_exports_its_discrete_heads(tmp_path, monkeypatch):
+    from ocrl.algos import pdppo
+
+    seen = {}
+    finish = loop_module.TrainingLoop.finish
+
+    def keep(self, evaluator, policy, **extra):
+        seen.update(evaluator=evaluator, policy=policy)
+        return finish(self, evaluator, policy, **extra)
+
+    monkeypatch.setattr(loop_module.TrainingLoop, "finish", keep)
+    run_dir = tmp_path / "run"
+    pdppo.main(pdppo.Args(instance="generated", n_items=4, n_machines=3, total_steps=400,
+                          update_every=200, k_epochs=1, hidden=16, eval_every=400, eval_episodes=2,
+                          run_dir=str(run_dir), progress=False))  # fmt: skip
+    info = json.loads((run_dir / "policy.json").read_text())
+    assert info["action_space"]["type"] == "MultiDiscrete" and info["env_kwargs_unrecorded"] == [
+        "instance"
+    ]
+    obs_dim = info["observation_space"]["shape"][0]
+    obs = (np.random.default_rng(1).standard_normal((9, obs_dim)) * 3).astype(np.float32)
+    expected = evaluator_actions(seen["evaluator"], seen["policy"], obs)
+    assert expected.dtype == np.int64 and expected.shape == (9, 3)
+    assert len(np.unique(expected)) > 1  # the heads do choose, so the comparison means something
+    assert_standalone_actions(run_dir, obs, expected, tmp_path)
+    # Its env needs the instance object, which policy.json cannot hold: evaluate.py says so.
+    with pytest.raises(evaluate.InputError, match="cannot rebuild its env"):
+        evaluate.main([str(run_dir), "--no-progress"])
