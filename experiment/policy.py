@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ocrl.experiment.run import CheckpointError
 from ocrl.files import atomic_path, atomic_write_text
 
 POLICY_FILE = "policy.pt2"
@@ -184,7 +185,7 @@ def _json_ok(value: Any) -> bool:
         return False
 
 
-class PolicyError(ValueError):
+class PolicyError(CheckpointError):
     """A folder without a readable policy file; the message names the folder and the fix."""
 
 

@@ -13,18 +13,39 @@ MUJOCO_GL=osmesa with libosmesa6; egl is tried when MUJOCO_GL is unset).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+
+import tyro
+
+from ocrl.experiment.run import UsageError
 
 VIDEO_EPISODES = 3
 
 
-class InputError(ValueError):
+@dataclass
+class Args:
+    """Evaluate a run's policy.pt2 on N episodes of its env (or another that fits); optionally record MP4s."""
+
+    run_dir: tyro.conf.Positional[str]
+    """a run folder holding policy.pt2 and policy.json"""
+    episodes: int | None = None
+    """episodes, run in parallel as in the run's evaluations (default: the run's --eval-episodes)"""
+    env_id: str | None = None
+    """another env whose observation and action shapes fit the policy (default: the run's)"""
+    seed: int | None = None
+    """episode i starts from seed 1000 * seed + 100 + i (default: the run's --seed)"""
+    video: str | None = None
+    """folder for MP4s of the first (at most 3) episodes; needs the `video` extra and EGL or OSMesa"""
+    progress: bool = True
+    """show a progress bar of environment steps"""
+
+
+class InputError(UsageError):
     """Bad input: one line, exit 2."""
 
 
@@ -179,32 +200,14 @@ def evaluate(
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "run_dir", type=Path, help="a run folder holding policy.pt2 and policy.json"
-    )
-    parser.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's)")
-    parser.add_argument("--env-id", default=None, help="another env with the same shapes")
-    parser.add_argument(
-        "--seed", type=int, default=None, help="seed of the episodes (default: the run's)"
-    )
-    parser.add_argument(
-        "--video", type=Path, default=None, help="folder for MP4s of the first episodes"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    return evaluate(
-        args.run_dir, args.episodes, args.env_id, args.seed, args.video, not args.no_progress
-    )
+def main(args: Args) -> dict:
+    """Evaluate args.run_dir's policy as the flags say; the result is also in eval.json."""
+    video = Path(args.video) if args.video is not None else None
+    return evaluate(Path(args.run_dir), args.episodes, args.env_id, args.seed, video, args.progress)
 
 
 if __name__ == "__main__":
-    from ocrl.data.offline import DatasetError
-    from ocrl.experiment.policy import PolicyError
+    from ocrl.experiment import friendly_errors
 
-    try:
-        main()
-    except (InputError, PolicyError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with friendly_errors():
+        main(tyro.cli(Args))

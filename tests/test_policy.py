@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EVALUATE = ROOT / "scripts" / "evaluate.py"
 _spec = importlib.util.spec_from_file_location("evaluate_script", EVALUATE)
 evaluate = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = evaluate  # dataclasses look their module up there
 _spec.loader.exec_module(evaluate)
 # Every algorithm whose acting is one deterministic function of the observation.
 EXPORTS = ["td3_bc", "prdc", "a2pr", "iql", "sac", "ggd_td", "ppo", "ggd_ppo"]
@@ -109,7 +110,7 @@ def test_policy_file_acts_as_the_run_and_evaluate_reproduces_it(
     assert loaded(obs[0]).shape == expected[0].shape
 
     # the run's last evaluation, episode for episode
-    result = evaluate.main([str(run_dir), "--no-progress"])
+    result = evaluate.main(evaluate.Args(str(run_dir), progress=False))
     assert result["return"] == metrics["return"]
     assert result["normalized_score"] == metrics["normalized_score"]
     assert json.loads((run_dir / "eval.json").read_text())["return"] == metrics["return"]
@@ -158,10 +159,10 @@ def test_evaluate_bad_input_is_one_line_exit_2(case, expected, finished_td3_bc, 
 def test_evaluate_other_seed_and_env_version(finished_td3_bc):
     run = json.loads((finished_td3_bc / "metrics.json").read_text())
     other_seed = evaluate.main(
-        [str(finished_td3_bc), "--seed", "5", "--episodes", "3", "--no-progress"]
+        evaluate.Args(str(finished_td3_bc), seed=5, episodes=3, progress=False)
     )
     assert other_seed["episodes"] == 3 and other_seed["return"] != run["return"]
-    v5 = evaluate.main([str(finished_td3_bc), "--env-id", "Hopper-v5", "--no-progress"])
+    v5 = evaluate.main(evaluate.Args(str(finished_td3_bc), env_id="Hopper-v5", progress=False))
     assert v5["env_id"] == "Hopper-v5" and v5["normalized_score"] is not None
 
 
@@ -218,4 +219,4 @@ def test_pdppo_exports_its_discrete_heads(tmp_path, monkeypatch):
     assert_standalone_actions(run_dir, obs, expected, tmp_path)
     # Its env needs the instance object, which policy.json cannot hold: evaluate.py says so.
     with pytest.raises(evaluate.InputError, match="cannot rebuild its env"):
-        evaluate.main([str(run_dir), "--no-progress"])
+        evaluate.main(evaluate.Args(str(run_dir), progress=False))
