@@ -167,7 +167,8 @@ class Args:
     log_every: int = 1_000
     """environment steps between loss logs"""
     save_model: bool = False
-    """write checkpoint.pt (networks, optimisers, RNG, online replay and the training env) at every evaluation and at the end"""
+    """write checkpoint.pt (networks, optimisers, RNG, online replay and the training env) at every evaluation and at the end;
+    no policy.pt2 is written: acting samples the diffusion model, edits and a random critic subset (docs/runs.md, Policy files)"""
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
