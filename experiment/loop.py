@@ -2,7 +2,8 @@
 
 An algorithm file keeps its loop visible and calls one method for each of these:
 
-    loop = TrainingLoop("td3_bc", dataset.name, args, agent.parts(), np_rng, normalizer=...)
+    loop = TrainingLoop("td3_bc", dataset.name, args, agent.parts(), np_rng, normalizer=...,
+                        policy=agent.actor)        # acts with agent.actor.act: policy.pt2 at the end
     for step in loop.steps():                      # continues from the checkpoint on --resume
         metrics = agent.update(buffer.sample(args.batch_size), ...)
         loop.log(metrics)                          # every --log-every steps: floats, finiteness, rate
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ocrl.experiment.policy import Acting, write_policy
+from ocrl.experiment.policy import POLICY_FILE, Acting, write_policy
 from ocrl.experiment.run import (
     CheckpointError,
     Run,
@@ -197,7 +199,7 @@ class TrainingLoop:
     def evaluate(
         self, evaluator: Callable[[Any], dict], policy: Callable[[torch.Tensor], torch.Tensor]
     ) -> dict:
-        """Evaluate `policy`, log eval/*, show the score, and with --save-model write the checkpoint."""
+        """Evaluate `policy`, log eval/*, show the score, and with --save-model write the checkpoint and policy file."""
         result = evaluator(policy)
         self.pbar.set_postfix_str(self.run.log_eval(self.step, result))
         if getattr(self.args, "save_model", False):
@@ -216,7 +218,18 @@ class TrainingLoop:
             "step": self.step,
             "eval": result,
         }
-        write_policy(self.dir, self.policy, evaluator, info)
+        try:
+            write_policy(self.dir, self.policy, evaluator, info)
+        except (
+            Exception
+        ) as err:  # torch.export's many failure types; the run's results stand without it
+            warnings.warn(
+                f"{self.dir / POLICY_FILE} not written at step {self.step} "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                "the checkpoint and metrics are unaffected",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def finish(self, evaluator: Any, policy: Callable[[Any], Any] | None, **extra: Any) -> dict:
         """Evaluate once if this run never did (a resumed finished run; not for evaluator None, a model with no

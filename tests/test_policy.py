@@ -220,3 +220,14 @@ def test_pdppo_exports_its_discrete_heads(tmp_path, monkeypatch):
     # Its env needs the instance object, which policy.json cannot hold: evaluate.py says so.
     with pytest.raises(evaluate.InputError, match="cannot rebuild its env"):
         evaluate.main(evaluate.Args(str(run_dir), progress=False))
+
+
+def test_a_failed_export_warns_and_the_run_finishes(hopper_random_file, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(loop_module, "write_policy", fail)
+    with pytest.warns(RuntimeWarning, match="policy.pt2 not written at step 40.*cannot trace this"):
+        metrics, _, _ = tiny_run("td3_bc", hopper_random_file, tmp_path / "run", monkeypatch)
+    assert (tmp_path / "run" / "metrics.json").is_file() and metrics["steps"] == 40
+    assert not (tmp_path / "run" / "policy.pt2").exists()
