@@ -63,7 +63,7 @@ class PolicyProgram(nn.Module):
         self.running = rms is not None and rms.enabled
         if self.running:
             self.register_buffer("rms_mean", torch.as_tensor(np.array(rms.mean, np.float64)))
-            self.register_buffer("rms_std", torch.sqrt(torch.as_tensor(rms.var + 0.0) + 1e-8))
+            self.register_buffer("rms_std", torch.as_tensor(np.sqrt(rms.var + 1e-8)))
             self.rms_clip = float(rms.clip)
         self.clip = action_low is not None
         if self.clip:
@@ -124,8 +124,10 @@ def export_program(program: nn.Module, obs_dim: int) -> torch.export.ExportedPro
         exported = torch.export.export(program, (example,), dynamic_shapes={"obs": {0: batch}})
     # Acting often returns one output of a forward that also samples (SAC's mean action): drop the unused
     # sampling, so calling the program neither costs it nor draws from the caller's random stream.
-    graph = exported.graph_module.graph
-    graph.eliminate_dead_code(is_impure_node=_mutates)
+    try:
+        exported.graph_module.graph.eliminate_dead_code(is_impure_node=_mutates)
+    except TypeError:  # torch < 2.6 has no is_impure_node: the program keeps its unused sampling
+        return exported
     exported.graph_module.recompile()
     return exported
 

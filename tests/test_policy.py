@@ -231,3 +231,9 @@ def test_a_failed_export_warns_and_the_run_finishes(hopper_random_file, tmp_path
         metrics, _, _ = tiny_run("td3_bc", hopper_random_file, tmp_path / "run", monkeypatch)
     assert (tmp_path / "run" / "metrics.json").is_file() and metrics["steps"] == 40
     assert not (tmp_path / "run" / "policy.pt2").exists()
+
+
+def test_import_ocrl_stays_cheap():
+    code = "import sys, ocrl; assert callable(ocrl.load_policy); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
