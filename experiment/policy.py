@@ -31,11 +31,15 @@ FORMAT = 1
 @dataclass
 class Acting:
     """What an algorithm acts with at evaluation: `module.<method>` on observations that `obs_rms` (an
-    `ObservationNormalizer`, e.g. PPO's) standardises first; a bare module means `Acting(module)`."""
+    `ObservationNormalizer`, e.g. PPO's) standardises first; a bare module means `Acting(module)`. Acting
+    that is more than one module's method (EXPO's max-Q over samples) is a `function` of the evaluator's
+    observations, exported as it is: a `stochastic` one draws from torch's global generator as in the run."""
 
-    module: nn.Module
+    module: nn.Module | None = None
     obs_rms: Any = None
     method: str = "act"
+    function: Callable[[torch.Tensor], torch.Tensor] | None = None
+    stochastic: bool = False
 
 
 class PolicyProgram(nn.Module):
@@ -51,8 +55,11 @@ class PolicyProgram(nn.Module):
         action_high: np.ndarray | None = None,
     ) -> None:
         super().__init__()
-        # A CPU copy: the file is device-free and training goes on with the original.
-        self.actor = copy.deepcopy(acting.module).cpu().requires_grad_(False)
+        # A CPU copy: the file is device-free and training goes on with the original. A function reads
+        # the agent's own networks (on the CPU: write_policy checks), which the export copies.
+        self.function = acting.function
+        if self.function is None:
+            self.actor = copy.deepcopy(acting.module).cpu().requires_grad_(False)
         self.method = acting.method
         self.standardise = obs_mean is not None
         if self.standardise:
@@ -77,7 +84,10 @@ class PolicyProgram(nn.Module):
         if self.running:
             x = ((x.double() - self.rms_mean) / self.rms_std).clamp(-self.rms_clip, self.rms_clip)
             x = x.float()
-        action = getattr(self.actor, self.method)(x)
+        if self.function is not None:
+            action = self.function(x)
+        else:
+            action = getattr(self.actor, self.method)(x)
         if self.clip:
             action = torch.clamp(action, self.action_low, self.action_high)
         return action
@@ -116,14 +126,19 @@ def _space(space: Any) -> dict[str, Any]:
     return info
 
 
-def export_program(program: nn.Module, obs_dim: int) -> torch.export.ExportedProgram:
-    """torch.export `program` for float32 observations (B, obs_dim) with B dynamic."""
+def export_program(
+    program: nn.Module, obs_dim: int, prune: bool = True
+) -> torch.export.ExportedProgram:
+    """torch.export `program` for float32 observations (B, obs_dim) with B dynamic; `prune` drops unused sampling."""
     example = torch.zeros(2, obs_dim, dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         exported = torch.export.export(program, (example,), dynamic_shapes={"obs": {0: batch}})
     # Acting often returns one output of a forward that also samples (SAC's mean action): drop the unused
-    # sampling, so calling the program neither costs it nor draws from the caller's random stream.
+    # sampling, so calling the program neither costs it nor draws from the caller's random stream. A
+    # stochastic program keeps every draw, so that it draws the run's numbers from the same seed.
+    if not prune:
+        return exported
     try:
         exported.graph_module.graph.eliminate_dead_code(is_impure_node=_mutates)
     except TypeError:  # torch < 2.6 has no is_impure_node: the program keeps its unused sampling
@@ -144,12 +159,16 @@ def write_policy(
     policy.json (`info` plus the env, spaces, evaluation seeds and reference scores) into `run_dir`."""
     acting = acting if isinstance(acting, Acting) else Acting(acting)
     evaluator = getattr(evaluator, "evaluator", evaluator)  # a SnapshotEvaluator's inner one
+    if acting.function is not None and evaluator.device.type != "cpu":
+        raise ValueError(
+            f"an acting function is exported from CPU runs only (this run acts on {evaluator.device})"
+        )
     program = PolicyProgram(
         acting, evaluator.obs_mean, evaluator.obs_std, evaluator.action_low, evaluator.action_high
     )
     obs_space = evaluator.envs.single_observation_space
     obs_dim = int(obs_space.shape[0])
-    exported = export_program(program, obs_dim)
+    exported = export_program(program, obs_dim, prune=not acting.stochastic)
     run_dir = Path(run_dir)
     with atomic_path(run_dir / POLICY_FILE, suffix=".pt2") as tmp:
         torch.export.save(exported, tmp)
@@ -166,6 +185,7 @@ def write_policy(
         "env_kwargs": {k: v for k, v in env_kwargs.items() if k not in unrecorded},
         "env_kwargs_unrecorded": unrecorded,
         "time_feature": isinstance(first_env, TimeFeature),
+        "stochastic": acting.stochastic,
         "observation_space": _space(obs_space),
         "action_space": _space(evaluator.envs.single_action_space),
         "eval_episodes": evaluator.num_episodes,

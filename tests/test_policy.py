@@ -42,7 +42,9 @@ STANDALONE = textwrap.dedent(
         pass
     import torch
     program = torch.export.load(sys.argv[1]).module()
-    torch.save(program(torch.load(sys.argv[2])), sys.argv[3])
+    if len(sys.argv) > 4:  # a stochastic program draws from torch's global generator
+        torch.manual_seed(int(sys.argv[4]))
+    torch.save(program(torch.load(sys.argv[2])).detach(), sys.argv[3])
     """
 )
 
@@ -75,12 +77,15 @@ def evaluator_actions(evaluator, policy, obs: np.ndarray) -> np.ndarray:
     return action
 
 
-def assert_standalone_actions(run_dir: Path, obs: np.ndarray, expected: np.ndarray, tmp_path: Path):
+def assert_standalone_actions(
+    run_dir: Path, obs: np.ndarray, expected: np.ndarray, tmp_path: Path, seed: int | None = None
+):
     """policy.pt2, loaded with torch alone in a process where ocrl cannot be imported, gives `expected`."""
     (tmp_path / "standalone.py").write_text(STANDALONE)
     torch.save(torch.from_numpy(obs), tmp_path / "obs.pt")
+    seeded = [] if seed is None else [str(seed)]
     proc = subprocess.run(
-        [sys.executable, "standalone.py", str(run_dir / "policy.pt2"), "obs.pt", "out.pt"],
+        [sys.executable, "standalone.py", str(run_dir / "policy.pt2"), "obs.pt", "out.pt", *seeded],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )  # fmt: skip
@@ -237,3 +242,34 @@ def test_import_ocrl_stays_cheap():
     code = "import sys, ocrl; assert callable(ocrl.load_policy); print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
+
+def test_expo_exports_its_stochastic_acting(hopper_random_file, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    metrics, evaluator, policy = tiny_run("expo", hopper_random_file, run_dir, monkeypatch)
+    info = json.loads((run_dir / "policy.json").read_text())
+    assert info["algorithm"] == "expo" and info["stochastic"] is True
+    obs_dim = info["observation_space"]["shape"][0]
+    obs = (np.random.default_rng(2).standard_normal((6, obs_dim)) * 3).astype(np.float32)
+    torch.manual_seed(7)
+    expected = evaluator_actions(evaluator, policy, obs)
+    torch.manual_seed(8)
+    assert not np.array_equal(evaluator_actions(evaluator, policy, obs), expected)  # it samples
+    # From the same seed the program draws the agent's numbers: the same max-Q choice, bit for bit.
+    assert_standalone_actions(run_dir, obs, expected, tmp_path, seed=7)
+    result = evaluate.main(evaluate.Args(str(run_dir), progress=False))
+    assert np.isfinite(result["return"]) and result["episodes"] == 2
+
+
+def test_rlpd_exports_its_mean_action_and_evaluate_reproduces_it(
+    hopper_random_file, tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    metrics, evaluator, policy = tiny_run(
+        "expo", hopper_random_file, run_dir, monkeypatch, policy="gaussian"
+    )
+    info = json.loads((run_dir / "policy.json").read_text())
+    assert info["algorithm"] == "rlpd" and info["stochastic"] is False
+    obs = (np.random.default_rng(3).standard_normal((5, 11)) * 3).astype(np.float32)
+    assert_standalone_actions(run_dir, obs, evaluator_actions(evaluator, policy, obs), tmp_path)
+    assert evaluate.main(evaluate.Args(str(run_dir), progress=False))["return"] == metrics["return"]
