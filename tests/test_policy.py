@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 from test_conventions import ALGOS
+from test_pgd import tiny_args as pgd_args
+from test_pgd import tiny_model  # noqa: F401 (a fixture)
 
 import ocrl
 from ocrl.experiment import loop as loop_module
@@ -49,13 +51,8 @@ STANDALONE = textwrap.dedent(
 )
 
 
-def tiny_run(
-    name: str, data: str, run_dir: Path, monkeypatch, **over
-) -> tuple[dict, object, object]:
-    """A tiny run of algorithm `name`: its metrics, and the evaluator and policy that it finished with."""
-    module = importlib.import_module(f"ocrl.algos.{name}")
-    flags = {k: (data if v == "{data}" else v) for k, v in ALGOS[name][0].items()}
-    flags.update(eval_episodes=2, run_dir=str(run_dir), progress=False, **over)
+def capture_finish(monkeypatch) -> dict:
+    """A dict that gets the evaluator and policy the run finishes with."""
     seen = {}
     finish = loop_module.TrainingLoop.finish
 
@@ -64,6 +61,17 @@ def tiny_run(
         return finish(self, evaluator, policy, **extra)
 
     monkeypatch.setattr(loop_module.TrainingLoop, "finish", keep)
+    return seen
+
+
+def tiny_run(
+    name: str, data: str, run_dir: Path, monkeypatch, **over
+) -> tuple[dict, object, object]:
+    """A tiny run of algorithm `name`: its metrics, and the evaluator and policy that it finished with."""
+    module = importlib.import_module(f"ocrl.algos.{name}")
+    flags = {k: (data if v == "{data}" else v) for k, v in ALGOS[name][0].items()}
+    flags.update(eval_episodes=2, run_dir=str(run_dir), progress=False, **over)
+    seen = capture_finish(monkeypatch)
     metrics = module.main(dataclasses.replace(module.Args(), **flags))
     return metrics, seen["evaluator"], seen["policy"]
 
@@ -200,14 +208,7 @@ def test_evaluate_video_writes_mp4s(finished_td3_bc, tmp_path):
 def test_pdppo_exports_its_discrete_heads(tmp_path, monkeypatch):
     from ocrl.algos import pdppo
 
-    seen = {}
-    finish = loop_module.TrainingLoop.finish
-
-    def keep(self, evaluator, policy, **extra):
-        seen.update(evaluator=evaluator, policy=policy)
-        return finish(self, evaluator, policy, **extra)
-
-    monkeypatch.setattr(loop_module.TrainingLoop, "finish", keep)
+    seen = capture_finish(monkeypatch)
     run_dir = tmp_path / "run"
     pdppo.main(pdppo.Args(instance="generated", n_items=4, n_machines=3, total_steps=400,
                           update_every=200, k_epochs=1, hidden=16, eval_every=400, eval_episodes=2,
@@ -272,4 +273,17 @@ def test_rlpd_exports_its_mean_action_and_evaluate_reproduces_it(
     assert info["algorithm"] == "rlpd" and info["stochastic"] is False
     obs = (np.random.default_rng(3).standard_normal((5, 11)) * 3).astype(np.float32)
     assert_standalone_actions(run_dir, obs, evaluator_actions(evaluator, policy, obs), tmp_path)
+    assert evaluate.main(evaluate.Args(str(run_dir), progress=False))["return"] == metrics["return"]
+
+
+@pytest.mark.parametrize("agent", ["td3_bc", "iql"])
+def test_pgd_exports_its_agent(agent, hopper_random_file, tiny_model, tmp_path, monkeypatch):  # noqa: F811
+    from ocrl.algos import pgd
+
+    seen = capture_finish(monkeypatch)
+    run_dir = tmp_path / "run"
+    metrics = pgd.main(pgd_args(hopper_random_file, tiny_model, agent=agent, run_dir=str(run_dir)))
+    obs = (np.random.default_rng(4).standard_normal((5, 11)) * 3).astype(np.float32)
+    expected = evaluator_actions(seen["evaluator"], seen["policy"], obs)
+    assert_standalone_actions(run_dir, obs, expected, tmp_path)
     assert evaluate.main(evaluate.Args(str(run_dir), progress=False))["return"] == metrics["return"]
