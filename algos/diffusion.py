@@ -179,7 +179,7 @@ class Args:
     log_every: int = 1_000
     """steps between loss logs (the only host synchronisations of training)"""
     save_model: bool = False
-    """write checkpoint.pt (atomically, for --resume) every log_every steps and at the end"""
+    """write checkpoint.pt (atomically, for --resume) every log_every steps and at the end (a generative model: no policy.pt2)"""
     resume: str | None = None
     """run folder to continue training from its checkpoint.pt"""
     run_dir: str | None = None

@@ -56,6 +56,7 @@ import torch
 from ocrl.data import Batch, ReplayBuffer, mixed_minibatches
 from ocrl.envs import TrainingEnvs, load_offline_task, make_env
 from ocrl.experiment import (
+    Acting,
     Agent,
     TrainingLoop,
     UsageError,
@@ -167,7 +168,8 @@ class Args:
     log_every: int = 1_000
     """environment steps between loss logs"""
     save_model: bool = False
-    """write checkpoint.pt (networks, optimisers, RNG, online replay and the training env) at every evaluation and at the end"""
+    """write checkpoint.pt (networks, optimisers, RNG, online replay and the training env) at every evaluation and at the end
+    (policy.pt2 is written on CPU runs: EXPO's is stochastic, see docs/runs.md, Policy files)"""
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
@@ -465,6 +467,7 @@ def main(args: Args) -> dict:
     loop = TrainingLoop(
         "expo" if agent.expo else "rlpd", task.dataset.name, args,
         agent.parts() | {"online": online, "envs": envs}, np_rng, rate_tag="charts/steps_per_s",
+        policy=Acting(function=eval_policy, stochastic=agent.expo),
     )  # fmt: skip
     if agent.expo and loop.step == 0 and args.pretrain_steps:
         # The diffusion base only (pretrain_q = pretrain_edit = False).

@@ -71,6 +71,7 @@ from torch import nn
 from ocrl.data import ObservationNormalizer, RunningMeanStd, VectorRollout, explained_variance
 from ocrl.envs import Evaluator, TimeFeature, make_vector_env, reference_scores
 from ocrl.experiment import (
+    Acting,
     Agent,
     TrainingLoop,
     UsageError,
@@ -371,7 +372,7 @@ def main(args: Args) -> dict:
     )  # fmt: skip
     loop = TrainingLoop(
         "ggd_ppo", args.env_id, args, agent.parts() | {"rollout": rollout}, np_rng,
-        rate_tag="charts/steps_per_s",
+        rate_tag="charts/steps_per_s", policy=Acting(agent.policy, agent.obs_rms),
     )  # fmt: skip
     iterations = math.ceil(args.total_steps / rollout_size)
 

@@ -329,7 +329,7 @@ def main(args: Args) -> dict:
     )  # fmt: skip
     loop = TrainingLoop(
         "ggd_td", args.env_id, args, agent.parts() | {"buffer": buffer, "envs": envs}, np_rng,
-        rate_tag="charts/steps_per_s",
+        rate_tag="charts/steps_per_s", policy=agent.actor,
     )  # fmt: skip
     for step in loop.steps(stride=args.num_envs):
         if step < args.learning_starts:

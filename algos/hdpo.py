@@ -143,7 +143,8 @@ class Args:
     overwrite: bool = False
     """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
     save_model: bool = False
-    """write the best policy's weights to policy.pt in the run folder (atomically)"""
+    """write the best policy's weights to policy.pt in the run folder (atomically); no policy.pt2: this policy orders
+    from the simulator's state, not a Gymnasium observation (docs/runs.md, Policy files)"""
     progress: bool = True
     """show a progress bar (of gradient steps)"""
     track: bool = False

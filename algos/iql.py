@@ -288,8 +288,9 @@ def main(args: Args) -> dict:
     update = torch.compile(agent.update) if args.compile else agent.update
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
     loop = TrainingLoop(
-        "iql", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer
-    )
+        "iql", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
+        policy=agent.actor,
+    )  # fmt: skip
 
     for _ in loop.steps():
         metrics = update(task.buffer.sample(args.batch_size))

@@ -376,7 +376,10 @@ def main(args: Args) -> dict:
         "ocrl/LotSizing-v0", args.eval_episodes, args.seed, device=device,
         env_kwargs={"instance": instance, "obs": args.obs},
     )  # fmt: skip
-    loop = TrainingLoop(f"pdppo_{args.critic}", f"lotsizing-{name}", args, agent.parts(), np_rng)
+    loop = TrainingLoop(
+        f"pdppo_{args.critic}", f"lotsizing-{name}", args, agent.parts(), np_rng,
+        policy=agent.actor,
+    )  # fmt: skip
 
     for start in loop.steps(stride=args.update_every):
         # Every rollout is whole episodes from fresh starts, seeded by its index: a resumed run sees the

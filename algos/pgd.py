@@ -573,8 +573,9 @@ def main(args: Args) -> dict:
         obs_std = torch.as_tensor(task.obs_std, dtype=torch.float32, device=device)
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
     loop = TrainingLoop(
-        "pgd", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer
-    )
+        "pgd", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
+        policy=agent.actor,
+    )  # fmt: skip
     model_path = args.diffusion_model
     if model is None and args.synth_batch_size > 0:
         model, model_path = run_folder_model(args, task, device, loop)

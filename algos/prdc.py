@@ -318,8 +318,9 @@ def main(args: Args) -> dict:
     update = torch.compile(agent.update) if args.compile else agent.update
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
     loop = TrainingLoop(
-        "prdc", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer
-    )
+        "prdc", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
+        policy=agent.actor,
+    )  # fmt: skip
 
     for step in loop.steps():
         batch_idx = task.buffer.sample_indices(args.batch_size)

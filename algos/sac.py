@@ -211,7 +211,7 @@ def main(args: Args) -> dict:
     )  # fmt: skip
     loop = TrainingLoop(
         "sac", args.env_id, args, agent.parts() | {"buffer": buffer, "envs": envs}, np_rng,
-        rate_tag="charts/steps_per_s",
+        rate_tag="charts/steps_per_s", policy=agent.actor,
     )  # fmt: skip
     if args.save_snapshots:
         evaluator = SnapshotEvaluator(evaluator, agent.actor, loop)

@@ -209,8 +209,9 @@ def main(args: Args) -> dict:
     update = torch.compile(agent.update) if args.compile else agent.update
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
     loop = TrainingLoop(
-        "td3_bc", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer
-    )
+        "td3_bc", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
+        policy=agent.actor,
+    )  # fmt: skip
 
     for step in loop.steps():
         batch = task.buffer.sample(args.batch_size)

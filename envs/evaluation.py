@@ -275,6 +275,9 @@ class Evaluator:
         kwargs = dict(env_kwargs or {})
         if max_episode_steps is not None:
             kwargs["max_episode_steps"] = max_episode_steps
+        self.env_kwargs = (
+            kwargs  # recorded in policy.json, so scripts/evaluate.py makes the same env
+        )
         make_env(env_id, **kwargs).close()  # fail early, in this process, on a bad id
         self._env_kwargs, self._wrap = kwargs, env_wrapper or (lambda env: env)
         self.envs = self._make_envs()

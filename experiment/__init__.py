@@ -2,6 +2,15 @@
 
 from ocrl.experiment.flags import POSITIVE_FIELDS, check_args, cli, friendly_errors
 from ocrl.experiment.loop import Agent, SnapshotEvaluator, TrainingLoop
+from ocrl.experiment.policy import (
+    POLICY_FILE,
+    POLICY_INFO,
+    Acting,
+    PolicyError,
+    PolicyProgram,
+    load_policy,
+    write_policy,
+)
 from ocrl.experiment.run import (
     CheckpointError,
     Run,
@@ -20,9 +29,14 @@ from ocrl.experiment.run import (
 from ocrl.files import atomic_path, atomic_write_text
 
 __all__ = [
+    "POLICY_FILE",
+    "POLICY_INFO",
     "POSITIVE_FIELDS",
+    "Acting",
     "Agent",
     "CheckpointError",
+    "PolicyError",
+    "PolicyProgram",
     "Run",
     "SnapshotEvaluator",
     "TrainingLoop",
@@ -34,6 +48,7 @@ __all__ = [
     "cli",
     "friendly_errors",
     "load_checkpoint",
+    "load_policy",
     "pick_device",
     "restore_training_state",
     "resume_args",
@@ -42,4 +57,5 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "training_state",
+    "write_policy",
 ]

@@ -2,7 +2,8 @@
 
 An algorithm file keeps its loop visible and calls one method for each of these:
 
-    loop = TrainingLoop("td3_bc", dataset.name, args, agent.parts(), np_rng, normalizer=...)
+    loop = TrainingLoop("td3_bc", dataset.name, args, agent.parts(), np_rng, normalizer=...,
+                        policy=agent.actor)        # acts with agent.actor.act: policy.pt2 at the end
     for step in loop.steps():                      # continues from the checkpoint on --resume
         metrics = agent.update(buffer.sample(args.batch_size), ...)
         loop.log(metrics)                          # every --log-every steps: floats, finiteness, rate
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ocrl.experiment.policy import POLICY_FILE, Acting, write_policy
 from ocrl.experiment.run import (
     CheckpointError,
     Run,
@@ -89,8 +92,10 @@ class TrainingLoop:
         *,
         normalizer: Mapping[str, np.ndarray | None] | None = None,
         rate_tag: str = "charts/updates_per_s",
+        policy: Acting | torch.nn.Module | None = None,
     ) -> None:
         self.args = args
+        self.algo, self.policy = algo, policy
         self.total = int(args.total_steps)
         self.parts = _as_parts(parts)
         self.np_rng = np_rng
@@ -200,12 +205,13 @@ class TrainingLoop:
     def evaluate(
         self, evaluator: Callable[[Any], dict], policy: Callable[[torch.Tensor], torch.Tensor]
     ) -> dict:
-        """Evaluate `policy`, log eval/*, show the score, and with --save-model write the checkpoint; with
-        --capture-video the first episode goes to videos/step-<step>.mp4."""
+        """Evaluate `policy`, log eval/*, show the score, and with --save-model write the checkpoint and policy
+        file; with --capture-video the first episode goes to videos/step-<step>.mp4."""
         result = self._evaluate(evaluator, policy)
         self.pbar.set_postfix_str(self.run.log_eval(self.step, result))
         if getattr(self.args, "save_model", False):
             self.checkpoint()
+            self.write_policy(evaluator, result)
         return result
 
     def _evaluate(self, evaluator: Any, policy: Callable[[Any], Any]) -> dict:
@@ -214,15 +220,39 @@ class TrainingLoop:
         evaluator.record_video(self.video_folder)
         return evaluator(policy, video_name=f"step-{self.step:09d}")
 
+    def write_policy(self, evaluator: Any, result: dict) -> None:
+        """Write policy.pt2 and policy.json of the acting module given as `policy` (none without one)."""
+        if self.policy is None or evaluator is None:
+            return
+        info = {
+            "algorithm": self.algo,
+            "dataset": getattr(self.args, "dataset", None),
+            "seed": self.args.seed,
+            "step": self.step,
+            "eval": result,
+        }
+        # torch.export fails in many ways; the run's checkpoint and metrics stand without a policy file.
+        try:
+            write_policy(self.dir, self.policy, evaluator, info)
+        except Exception as err:
+            warnings.warn(
+                f"{self.dir / POLICY_FILE} not written at step {self.step} "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                "the checkpoint and metrics are unaffected",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
     def finish(self, evaluator: Any, policy: Callable[[Any], Any] | None, **extra: Any) -> dict:
         """Evaluate once if this run never did (a resumed finished run; not for evaluator None, a model with no
-        policy), close everything, write metrics.json."""
+        policy), write the policy file, close everything, write metrics.json."""
         self.pbar.close()
         if evaluator is not None:
             if not self.run.last_eval:
                 self.pbar.set_postfix_str(
                     self.run.log_eval(self.step, self._evaluate(evaluator, policy))
                 )
+            self.write_policy(evaluator, self.run.last_eval)
             evaluator.close()
         return self.run.finish(self.step, {"resumed_from": self.resumed_from, **extra})
 
