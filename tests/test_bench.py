@@ -86,7 +86,9 @@ def test_synther_checkout_imports_with_stand_ins_for_its_unused_imports(tmp_path
     ed, _, _ = synther.import_synther(str(tmp_path))
     with pytest.raises(RuntimeError, match="stand-in"):
         ed.accelerator()
-    assert not {"wandb", "accelerate", "redq", "synther.online.utils"} & set(sys.modules)
+    # No stand-in is left behind (an installed wandb, really imported, may stay: it has a spec).
+    left = [sys.modules.get(n) for n in ("wandb", "accelerate", "redq", "synther.online.utils")]
+    assert all(module is None or module.__spec__ is not None for module in left)
     assert str(tmp_path) not in sys.path
 
 
