@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,17 @@ def _key(item) -> str:
 
 
 def offline_run(run_dir: Path, n: int = 0) -> dict:
-    """The run id, name, project, group, resumed flag, config and final summary of the n-th offline W&B run in a run folder."""
+    """The run id, name, project, group, resumed flag, config and final summary of the n-th offline W&B run in a
+    run folder; W&B's service may still be writing the file after `finish`, so it is read until complete."""
+    deadline = time.monotonic() + 30
+    while True:
+        out = _read_offline_run(run_dir, n)
+        if ("id" in out and "final/return" in out["summary"]) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_offline_run(run_dir: Path, n: int) -> dict:
     folders = sorted((run_dir / "wandb").glob("offline-run-*"))
     (file,) = folders[n].glob("run-*.wandb")
     out: dict = {"summary": {}, "config": {}, "history_steps": []}
