@@ -124,29 +124,26 @@ def export(algo: Path, command: str) -> str:
     carried: dict[tuple[str, str], list[Piece]] = {}
     order: list[tuple[str, str]] = []
 
+    def carry(ref: Ref) -> list[Piece]:
+        """The pieces of the definition `ref` names, once (none when carried already or the algorithm's own)."""
+        key = (ref.target[1], ref.target[2])
+        if key in carried or key[0] == "__algo__":
+            return []
+        carried[key] = pieces_of(*key, lenient)
+        order.append(key)
+        return carried[key]
+
     def close(todo: list[Ref]) -> None:
         ann_only: list[Ref] = []
         while todo:
-            ref = todo.pop()
-            key = (ref.target[1], ref.target[2])
-            if key in carried or key[0] == "__algo__":
-                continue
-            carried[key] = pieces_of(*key, lenient)
-            order.append(key)
-            for p in carried[key]:
+            for p in carry(todo.pop()):
                 for r in p.refs:
                     if r.target[0] == "def":
                         (ann_only if r.annotation else todo).append(r)
         # An annotation that names an uncarried ocrl class is carried too (ruff would flag it, and
         # tyro/get_type_hints may evaluate it).
         while ann_only:
-            ref = ann_only.pop()
-            key = (ref.target[1], ref.target[2])
-            if key in carried or key[0] == "__algo__":
-                continue
-            carried[key] = pieces_of(*key, lenient)
-            order.append(key)
-            for p in carried[key]:
+            for p in carry(ann_only.pop()):
                 ann_only.extend(r for r in p.refs if r.target[0] == "def")
 
     close([r for p in algo_pieces for r in p.refs if r.target[0] == "def"])
