@@ -1,4 +1,5 @@
-"""Writing files safely: a temporary file beside the target, given ordinary permissions and renamed into place.
+"""Writing files safely (a temporary file beside the target, given ordinary permissions and renamed into place),
+and the source commit that wrote them.
 
 A neutral module (numpy- and torch-free) so that both `ocrl.data` and `ocrl.experiment` import it
 without importing each other.
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "set_ordinary_permissions"]
+__all__ = ["atomic_path", "atomic_write_text", "set_ordinary_permissions", "source_commit"]
 
 
 def set_ordinary_permissions(path: str | os.PathLike, *, directory: bool = False) -> None:
@@ -50,3 +52,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file through a temporary file in the same folder, renamed into place."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def source_commit(root: str | os.PathLike | None = None) -> str | None:
+    """The git commit of `root` (default: the ocrl source tree), with '-dirty' when tracked files changed; None outside git."""
+    where = str(root if root is not None else Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

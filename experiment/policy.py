@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from ocrl.experiment.run import CheckpointError
-from ocrl.files import atomic_path, atomic_write_text
+from ocrl.files import atomic_path, atomic_write_text, source_commit
 
 POLICY_FILE = "policy.pt2"
 POLICY_INFO = "policy.json"
@@ -91,26 +90,6 @@ class PolicyProgram(nn.Module):
         if self.clip:
             action = torch.clamp(action, self.action_low, self.action_high)
         return action
-
-
-def source_commit() -> str | None:
-    """The git commit of the ocrl source tree, with '-dirty' when it has uncommitted changes; None outside git."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _space(space: Any) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from export_names import (  # beside this file: scripts/ is on the path when it 
     segment,
 )
 
+from ocrl.files import source_commit
+
 #: pip names of import names that differ.
 PIP_NAMES = {
     "yaml": "pyyaml",
@@ -93,14 +95,6 @@ def gym_ids() -> dict[str, tuple[dict, tuple[str, str], tuple[str, str] | None]]
                 for env_id, kwargs in table.items():
                     out[env_id] = (kwargs, entry, vector)
     return out
-
-
-def git_revision() -> str:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "HEAD") or "unknown"
-    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def export(algo: Path, command: str) -> str:
@@ -337,7 +331,7 @@ def export(algo: Path, command: str) -> str:
 
     rel = algo.relative_to(ROOT) if algo.is_relative_to(ROOT) else algo
     out = [
-        f"# Exported from ocrl {git_revision()}: {rel} and the ocrl pieces it uses.",
+        f"# Exported from ocrl {source_commit(ROOT) or 'unknown'}: {rel} and the ocrl pieces it uses.",
         f"# Made by: {command}",
         f"# Needs: pip install {' '.join(packages)}",
         *([f"# Optional: pip install {' '.join(optional)} ({why})"] if optional else []),
