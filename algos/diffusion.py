@@ -63,16 +63,15 @@ from ocrl.experiment import (
     Agent,
     CheckpointError,
     Run,
+    RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
     cli,
     friendly_errors,
     load_checkpoint,
-    pick_device,
-    resume_args,
     save_checkpoint,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets.diffusion import (
     DiffusionModel,
@@ -100,7 +99,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     dataset: str = "ocrl/hopper/medium-v0"
     """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id; the default is shipped"""
     env_id: str | None = None
@@ -109,11 +108,6 @@ class Args:
     """'cpu-small' (a CPU-sized SynthER) or 'pgd-unguided' (PGD's trajectory model); explicit flags override it"""
     seed: int = 0
     """seed of torch and numpy, and of the sampler's noise"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     level: Literal["transition", "trajectory"] = "transition"
     """'transition': rows [s, a, r, s', terminal] (SynthER); 'trajectory': windows of [s, arctanh a, r, done] (PGD)"""
     width: int = 2048
@@ -182,20 +176,6 @@ class Args:
     """write checkpoint.pt (atomically, for --resume) every log_every steps and at the end (a generative model: no policy.pt2)"""
     resume: str | None = None
     """run folder to continue training from its checkpoint.pt"""
-    run_dir: str | None = None
-    """run folder; default runs/diffusion__<dataset>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show progress bars"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
 
 
 # ------------------------------------------------------------------------------------ the data as x
@@ -335,13 +315,10 @@ def check_diffusion_args(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
-    check_diffusion_args(args)
-    device = pick_device(args.device, args.threads)
+    args, device, np_rng = start_run(args, check_diffusion_args)
     if device.type == "cuda" and args.bf16:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    np_rng = seed_everything(args.seed)
     source = load_dataset(args.dataset)
     env_id = args.env_id or source.env_id
     if env_id is None:

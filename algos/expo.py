@@ -58,14 +58,13 @@ from ocrl.envs import TrainingEnvs, load_offline_task, make_env
 from ocrl.experiment import (
     Acting,
     Agent,
+    RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
     cli,
     friendly_errors,
-    pick_device,
-    resume_args,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets import CriticEnsemble, TanhNormalPolicy, polyak_update, xavier_init
 from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
@@ -81,7 +80,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     dataset: str = "ocrl/hopper/medium-v0"
     """offline dataset: an ocrl/Minari id (e.g. D4RL/antmaze/large-diverse-v1), a D4RL-style HDF5 file or a Minari folder"""
     env_id: str | None = None
@@ -90,11 +89,6 @@ class Args:
     """'antmaze': the AntMaze scripts' settings (subset of 1, reward - 1); explicit flags override it"""
     seed: int = 1
     """seed of torch, numpy, the training env and the evaluation episodes"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     policy: Literal["expo", "gaussian"] = "expo"
     """'expo' (diffusion base + edit policy + OTF max-Q) or 'gaussian' (RLPD's tanh-Gaussian actor)"""
     total_steps: int = 300_000
@@ -176,18 +170,6 @@ class Args:
     """torch.compile the OTF candidate selection (the T-step chain of the N + K candidates and their scores; CUDA graphs on CUDA)"""
     run_dir: str | None = None
     """run folder; default runs/expo__<dataset>__s<seed>__<time> (rlpd__... with --policy gaussian)"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show a progress bar"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
     capture_video: bool = False
     """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
@@ -436,10 +418,7 @@ def check_expo_args(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
-    check_expo_args(args)
-    device = pick_device(args.device, args.threads)
-    np_rng = seed_everything(args.seed)
+    args, device, np_rng = start_run(args, check_expo_args)
     task = load_offline_task(args.dataset, args.env_id, device=device, normalize_obs=False)
     low, high = task.action_low.astype(np.float32), task.action_high.astype(np.float32)
     # The policy works in [-1, 1]^A (RLPD's rescale_actions); dataset actions clipped to +-(1 - 1e-5).

@@ -73,14 +73,13 @@ from ocrl.envs import Evaluator, TimeFeature, make_vector_env, reference_scores
 from ocrl.experiment import (
     Acting,
     Agent,
+    RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
     cli,
     friendly_errors,
-    pick_device,
-    resume_args,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets import ActorCritic, ggd
 
@@ -98,18 +97,13 @@ EPS = 1e-6  # the released code's floor on the regulariser's variances
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     env_id: str = "HalfCheetah-v4"
     """Gymnasium environment id: a flat Box observation; Box, Discrete or MultiDiscrete actions"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]
     """sb3-faithful: the released SB3 settings (the defaults); cleanrl-default: algos/ppo.py's defaults with the GGD value loss; explicit flags override either"""
     seed: int = 1
     """seed of torch, numpy, the training envs and the evaluation episodes"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 3_000_000
     """environment steps over all env copies, rounded up to whole iterations of num_envs x num_steps"""
     num_envs: int = 5
@@ -188,20 +182,6 @@ class Args:
     """write checkpoint.pt (networks, optimiser, normalisers, training envs, RNG) at every evaluation and at the end"""
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (the environments continue their episodes)"""
-    run_dir: str | None = None
-    """run folder; default runs/ggd_ppo__<env>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show a progress bar"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
     capture_video: bool = False
     """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
@@ -349,10 +329,7 @@ def check_ggd_ppo_args(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
-    check_ggd_ppo_args(args)
-    device = pick_device(args.device, args.threads)
-    np_rng = seed_everything(args.seed)
+    args, device, np_rng = start_run(args, check_ggd_ppo_args)
 
     wrap = TimeFeature if args.time_feature else None
     envs = make_vector_env(args.env_id, args.num_envs, args.seed, "PPO",

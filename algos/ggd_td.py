@@ -54,14 +54,13 @@ from ocrl.envs import Evaluator, TimeFeature, TrainingEnvs, make_env, reference_
 from ocrl.experiment import (
     POSITIVE_FIELDS,
     Agent,
+    RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
     cli,
     friendly_errors,
-    pick_device,
-    resume_args,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, ggd, polyak_update
 
@@ -74,18 +73,13 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]
     """sb3-faithful: the released SB3 settings (the defaults); cleanrl-default: ocrl's CleanRL SAC with the GGD critic loss; explicit flags override either"""
     seed: int = 1
     """seed of torch, numpy, the training envs and the evaluation episodes"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 3_000_000
     """environment steps (over all env copies)"""
     num_envs: int = 5
@@ -156,20 +150,6 @@ class Args:
     """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default on the CPU; not with --xi-solver nelder-mead)"""
-    run_dir: str | None = None
-    """run folder; default runs/ggd_td__<env>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show a progress bar"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
     capture_video: bool = False
     """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
@@ -307,10 +287,7 @@ def check_ggd_args(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
-    check_ggd_args(args)
-    device = pick_device(args.device, args.threads)
-    np_rng = seed_everything(args.seed)
+    args, device, np_rng = start_run(args, check_ggd_args)
 
     wrap = TimeFeature if args.time_feature else (lambda env: env)
     # SAME_STEP autoreset vector env, seeded; its current observation and episode counters (envs.obs,

@@ -60,15 +60,15 @@ from ocrl.envs.inventory import (
 )
 from ocrl.experiment import (
     Agent,
+    RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
     check_finite,
     cli,
     friendly_errors,
-    pick_device,
     save_checkpoint,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets import MLP
 
@@ -77,7 +77,7 @@ PolicyName = Literal["vanilla", "base_stock", "capped_base_stock", "echelon_stoc
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     setting: Setting = "one_store_lost"
     """problem class: one_store_lost (Poisson(5)), one_store_backlogged (Normal(5, 1.6)), serial, one_warehouse"""
     p: float = 9.0
@@ -133,28 +133,9 @@ class Args:
     """stop training after the epoch that reaches this many minutes"""
     seed: int = 0
     """seed of the network initialisation, the shuffling and the scenarios (test uses seed + 1000)"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
-    run_dir: str | None = None
-    """run folder; default runs/hdpo__<instance>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
     save_model: bool = False
     """write the best policy's weights to policy.pt in the run folder (atomically); no policy.pt2: this policy orders
     from the simulator's state, not a Gymnasium observation (docs/runs.md, Policy files)"""
-    progress: bool = True
-    """show a progress bar (of gradient steps)"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
 
     # What TrainingLoop reads: it counts gradient steps and logs (and checks) the training cost once an epoch.
     log_every = property(lambda self: self.n_train // self.batch_size)
@@ -321,9 +302,9 @@ def final_test(args: Args, policy: nn.Module, sim: InventorySimulator, best_know
 
 
 def main(args: Args) -> dict:
-    check_hdpo_args(args)  # every flag, before the run folder is created
-    device = pick_device(args.device, args.threads)
-    seed_everything(args.seed)
+    args, device, _ = start_run(
+        args, check_hdpo_args
+    )  # every flag, before the run folder is created
     problem, name = make_instance(args)
     agent = HDPO(args, problem, device)
     policy, sim, best_known = agent.policy, agent.sim, optimum(problem)

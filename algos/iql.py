@@ -49,14 +49,14 @@ from ocrl.data import Batch
 from ocrl.envs import load_offline_task
 from ocrl.experiment import (
     Agent,
+    OfflineDataArgs,
+    RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
     cli,
     friendly_errors,
-    pick_device,
-    resume_args,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
 
@@ -85,20 +85,11 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args:
-    dataset: str = "ocrl/hopper/medium-v0"
-    """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id; the default is shipped"""
-    env_id: str | None = None
-    """evaluation environment; by default the one the dataset names (D4RL tasks evaluate on Gymnasium -v4)"""
+class Args(RunArgs, OfflineDataArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters of CORL's YAMLs (hopper-medium(-replay)-v2: deterministic actor, reward scaling, tau 0.001; antmaze-*: beta 10, expectile 0.9, reward - 1); explicit flags override them; --dataset alone changes none"""
     seed: int = 0
     """seed of torch, numpy and the evaluation episodes"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 1_000_000
     """gradient updates (one V, Q and actor step each), CORL's 1M; also the length of the actor's cosine lr decay (a --resume keeps the first run's)"""
     batch_size: int = 256
@@ -131,10 +122,6 @@ class Args:
     """added to every reward after any scaling: -1 is CORL's AntMaze modify_reward (AntMaze presets)"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset (CORL); 'keep' also trains on timeout transitions using stored next observations"""
-    ref_min_score: float | None = None
-    """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
-    ref_max_score: float | None = None
-    """return of an expert policy for the normalised score (give both or neither)"""
     eval_every: int = 5_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -147,20 +134,6 @@ class Args:
     """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default: on a CPU compile time dominates short runs)"""
-    run_dir: str | None = None
-    """run folder; default runs/iql__<dataset>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show a progress bar"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
 
 
 class GaussianActor(nn.Module):
@@ -272,10 +245,7 @@ def check_iql_args(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
-    check_iql_args(args)
-    device = pick_device(args.device, args.threads)
-    np_rng = seed_everything(args.seed)
+    args, device, np_rng = start_run(args, check_iql_args)
     if args.preset is not None and args.preset != args.dataset:
         print(f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'")  # fmt: skip
     task = load_offline_task(

@@ -62,14 +62,13 @@ from ocrl.envs import Evaluator
 from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, instance_from_flag
 from ocrl.experiment import (
     Agent,
+    RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
     cli,
     friendly_errors,
-    pick_device,
-    resume_args,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets import MLP, xavier_init
 
@@ -89,7 +88,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     instance: str = "25x10"
     """published setting (15x5, 20x10, 25x10, 25x15; its JSON from --instance-dir or $OCRL_LOT_SIZING_DIR), a path to an instance JSON, or 'generated' (--n-items x --n-machines, --instance-seed)"""
     instance_dir: str | None = None
@@ -114,9 +113,6 @@ class Args:
     """seed of torch, numpy, the episodes and the evaluation (the released runs are unseeded)"""
     device: str = "cpu"
     """'cpu' (the networks are small), 'auto', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 1_000_000
     """environment steps (the paper: 10,000 episodes of 100 periods)"""
     update_every: int = 400
@@ -149,20 +145,6 @@ class Args:
     """write checkpoint.pt at every evaluation and at the end"""
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (the episodes in progress restart)"""
-    run_dir: str | None = None
-    """run folder; default runs/pdppo__<instance>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show a progress bar"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
 
 
 class MachineActor(nn.Module):
@@ -345,8 +327,7 @@ def check_pdppo_args(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
-    check_pdppo_args(args)
+    args, device, np_rng = start_run(args, check_pdppo_args)
     instance = instance_from_flag(
         args.instance, args.instance_dir, args.n_items, args.n_machines, args.instance_seed
     )
@@ -355,8 +336,6 @@ def main(args: Args) -> dict:
         raise UsageError(
             f"--update-every {args.update_every}: must be whole episodes of {horizon} periods"
         )
-    device = pick_device(args.device, args.threads)
-    np_rng = seed_everything(args.seed)
     n_envs = args.update_every // horizon
     envs = LotSizingVectorEnv(n_envs, instance=instance, obs=args.obs)
     obs_dim = envs.single_observation_space.shape[0]

@@ -51,7 +51,9 @@ from ocrl.envs import OfflineTask, load_offline_task
 from ocrl.experiment import (
     Agent,
     CheckpointError,
+    OfflineDataArgs,
     Run,
+    RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
@@ -59,10 +61,8 @@ from ocrl.experiment import (
     cli,
     friendly_errors,
     load_checkpoint,
-    pick_device,
-    resume_args,
     save_checkpoint,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
 from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
@@ -79,11 +79,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args:
-    dataset: str = "ocrl/hopper/medium-v0"
-    """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id: the real data"""
-    env_id: str | None = None
-    """evaluation environment; by default the one the dataset names (D4RL tasks evaluate on Gymnasium -v4)"""
+class Args(RunArgs, OfflineDataArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """'cpu-small': 1,024 trajectories and 32 Heun steps per regeneration (and a 16-row, F 64, 2-block model with --diffusion-steps); explicit flags override it"""
     diffusion_model: str | None = None
@@ -106,11 +102,6 @@ class Args:
     """offline agent trained on the mixed batches (PGD's versions of their losses; the code's default is iql)"""
     seed: int = 0
     """seed of torch, numpy, the evaluation episodes and the sampler's noise"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 1_000_000
     """agent updates (PGD: 1M)"""
     batch_size: int = 256
@@ -169,10 +160,6 @@ class Args:
     """IQL: clip of the advantage weights (EXP_ADV_MAX)"""
     normalize_obs: bool = True
     """standardise observations (real and synthetic) with the real transitions' mean and std (+1e-3)"""
-    ref_min_score: float | None = None
-    """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
-    ref_max_score: float | None = None
-    """return of an expert policy for the normalised score (give both or neither)"""
     eval_every: int = 5_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -183,20 +170,6 @@ class Args:
     """write checkpoint.pt (atomically; it holds the synthetic set) at every evaluation and at the end"""
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
-    run_dir: str | None = None
-    """run folder; default runs/pgd__<dataset>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show a progress bar"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
 
 
 # ------------------------------------------------------------------------------------------- actors
@@ -552,10 +525,7 @@ def run_folder_model(
 
 
 def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
-    check_pgd_args(args)
-    device = pick_device(args.device, args.threads)
-    np_rng = seed_everything(args.seed)
+    args, device, np_rng = start_run(args, check_pgd_args)
     task = load_offline_task(
         args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
         ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,

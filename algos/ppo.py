@@ -49,14 +49,13 @@ from ocrl.envs import Evaluator, make_vector_env, reference_scores
 from ocrl.experiment import (
     Acting,
     Agent,
+    RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
     cli,
     friendly_errors,
-    pick_device,
-    resume_args,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets import ActorCritic
 
@@ -79,18 +78,13 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     env_id: str = "HalfCheetah-v4"
     """Gymnasium environment id: a flat Box observation; Box, Discrete or MultiDiscrete actions"""
     preset: PresetName | None = None  # type: ignore[valid-type]
     """'cleanrl-discrete': CleanRL's ppo.py settings for discrete actions; explicit flags override it"""
     seed: int = 1
     """seed of torch, numpy, the training envs and the evaluation episodes"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 1_000_000
     """environment steps over all env copies, rounded up to whole iterations of num_envs x num_steps"""
     num_envs: int = 1
@@ -141,20 +135,6 @@ class Args:
     """write checkpoint.pt (networks, optimiser, normalisers, training envs, RNG) at every evaluation and at the end"""
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (the environments continue their episodes)"""
-    run_dir: str | None = None
-    """run folder; default runs/ppo__<env>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show a progress bar"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
     capture_video: bool = False
     """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
@@ -249,10 +229,7 @@ def check_ppo_args(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
-    check_ppo_args(args)
-    device = pick_device(args.device, args.threads)
-    np_rng = seed_everything(args.seed)
+    args, device, np_rng = start_run(args, check_ppo_args)
 
     envs = make_vector_env(args.env_id, args.num_envs, args.seed, "PPO",
                            (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete))  # fmt: skip

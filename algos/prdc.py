@@ -50,6 +50,8 @@ from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import load_offline_task
 from ocrl.experiment import (
     Agent,
+    OfflineDataArgs,
+    RunArgs,
     TrainingLoop,
     check_args,
     cli,
@@ -82,20 +84,11 @@ _EVAL_PROTOCOLS = {"ocrl": (5_000, 10), "prdc": (1_000, 50)}
 
 
 @dataclass
-class Args:
-    dataset: str = "ocrl/hopper/medium-v0"
-    """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id; the default is shipped"""
-    env_id: str | None = None
-    """evaluation environment; by default the one the dataset names (D4RL tasks evaluate on Gymnasium -v4)"""
+class Args(RunArgs, OfflineDataArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-domain settings of the paper's README (a domain name or a D4RL dataset name): halfcheetah-*: alpha 40, beta 2; hopper-*, walker2d-*: alpha 2.5, beta 2; antmaze-*: alpha 7.5, beta 7.5, reward 10000 r - 1. Explicit flags override them; --dataset alone changes none"""
     seed: int = 0
     """seed of torch, numpy and the evaluation episodes (the original's default is 1024)"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 1_000_000
     """gradient updates (critic steps); the paper trains for 1M"""
     batch_size: int = 256
@@ -136,10 +129,6 @@ class Args:
     """standardise observations with the mean and std (+1e-3) of the training transitions"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset; 'keep' also trains on timeout transitions using stored next observations"""
-    ref_min_score: float | None = None
-    """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
-    ref_max_score: float | None = None
-    """return of an expert policy for the normalised score (give both or neither)"""
     eval_protocol: Literal["ocrl", "prdc"] = "ocrl"
     """'ocrl': 10 episodes every 5,000 updates (the shared protocol); 'prdc': the original's 50 every 1,000"""
     eval_every: int | None = None
@@ -154,20 +143,6 @@ class Args:
     """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default: on a CPU compile time dominates short runs)"""
-    run_dir: str | None = None
-    """run folder; default runs/prdc__<dataset>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show a progress bar"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
 
 
 class SearchTimer:

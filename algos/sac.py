@@ -43,29 +43,22 @@ from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import Evaluator, TrainingEnvs, make_env, reference_scores
 from ocrl.experiment import (
     Agent,
+    RunArgs,
     SnapshotEvaluator,
     TrainingLoop,
-    check_args,
     cli,
     friendly_errors,
-    pick_device,
-    resume_args,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     seed: int = 1
     """seed of torch, numpy, the training envs and the evaluation episodes"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 1_000_000
     """environment steps (over all env copies)"""
     num_envs: int = 1
@@ -108,20 +101,6 @@ class Args:
     """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default on the CPU)"""
-    run_dir: str | None = None
-    """run folder; default runs/sac__<env>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show a progress bar"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
     capture_video: bool = False
     """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
@@ -190,10 +169,7 @@ class SAC(Agent):
 
 
 def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
-    check_args(args)
-    device = pick_device(args.device, args.threads)
-    np_rng = seed_everything(args.seed)
+    args, device, np_rng = start_run(args)
 
     # SAME_STEP autoreset vector env, seeded; its current observation and episode counters (envs.obs,
     # envs.episode_return, envs.episode_length) are a checkpoint part, so --resume continues the episodes.

@@ -30,13 +30,12 @@ from ocrl.data import Batch
 from ocrl.envs import load_offline_task
 from ocrl.experiment import (
     Agent,
+    OfflineDataArgs,
+    RunArgs,
     TrainingLoop,
-    check_args,
     cli,
     friendly_errors,
-    pick_device,
-    resume_args,
-    seed_everything,
+    start_run,
 )
 from ocrl.nets import CriticEnsemble, DeterministicActor, polyak_update
 
@@ -58,20 +57,11 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args:
-    dataset: str = "ocrl/hopper/medium-v0"
-    """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id; the default is shipped"""
-    env_id: str | None = None
-    """evaluation environment; by default the one the dataset names (D4RL tasks evaluate on Gymnasium -v4)"""
+class Args(RunArgs, OfflineDataArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters from the paper; explicit flags override them; --dataset alone changes none"""
     seed: int = 0
     """seed of torch, numpy and the evaluation episodes"""
-    device: str = "auto"
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
-    threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
     total_steps: int = 1_000_000
     """gradient updates (critic steps); the paper trains for 1M"""
     batch_size: int = 256
@@ -100,10 +90,6 @@ class Args:
     """scale rewards by max_episode_steps / (max - min return) over the training transitions, CORL's modify_reward"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset; 'keep' also trains on timeout transitions using stored next observations"""
-    ref_min_score: float | None = None
-    """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
-    ref_max_score: float | None = None
-    """return of an expert policy for the normalised score (give both or neither)"""
     eval_every: int = 5_000
     """updates between evaluations"""
     eval_episodes: int = 10
@@ -116,20 +102,6 @@ class Args:
     """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default: on a CPU compile time dominates short runs)"""
-    run_dir: str | None = None
-    """run folder; default runs/td3_bc__<dataset>__s<seed>__<time>"""
-    overwrite: bool = False
-    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
-    progress: bool = True
-    """show a progress bar"""
-    track: bool = False
-    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
-    wandb_project: str = "ocrl"
-    """Weights & Biases project of --track"""
-    wandb_entity: str | None = None
-    """Weights & Biases team or user of --track (default: your own)"""
-    wandb_group: str | None = None
-    """Weights & Biases group of --track, e.g. one per sweep"""
 
 
 class TD3BC(Agent):
@@ -192,10 +164,7 @@ class TD3BC(Agent):
 
 
 def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
-    check_args(args)
-    device = pick_device(args.device, args.threads)
-    np_rng = seed_everything(args.seed)
+    args, device, np_rng = start_run(args)
     if args.preset in _LOCOMOTION and args.preset != args.dataset:
         print(
             f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'"

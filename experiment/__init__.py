@@ -1,5 +1,6 @@
 """Running an experiment: the CLI with presets and checks, run folders, logs, checkpoints and the training-loop plumbing."""
 
+from ocrl.experiment.args import OfflineDataArgs, RunArgs, start_run
 from ocrl.experiment.flags import POSITIVE_FIELDS, check_args, cli, friendly_errors
 from ocrl.experiment.loop import Agent, SnapshotEvaluator, TrainingLoop
 from ocrl.experiment.policy import (
@@ -37,7 +38,9 @@ __all__ = [
     "CheckpointError",
     "PolicyError",
     "PolicyProgram",
+    "OfflineDataArgs",
     "Run",
+    "RunArgs",
     "SnapshotEvaluator",
     "TrainingLoop",
     "UsageError",
@@ -56,6 +59,7 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "set_rng_state",
+    "start_run",
     "training_state",
     "write_policy",
 ]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import inspect
 import json
 import subprocess
 import sys
+import textwrap
 import typing
 from pathlib import Path
 
@@ -166,21 +168,22 @@ def tags(run_dir: Path) -> set[str]:
 
 @pytest.mark.parametrize("name", ALL_FILES)
 def test_every_args_field_has_a_docstring_and_a_flag(name):
-    tree = ast.parse((ROOT / "algos" / f"{name}.py").read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Args")
-    body = cls.body
-    missing = [
-        stmt.target.id
-        for i, stmt in enumerate(body)
-        if isinstance(stmt, ast.AnnAssign)
-        and not (
-            i + 1 < len(body)
-            and isinstance(body[i + 1], ast.Expr)
-            and isinstance(body[i + 1].value, ast.Constant)
-            and isinstance(body[i + 1].value.value, str)
-        )
-    ]
+    # Args and the shared bases it extends (ocrl.experiment.args): every field written with a docstring.
+    documented, missing = set(), []
+    for cls in module(name).Args.__mro__:
+        if not dataclasses.is_dataclass(cls):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        for i, stmt in enumerate(body):
+            if not isinstance(stmt, ast.AnnAssign):
+                continue
+            doc = i + 1 < len(body) and isinstance(body[i + 1], ast.Expr)
+            if doc and isinstance(body[i + 1].value.value, str):
+                documented.add(stmt.target.id)
+            else:
+                missing.append(f"{cls.__qualname__}.{stmt.target.id}")
     assert not missing, f"Args fields without a docstring in algos/{name}.py: {missing}"
+    assert documented == {f.name for f in dataclasses.fields(module(name).Args)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "algos" / f"{name}.py"), "--help"],
         capture_output=True, text=True, timeout=120,

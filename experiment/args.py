@@ -1,0 +1,70 @@
+"""The flags every algorithm shares, as dataclasses an `Args` extends, and `start_run`, the first line of every main().
+
+An algorithm's own `Args` holds its method's hyperparameters and the flags whose meaning is its own (seed,
+total_steps, what one evaluation or log interval counts); these hold the run plumbing, identical everywhere.
+A field an `Args` declares again keeps its place here and takes the new default and docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from ocrl.experiment.flags import check_args
+from ocrl.experiment.run import pick_device, resume_args, seed_everything
+
+ArgsT = TypeVar("ArgsT")
+
+
+@dataclass
+class OfflineDataArgs:
+    """Where an offline algorithm's data and its evaluation come from."""
+
+    dataset: str = "ocrl/hopper/medium-v0"
+    """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id; the default is shipped"""
+    env_id: str | None = None
+    """evaluation environment; by default the one the dataset names (D4RL tasks evaluate on Gymnasium -v4)"""
+    ref_min_score: float | None = None
+    """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
+    ref_max_score: float | None = None
+    """return of an expert policy for the normalised score (give both or neither)"""
+
+
+@dataclass
+class RunArgs:
+    """Device, run folder, progress and tracking: the same flags in every algorithm."""
+
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
+    threads: int = 1
+    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
+    each other 10-50x; 0 uses torch's default (all cores)"""
+    run_dir: str | None = None
+    """run folder; default runs/<algorithm>__<dataset, env or instance>__s<seed>__<time>"""
+    overwrite: bool = False
+    """empty --run-dir first when it holds a finished or stopped run (without it, such a folder is refused)"""
+    progress: bool = True
+    """show a progress bar"""
+    track: bool = False
+    """also log the scalars and the config to Weights & Biases (optional extra `track`; WANDB_MODE=offline needs no network)"""
+    wandb_project: str = "ocrl"
+    """Weights & Biases project of --track"""
+    wandb_entity: str | None = None
+    """Weights & Biases team or user of --track (default: your own)"""
+    wandb_group: str | None = None
+    """Weights & Biases group of --track, e.g. one per sweep"""
+
+
+def start_run(
+    args: ArgsT, check: Callable[[Any], None] = check_args
+) -> tuple[ArgsT, torch.device, np.random.Generator]:
+    """--resume's saved flags, `check` (one-line errors before anything is written), the device and threads, then
+    the seeds: (args, device, the run's NumPy generator)."""
+    args = resume_args(args) if getattr(args, "resume", None) else args
+    check(args)
+    device = pick_device(args.device, args.threads)  # type: ignore[attr-defined]
+    return args, device, seed_everything(args.seed)  # type: ignore[attr-defined]
