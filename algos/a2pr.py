@@ -47,15 +47,7 @@ import torch.nn.functional as F
 
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
-from ocrl.experiment import (
-    Agent,
-    OfflineDataArgs,
-    RunArgs,
-    TrainingLoop,
-    cli,
-    friendly_errors,
-    start_run,
-)
+from ocrl.experiment import Agent, OfflineArgs, RunArgs, TrainingLoop, run_cli, start_run
 from ocrl.nets import MLP, ConditionalVAE, CriticEnsemble, DeterministicActor, polyak_update
 
 
@@ -82,7 +74,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineDataArgs):
+class Args(RunArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset alpha / vae_weight / mask / discount of the authors' READMEs (hopper-medium-v2: 2.5/1.0/0.4/0.995, halfcheetah-*: alpha 40; random-other, expert and AntMaze are unpublished). Explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -137,16 +129,6 @@ class Args(RunArgs, OfflineDataArgs):
     """standardise observations with the mean and std (+1e-3) of the training transitions"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset; 'keep' also trains on timeout transitions using stored next observations"""
-    eval_every: int = 5_000
-    """updates between evaluations"""
-    eval_episodes: int = 10
-    """episodes per evaluation, run in parallel"""
-    log_every: int = 1_000
-    """updates between loss logs (the only host synchronisations of the loop); a2pr/* values are interval means"""
-    save_model: bool = False
-    """write checkpoint.pt (atomically) at every evaluation and at the end"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default: on a CPU compile time dominates short runs)"""
 
@@ -328,5 +310,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

@@ -67,9 +67,8 @@ from ocrl.experiment import (
     TrainingLoop,
     UsageError,
     check_args,
-    cli,
-    friendly_errors,
     load_checkpoint,
+    run_cli,
     save_checkpoint,
     start_run,
 )
@@ -380,5 +379,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

@@ -58,12 +58,12 @@ from ocrl.envs import TrainingEnvs, load_offline_task, make_env
 from ocrl.experiment import (
     Acting,
     Agent,
+    OnlineArgs,
     RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
-    cli,
-    friendly_errors,
+    run_cli,
     start_run,
 )
 from ocrl.nets import CriticEnsemble, TanhNormalPolicy, polyak_update, xavier_init
@@ -80,7 +80,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs):
+class Args(RunArgs, OnlineArgs):
     dataset: str = "ocrl/hopper/medium-v0"
     """offline dataset: an ocrl/Minari id (e.g. D4RL/antmaze/large-diverse-v1), a D4RL-style HDF5 file or a Minari folder"""
     env_id: str | None = None
@@ -155,12 +155,6 @@ class Args(RunArgs):
     """Fourier time features of the epsilon-network (its conditioning MLP is 2 x time_dim wide)"""
     actor_tau: float = 0.001
     """EMA rate of the diffusion weights used for acting and evaluation"""
-    eval_every: int = 5_000
-    """environment steps between evaluations"""
-    eval_episodes: int = 10
-    """episodes per evaluation, run in parallel (the scripts: 100)"""
-    log_every: int = 1_000
-    """environment steps between loss logs"""
     save_model: bool = False
     """write checkpoint.pt (networks, optimisers, RNG, online replay and the training env) at every evaluation and at the end
     (policy.pt2 is written on CPU runs: EXPO's is stochastic, see docs/runs.md, Policy files)"""
@@ -170,8 +164,6 @@ class Args(RunArgs):
     """torch.compile the OTF candidate selection (the T-step chain of the N + K candidates and their scores; CUDA graphs on CUDA)"""
     run_dir: str | None = None
     """run folder; default runs/expo__<dataset>__s<seed>__<time> (rlpd__... with --policy gaussian)"""
-    capture_video: bool = False
-    """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
 
 def target_entropy(args: Args, act_dim: int) -> float:
@@ -474,5 +466,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

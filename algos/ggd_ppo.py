@@ -73,12 +73,12 @@ from ocrl.envs import Evaluator, TimeFeature, make_vector_env, reference_scores
 from ocrl.experiment import (
     Acting,
     Agent,
+    OnlineArgs,
     RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
-    cli,
-    friendly_errors,
+    run_cli,
     start_run,
 )
 from ocrl.nets import ActorCritic, ggd
@@ -97,7 +97,7 @@ EPS = 1e-6  # the released code's floor on the regulariser's variances
 
 
 @dataclass
-class Args(RunArgs):
+class Args(RunArgs, OnlineArgs):
     env_id: str = "HalfCheetah-v4"
     """Gymnasium environment id: a flat Box observation; Box, Discrete or MultiDiscrete actions"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]
@@ -172,18 +172,12 @@ class Args(RunArgs):
     """code: mean_i(w_i l_i), i.e. lambda / B times the weighted sum (released); sum: sum_i w_i l_i"""
     xi_solver: Literal["bisection", "nelder-mead"] = "bisection"
     """xi by a bracketing search on the device, or by scipy's Nelder-Mead on the CPU (the released solver; a host sync per minibatch)"""
-    eval_every: int = 5_000
-    """environment steps between evaluations (checked after each iteration)"""
-    eval_episodes: int = 10
-    """episodes per evaluation, run in parallel"""
     log_every: int = 2_048
     """environment steps between loss logs (checked after each iteration)"""
     save_model: bool = False
     """write checkpoint.pt (networks, optimiser, normalisers, training envs, RNG) at every evaluation and at the end"""
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (the environments continue their episodes)"""
-    capture_video: bool = False
-    """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
 
 class GGDPPO(Agent):
@@ -369,5 +363,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

@@ -54,12 +54,12 @@ from ocrl.envs import Evaluator, TimeFeature, TrainingEnvs, make_env, reference_
 from ocrl.experiment import (
     POSITIVE_FIELDS,
     Agent,
+    OnlineArgs,
     RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
-    cli,
-    friendly_errors,
+    run_cli,
     start_run,
 )
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, ggd, polyak_update
@@ -73,7 +73,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs):
+class Args(RunArgs, OnlineArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]
@@ -138,20 +138,12 @@ class Args(RunArgs):
     """code: mean_i(w_i l_i), i.e. lambda / B times the weighted sum (released); sum: sum_i w_i l_i"""
     xi_solver: Literal["bisection", "nelder-mead"] = "bisection"
     """xi by a bracketing search on the device, or by scipy's Nelder-Mead on the CPU (the released solver; a host sync per update)"""
-    eval_every: int = 5_000
-    """environment steps between evaluations"""
-    eval_episodes: int = 10
-    """episodes per evaluation, run in parallel"""
-    log_every: int = 1_000
-    """environment steps between loss logs"""
     save_model: bool = False
     """write checkpoint.pt (networks, optimisers, RNG, replay buffer and the training envs) at every evaluation and at the end"""
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default on the CPU; not with --xi-solver nelder-mead)"""
-    capture_video: bool = False
-    """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
 
 class GGDSAC(Agent):
@@ -333,5 +325,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

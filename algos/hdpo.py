@@ -65,8 +65,7 @@ from ocrl.experiment import (
     UsageError,
     check_args,
     check_finite,
-    cli,
-    friendly_errors,
+    run_cli,
     save_checkpoint,
     start_run,
 )
@@ -369,5 +368,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args))
+    run_cli(main, Args)

@@ -49,13 +49,12 @@ from ocrl.data import Batch
 from ocrl.envs import load_offline_task
 from ocrl.experiment import (
     Agent,
-    OfflineDataArgs,
+    OfflineArgs,
     RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
-    cli,
-    friendly_errors,
+    run_cli,
     start_run,
 )
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
@@ -85,7 +84,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineDataArgs):
+class Args(RunArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters of CORL's YAMLs (hopper-medium(-replay)-v2: deterministic actor, reward scaling, tau 0.001; antmaze-*: beta 10, expectile 0.9, reward - 1); explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -122,16 +121,6 @@ class Args(RunArgs, OfflineDataArgs):
     """added to every reward after any scaling: -1 is CORL's AntMaze modify_reward (AntMaze presets)"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset (CORL); 'keep' also trains on timeout transitions using stored next observations"""
-    eval_every: int = 5_000
-    """updates between evaluations"""
-    eval_episodes: int = 10
-    """episodes per evaluation, run in parallel (CORL: 10, AntMaze 100)"""
-    log_every: int = 1_000
-    """updates between loss logs (the only host synchronisations of the loop); iql/* values are interval means"""
-    save_model: bool = False
-    """write checkpoint.pt (atomically) at every evaluation and at the end"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default: on a CPU compile time dominates short runs)"""
 
@@ -272,5 +261,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

@@ -60,16 +60,7 @@ from torch import nn
 from ocrl.data import EpisodeCurve, RolloutBuffer, discounted_returns, explained_variance
 from ocrl.envs import Evaluator
 from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, instance_from_flag
-from ocrl.experiment import (
-    Agent,
-    RunArgs,
-    TrainingLoop,
-    UsageError,
-    check_args,
-    cli,
-    friendly_errors,
-    start_run,
-)
+from ocrl.experiment import Agent, RunArgs, TrainingLoop, UsageError, check_args, run_cli, start_run
 from ocrl.nets import MLP, xavier_init
 
 PRESETS: dict[str, dict] = {
@@ -382,5 +373,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

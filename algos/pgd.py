@@ -51,16 +51,15 @@ from ocrl.envs import OfflineTask, load_offline_task
 from ocrl.experiment import (
     Agent,
     CheckpointError,
-    OfflineDataArgs,
+    OfflineArgs,
     Run,
     RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
     check_finite,
-    cli,
-    friendly_errors,
     load_checkpoint,
+    run_cli,
     save_checkpoint,
     start_run,
 )
@@ -79,7 +78,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineDataArgs):
+class Args(RunArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """'cpu-small': 1,024 trajectories and 32 Heun steps per regeneration (and a 16-row, F 64, 2-block model with --diffusion-steps); explicit flags override it"""
     diffusion_model: str | None = None
@@ -160,16 +159,8 @@ class Args(RunArgs, OfflineDataArgs):
     """IQL: clip of the advantage weights (EXP_ADV_MAX)"""
     normalize_obs: bool = True
     """standardise observations (real and synthetic) with the real transitions' mean and std (+1e-3)"""
-    eval_every: int = 5_000
-    """updates between evaluations"""
-    eval_episodes: int = 10
-    """episodes per evaluation, run in parallel"""
-    log_every: int = 1_000
-    """updates between loss logs (the only host synchronisations of the loop)"""
     save_model: bool = False
     """write checkpoint.pt (atomically; it holds the synthetic set) at every evaluation and at the end"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
 
 
 # ------------------------------------------------------------------------------------------- actors
@@ -589,5 +580,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

@@ -49,12 +49,12 @@ from ocrl.envs import Evaluator, make_vector_env, reference_scores
 from ocrl.experiment import (
     Acting,
     Agent,
+    OnlineArgs,
     RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
-    cli,
-    friendly_errors,
+    run_cli,
     start_run,
 )
 from ocrl.nets import ActorCritic
@@ -78,7 +78,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs):
+class Args(RunArgs, OnlineArgs):
     env_id: str = "HalfCheetah-v4"
     """Gymnasium environment id: a flat Box observation; Box, Discrete or MultiDiscrete actions"""
     preset: PresetName | None = None  # type: ignore[valid-type]
@@ -125,18 +125,12 @@ class Args(RunArgs):
     """add gamma V(final observation) to the last reward of a truncated episode (SB3); CleanRL does not"""
     hidden: tuple[int, ...] = (64, 64)
     """hidden layer widths of the actor and of the critic (Tanh)"""
-    eval_every: int = 5_000
-    """environment steps between evaluations (checked after each iteration)"""
-    eval_episodes: int = 10
-    """episodes per evaluation, run in parallel"""
     log_every: int = 2_048
     """environment steps between loss logs (checked after each iteration)"""
     save_model: bool = False
     """write checkpoint.pt (networks, optimiser, normalisers, training envs, RNG) at every evaluation and at the end"""
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (the environments continue their episodes)"""
-    capture_video: bool = False
-    """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
 
 class PPO(Agent):
@@ -268,5 +262,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

@@ -50,14 +50,13 @@ from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import load_offline_task
 from ocrl.experiment import (
     Agent,
-    OfflineDataArgs,
+    OfflineArgs,
     RunArgs,
     TrainingLoop,
     check_args,
-    cli,
-    friendly_errors,
     pick_device,
     resume_args,
+    run_cli,
     seed_everything,
 )
 from ocrl.nets import CriticEnsemble, DeterministicActor, NearestNeighbors, polyak_update
@@ -84,7 +83,7 @@ _EVAL_PROTOCOLS = {"ocrl": (5_000, 10), "prdc": (1_000, 50)}
 
 
 @dataclass
-class Args(RunArgs, OfflineDataArgs):
+class Args(RunArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-domain settings of the paper's README (a domain name or a D4RL dataset name): halfcheetah-*: alpha 40, beta 2; hopper-*, walker2d-*: alpha 2.5, beta 2; antmaze-*: alpha 7.5, beta 7.5, reward 10000 r - 1. Explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -135,12 +134,6 @@ class Args(RunArgs, OfflineDataArgs):
     """updates between evaluations; default from --eval-protocol"""
     eval_episodes: int | None = None
     """episodes per evaluation, run in parallel; default from --eval-protocol"""
-    log_every: int = 1_000
-    """updates between loss logs (the only host synchronisations of the loop, besides a CPU search's own)"""
-    save_model: bool = False
-    """write checkpoint.pt (atomically) at every evaluation and at the end"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default: on a CPU compile time dominates short runs)"""
 
@@ -316,5 +309,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

@@ -43,18 +43,18 @@ from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import Evaluator, TrainingEnvs, make_env, reference_scores
 from ocrl.experiment import (
     Agent,
+    OnlineArgs,
     RunArgs,
     SnapshotEvaluator,
     TrainingLoop,
-    cli,
-    friendly_errors,
+    run_cli,
     start_run,
 )
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
 
 
 @dataclass
-class Args(RunArgs):
+class Args(RunArgs, OnlineArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     seed: int = 1
@@ -87,12 +87,6 @@ class Args(RunArgs):
     """learn the temperature towards target entropy -|A| (log alpha starts at 0)"""
     hidden: tuple[int, ...] = (256, 256)
     """hidden layer widths of actor and critics"""
-    eval_every: int = 5_000
-    """environment steps between evaluations"""
-    eval_episodes: int = 10
-    """episodes per evaluation, run in parallel"""
-    log_every: int = 1_000
-    """environment steps between loss logs"""
     save_model: bool = False
     """write checkpoint.pt (networks, optimisers, RNG, replay buffer and the training envs) at every evaluation and at the end"""
     save_snapshots: bool = False
@@ -101,8 +95,6 @@ class Args(RunArgs):
     """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default on the CPU)"""
-    capture_video: bool = False
-    """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
 
 class SAC(Agent):
@@ -218,5 +210,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args))
+    run_cli(main, Args)

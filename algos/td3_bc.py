@@ -28,15 +28,7 @@ import torch.nn.functional as F
 
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
-from ocrl.experiment import (
-    Agent,
-    OfflineDataArgs,
-    RunArgs,
-    TrainingLoop,
-    cli,
-    friendly_errors,
-    start_run,
-)
+from ocrl.experiment import Agent, OfflineArgs, RunArgs, TrainingLoop, run_cli, start_run
 from ocrl.nets import CriticEnsemble, DeterministicActor, polyak_update
 
 _LOCOMOTION = [
@@ -57,7 +49,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineDataArgs):
+class Args(RunArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters from the paper; explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -90,16 +82,6 @@ class Args(RunArgs, OfflineDataArgs):
     """scale rewards by max_episode_steps / (max - min return) over the training transitions, CORL's modify_reward"""
     truncated_last: Literal["drop", "keep"] = "drop"
     """'drop' reproduces D4RL's qlearning_dataset; 'keep' also trains on timeout transitions using stored next observations"""
-    eval_every: int = 5_000
-    """updates between evaluations"""
-    eval_episodes: int = 10
-    """episodes per evaluation, run in parallel"""
-    log_every: int = 1_000
-    """updates between loss logs (the only host synchronisations of the loop)"""
-    save_model: bool = False
-    """write checkpoint.pt (atomically) at every evaluation and at the end"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
     compile: bool = False
     """wrap the update in torch.compile (off by default: on a CPU compile time dominates short runs)"""
 
@@ -192,5 +174,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    with friendly_errors():
-        main(cli(Args, PRESETS))
+    run_cli(main, Args, PRESETS)

@@ -1,7 +1,7 @@
 """Running an experiment: the CLI with presets and checks, run folders, logs, checkpoints and the training-loop plumbing."""
 
-from ocrl.experiment.args import OfflineDataArgs, RunArgs, start_run
-from ocrl.experiment.flags import POSITIVE_FIELDS, check_args, cli, friendly_errors
+from ocrl.experiment.args import OfflineArgs, OnlineArgs, RunArgs, start_run
+from ocrl.experiment.flags import POSITIVE_FIELDS, check_args, cli, friendly_errors, run_cli
 from ocrl.experiment.loop import Agent, SnapshotEvaluator, TrainingLoop
 from ocrl.experiment.policy import (
     POLICY_FILE,
@@ -38,7 +38,8 @@ __all__ = [
     "CheckpointError",
     "PolicyError",
     "PolicyProgram",
-    "OfflineDataArgs",
+    "OfflineArgs",
+    "OnlineArgs",
     "Run",
     "RunArgs",
     "SnapshotEvaluator",
@@ -56,6 +57,7 @@ __all__ = [
     "restore_training_state",
     "resume_args",
     "rng_state",
+    "run_cli",
     "save_checkpoint",
     "seed_everything",
     "set_rng_state",

@@ -21,8 +21,8 @@ ArgsT = TypeVar("ArgsT")
 
 
 @dataclass
-class OfflineDataArgs:
-    """Where an offline algorithm's data and its evaluation come from."""
+class OfflineArgs:
+    """An offline algorithm's data, its evaluation and its checkpoints; its steps are gradient updates."""
 
     dataset: str = "ocrl/hopper/medium-v0"
     """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id; the default is shipped"""
@@ -32,6 +32,30 @@ class OfflineDataArgs:
     """return of a random policy for the normalised score; default: the dataset's, else D4RL's for its domain"""
     ref_max_score: float | None = None
     """return of an expert policy for the normalised score (give both or neither)"""
+    eval_every: int = 5_000
+    """updates between evaluations"""
+    eval_episodes: int = 10
+    """episodes per evaluation, run in parallel"""
+    log_every: int = 1_000
+    """updates between loss logs (the only host synchronisations of the loop)"""
+    save_model: bool = False
+    """write checkpoint.pt (atomically) at every evaluation and at the end"""
+    resume: str | None = None
+    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
+
+
+@dataclass
+class OnlineArgs:
+    """An online algorithm's evaluation, logging and videos; its steps are environment steps."""
+
+    eval_every: int = 5_000
+    """environment steps between evaluations"""
+    eval_episodes: int = 10
+    """episodes per evaluation, run in parallel"""
+    log_every: int = 1_000
+    """environment steps between loss logs"""
+    capture_video: bool = False
+    """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
 
 
 @dataclass

@@ -318,3 +318,13 @@ def friendly_errors() -> Iterator[None]:
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_cli(
+    main: Callable[[ArgsT], Any],
+    args_cls: type[ArgsT],
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """An algorithm file's `__main__`: `main(cli(args_cls, presets))`, a usage error becoming one line and exit 2."""
+    with friendly_errors():
+        main(cli(args_cls, presets))
