@@ -8,15 +8,13 @@ so with the run's settings the mean return is the run's last evaluation return. 
 with the run's reference scores, the D4RL-normalised score; writes eval.json into the run folder. --video
 records MP4s of the first episodes (at most 3) through Gymnasium's RecordVideo: it needs the `video` extra
 (pip install -e '.[video]') and a headless MuJoCo backend (MUJOCO_GL=egl with libegl1, or
-MUJOCO_GL=osmesa with libosmesa6; egl is tried when MUJOCO_GL is unset).
+MUJOCO_GL=osmesa with libosmesa6; egl is tried when MUJOCO_GL is unset and there is no display).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,13 +100,11 @@ def evaluate(
 ) -> dict:
     """Evaluate the run's policy; write and return eval.json's contents."""
     info = read_info(run_dir)
-    import gymnasium as gym
     from tqdm import tqdm
 
     from ocrl.envs.evaluation import (
         Evaluator,
         TimeFeature,
-        episode_seeds,
         make_env,
         reference_scores,
     )
@@ -120,7 +116,6 @@ def evaluate(
     env_id = env_id or info["env_id"]
     episodes = episodes or info["eval_episodes"]
     seed = info["seed"] if seed is None else seed
-    seeds = episode_seeds(seed, episodes)
     missing = info.get("env_kwargs_unrecorded") or []
     if missing and env_id == info["env_id"]:
         raise InputError(
@@ -149,34 +144,18 @@ def evaluate(
                 "--video needs moviepy, which Gymnasium's RecordVideo writes MP4s with: "
                 "pip install -e '.[video]'"
             ) from None
-        # Headless MuJoCo rendering; an explicit MUJOCO_GL (osmesa) wins.
-        os.environ.setdefault("MUJOCO_GL", "egl")
-        kwargs["render_mode"] = "rgb_array"
-        made = []
-
-        def wrap_recorded(env, inner=wrap):
-            env = inner(env)
-            made.append(env)
-            if len(made) > VIDEO_EPISODES:
-                return env
-            # Only the first episode of each env: the vector env resets a finished one and steps it on.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
-                return gym.wrappers.RecordVideo(
-                    env, str(video), episode_trigger=lambda n: n == 0,
-                    name_prefix=f"seed-{seeds[len(made) - 1]}", disable_logger=True,
-                )  # fmt: skip
-
-        wrap = wrap_recorded
     # ocrl's Evaluator, as in the run: the same vector env, seeds and batch, so the same returns.
     evaluator = Evaluator(
         env_id, episodes, seed, ref_min_score=lo, ref_max_score=hi, env_wrapper=wrap,
         env_kwargs=kwargs,
     )  # fmt: skip
+    if video is not None:
+        # The first episodes, as --capture-video records a run's: seed-<seed>-episode-0.mp4.
+        evaluator.record_video(video, episodes=min(VIDEO_EPISODES, episodes))
     bar = tqdm(total=max_steps, desc="steps", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        result = evaluator(_Counting(policy.module, bar))
+        result = evaluator(_Counting(policy.module, bar), video_name="seed-{seed}-episode-0")
     finally:
         evaluator.close()
         bar.close()
