@@ -230,7 +230,11 @@ def write_policy(
     run_dir = Path(run_dir)
     with atomic_path(run_dir / POLICY_FILE, suffix=".pt2") as tmp:
         torch.export.save(exported, tmp)
-    onnx_info = write_onnx(run_dir, exported, obs_dim, acting.stochastic) if onnx else None
+    onnx_info = None
+    if onnx:
+        onnx_info = write_onnx(run_dir, exported, obs_dim, acting.stochastic)
+    else:  # one from an earlier write (a resumed run) would not match the new policy.pt2
+        (run_dir / ONNX_FILE).unlink(missing_ok=True)
     from ocrl.envs.evaluation import TimeFeature
 
     first_env = evaluator.envs.envs[0]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from test_conventions import ALGOS
-from test_policy import capture_finish, evaluator_actions
+from test_policy import capture_finish, evaluate, evaluator_actions
 
 from ocrl.experiment import policy as policy_module
 from ocrl.experiment.policy import ONNX_TOLERANCE, PolicyExportArgs
@@ -72,6 +72,11 @@ def test_onnx_policy_acts_as_the_run(name, hopper_random_file, tmp_path, monkeyp
         assert diff <= ONNX_TOLERANCE
         with torch.no_grad():
             assert np.abs(got - program(torch.from_numpy(obs)).numpy()).max() <= ONNX_TOLERANCE
+    # scripts/evaluate.py --onnx: the run's last evaluation, up to the rounding differences
+    result = evaluate.main(evaluate.Args(str(run_dir), progress=False, onnx=True))
+    print(f"{name}: evaluate --onnx {result['return']!r}, the run {info['eval']['return']!r}")
+    assert result["policy_file"] == "policy.onnx"
+    assert result["return"] == pytest.approx(info["eval"]["return"], rel=1e-6)
 
 
 def test_expo_writes_no_onnx_file_and_warns(hopper_random_file, tmp_path, monkeypatch):
