@@ -77,6 +77,9 @@ def test_onnx_policy_acts_as_the_run(name, hopper_random_file, tmp_path, monkeyp
     print(f"{name}: evaluate --onnx {result['return']!r}, the run {info['eval']['return']!r}")
     assert result["policy_file"] == "policy.onnx"
     assert result["return"] == pytest.approx(info["eval"]["return"], rel=1e-6)
+    if name == "td3_bc":  # policy.pt2 rewritten without --export-onnx: the older policy.onnx goes
+        policy_module.write_policy(run_dir, policy.__self__, evaluator, {})
+        assert (run_dir / "policy.pt2").is_file() and not (run_dir / "policy.onnx").exists()
 
 
 def test_expo_writes_no_onnx_file_and_warns(hopper_random_file, tmp_path, monkeypatch):
