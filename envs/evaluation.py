@@ -281,7 +281,7 @@ class Evaluator:
         make_env(env_id, **kwargs).close()  # fail early, in this process, on a bad id
         self._env_kwargs, self._wrap = kwargs, env_wrapper or (lambda env: env)
         self.envs = self._make_envs()
-        self.recorder: gym.wrappers.RecordVideo | None = None
+        self.recorders: list[gym.wrappers.RecordVideo] = []
         self.obs_mean = (
             None
             if obs_mean is None
@@ -297,35 +297,41 @@ class Evaluator:
         self.action_low = getattr(self.envs.single_action_space, "low", None)
         self.action_high = getattr(self.envs.single_action_space, "high", None)
 
-    def _make_envs(self, first: Callable[[], gym.Env] | None = None) -> gym.vector.SyncVectorEnv:
+    def _make_envs(
+        self, recorded: Callable[[], gym.Env] | None = None, count: int = 0
+    ) -> gym.vector.SyncVectorEnv:
         def make() -> gym.Env:
             return self._wrap(make_env(self.env_id, **self._env_kwargs))
 
         return gym.vector.SyncVectorEnv(
-            [first or make] + [make] * (self.num_episodes - 1),
+            [recorded or make] * count + [make] * (self.num_episodes - count),
             autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
         )
 
-    def record_video(self, folder: str | Path) -> None:
-        """Record the first episode of every later evaluation as an MP4 in `folder` (the optional extra `video`);
-        on Linux without a display MuJoCo renders through EGL unless MUJOCO_GL says otherwise."""
-        if self.recorder is not None:
+    def record_video(self, folder: str | Path, episodes: int = 1) -> None:
+        """Record the first `episodes` episodes of every later evaluation as MP4s in `folder` (the optional extra
+        `video`); on Linux without a display MuJoCo renders through EGL unless MUJOCO_GL says otherwise."""
+        if self.recorders:
             return
+        if not 1 <= episodes <= self.num_episodes:
+            raise ValueError(f"episodes must lie in [1, {self.num_episodes}], got {episodes}")
         if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
             # Read when a MuJoCo env makes its renderer, so setting it after `import mujoco` still counts.
             os.environ.setdefault("MUJOCO_GL", "egl")
 
-        def first() -> gym.Env:
+        def recorded() -> gym.Env:
             env = self._wrap(make_env(self.env_id, render_mode="rgb_array", **self._env_kwargs))
-            # Started and stopped by __call__, one file per evaluation; no episode starts one by itself.
+            # Started and stopped by __call__, one file per episode; no episode starts one by itself.
             with warnings.catch_warnings():
                 # A resumed run records into its videos/ again: step-named files are not overwritten.
                 warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
-                return gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: False)
+                return gym.wrappers.RecordVideo(
+                    env, str(folder), episode_trigger=lambda _: False, disable_logger=True
+                )
 
         self.envs.close()
-        self.envs = self._make_envs(first)
-        self.recorder = self.envs.envs[0]
+        self.envs = self._make_envs(recorded, episodes)
+        self.recorders = list(self.envs.envs[:episodes])
 
     def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:
         """Cast to float32 (D4RL data are float32, v4 envs return float64) and standardise."""
@@ -337,11 +343,12 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self, policy: Policy, video_name: str = "eval") -> dict[str, float | None]:
         """Mean/std of the episode returns and, when reference scores are known, the normalised score (x100);
-        after `record_video`, the first episode is also written to `<folder>/<video_name>.mp4`."""
+        after `record_video`, episode i is also written to `<folder>/<video_name>.mp4`, the name formatted
+        with `episode=i` and `seed=` its start seed (e.g. "seed-{seed}")."""
         obs, _ = self.envs.reset(seed=self.seeds)
-        if self.recorder is not None:
-            self.recorder.start_recording(video_name)
-            self.recorder.recorded_frames.append(self.recorder.render())  # the first frame
+        for i, recorder in enumerate(self.recorders):
+            recorder.start_recording(video_name.format(episode=i, seed=self.seeds[i]))
+            recorder.recorded_frames.append(recorder.render())  # the first frame
         returns = np.zeros(self.num_episodes)
         lengths = np.zeros(self.num_episodes, dtype=np.int64)
         running = np.ones(self.num_episodes, dtype=bool)
@@ -353,9 +360,10 @@ class Evaluator:
             returns += reward * running
             lengths += running
             running &= ~(terminated | truncated)
-        # Episode 0's recording stops when its env restarts; when it was the last to end, here.
-        if self.recorder is not None and self.recorder.recording:
-            self.recorder.stop_recording()
+        # A recording stops when its env restarts; for the episodes that ended last, here.
+        for recorder in self.recorders:
+            if recorder.recording:
+                recorder.stop_recording()
         result: dict[str, float | None] = {
             "return": float(returns.mean()),
             "return_std": float(returns.std()),

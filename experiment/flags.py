@@ -94,15 +94,19 @@ def check_args(
 EXTRAS = (
     ("track", "wandb", "track", "Weights & Biases"),
     ("capture_video", "moviepy", "video", "MoviePy, which writes the MP4s"),
+    ("export_onnx", "onnx onnxscript onnxruntime", "onnx", "ONNX, its exporter and onnxruntime"),
 )
 
 
 def check_extras(args: Any) -> None:
     """Raise UsageError when a flag that is on needs an optional extra that is not installed."""
-    for flag_field, module, extra, what in EXTRAS:
-        if getattr(args, flag_field, False) and importlib.util.find_spec(module) is None:
+    for flag_field, modules, extra, what in EXTRAS:
+        if not getattr(args, flag_field, False):
+            continue
+        missing = [m for m in modules.split() if importlib.util.find_spec(m) is None]
+        if missing:
             raise UsageError(
-                f"{_flag(flag_field)}: needs {what} ({module}), which is not installed; "
+                f"{_flag(flag_field)}: needs {what} ({', '.join(missing)}), which is not installed; "
                 f"pip install -e '.[{extra}]'"
             )
 

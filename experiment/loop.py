@@ -233,7 +233,8 @@ class TrainingLoop:
         }
         # torch.export fails in many ways; the run's checkpoint and metrics stand without a policy file.
         try:
-            write_policy(self.dir, self.policy, evaluator, info)
+            onnx = getattr(self.args, "export_onnx", False)  # PolicyExportArgs
+            write_policy(self.dir, self.policy, evaluator, info, onnx=onnx)
         except Exception as err:
             warnings.warn(
                 f"{self.dir / POLICY_FILE} not written at step {self.step} "

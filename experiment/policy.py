@@ -3,13 +3,16 @@ its observation normalisation and action clipping inside, and `policy.json`, wha
 
 The program maps raw float32 observations (B, obs_dim), any B, to the actions the evaluator sends to the env,
 so it loads with torch alone: ``torch.export.load("policy.pt2").module()(obs)``. `TrainingLoop(..., policy=)`
-writes both files at the end of a run and with every checkpoint; `load_policy` reads them back.
+writes both files at the end of a run and with every checkpoint; `load_policy` reads them back. With
+--export-onnx (`PolicyExportArgs`) the same program is also written as `policy.onnx` for onnxruntime.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,22 @@ from ocrl.files import atomic_path, atomic_write_text, source_commit
 
 POLICY_FILE = "policy.pt2"
 POLICY_INFO = "policy.json"
+ONNX_FILE = "policy.onnx"
 FORMAT = 1
+# policy.onnx is checked against policy.pt2 on this many observations; float actions must agree to
+# ONNX_TOLERANCE (absolute; measured at most 3.6e-7 on tiny runs of every algorithm that exports, see
+# docs/runs.md), integer ones (PDPPO's) exactly.
+ONNX_BATCH = 64
+ONNX_TOLERANCE = 1e-5
+
+
+@dataclass
+class PolicyExportArgs:
+    """The policy-file flags of every algorithm that writes policy.pt2."""
+
+    export_onnx: bool = False
+    """also write policy.onnx, the policy.pt2 program for onnxruntime, checked against it on a batch
+    (optional extra `onnx`); not for a stochastic acting program (EXPO's), whose draws ONNX cannot repeat"""
 
 
 @dataclass
@@ -131,11 +149,73 @@ def _mutates(node: torch.fx.Node) -> bool:
     return node.op in ("placeholder", "output") or (schema is not None and schema.is_mutable)
 
 
+def write_onnx(
+    run_dir: str | Path, exported: torch.export.ExportedProgram, obs_dim: int, stochastic: bool
+) -> dict[str, Any] | None:
+    """Write policy.onnx from `exported` when onnxruntime gives its actions on a batch; else warn, write none
+    (and remove an older one, which would not match policy.pt2). Returns what policy.json records of it."""
+    path = Path(run_dir) / ONNX_FILE
+    try:
+        if stochastic:
+            raise ValueError(
+                "the acting program samples from torch's generator, whose draws ONNX cannot repeat; "
+                f"{POLICY_FILE} holds it"
+            )
+        diff = _save_onnx(exported, obs_dim, path)
+    except Exception as err:  # the exporter fails in many ways; policy.pt2 stands without it
+        path.unlink(missing_ok=True)
+        reason = str(err).splitlines()[0][:200] if str(err) else ""
+        warnings.warn(
+            f"{path} not written ({type(err).__name__}: {reason})", RuntimeWarning, stacklevel=3
+        )
+        return None
+    return {"file": ONNX_FILE, "checked_batch": ONNX_BATCH, "max_abs_diff": diff}
+
+
+def _save_onnx(exported: torch.export.ExportedProgram, obs_dim: int, path: Path) -> float:
+    import onnxruntime
+
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # it lists the torchvision ops it skips, at every export
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                exported, dynamo=True, input_names=["obs"], output_names=["action"], verbose=False
+            )
+    finally:
+        exporter_log.setLevel(level)
+    obs = np.random.default_rng(0).standard_normal((ONNX_BATCH, obs_dim)).astype(np.float32) * 3
+    with torch.no_grad():
+        want = exported.module()(torch.from_numpy(obs)).numpy()
+    with atomic_path(path, suffix=".onnx") as tmp:
+        program.save(tmp, external_data=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = onnxruntime.InferenceSession(str(tmp), options, ["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: obs})[0]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise ValueError(
+                f"onnxruntime gives {got.dtype}{got.shape}, torch {want.dtype}{want.shape}"
+            )
+        diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+        exact = not np.issubdtype(want.dtype, np.floating)
+        if diff > (0.0 if exact else ONNX_TOLERANCE):
+            raise ValueError(f"onnxruntime's actions differ from torch's by up to {diff:.3g}")
+    return diff
+
+
 def write_policy(
-    run_dir: str | Path, acting: Acting | nn.Module, evaluator: Any, info: dict[str, Any]
+    run_dir: str | Path,
+    acting: Acting | nn.Module,
+    evaluator: Any,
+    info: dict[str, Any],
+    onnx: bool = False,
 ) -> Path:
     """Write policy.pt2 (the acting program around `evaluator`'s normalisation and action bounds) and
-    policy.json (`info` plus the env, spaces, evaluation seeds and reference scores) into `run_dir`."""
+    policy.json (`info` plus the env, spaces, evaluation seeds and reference scores) into `run_dir`;
+    with `onnx`, also policy.onnx (`write_onnx`)."""
     acting = acting if isinstance(acting, Acting) else Acting(acting)
     evaluator = getattr(evaluator, "evaluator", evaluator)  # a SnapshotEvaluator's inner one
     if acting.function is not None and evaluator.device.type != "cpu":
@@ -151,6 +231,11 @@ def write_policy(
     run_dir = Path(run_dir)
     with atomic_path(run_dir / POLICY_FILE, suffix=".pt2") as tmp:
         torch.export.save(exported, tmp)
+    onnx_info = None
+    if onnx:
+        onnx_info = write_onnx(run_dir, exported, obs_dim, acting.stochastic)
+    else:  # one from an earlier write (a resumed run) would not match the new policy.pt2
+        (run_dir / ONNX_FILE).unlink(missing_ok=True)
     from ocrl.envs.evaluation import TimeFeature
 
     first_env = evaluator.envs.envs[0]
@@ -165,6 +250,7 @@ def write_policy(
         "env_kwargs_unrecorded": unrecorded,
         "time_feature": isinstance(first_env, TimeFeature),
         "stochastic": acting.stochastic,
+        "onnx": onnx_info,
         "observation_space": _space(obs_space),
         "action_space": _space(evaluator.envs.single_action_space),
         "eval_episodes": evaluator.num_episodes,

@@ -8,15 +8,14 @@ so with the run's settings the mean return is the run's last evaluation return. 
 with the run's reference scores, the D4RL-normalised score; writes eval.json into the run folder. --video
 records MP4s of the first episodes (at most 3) through Gymnasium's RecordVideo: it needs the `video` extra
 (pip install -e '.[video]') and a headless MuJoCo backend (MUJOCO_GL=egl with libegl1, or
-MUJOCO_GL=osmesa with libosmesa6; egl is tried when MUJOCO_GL is unset).
+MUJOCO_GL=osmesa with libosmesa6; egl is tried when MUJOCO_GL is unset and there is no display).
+--onnx evaluates the run's policy.onnx (--export-onnx) with onnxruntime instead (the `onnx` extra).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +42,8 @@ class Args:
     """folder for MP4s of the first (at most 3) episodes; needs the `video` extra and EGL or OSMesa"""
     progress: bool = True
     """show a progress bar of environment steps"""
+    onnx: bool = False
+    """evaluate policy.onnx (written by --export-onnx) with onnxruntime instead of policy.pt2"""
 
 
 class InputError(UsageError):
@@ -92,6 +93,33 @@ class _Counting:
         return self.policy(obs)
 
 
+def onnx_policy(run_dir: Path):
+    """policy.onnx of a run under onnxruntime, as a function of float32 torch observations."""
+    import numpy as np
+    import torch
+
+    from ocrl.experiment.policy import ONNX_FILE
+
+    if not (run_dir / ONNX_FILE).is_file():
+        raise InputError(
+            f"--onnx: {run_dir} holds no {ONNX_FILE}; train with --export-onnx, or evaluate policy.pt2 "
+            "without --onnx"
+        )
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError("--onnx needs onnxruntime: pip install -e '.[onnx]'") from None
+    session = onnxruntime.InferenceSession(
+        str(run_dir / ONNX_FILE), providers=["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: np.asarray(obs.cpu(), np.float32)})[0])
+
+    return act
+
+
 def evaluate(
     run_dir: Path,
     episodes: int | None = None,
@@ -99,16 +127,15 @@ def evaluate(
     seed: int | None = None,
     video: Path | None = None,
     progress: bool = True,
+    onnx: bool = False,
 ) -> dict:
     """Evaluate the run's policy; write and return eval.json's contents."""
     info = read_info(run_dir)
-    import gymnasium as gym
     from tqdm import tqdm
 
     from ocrl.envs.evaluation import (
         Evaluator,
         TimeFeature,
-        episode_seeds,
         make_env,
         reference_scores,
     )
@@ -120,7 +147,6 @@ def evaluate(
     env_id = env_id or info["env_id"]
     episodes = episodes or info["eval_episodes"]
     seed = info["seed"] if seed is None else seed
-    seeds = episode_seeds(seed, episodes)
     missing = info.get("env_kwargs_unrecorded") or []
     if missing and env_id == info["env_id"]:
         raise InputError(
@@ -135,7 +161,7 @@ def evaluate(
     check_fits(info, probe, env_id)
     max_steps = (probe.spec.max_episode_steps if probe.spec else None) or 1000
     probe.close()
-    policy = load_policy(run_dir)
+    act = onnx_policy(run_dir) if onnx else load_policy(run_dir).module
     # The run's reference scores on its env; D4RL's for another version of a D4RL domain, else none.
     if env_id == info["env_id"]:
         lo, hi = info.get("ref_min_score"), info.get("ref_max_score")
@@ -149,34 +175,18 @@ def evaluate(
                 "--video needs moviepy, which Gymnasium's RecordVideo writes MP4s with: "
                 "pip install -e '.[video]'"
             ) from None
-        # Headless MuJoCo rendering; an explicit MUJOCO_GL (osmesa) wins.
-        os.environ.setdefault("MUJOCO_GL", "egl")
-        kwargs["render_mode"] = "rgb_array"
-        made = []
-
-        def wrap_recorded(env, inner=wrap):
-            env = inner(env)
-            made.append(env)
-            if len(made) > VIDEO_EPISODES:
-                return env
-            # Only the first episode of each env: the vector env resets a finished one and steps it on.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
-                return gym.wrappers.RecordVideo(
-                    env, str(video), episode_trigger=lambda n: n == 0,
-                    name_prefix=f"seed-{seeds[len(made) - 1]}", disable_logger=True,
-                )  # fmt: skip
-
-        wrap = wrap_recorded
     # ocrl's Evaluator, as in the run: the same vector env, seeds and batch, so the same returns.
     evaluator = Evaluator(
         env_id, episodes, seed, ref_min_score=lo, ref_max_score=hi, env_wrapper=wrap,
         env_kwargs=kwargs,
     )  # fmt: skip
+    if video is not None:
+        # The first episodes, as --capture-video records a run's: seed-<seed>-episode-0.mp4.
+        evaluator.record_video(video, episodes=min(VIDEO_EPISODES, episodes))
     bar = tqdm(total=max_steps, desc="steps", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        result = evaluator(_Counting(policy.module, bar))
+        result = evaluator(_Counting(act, bar), video_name="seed-{seed}-episode-0")
     finally:
         evaluator.close()
         bar.close()
@@ -185,6 +195,7 @@ def evaluate(
         "env_id": env_id, "episodes": episodes, "seed": seed, **result,
         "ref_min_score": lo, "ref_max_score": hi, "wall_time_s": round(elapsed, 3),
         "video": str(video) if video is not None else None,
+        "policy_file": "policy.onnx" if onnx else "policy.pt2",
     }  # fmt: skip
     atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2))
     score = result["normalized_score"]
@@ -203,7 +214,9 @@ def evaluate(
 def main(args: Args) -> dict:
     """Evaluate args.run_dir's policy as the flags say; the result is also in eval.json."""
     video = Path(args.video) if args.video is not None else None
-    return evaluate(Path(args.run_dir), args.episodes, args.env_id, args.seed, video, args.progress)
+    return evaluate(
+        Path(args.run_dir), args.episodes, args.env_id, args.seed, video, args.progress, args.onnx
+    )
 
 
 if __name__ == "__main__":

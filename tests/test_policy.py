@@ -153,6 +153,7 @@ def run_evaluate(*argv: str, env: dict | None = None) -> subprocess.CompletedPro
         ("missing", "is not a folder"),
         ("Pendulum-v1", "do not fit the policy's"),
         ("Hoper-v4", "not a registered Gymnasium id"),
+        ("--onnx", "holds no policy.onnx; train with --export-onnx"),
     ],
 )
 def test_evaluate_bad_input_is_one_line_exit_2(case, expected, finished_td3_bc, tmp_path):
@@ -160,6 +161,8 @@ def test_evaluate_bad_input_is_one_line_exit_2(case, expected, finished_td3_bc, 
         argv = [str(tmp_path)]
     elif case == "missing":
         argv = [str(tmp_path / "nope")]
+    elif case == "--onnx":
+        argv = [str(finished_td3_bc), "--onnx"]
     else:
         argv = [str(finished_td3_bc), "--env-id", case]
     proc = run_evaluate(*argv)
