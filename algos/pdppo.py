@@ -60,7 +60,16 @@ from torch import nn
 from ocrl.data import EpisodeCurve, RolloutBuffer, discounted_returns, explained_variance
 from ocrl.envs import Evaluator
 from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, instance_from_flag
-from ocrl.experiment import Agent, RunArgs, TrainingLoop, UsageError, check_args, run_cli, start_run
+from ocrl.experiment import (
+    Agent,
+    PolicyExportArgs,
+    RunArgs,
+    TrainingLoop,
+    UsageError,
+    check_args,
+    run_cli,
+    start_run,
+)
 from ocrl.nets import MLP, xavier_init
 
 PRESETS: dict[str, dict] = {
@@ -79,7 +88,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs):
+class Args(RunArgs, PolicyExportArgs):
     instance: str = "25x10"
     """published setting (15x5, 20x10, 25x10, 25x15; its JSON from --instance-dir or $OCRL_LOT_SIZING_DIR), a path to an instance JSON, or 'generated' (--n-items x --n-machines, --instance-seed)"""
     instance_dir: str | None = None

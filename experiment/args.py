@@ -21,7 +21,16 @@ ArgsT = TypeVar("ArgsT")
 
 
 @dataclass
-class OfflineArgs:
+class PolicyExportArgs:
+    """The policy-file flags of every algorithm that writes policy.pt2."""
+
+    export_onnx: bool = False
+    """also write policy.onnx, the policy.pt2 program for onnxruntime, checked against it on a batch
+    (optional extra `onnx`); not for a stochastic acting program (EXPO's), whose draws ONNX cannot repeat"""
+
+
+@dataclass
+class OfflineArgs(PolicyExportArgs):
     """An offline algorithm's data, its evaluation and its checkpoints; its steps are gradient updates."""
 
     dataset: str = "ocrl/hopper/medium-v0"
@@ -45,7 +54,7 @@ class OfflineArgs:
 
 
 @dataclass
-class OnlineArgs:
+class OnlineArgs(PolicyExportArgs):
     """An online algorithm's evaluation, logging and videos; its steps are environment steps."""
 
     eval_every: int = 5_000

@@ -4,7 +4,7 @@ its observation normalisation and action clipping inside, and `policy.json`, wha
 The program maps raw float32 observations (B, obs_dim), any B, to the actions the evaluator sends to the env,
 so it loads with torch alone: ``torch.export.load("policy.pt2").module()(obs)``. `TrainingLoop(..., policy=)`
 writes both files at the end of a run and with every checkpoint; `load_policy` reads them back. With
---export-onnx (`PolicyExportArgs`) the same program is also written as `policy.onnx` for onnxruntime.
+--export-onnx (`PolicyExportArgs`, ocrl.experiment.args) the same program is also written as `policy.onnx` for onnxruntime.
 """
 
 from __future__ import annotations
@@ -34,15 +34,6 @@ FORMAT = 1
 # docs/runs.md), integer ones (PDPPO's) exactly.
 ONNX_BATCH = 64
 ONNX_TOLERANCE = 1e-5
-
-
-@dataclass
-class PolicyExportArgs:
-    """The policy-file flags of every algorithm that writes policy.pt2."""
-
-    export_onnx: bool = False
-    """also write policy.onnx, the policy.pt2 program for onnxruntime, checked against it on a batch
-    (optional extra `onnx`); not for a stochastic acting program (EXPO's), whose draws ONNX cannot repeat"""
 
 
 @dataclass

@@ -3,11 +3,9 @@ none (a warning) for a stochastic program or one that disagrees; without the ext
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import json
-import types
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from test_conventions import ALGOS
 from test_policy import capture_finish, evaluate, evaluator_actions
 
 from ocrl.experiment import policy as policy_module
-from ocrl.experiment.policy import ONNX_TOLERANCE, PolicyExportArgs
+from ocrl.experiment.policy import ONNX_TOLERANCE
 
 
 def need_extra() -> None:
@@ -26,17 +24,12 @@ def need_extra() -> None:
         pytest.importorskip(module, reason="the optional extra `onnx` is not installed")
 
 
-def with_export_flag(args_class: type) -> type:
-    """`args_class` with PolicyExportArgs' fields (a no-op once they are in the algorithms' base Args)."""
-    return dataclasses.make_dataclass(args_class.__name__, [], bases=(args_class, PolicyExportArgs))
-
-
 def onnx_run(name: str, data: str, run_dir: Path, monkeypatch, **over) -> tuple[object, object]:
     """A tiny run of algorithm `name` with --export-onnx: the evaluator and policy it finished with."""
     module = importlib.import_module(f"ocrl.algos.{name}")
     flags = {k: (data if v == "{data}" else v) for k, v in ALGOS[name][0].items()}
     flags.update(eval_episodes=2, run_dir=str(run_dir), progress=False, **over)
-    args = with_export_flag(module.Args)(export_onnx=True, **flags)
+    args = module.Args(export_onnx=True, **flags)
     seen = capture_finish(monkeypatch)
     module.main(args)
     return seen["evaluator"], seen["policy"]
@@ -119,14 +112,9 @@ def test_export_onnx_without_the_extra_is_one_line_exit_2(
         "find_spec",
         lambda name, *a: None if name == "onnxruntime" else real(name, *a),
     )
-    with_flag = types.SimpleNamespace(
-        Args=with_export_flag(td3_bc.Args),
-        main=td3_bc.main,
-        PRESETS=getattr(td3_bc, "PRESETS", None),
-    )
     run_dir = tmp_path / "run"
     argv = ["--export-onnx", "--dataset", hopper_random_file, "--run-dir", str(run_dir)]
-    code, err = run_algorithm(with_flag, argv + ["--no-progress"])
+    code, err = run_algorithm(td3_bc, argv + ["--no-progress"])
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "--export-onnx" in err and "onnxruntime" in err and "pip install -e '.[onnx]'" in err
     assert not run_dir.exists()
