@@ -58,15 +58,14 @@ from ocrl.experiment import (
     check_finite,
     cli,
     friendly_errors,
-    load_checkpoint,
     pick_device,
     resume_args,
     save_checkpoint,
     seed_everything,
 )
-from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
+from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, GaussianActor, polyak_update
 from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
-from ocrl.nets.diffusion import DiffusionNormalizer, EDMTrainer, build_network, model_state
+from ocrl.nets.diffusion import bf16_autocast, fit_model, model_state
 
 PRESETS: dict[str, dict] = {
     # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256),
@@ -200,32 +199,6 @@ class Args:
 
 
 # ------------------------------------------------------------------------------------------- actors
-class GaussianActor(nn.Module):
-    """PGD's IQL actor: Normal(bias + scale tanh(MLP(s)), exp(clip(log_std, -20, 2))), log_std one parameter."""
-
-    def __init__(self, obs_dim, act_dim, hidden, action_low, action_high) -> None:
-        super().__init__()
-        self.net = MLP(obs_dim, act_dim, hidden)
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
-        low, high = (torch.as_tensor(x, dtype=torch.float32) for x in (action_low, action_high))
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
-
-    def mean(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.action_bias + self.action_scale * torch.tanh(self.net(obs))
-
-    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """sum_j log Normal(a_j; mean_j(s), std_j) over the last axis, on the squashed action (no Jacobian)."""
-        log_std = self.log_std.clamp(-20.0, 2.0)
-        z = (actions - self.mean(obs)) / log_std.exp()
-        return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """The mean action, used at evaluation time."""
-        return self.mean(obs)
-
-
 def policy_log_prob(
     agent_name: str, actor: nn.Module, obs: torch.Tensor, actions: torch.Tensor
 ) -> torch.Tensor:
@@ -340,29 +313,21 @@ class IQL(Agent):
 
 
 # -------------------------------------------------------------------------------- the trajectory model
+MAKE_MODEL = "`python algos/diffusion.py --preset pgd-unguided --dataset <data>`"
+
+
 def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) -> TrajectoryModel:
     """Read the model.pt that algos/diffusion.py --level trajectory wrote; a UsageError/CheckpointError if not one."""
-    make = "python algos/diffusion.py --preset pgd-unguided --dataset <data>"
+    fix = f"{MAKE_MODEL} writes model.pt in its run folder, or train one here with --diffusion-steps N"
     if path is None:
-        raise UsageError(
-            f"--diffusion-model: required; train the trajectory model first with `{make}` and pass "
-            "the model.pt in its run folder, or train one here with --diffusion-steps N"
-        )
+        raise UsageError(f"--diffusion-model: required; {fix}")
     try:
-        state = load_checkpoint(path, "cpu")
+        return TrajectoryModel.load(path, device, bf16_autocast(bf16, device), "trajectory")
     except FileNotFoundError:
-        raise UsageError(
-            f"--diffusion-model {path}: no such file; `{make}` writes model.pt in its run folder"
-        ) from None
-    autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
-    try:
-        if state.get("level") != "trajectory":
-            raise ValueError(f"level {state.get('level')!r}, not 'trajectory'")
-        return TrajectoryModel.from_state(state, device, autocast)
-    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--diffusion-model {path}: no such file; {fix}") from None
+    except ValueError as e:
         raise CheckpointError(
-            f"--diffusion-model {path}: not a trajectory diffusion model ({e}); train one with "
-            f"`{make}`"
+            f"--diffusion-model {path}: not a trajectory diffusion model ({e}); train one with {MAKE_MODEL}"
         ) from e
 
 
@@ -372,39 +337,29 @@ def train_trajectory_model(
 ) -> TrajectoryModel:  # fmt: skip
     """PGD's unguided model, trained as algos/diffusion.py --preset pgd-unguided trains it, written to `path`."""
     rows = torch.from_numpy(trajectory_rows(dataset, args.trajectory_length, args.window_stride))
-    # PGD z-scores every channel, done included.
-    normalizer = DiffusionNormalizer.fit(rows).to(device)
-    data = normalizer.normalize(rows.to(device))
     kwargs = dict(
         channels=rows.shape[-1], features=args.unet_features, num_blocks=args.unet_blocks,
         groupnorm="per-timestep",
     )  # fmt: skip
+    print(f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows")
     # Its own stream from --seed: the agent's draws are the same whether the model is trained or reloaded.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(args.seed)
-        network = build_network("unet", kwargs).to(device)
-        trainer = EDMTrainer(
-            network, lr=args.diffusion_lr, total_steps=args.diffusion_steps, adam_beta2=0.999,
-            lr_schedule="warmup-cosine", grad_clip=0.0, ema_warmup="plain",
-            autocast_dtype=torch.bfloat16 if args.bf16 and device.type == "cuda" else None,
-        )  # fmt: skip
-        print(
-            f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows: "
-            f"U-Net with {sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters"
-        )
-        trainer.fit(
-            data, args.diffusion_steps, args.diffusion_batch_size, args.log_every,
-            lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
-            args.progress, "trajectory model",
-        )  # fmt: skip
+    trainer, normalizer = fit_model(
+        rows, "unet", kwargs, device, steps=args.diffusion_steps,
+        batch_size=args.diffusion_batch_size, log_every=args.log_every, seed=args.seed,
+        on_log=lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
+        progress=args.progress, desc="trajectory model", lr=args.diffusion_lr,
+        total_steps=args.diffusion_steps, adam_beta2=0.999, lr_schedule="warmup-cosine",
+        grad_clip=0.0, ema_warmup="plain", autocast_dtype=bf16_autocast(args.bf16, device),
+    )  # fmt: skip
     meta = {"env_id": env_id, "dataset": dataset.name, "trajectory_length": args.trajectory_length}
     state = model_state(
         "unet", kwargs, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
         **meta,
     )  # fmt: skip
     save_checkpoint(path, state)
-    print(f"wrote the trajectory model to {path}")
-    return load_trajectory_model(str(path), device, args.bf16)
+    params = sum(p.numel() for p in trainer.ema.ema_model.parameters()) / 1e6
+    print(f"wrote the trajectory model (U-Net, {params:.2f}M parameters) to {path}")
+    return TrajectoryModel.from_state(state, device, bf16_autocast(args.bf16, device))
 
 
 def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float]:
