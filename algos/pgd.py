@@ -316,19 +316,19 @@ class IQL(Agent):
 MAKE_MODEL = "`python algos/diffusion.py --preset pgd-unguided --dataset <data>`"
 
 
-def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) -> TrajectoryModel:
-    """Read the model.pt that algos/diffusion.py --level trajectory wrote; a UsageError/CheckpointError if not one."""
+def load_trajectory_model(
+    path: str | None, device: torch.device, bf16: bool, dims: tuple[int, int] | None = None
+) -> TrajectoryModel:
+    """Read the model.pt that algos/diffusion.py --level trajectory wrote (of obs/act `dims` when given)."""
     fix = f"{MAKE_MODEL} writes model.pt in its run folder, or train one here with --diffusion-steps N"
     if path is None:
         raise UsageError(f"--diffusion-model: required; {fix}")
     try:
-        return TrajectoryModel.load(path, device, bf16_autocast(bf16, device), "trajectory")
+        return TrajectoryModel.load(path, device, bf16_autocast(bf16, device), "trajectory", dims)
     except FileNotFoundError:
         raise UsageError(f"--diffusion-model {path}: no such file; {fix}") from None
     except ValueError as e:
-        raise CheckpointError(
-            f"--diffusion-model {path}: not a trajectory diffusion model ({e}); train one with {MAKE_MODEL}"
-        ) from e
+        raise CheckpointError(f"--diffusion-model {path}: {e}; train one with {MAKE_MODEL}") from e
 
 
 def train_trajectory_model(
@@ -434,11 +434,10 @@ def sample_trajectories(
 ) -> torch.Tensor:  # fmt: skip
     """`num_synth_trajectories` un-normalised windows (n, rows, channels); guided when `guidance` is given."""
     n, size = args.num_synth_trajectories, args.sample_batch_size
-    draws = model.sample(
+    return torch.cat(list(model.sample(
         [min(size, n - i) for i in range(0, n, size)], args.sample_steps, rows, device=device,
         generator=generator, pre_step=guidance, euler_origin=args.euler_origin, churn=args.churn,
-    )  # fmt: skip
-    return torch.cat(list(draws))
+    )))  # fmt: skip
 
 
 def regeneration_seed(seed: int, index: int) -> int:
@@ -450,18 +449,17 @@ def check_pgd_args(args: Args) -> None:
     counts = ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every")
     counts += ("critic_updates",) + ("num_rollout_steps",) * (args.num_rollout_steps is not None)
     counts += ("synth_dataset_lifetime", "num_synth_trajectories", "sample_batch_size")
-    if args.diffusion_steps != 0:  # check_args refuses every non-finite float and lr <= 0
-        counts += ("diffusion_steps", "unet_features", "unet_blocks", "window_stride")
-        counts += ("diffusion_batch_size",)
-    check_args(args, counts)
-    if args.diffusion_steps != 0 and args.diffusion_model is not None:
+    training = args.diffusion_steps != 0  # check_args refuses every non-finite float and lr <= 0
+    counts += ("diffusion_steps", "unet_features", "unet_blocks", "window_stride") * training
+    check_args(args, counts + ("diffusion_batch_size",) * training)
+    if training and args.diffusion_model is not None:
         raise UsageError(
             f"--diffusion-model {args.diffusion_model} and --diffusion-steps "
             f"{args.diffusion_steps}: give one (load a model, or train one here)"
         )
-    if args.diffusion_steps != 0 and args.trajectory_length < 2:
+    if training and args.trajectory_length < 2:
         raise UsageError(f"--trajectory-length {args.trajectory_length}: a window needs >= 2 rows")
-    if args.diffusion_steps != 0 and (args.unet_features % 8 or args.unet_features < 16):
+    if training and (args.unet_features % 8 or args.unet_features < 16):
         raise UsageError(f"--unet-features {args.unet_features}: a multiple of 8, at least 16")
     if not 0 <= args.synth_batch_size <= args.batch_size:
         raise UsageError(
@@ -479,13 +477,8 @@ def check_pgd_args(args: Args) -> None:
 def given_model(args: Args, task: OfflineTask, device: torch.device) -> TrajectoryModel | None:
     """The --diffusion-model, its dims checked; None when --diffusion-steps trains one (its windows checked)."""
     if args.diffusion_steps == 0:
-        model = load_trajectory_model(args.diffusion_model, device, args.bf16)
-        if (model.obs_dim, model.act_dim) != (task.obs_dim, task.act_dim):
-            raise UsageError(
-                f"--diffusion-model {args.diffusion_model} was trained on obs/act dims {model.obs_dim}/"
-                f"{model.act_dim}, dataset '{args.dataset}' has {task.obs_dim}/{task.act_dim}"
-            )
-        return model
+        dims = (task.obs_dim, task.act_dim)
+        return load_trajectory_model(args.diffusion_model, device, args.bf16, dims)
     length, stride = args.trajectory_length, args.window_stride
     # Checked before the run folder is made.
     if args.synth_batch_size > 0 and len(trajectory_windows(task.dataset, length, stride)) == 0:
@@ -494,16 +487,6 @@ def given_model(args: Args, task: OfflineTask, device: torch.device) -> Trajecto
             "that long; use shorter windows"
         )
     return None
-
-
-def run_folder_model(
-    args: Args, task: OfflineTask, device: torch.device, loop: TrainingLoop
-) -> tuple[TrajectoryModel, Path]:
-    """The model --diffusion-steps trains into the run folder; a resumed run reloads the one it trained."""
-    path = loop.dir / "model.pt"
-    if path.exists():
-        return load_trajectory_model(str(path), device, args.bf16), path
-    return train_trajectory_model(args, task.dataset, task.env_id, device, path, loop.run), path
 
 
 def main(args: Args) -> dict:
@@ -522,18 +505,23 @@ def main(args: Args) -> dict:
     agent = agent_cls(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
     # A checkpoint part: a resumed run continues on the same synthetic set.
     synthetic = agent.synthetic = SyntheticSet(device)
-    obs_mean = obs_std = None
-    if task.obs_mean is not None:
-        obs_mean = torch.as_tensor(task.obs_mean, dtype=torch.float32, device=device)
-        obs_std = torch.as_tensor(task.obs_std, dtype=torch.float32, device=device)
+    obs_mean, obs_std = (
+        None if x is None else torch.as_tensor(x, dtype=torch.float32, device=device)
+        for x in (task.obs_mean, task.obs_std)
+    )  # fmt: skip
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
     loop = TrainingLoop(
         "pgd", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
         policy=agent.actor,
     )  # fmt: skip
-    model_path = args.diffusion_model
-    if model is None and args.synth_batch_size > 0:
-        model, model_path = run_folder_model(args, task, device, loop)
+    # --synth-batch-size 0 (the real-data baseline with PGD's agent) generates nothing.
+    use_synthetic, model_path = args.synth_batch_size > 0, args.diffusion_model
+    if model is None and use_synthetic:  # --diffusion-steps trains it once; a resume reloads it
+        model_path = loop.dir / "model.pt"
+        model = (
+            load_trajectory_model(str(model_path), device, args.bf16) if model_path.exists()
+            else train_trajectory_model(args, task.dataset, task.env_id, device, model_path, loop.run)
+        )  # fmt: skip
     rows = None if model is None else (args.num_rollout_steps or model.trajectory_length - 1) + 1
 
     def generate(index: int, guided: bool) -> float:
@@ -549,8 +537,6 @@ def main(args: Args) -> dict:
         return time.perf_counter() - start
 
     # The initial set is unguided; a resumed run has restored its set from the checkpoint.
-    # --synth-batch-size 0 (the real-data baseline with PGD's agent) generates nothing.
-    use_synthetic = args.synth_batch_size > 0
     if loop.step == 0 and use_synthetic:
         seconds = generate(0, guided=False)
         print(f"generated {len(synthetic.buffer)} synthetic transitions in {seconds:.1f} s")

@@ -203,23 +203,31 @@ class DiffusionModel:
     @classmethod
     def load(
         cls, path: str | Path, device: torch.device | str, autocast_dtype: torch.dtype | None = None,
-        level: str | None = None,
+        level: str | None = None, dims: tuple[int, int] | None = None,
     ) -> DiffusionModel:  # fmt: skip
-        """The model of a model.pt file (of `level` when given); FileNotFoundError, or ValueError naming what is wrong."""
+        """The model of a model.pt file, of `level` and (obs_dim, act_dim) `dims` when given;
+        FileNotFoundError, or ValueError naming what is wrong."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"no such file: {path}")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for truncated or foreign files
-            raise ValueError(f"unreadable ({type(e).__name__})") from None
+            raise ValueError(
+                f"not a diffusion model file (unreadable: {type(e).__name__})"
+            ) from None
         if not isinstance(state, dict):
-            raise ValueError("not a diffusion model file (not a dict)")
+            raise ValueError("not a diffusion model file")
         if level is not None and state.get("level") != level:
-            raise ValueError(f"level {state.get('level')!r}, not {level!r}")
+            raise ValueError(f"not a {level} diffusion model (level {state.get('level')!r})")
         try:
-            return cls.from_state(state, device, autocast_dtype)
+            model = cls.from_state(state, device, autocast_dtype)
         except (KeyError, TypeError) as e:
             raise ValueError(f"the file is damaged ({type(e).__name__}: {e})") from e
+        if dims is not None and (model.obs_dim, model.act_dim) != tuple(dims):
+            raise ValueError(
+                f"trained on obs/act dims {model.obs_dim}/{model.act_dim}, the data has {dims[0]}/{dims[1]}"
+            )
+        return model
 
     def sample(
         self, sizes: Iterable[int], steps: int, rows: int | None = None, *,
