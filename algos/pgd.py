@@ -337,28 +337,26 @@ def train_trajectory_model(
 ) -> TrajectoryModel:  # fmt: skip
     """PGD's unguided model, trained as algos/diffusion.py --preset pgd-unguided trains it, written to `path`."""
     rows = torch.from_numpy(trajectory_rows(dataset, args.trajectory_length, args.window_stride))
-    kwargs = dict(
+    unet = dict(
         channels=rows.shape[-1], features=args.unet_features, num_blocks=args.unet_blocks,
         groupnorm="per-timestep",
     )  # fmt: skip
     print(f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows")
     # Its own stream from --seed: the agent's draws are the same whether the model is trained or reloaded.
     trainer, normalizer = fit_model(
-        rows, "unet", kwargs, device, steps=args.diffusion_steps,
+        rows, "unet", unet, device, steps=args.diffusion_steps,
         batch_size=args.diffusion_batch_size, log_every=args.log_every, seed=args.seed,
         on_log=lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
         progress=args.progress, desc="trajectory model", lr=args.diffusion_lr,
         total_steps=args.diffusion_steps, adam_beta2=0.999, lr_schedule="warmup-cosine",
         grad_clip=0.0, ema_warmup="plain", autocast_dtype=bf16_autocast(args.bf16, device),
     )  # fmt: skip
-    meta = {"env_id": env_id, "dataset": dataset.name, "trajectory_length": args.trajectory_length}
     state = model_state(
-        "unet", kwargs, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
-        **meta,
+        "unet", unet, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
+        env_id=env_id, dataset=dataset.name, trajectory_length=args.trajectory_length,
     )  # fmt: skip
     save_checkpoint(path, state)
-    params = sum(p.numel() for p in trainer.ema.ema_model.parameters()) / 1e6
-    print(f"wrote the trajectory model (U-Net, {params:.2f}M parameters) to {path}")
+    print(f"wrote the trajectory model to {path}")
     return TrajectoryModel.from_state(state, device, bf16_autocast(args.bf16, device))
 
 
@@ -526,9 +524,8 @@ def main(args: Args) -> dict:
 
     def generate(index: int, guided: bool) -> float:
         start = time.perf_counter()
-        guide = None
-        if guided and args.guidance_coef != 0.0:
-            guide = Guidance(args, model, agent.actor, obs_mean, obs_std)
+        guided = guided and args.guidance_coef != 0.0
+        guide = Guidance(args, model, agent.actor, obs_mean, obs_std) if guided else None
         gen = torch.Generator(device).manual_seed(regeneration_seed(args.seed, index))
         windows = sample_trajectories(model, args, rows, gen, device, guide)
         synthetic.fill(
