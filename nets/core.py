@@ -206,9 +206,9 @@ class DeterministicActor(nn.Module):
         return self(obs)
 
 
-class GaussianActor(nn.Module):
-    """Normal(bias + scale tanh(MLP(s)), exp(clip(log_std, -20, 2))) with one state-independent log-std vector
-    (PGD's IQL actor); `log_prob` is the density of the squashed action itself, without a tanh Jacobian."""
+class GaussianActor(DeterministicActor):
+    """Normal(DeterministicActor(s), exp(clip(log_std, -20, 2))) with one state-independent log-std vector (PGD's
+    IQL actor); `log_prob` is the density of the squashed action itself, without a tanh Jacobian."""
 
     def __init__(
         self,
@@ -218,27 +218,14 @@ class GaussianActor(nn.Module):
         action_low: float | Sequence[float] = -1.0,
         action_high: float | Sequence[float] = 1.0,
     ) -> None:
-        super().__init__()
-        self.net = MLP(obs_dim, act_dim, hidden)
+        super().__init__(obs_dim, act_dim, hidden, action_low, action_high)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
-        scale, bias = _action_bounds(act_dim, action_low, action_high)
-        self.register_buffer("action_scale", scale)
-        self.register_buffer("action_bias", bias)
-
-    def mean(self, obs: torch.Tensor) -> torch.Tensor:
-        """The mean action bias + scale tanh(MLP(s))."""
-        return self.action_bias + self.action_scale * torch.tanh(self.net(obs))
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """sum_j log Normal(a_j; mean_j(s), std_j) over the last axis (the leading axes are kept)."""
         log_std = self.log_std.clamp(-20.0, 2.0)
-        z = (actions - self.mean(obs)) / log_std.exp()
+        z = (actions - self(obs)) / log_std.exp()
         return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """The mean action, used at evaluation time."""
-        return self.mean(obs)
 
 
 class TanhGaussianActor(nn.Module):
