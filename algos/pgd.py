@@ -342,7 +342,8 @@ def train_trajectory_model(
         groupnorm="per-timestep",
     )  # fmt: skip
     print(f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows")
-    # Its own stream from --seed: the agent's draws are the same whether the model is trained or reloaded.
+    # Every channel z-scored, done included (PGD's); its own stream from --seed: the agent's draws are the
+    # same whether the model is trained or reloaded.
     trainer, normalizer = fit_model(
         rows, "unet", unet, device, steps=args.diffusion_steps,
         batch_size=args.diffusion_batch_size, log_every=args.log_every, seed=args.seed,
