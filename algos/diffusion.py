@@ -67,7 +67,6 @@ from ocrl.experiment import (
     TrainingLoop,
     UsageError,
     check_args,
-    load_checkpoint,
     run_cli,
     save_checkpoint,
     start_run,
@@ -76,6 +75,7 @@ from ocrl.nets.diffusion import (
     DiffusionModel,
     DiffusionNormalizer,
     EDMTrainer,
+    bf16_autocast,
     build_network,
     model_state,
 )
@@ -211,7 +211,7 @@ class Diffusion(EDMTrainer, Agent):
             network.to(device), lr=args.lr, total_steps=args.total_steps,
             adam_beta2=args.adam_beta2, lr_schedule=args.lr_schedule, grad_clip=args.grad_clip,
             ema_decay=args.ema_decay, ema_every=args.ema_every, ema_warmup=args.ema_warmup,
-            autocast_dtype=torch.bfloat16 if args.bf16 and device.type == "cuda" else None,
+            autocast_dtype=bf16_autocast(args.bf16, device),
         )  # fmt: skip
         self.normalizer = normalizer.to(device)
 
@@ -252,16 +252,17 @@ def train(args: Args, source: OfflineDataset, real: Transitions, device, np_rng)
     return model, loop, rows, path
 
 
-def load_model(path: str, device: torch.device, bf16: bool) -> DiffusionModel:
-    """The model of a model.pt; CheckpointError when it is not one."""
-    state = load_checkpoint(Path(path), "cpu")
-    autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
+def load_model(
+    path: str, device: torch.device, bf16: bool, dims: tuple[int, int]
+) -> DiffusionModel:
+    """The model of a model.pt of the data's (obs_dim, act_dim); UsageError/CheckpointError when it is not one."""
+    fix = "pass the model.pt that algos/diffusion.py wrote in its run folder (of this dataset)"
     try:
-        return DiffusionModel.from_state(state, device, autocast)
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"--model {path}: {e}; pass the model.pt that algos/diffusion.py wrote in its run folder"
-        ) from e
+        return DiffusionModel.load(path, device, bf16_autocast(bf16, device), dims=dims)
+    except FileNotFoundError:
+        raise UsageError(f"--model {path}: no such file; {fix}") from None
+    except ValueError as e:
+        raise CheckpointError(f"--model {path}: {e}; {fix}") from e
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -325,12 +326,7 @@ def main(args: Args) -> dict:
     real = source.transitions()
 
     if args.model is not None:  # sample from a saved model
-        model = load_model(args.model, device, args.bf16)
-        if (model.obs_dim, model.act_dim) != (source.obs_dim, source.act_dim):
-            raise UsageError(
-                f"--model {args.model} was trained on obs/act dims {model.obs_dim}/{model.act_dim}, "
-                f"dataset '{args.dataset}' has {source.obs_dim}/{source.act_dim}; pass its dataset"
-            )
+        model = load_model(args.model, device, args.bf16, (source.obs_dim, source.act_dim))
         args.level = model.level
         args.trajectory_length = model.trajectory_length or args.trajectory_length
         run = Run("diffusion", source.name, args.seed, args, args.run_dir, args.overwrite)

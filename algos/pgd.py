@@ -58,14 +58,13 @@ from ocrl.experiment import (
     UsageError,
     check_args,
     check_finite,
-    load_checkpoint,
     run_cli,
     save_checkpoint,
     start_run,
 )
-from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
+from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, GaussianActor, polyak_update
 from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
-from ocrl.nets.diffusion import DiffusionNormalizer, EDMTrainer, build_network, model_state
+from ocrl.nets.diffusion import bf16_autocast, fit_model, model_state
 
 PRESETS: dict[str, dict] = {
     # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256),
@@ -164,32 +163,6 @@ class Args(RunArgs, OfflineArgs):
 
 
 # ------------------------------------------------------------------------------------------- actors
-class GaussianActor(nn.Module):
-    """PGD's IQL actor: Normal(bias + scale tanh(MLP(s)), exp(clip(log_std, -20, 2))), log_std one parameter."""
-
-    def __init__(self, obs_dim, act_dim, hidden, action_low, action_high) -> None:
-        super().__init__()
-        self.net = MLP(obs_dim, act_dim, hidden)
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
-        low, high = (torch.as_tensor(x, dtype=torch.float32) for x in (action_low, action_high))
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
-
-    def mean(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.action_bias + self.action_scale * torch.tanh(self.net(obs))
-
-    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """sum_j log Normal(a_j; mean_j(s), std_j) over the last axis, on the squashed action (no Jacobian)."""
-        log_std = self.log_std.clamp(-20.0, 2.0)
-        z = (actions - self.mean(obs)) / log_std.exp()
-        return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """The mean action, used at evaluation time."""
-        return self.mean(obs)
-
-
 def policy_log_prob(
     agent_name: str, actor: nn.Module, obs: torch.Tensor, actions: torch.Tensor
 ) -> torch.Tensor:
@@ -304,30 +277,22 @@ class IQL(Agent):
 
 
 # -------------------------------------------------------------------------------- the trajectory model
-def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) -> TrajectoryModel:
-    """Read the model.pt that algos/diffusion.py --level trajectory wrote; a UsageError/CheckpointError if not one."""
-    make = "python algos/diffusion.py --preset pgd-unguided --dataset <data>"
+MAKE_MODEL = "`python algos/diffusion.py --preset pgd-unguided --dataset <data>`"
+
+
+def load_trajectory_model(
+    path: str | None, device: torch.device, bf16: bool, dims: tuple[int, int] | None = None
+) -> TrajectoryModel:
+    """Read the model.pt that algos/diffusion.py --level trajectory wrote (of obs/act `dims` when given)."""
+    fix = f"{MAKE_MODEL} writes model.pt in its run folder, or train one here with --diffusion-steps N"
     if path is None:
-        raise UsageError(
-            f"--diffusion-model: required; train the trajectory model first with `{make}` and pass "
-            "the model.pt in its run folder, or train one here with --diffusion-steps N"
-        )
+        raise UsageError(f"--diffusion-model: required; {fix}")
     try:
-        state = load_checkpoint(path, "cpu")
+        return TrajectoryModel.load(path, device, bf16_autocast(bf16, device), "trajectory", dims)
     except FileNotFoundError:
-        raise UsageError(
-            f"--diffusion-model {path}: no such file; `{make}` writes model.pt in its run folder"
-        ) from None
-    autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
-    try:
-        if state.get("level") != "trajectory":
-            raise ValueError(f"level {state.get('level')!r}, not 'trajectory'")
-        return TrajectoryModel.from_state(state, device, autocast)
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"--diffusion-model {path}: not a trajectory diffusion model ({e}); train one with "
-            f"`{make}`"
-        ) from e
+        raise UsageError(f"--diffusion-model {path}: no such file; {fix}") from None
+    except ValueError as e:
+        raise CheckpointError(f"--diffusion-model {path}: {e}; train one with {MAKE_MODEL}") from e
 
 
 def train_trajectory_model(
@@ -336,39 +301,28 @@ def train_trajectory_model(
 ) -> TrajectoryModel:  # fmt: skip
     """PGD's unguided model, trained as algos/diffusion.py --preset pgd-unguided trains it, written to `path`."""
     rows = torch.from_numpy(trajectory_rows(dataset, args.trajectory_length, args.window_stride))
-    # PGD z-scores every channel, done included.
-    normalizer = DiffusionNormalizer.fit(rows).to(device)
-    data = normalizer.normalize(rows.to(device))
-    kwargs = dict(
+    unet = dict(
         channels=rows.shape[-1], features=args.unet_features, num_blocks=args.unet_blocks,
         groupnorm="per-timestep",
     )  # fmt: skip
-    # Its own stream from --seed: the agent's draws are the same whether the model is trained or reloaded.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(args.seed)
-        network = build_network("unet", kwargs).to(device)
-        trainer = EDMTrainer(
-            network, lr=args.diffusion_lr, total_steps=args.diffusion_steps, adam_beta2=0.999,
-            lr_schedule="warmup-cosine", grad_clip=0.0, ema_warmup="plain",
-            autocast_dtype=torch.bfloat16 if args.bf16 and device.type == "cuda" else None,
-        )  # fmt: skip
-        print(
-            f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows: "
-            f"U-Net with {sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters"
-        )
-        trainer.fit(
-            data, args.diffusion_steps, args.diffusion_batch_size, args.log_every,
-            lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
-            args.progress, "trajectory model",
-        )  # fmt: skip
-    meta = {"env_id": env_id, "dataset": dataset.name, "trajectory_length": args.trajectory_length}
+    print(f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows")
+    # Every channel z-scored, done included (PGD's); its own stream from --seed: the agent's draws are the
+    # same whether the model is trained or reloaded.
+    trainer, normalizer = fit_model(
+        rows, "unet", unet, device, steps=args.diffusion_steps,
+        batch_size=args.diffusion_batch_size, log_every=args.log_every, seed=args.seed,
+        on_log=lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
+        progress=args.progress, desc="trajectory model", lr=args.diffusion_lr,
+        total_steps=args.diffusion_steps, adam_beta2=0.999, lr_schedule="warmup-cosine",
+        grad_clip=0.0, ema_warmup="plain", autocast_dtype=bf16_autocast(args.bf16, device),
+    )  # fmt: skip
     state = model_state(
-        "unet", kwargs, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
-        **meta,
+        "unet", unet, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
+        env_id=env_id, dataset=dataset.name, trajectory_length=args.trajectory_length,
     )  # fmt: skip
     save_checkpoint(path, state)
     print(f"wrote the trajectory model to {path}")
-    return load_trajectory_model(str(path), device, args.bf16)
+    return TrajectoryModel.from_state(state, device, bf16_autocast(args.bf16, device))
 
 
 def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float]:
@@ -443,11 +397,10 @@ def sample_trajectories(
 ) -> torch.Tensor:  # fmt: skip
     """`num_synth_trajectories` un-normalised windows (n, rows, channels); guided when `guidance` is given."""
     n, size = args.num_synth_trajectories, args.sample_batch_size
-    draws = model.sample(
+    return torch.cat(list(model.sample(
         [min(size, n - i) for i in range(0, n, size)], args.sample_steps, rows, device=device,
         generator=generator, pre_step=guidance, euler_origin=args.euler_origin, churn=args.churn,
-    )  # fmt: skip
-    return torch.cat(list(draws))
+    )))  # fmt: skip
 
 
 def regeneration_seed(seed: int, index: int) -> int:
@@ -459,18 +412,17 @@ def check_pgd_args(args: Args) -> None:
     counts = ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every")
     counts += ("critic_updates",) + ("num_rollout_steps",) * (args.num_rollout_steps is not None)
     counts += ("synth_dataset_lifetime", "num_synth_trajectories", "sample_batch_size")
-    if args.diffusion_steps != 0:  # check_args refuses every non-finite float and lr <= 0
-        counts += ("diffusion_steps", "unet_features", "unet_blocks", "window_stride")
-        counts += ("diffusion_batch_size",)
-    check_args(args, counts)
-    if args.diffusion_steps != 0 and args.diffusion_model is not None:
+    training = args.diffusion_steps != 0  # check_args refuses every non-finite float and lr <= 0
+    counts += ("diffusion_steps", "unet_features", "unet_blocks", "window_stride") * training
+    check_args(args, counts + ("diffusion_batch_size",) * training)
+    if training and args.diffusion_model is not None:
         raise UsageError(
             f"--diffusion-model {args.diffusion_model} and --diffusion-steps "
             f"{args.diffusion_steps}: give one (load a model, or train one here)"
         )
-    if args.diffusion_steps != 0 and args.trajectory_length < 2:
+    if training and args.trajectory_length < 2:
         raise UsageError(f"--trajectory-length {args.trajectory_length}: a window needs >= 2 rows")
-    if args.diffusion_steps != 0 and (args.unet_features % 8 or args.unet_features < 16):
+    if training and (args.unet_features % 8 or args.unet_features < 16):
         raise UsageError(f"--unet-features {args.unet_features}: a multiple of 8, at least 16")
     if not 0 <= args.synth_batch_size <= args.batch_size:
         raise UsageError(
@@ -488,13 +440,8 @@ def check_pgd_args(args: Args) -> None:
 def given_model(args: Args, task: OfflineTask, device: torch.device) -> TrajectoryModel | None:
     """The --diffusion-model, its dims checked; None when --diffusion-steps trains one (its windows checked)."""
     if args.diffusion_steps == 0:
-        model = load_trajectory_model(args.diffusion_model, device, args.bf16)
-        if (model.obs_dim, model.act_dim) != (task.obs_dim, task.act_dim):
-            raise UsageError(
-                f"--diffusion-model {args.diffusion_model} was trained on obs/act dims {model.obs_dim}/"
-                f"{model.act_dim}, dataset '{args.dataset}' has {task.obs_dim}/{task.act_dim}"
-            )
-        return model
+        dims = (task.obs_dim, task.act_dim)
+        return load_trajectory_model(args.diffusion_model, device, args.bf16, dims)
     length, stride = args.trajectory_length, args.window_stride
     # Checked before the run folder is made.
     if args.synth_batch_size > 0 and len(trajectory_windows(task.dataset, length, stride)) == 0:
@@ -503,16 +450,6 @@ def given_model(args: Args, task: OfflineTask, device: torch.device) -> Trajecto
             "that long; use shorter windows"
         )
     return None
-
-
-def run_folder_model(
-    args: Args, task: OfflineTask, device: torch.device, loop: TrainingLoop
-) -> tuple[TrajectoryModel, Path]:
-    """The model --diffusion-steps trains into the run folder; a resumed run reloads the one it trained."""
-    path = loop.dir / "model.pt"
-    if path.exists():
-        return load_trajectory_model(str(path), device, args.bf16), path
-    return train_trajectory_model(args, task.dataset, task.env_id, device, path, loop.run), path
 
 
 def main(args: Args) -> dict:
@@ -528,25 +465,29 @@ def main(args: Args) -> dict:
     agent = agent_cls(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
     # A checkpoint part: a resumed run continues on the same synthetic set.
     synthetic = agent.synthetic = SyntheticSet(device)
-    obs_mean = obs_std = None
-    if task.obs_mean is not None:
-        obs_mean = torch.as_tensor(task.obs_mean, dtype=torch.float32, device=device)
-        obs_std = torch.as_tensor(task.obs_std, dtype=torch.float32, device=device)
+    obs_mean, obs_std = (
+        None if x is None else torch.as_tensor(x, dtype=torch.float32, device=device)
+        for x in (task.obs_mean, task.obs_std)
+    )  # fmt: skip
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
     loop = TrainingLoop(
         "pgd", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
         policy=agent.actor,
     )  # fmt: skip
-    model_path = args.diffusion_model
-    if model is None and args.synth_batch_size > 0:
-        model, model_path = run_folder_model(args, task, device, loop)
+    # --synth-batch-size 0 (the real-data baseline with PGD's agent) generates nothing.
+    use_synthetic, model_path = args.synth_batch_size > 0, args.diffusion_model
+    if model is None and use_synthetic:  # --diffusion-steps trains it once; a resume reloads it
+        model_path = loop.dir / "model.pt"
+        model = (
+            load_trajectory_model(str(model_path), device, args.bf16) if model_path.exists()
+            else train_trajectory_model(args, task.dataset, task.env_id, device, model_path, loop.run)
+        )  # fmt: skip
     rows = None if model is None else (args.num_rollout_steps or model.trajectory_length - 1) + 1
 
     def generate(index: int, guided: bool) -> float:
         start = time.perf_counter()
-        guide = None
-        if guided and args.guidance_coef != 0.0:
-            guide = Guidance(args, model, agent.actor, obs_mean, obs_std)
+        guided = guided and args.guidance_coef != 0.0
+        guide = Guidance(args, model, agent.actor, obs_mean, obs_std) if guided else None
         gen = torch.Generator(device).manual_seed(regeneration_seed(args.seed, index))
         windows = sample_trajectories(model, args, rows, gen, device, guide)
         synthetic.fill(
@@ -555,8 +496,6 @@ def main(args: Args) -> dict:
         return time.perf_counter() - start
 
     # The initial set is unguided; a resumed run has restored its set from the checkpoint.
-    # --synth-batch-size 0 (the real-data baseline with PGD's agent) generates nothing.
-    use_synthetic = args.synth_batch_size > 0
     if loop.step == 0 and use_synthetic:
         seconds = generate(0, guided=False)
         print(f"generated {len(synthetic.buffer)} synthetic transitions in {seconds:.1f} s")

@@ -1,4 +1,4 @@
-"""MLPs, critic ensembles evaluated in one batched matmul, and deterministic / tanh-Gaussian actors."""
+"""MLPs, critic ensembles evaluated in one batched matmul, and deterministic / Gaussian / tanh-Gaussian actors."""
 
 from __future__ import annotations
 
@@ -204,6 +204,28 @@ class DeterministicActor(nn.Module):
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """The action used at evaluation time."""
         return self(obs)
+
+
+class GaussianActor(DeterministicActor):
+    """Normal(DeterministicActor(s), exp(clip(log_std, -20, 2))) with one state-independent log-std vector (PGD's
+    IQL actor); `log_prob` is the density of the squashed action itself, without a tanh Jacobian."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        action_low: float | Sequence[float] = -1.0,
+        action_high: float | Sequence[float] = 1.0,
+    ) -> None:
+        super().__init__(obs_dim, act_dim, hidden, action_low, action_high)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """sum_j log Normal(a_j; mean_j(s), std_j) over the last axis (the leading axes are kept)."""
+        log_std = self.log_std.clamp(-20.0, 2.0)
+        z = (actions - self(obs)) / log_std.exp()
+        return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 class TanhGaussianActor(nn.Module):

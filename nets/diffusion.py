@@ -21,8 +21,10 @@ from ocrl.nets.edm_model import (
     MODEL_FORMAT,
     DiffusionModel,
     EDMTrainer,
+    bf16_autocast,
     build_network,
     denoiser_from_state,
+    fit_model,
     model_state,
 )
 
@@ -42,9 +44,11 @@ __all__ = [
     "RandomFourierTime",
     "ResidualMLPDenoiser",
     "TemporalUNet",
+    "bf16_autocast",
     "build_network",
     "churn_gammas",
     "denoiser_from_state",
+    "fit_model",
     "heun_sample",
     "loss_weight",
     "lr_factor",

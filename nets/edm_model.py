@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -93,6 +94,11 @@ class EDMTrainer:
         return EDMDenoiser(self.ema.ema_model, self.denoiser.config, self.denoiser.autocast_dtype)
 
 
+def bf16_autocast(bf16: bool, device: torch.device) -> torch.dtype | None:
+    """The denoiser's autocast dtype: bf16 on CUDA when asked, else none (fp32)."""
+    return torch.bfloat16 if bf16 and device.type == "cuda" else None
+
+
 def build_network(kind: str, kwargs: dict[str, Any]) -> nn.Module:
     """The denoiser network F named by `kind` ('resmlp' or 'unet') with its constructor arguments."""
     if kind == "resmlp":
@@ -100,6 +106,25 @@ def build_network(kind: str, kwargs: dict[str, Any]) -> nn.Module:
     if kind == "unet":
         return TemporalUNet(**kwargs)
     raise ValueError(f"unknown denoiser network '{kind}': expected 'resmlp' or 'unet'")
+
+
+def fit_model(
+    rows: torch.Tensor, network: str, network_kwargs: dict[str, Any], device: torch.device, *,
+    steps: int, batch_size: int, log_every: int, on_log: Callable[[int, float], None],
+    seed: int | None = None, progress: bool = True, desc: str = "denoiser", **trainer_kwargs: Any,
+) -> tuple[EDMTrainer, DiffusionNormalizer]:  # fmt: skip
+    """A new `network` fitted to `rows` z-scored (every channel) with `steps` EDMTrainer updates (`fit`); with
+    `seed`, its initial weights and batches come from their own stream, leaving the caller's untouched."""
+    normalizer = DiffusionNormalizer.fit(rows).to(device)
+    data = normalizer.normalize(rows.to(device))
+    with torch.random.fork_rng(
+        devices=[device] if device.type == "cuda" else [], enabled=seed is not None
+    ):
+        if seed is not None:
+            torch.manual_seed(seed)
+        trainer = EDMTrainer(build_network(network, network_kwargs).to(device), **trainer_kwargs)
+        trainer.fit(data, steps, batch_size, log_every, on_log, progress, desc)
+    return trainer, normalizer
 
 
 #: The "format" of the model.pt that algos/diffusion.py writes (and algos/pgd.py reads).
@@ -174,6 +199,35 @@ class DiffusionModel:
             denoiser, normalizer, int(state["obs_dim"]), int(state["act_dim"]),
             None if length is None else int(length), level,
         )  # fmt: skip
+
+    @classmethod
+    def load(
+        cls, path: str | Path, device: torch.device | str, autocast_dtype: torch.dtype | None = None,
+        level: str | None = None, dims: tuple[int, int] | None = None,
+    ) -> DiffusionModel:  # fmt: skip
+        """The model of a model.pt file, of `level` and (obs_dim, act_dim) `dims` when given;
+        FileNotFoundError, or ValueError naming what is wrong."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for truncated or foreign files
+            raise ValueError(
+                f"not a diffusion model file (unreadable: {type(e).__name__})"
+            ) from None
+        if not isinstance(state, dict):
+            raise ValueError("not a diffusion model file")
+        if level is not None and state.get("level") != level:
+            raise ValueError(f"not a {level} diffusion model (level {state.get('level')!r})")
+        try:
+            model = cls.from_state(state, device, autocast_dtype)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"the file is damaged ({type(e).__name__}: {e})") from e
+        if dims is not None and (model.obs_dim, model.act_dim) != tuple(dims):
+            raise ValueError(
+                f"trained on obs/act dims {model.obs_dim}/{model.act_dim}, the data has {dims[0]}/{dims[1]}"
+            )
+        return model
 
     def sample(
         self, sizes: Iterable[int], steps: int, rows: int | None = None, *,

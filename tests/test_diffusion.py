@@ -21,6 +21,7 @@ from ocrl.nets.diffusion import (
     churn_gammas,
     heun_sample,
     loss_weight,
+    model_state,
     preconditioning,
     sigma_schedule,
 )
@@ -256,6 +257,32 @@ def test_model_sample_is_one_heun_sample_per_batch_size_unnormalised():
     unet = EDMDenoiser(TemporalUNet(5, features=16, num_blocks=2).eval())
     windows = DiffusionModel(unet, normalizer, 1, 1, 6).sample([2], 4, rows=6, device="cpu")
     assert next(windows).shape == (2, 6, 5)
+
+
+def test_model_load_reads_model_state_and_refuses_what_was_not_asked_for(tmp_path):
+    torch.manual_seed(0)
+    net = ResidualMLPDenoiser(5, width=16, depth=1, dim_t=8)
+    normalizer = DiffusionNormalizer(torch.arange(5.0), torch.full((5,), 2.0))
+    path = tmp_path / "model.pt"
+    torch.save(model_state("resmlp", dict(d_in=5, width=16, depth=1, dim_t=8), EMA(net),
+                           normalizer, "transition", 1, 1), path)  # fmt: skip
+    model = DiffusionModel.load(path, "cpu", level="transition", dims=(1, 1))
+    assert (model.obs_dim, model.act_dim, model.level, model.channels) == (1, 1, "transition", 5)
+    want = net.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.denoiser.net.state_dict().items())
+    assert not any(p.requires_grad for p in model.denoiser.parameters())
+    (tmp_path / "garbage.pt").write_bytes(b"not a model")
+    torch.save({"format": "something else", "level": "transition"}, tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        DiffusionModel.load(tmp_path / "missing.pt", "cpu")
+    for name, over, message in [
+        ("garbage.pt", {}, "not a diffusion model file"),
+        ("other.pt", {}, "not a diffusion model file"),
+        ("model.pt", {"level": "trajectory"}, "not a trajectory diffusion model"),
+        ("model.pt", {"dims": (1, 2)}, "trained on obs/act dims 1/1, the data has 1/2"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            DiffusionModel.load(tmp_path / name, "cpu", **over)
 
 
 def tiny_args(data: str, tmp_path, **over) -> algo.Args:

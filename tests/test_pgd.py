@@ -19,11 +19,13 @@ from ocrl.data import Batch, ReplayBuffer
 from ocrl.data.windows import windows_to_transitions
 from ocrl.experiment import load_checkpoint
 from ocrl.nets.diffusion import (
+    EMA,
     DiffusionNormalizer,
     EDMTrainer,
     ResidualMLPDenoiser,
     build_network,
     heun_sample,
+    model_state,
 )
 
 
@@ -469,6 +471,19 @@ def test_a_file_that_is_not_a_trajectory_model_is_refused(
             str(tmp_path / "run")]  # fmt: skip
     code, err = run_algorithm(pgd, argv)
     assert code == 2 and "not a trajectory diffusion model" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_of_other_dims_is_refused(hopper_random_file, tmp_path, run_algorithm):
+    kwargs = dict(channels=7, features=16, num_blocks=2)
+    net = build_network("unet", kwargs)
+    state = model_state("unet", kwargs, EMA(net), DiffusionNormalizer.fit(torch.randn(4, 8, 7)),
+                        "trajectory", 3, 2, trajectory_length=8)  # fmt: skip
+    torch.save(state, tmp_path / "model.pt")
+    argv = ["--dataset", hopper_random_file, "--diffusion-model", str(tmp_path / "model.pt"),
+            "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    code, err = run_algorithm(pgd, argv)
+    assert code == 2 and "trained on obs/act dims 3/2, the data has 11/3" in err and "\n" not in err
     assert not (tmp_path / "run").exists()
 
 
