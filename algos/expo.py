@@ -50,7 +50,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 
 from ocrl.data import Batch, ReplayBuffer, mixed_minibatches
@@ -67,7 +66,14 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import CriticEnsemble, TanhNormalPolicy, polyak_update, xavier_init
+from ocrl.nets import (
+    CriticEnsemble,
+    TanhNormalPolicy,
+    compile_with_cuda_graphs,
+    gradient_step,
+    polyak_update,
+    xavier_init,
+)
 from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
 
 PRESETS: dict[str, dict] = {
@@ -214,37 +220,34 @@ class EXPO(Agent):
         xavier_init(self.critic.net).to(device)  # Flax's init: xavier-uniform kernels, zero biases
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
-        decay = lr_factor("cosine", args.lr_decay_steps)
+        decay, lr, width = (
+            lr_factor("cosine", args.lr_decay_steps),
+            args.policy_lr,
+            args.diffusion_width,
+        )
         if self.expo:
-            eps_net = LNResNetEpsNet(
-                obs_dim, act_dim, args.diffusion_width, args.diffusion_blocks, args.time_dim
-            )
+            eps_net = LNResNetEpsNet(obs_dim, act_dim, width, args.diffusion_blocks, args.time_dim)
             self.diffusion = DDPM(eps_net, act_dim, args.diffusion_steps).to(device)
             self.diffusion_ema = EMA(
-                self.diffusion, beta=1.0 - args.actor_tau, update_every=1, warmup="plain"
+                self.diffusion, beta=1 - args.actor_tau, update_every=1, warmup="plain"
             )
             self.diffusion_opt = torch.optim.AdamW(
-                self.diffusion.parameters(),
-                lr=args.policy_lr,
-                weight_decay=args.diffusion_weight_decay,
+                self.diffusion.parameters(), lr, weight_decay=args.diffusion_weight_decay
             )
             self.diffusion_lr = torch.optim.lr_scheduler.LambdaLR(self.diffusion_opt, decay)
-            self.edit = TanhNormalPolicy(
-                obs_dim + act_dim, act_dim, args.hidden, args.edit_action_scale, args.edit_dropout
-            ).to(device)
-            self.edit_opt = torch.optim.Adam(self.edit.parameters(), lr=args.policy_lr)
+            self.edit = TanhNormalPolicy(obs_dim + act_dim, act_dim, args.hidden,
+                                         args.edit_action_scale, args.edit_dropout).to(device)  # fmt: skip
+            self.edit_opt = torch.optim.Adam(self.edit.parameters(), lr)
             self.edit_lr = torch.optim.lr_scheduler.LambdaLR(self.edit_opt, decay)
         else:
             self.actor = TanhNormalPolicy(obs_dim, act_dim, args.hidden).to(device)
-            self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr)
+            self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr)
         self.target_entropy = target_entropy(args, act_dim)
-        self.log_alpha = torch.tensor(
-            math.log(args.init_temperature), device=device, requires_grad=True
-        )
+        log_alpha = math.log(args.init_temperature)
+        self.log_alpha = torch.tensor(log_alpha, device=device, requires_grad=True)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr)
         # On CUDA the T-step chain is T small launches per call, 3 per critic step: CUDA graphs replay them as one.
-        mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
-        self.select = torch.compile(self.otf, mode=mode) if args.compile else self.otf
+        self.select = compile_with_cuda_graphs(self.otf, device) if args.compile else self.otf
         self.seen: dict[str, torch.Tensor] = {}  # the last step's intermediates, for diagnostics
 
     def subset(self) -> torch.Tensor:
@@ -320,9 +323,7 @@ class EXPO(Agent):
             target = rewards + args.discount * (1.0 - terminals) * (next_q - entropy_term)
         q = self.critic(obs, actions)
         critic_loss = ((q - target) ** 2).mean()
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
+        gradient_step(self.critic_opt, critic_loss)
         polyak_update(self.critic_target.parameters(), self.critic.parameters(), args.tau)
         self.seen.update(
             q_mean=q.detach().mean(), q_ensemble_std=q.detach().std(dim=0).mean(), target_mean=target.mean(),
@@ -334,10 +335,7 @@ class EXPO(Agent):
         """One imitation step of the base policy on the batch's (s, a) (AdamW, cosine lr), then the EMA."""
         losses = self.diffusion.sample_losses(batch.observations, batch.actions)
         bc_loss = losses.mean()
-        self.diffusion_opt.zero_grad(set_to_none=True)
-        bc_loss.backward()
-        self.diffusion_opt.step()
-        self.diffusion_lr.step()
+        gradient_step(self.diffusion_opt, bc_loss, scheduler=self.diffusion_lr)
         self.diffusion_ema.update()
         # Mixed minibatches interleave offline (even rows) and online (odd rows) transitions.
         self.seen.update(
@@ -354,24 +352,18 @@ class EXPO(Agent):
             new_actions = actions + edit
             if self.args.clip_edited_actions:
                 new_actions = new_actions.clamp(-1.0, 1.0)
-            policy, opt, name = self.edit, self.edit_opt, "edit_loss"
+            opt, lr, name = self.edit_opt, self.edit_lr, "edit_loss"
             self.seen["edit_magnitude"] = edit.detach().norm(dim=-1).mean()
         else:
             new_actions, log_prob, _ = self.actor(obs)
-            policy, opt, name = self.actor, self.actor_opt, "actor_loss"
+            opt, lr, name = self.actor_opt, None, "actor_loss"
         loss = (alpha * log_prob - self.critic(obs, new_actions).mean(dim=0)).mean()
-        params = list(policy.parameters())
-        # Gradients for the policy only: the critics' weight gradients are not needed here.
-        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
-            p.grad = g
-        opt.step()
-        if self.expo:
-            self.edit_lr.step()
+        gradient_step(
+            opt, loss, own_only=True, scheduler=lr
+        )  # the critics' gradients are not needed
         entropy = -log_prob.detach().mean()
         alpha_loss = self.log_alpha.exp() * (entropy - self.target_entropy)
-        self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_opt.step()
+        gradient_step(self.alpha_opt, alpha_loss)
         return {
             name: loss.detach(), "entropy": entropy, "alpha": alpha, "alpha_loss": alpha_loss.detach(),
         }  # fmt: skip
@@ -410,29 +402,21 @@ def check_expo_args(args: Args) -> None:
                       "buffer_size", "utd_ratio", "num_qs", "num_min_qs", "n_samples",
                       "diffusion_steps", "lr_decay_steps"),
                non_negative=("learning_starts", "pretrain_steps", "n_edit_samples"))  # fmt: skip
-    if args.batch_size % 2:
-        raise UsageError(
-            f"--batch-size {args.batch_size}: must be even (half offline, half online)"
-        )
-    if args.num_min_qs > args.num_qs:
-        raise UsageError(f"--num-min-qs {args.num_min_qs}: at most --num-qs ({args.num_qs})")
-    if args.n_edit_samples > args.n_samples:
-        raise UsageError(
-            f"--n-edit-samples {args.n_edit_samples}: edits the first K base samples, so at most "
-            f"--n-samples ({args.n_samples})"
-        )
-    if not args.edit_action_scale > 0:
-        raise UsageError(f"--edit-action-scale {args.edit_action_scale}: must be > 0")
-    if args.init_temperature <= 0:
-        raise UsageError(f"--init-temperature {args.init_temperature}: must be > 0")
-    if not 0 <= args.edit_dropout < 1:
-        raise UsageError(f"--edit-dropout {args.edit_dropout}: must lie in [0, 1)")
-    if args.policy == "gaussian" and args.target_entropy != "code":
-        raise UsageError(
-            f"--target-entropy {args.target_entropy}: depends on beta_edit, so needs --policy expo"
-        )
-    if args.policy == "gaussian" and args.pretrain_steps:
-        raise UsageError("--pretrain-steps: pre-trains the diffusion base, so needs --policy expo")
+    gaussian = args.policy == "gaussian"
+    for bad, problem in (
+        (args.batch_size % 2, f"--batch-size {args.batch_size}: must be even (half offline, half online)"),
+        (args.num_min_qs > args.num_qs, f"--num-min-qs {args.num_min_qs}: at most --num-qs ({args.num_qs})"),
+        (args.n_edit_samples > args.n_samples, f"--n-edit-samples {args.n_edit_samples}: edits the first K "
+                                               f"base samples, so at most --n-samples ({args.n_samples})"),
+        (not args.edit_action_scale > 0, f"--edit-action-scale {args.edit_action_scale}: must be > 0"),
+        (args.init_temperature <= 0, f"--init-temperature {args.init_temperature}: must be > 0"),
+        (not 0 <= args.edit_dropout < 1, f"--edit-dropout {args.edit_dropout}: must lie in [0, 1)"),
+        (gaussian and args.target_entropy != "code",
+         f"--target-entropy {args.target_entropy}: depends on beta_edit, so needs --policy expo"),
+        (gaussian and args.pretrain_steps, "--pretrain-steps: pre-trains the diffusion base, so needs --policy expo"),
+    ):  # fmt: skip
+        if bad:
+            raise UsageError(problem)
 
 
 def main(args: Args) -> dict:
@@ -441,15 +425,8 @@ def main(args: Args) -> dict:
     device = pick_device(args.device, args.threads)
     np_rng = seed_everything(args.seed)
     task = load_offline_task(args.dataset, args.env_id, device=device, normalize_obs=False)
-    low, high = task.action_low.astype(np.float32), task.action_high.astype(np.float32)
     # The policy works in [-1, 1]^A (RLPD's rescale_actions); dataset actions clipped to +-(1 - 1e-5).
-    off = task.buffer
-    low_t, high_t = torch.as_tensor(low, device=device), torch.as_tensor(high, device=device)
-    off.actions = (2 * (off.actions - low_t) / (high_t - low_t) - 1).clamp(-1 + 1e-5, 1 - 1e-5)
-
-    def to_env(action: torch.Tensor) -> torch.Tensor:
-        return low_t + (action.clamp(-1.0, 1.0) + 1) / 2 * (high_t - low_t)
-
+    off, unit = task.buffer, task.unit_actions(margin=1e-5)
     bias = reward_bias(args.reward_bias, task.dataset.name, task.env_id)
     print(f"reward bias: {bias:+g} on every minibatch (--reward-bias {args.reward_bias})")
     # One SAME_STEP autoreset env, seeded; its current observation and episode counters are a
@@ -462,7 +439,7 @@ def main(args: Args) -> dict:
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
 
     def eval_policy(obs: torch.Tensor) -> torch.Tensor:
-        return to_env(agent.act_eval(obs))
+        return unit.to_env(agent.act_eval(obs))
 
     loop = TrainingLoop(
         "expo" if agent.expo else "rlpd", task.dataset.name, args,
@@ -475,13 +452,10 @@ def main(args: Args) -> dict:
             pretrain = agent.diffusion_step(off.sample(args.batch_size))
         loop.run.log(0, {"losses/pretrain_bc_loss": float(pretrain["bc_loss"])})
     for step in loop.steps():
-        if step < args.learning_starts:
-            env_action = envs.action_space.sample()
-            action = 2 * (env_action - low) / (high - low) - 1
-        else:
-            action_t = agent.act(torch.as_tensor(envs.obs, dtype=torch.float32, device=device))
-            action, env_action = action_t.cpu().numpy(), to_env(action_t).cpu().numpy()
-        # The unclipped chosen action goes into the replay, as the original's.
+        # Warm-up samples, then the OTF choice; its unclipped action goes into the replay, as the original's.
+        env_action, action = envs.act(
+            agent.act if step >= args.learning_starts else None, device, unit
+        )
         envs.step_into(online, env_action, loop.run, step, stored_action=action)
 
         if loop.step > args.learning_starts:

@@ -14,7 +14,12 @@ from ocrl.envs.evaluation import (
     resolve_reference_scores,
 )
 from ocrl.envs.ids import register_envs
-from ocrl.envs.offline_task import OfflineTask, dataset_env_kwargs, load_offline_task
+from ocrl.envs.offline_task import (
+    OfflineTask,
+    UnitActions,
+    dataset_env_kwargs,
+    load_offline_task,
+)
 from ocrl.envs.training import TrainingEnvs
 from ocrl.envs.vector import make_vector_env
 
@@ -32,6 +37,7 @@ __all__ = [
     "OfflineTask",
     "TimeFeature",
     "TrainingEnvs",
+    "UnitActions",
     "check_dataset_fits",
     "dataset_env_kwargs",
     "dynamics_error",

@@ -26,6 +26,24 @@ from ocrl.envs.evaluation import (
 )
 
 
+class UnitActions:
+    """An env's Box actions seen as [-1, 1]^A: `to_env` maps a policy's actions (tensors, clipped to [-1, 1]) into
+    the env's range, `to_unit` maps the env's (arrays, e.g. warm-up samples) into [-1, 1]^A."""
+
+    def __init__(
+        self, low: np.ndarray, high: np.ndarray, device: str | torch.device = "cpu"
+    ) -> None:
+        self.low, self.high = low, high
+        self.low_t = torch.as_tensor(low, device=device)
+        self.high_t = torch.as_tensor(high, device=device)
+
+    def to_env(self, action: torch.Tensor) -> torch.Tensor:
+        return self.low_t + (action.clamp(-1.0, 1.0) + 1) / 2 * (self.high_t - self.low_t)
+
+    def to_unit(self, action: np.ndarray) -> np.ndarray:
+        return 2 * (action - self.low) / (self.high - self.low) - 1
+
+
 @dataclass
 class OfflineTask:
     """What an offline algorithm trains on: the dataset, its checked env, normalisation, reference scores and the buffer."""
@@ -55,6 +73,15 @@ class OfflineTask:
     def normalizer(self) -> dict[str, np.ndarray | None]:
         """The observation statistics, as a checkpoint part (a resume checks the data still gives them)."""
         return {"obs_mean": self.obs_mean, "obs_std": self.obs_std}
+
+    def unit_actions(self, margin: float = 1e-5) -> UnitActions:
+        """Rescale the buffer's actions to [-1, 1]^A, clipped to +-(1 - margin) (RLPD's rescale_actions and
+        D4RL loader), for a policy that acts in [-1, 1]^A; return the maps between the two ranges."""
+        low, high = self.action_low.astype(np.float32), self.action_high.astype(np.float32)
+        unit = UnitActions(low, high, self.buffer.device)
+        actions = 2 * (self.buffer.actions - unit.low_t) / (unit.high_t - unit.low_t) - 1
+        self.buffer.actions = actions.clamp(-1 + margin, 1 - margin)
+        return unit
 
     def evaluator(
         self, num_episodes: int, seed: int, device: str | torch.device = "cpu"

@@ -49,6 +49,7 @@ from ocrl.experiment.run import CheckpointError, Run, UsageError
 
 if TYPE_CHECKING:
     from ocrl.data import ReplayBuffer
+    from ocrl.envs.offline_task import UnitActions
 
 #: Unwrapped non-MuJoCo envs: the attributes that hold their state (besides np_random).
 ENV_STATE: dict[type, tuple[str, ...]] = {
@@ -289,7 +290,8 @@ class TrainingEnvs:
     """An online loop's training envs as one checkpoint part: the vector env, the observation the policy
     acts on next (`obs`) and each copy's running `episode_return` and `episode_length`.
 
-    An off-policy loop steps with `envs.step_into(buffer, action, loop.run, step)`, which keeps `obs` and
+    An off-policy loop picks its actions with `envs.act(policy, device)` (warm-up samples with no policy) and
+    steps with `envs.step_into(buffer, action, loop.run, step)`, which keeps `obs` and
     the counters up to date; the checkpoint saves them as they are, with every copy's env state, so a
     resumed run continues the same episodes.
     """
@@ -340,6 +342,22 @@ class TrainingEnvs:
                 f"this environment has {obs_space} and {act_space}"
             )
         return obs_space.shape[0], act_space.shape[0]
+
+    def act(
+        self,
+        policy: Callable[[torch.Tensor], torch.Tensor] | None,
+        device: str | torch.device = "cpu",
+        unit: UnitActions | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(env action, action to store) for `obs`: the action space's warm-up samples when `policy` is None,
+        else `policy` on `obs`; with `unit` the policy acts in [-1, 1]^A and its action is the one stored."""
+        if policy is None:
+            action = self.action_space.sample()
+            return action, action if unit is None else unit.to_unit(action)
+        with torch.no_grad():
+            chosen = policy(torch.as_tensor(self.obs, dtype=torch.float32, device=device))
+        action = chosen.cpu().numpy()
+        return (action if unit is None else unit.to_env(chosen).cpu().numpy()), action
 
     def step_into(
         self,
