@@ -31,12 +31,8 @@ into the base policy.
 L_pi = E[alpha log pi(a|s) - mean_k Q_k(s, a)], next actions a' ~ pi(s'), and the temperature toward -|A|/2;
 its evaluation uses the deterministic mean action, as RLPD's.
 
-Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*), not configs/expo_config.py:
-N = K = 8 candidates, hidden (256, 256, 256), beta_edit 0.05, num_min_qs 2, UTD 20, 5,000 random steps, 300k
-steps, no entropy in the backup. Flags for the reference's faithful-vs-fixed rows: --target-entropy
-code (-|A|/2, the learner's default; with beta_edit 0.05 log alpha then only grows), adjusted or port;
---clip-edited-actions (the code does not clip a + a_hat); --backup-entropy (EXPO: section 4.3's softmax over
-the candidates, which the released code does not have; RLPD: SAC's entropy term). What each does, the other
+Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*), not configs/expo_config.py.
+The reference's faithful-vs-fixed flags (--target-entropy, --clip-edited-actions, --backup-entropy), the other
 deviations and how AntMaze and Adroit run (--preset antmaze, --reward-bias auto): docs/algos/expo.md.
 
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --total-steps 50000
@@ -53,7 +49,7 @@ from typing import Literal
 import torch
 
 from ocrl.data import Batch, ReplayBuffer, mixed_minibatches
-from ocrl.envs import TrainingEnvs, load_offline_task, make_env
+from ocrl.envs import TrainingEnvs, load_offline_task, make_env, reward_bias
 from ocrl.experiment import (
     Acting,
     Agent,
@@ -66,14 +62,8 @@ from ocrl.experiment import (
     resume_args,
     seed_everything,
 )
-from ocrl.nets import (
-    CriticEnsemble,
-    TanhNormalPolicy,
-    compile_with_cuda_graphs,
-    gradient_step,
-    polyak_update,
-    xavier_init,
-)
+from ocrl.nets import CriticEnsemble, TanhNormalPolicy, polyak_update, xavier_init
+from ocrl.nets.core import compile_with_cuda_graphs, gradient_step
 from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
 
 PRESETS: dict[str, dict] = {
@@ -201,11 +191,8 @@ class Args:
 def target_entropy(args: Args, act_dim: int) -> float:
     """H_target of the temperature: --target-entropy code, adjusted or port."""
     beta = args.edit_action_scale
-    return {
-        "code": -act_dim / 2,
-        "adjusted": -act_dim / 2 + act_dim * math.log(beta),
-        "port": -act_dim + act_dim * math.log(2 * beta),
-    }[args.target_entropy]
+    return {"code": -act_dim / 2, "adjusted": -act_dim / 2 + act_dim * math.log(beta),
+            "port": -act_dim + act_dim * math.log(2 * beta)}[args.target_entropy]  # fmt: skip
 
 
 class EXPO(Agent):
@@ -220,13 +207,10 @@ class EXPO(Agent):
         xavier_init(self.critic.net).to(device)  # Flax's init: xavier-uniform kernels, zero biases
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
-        decay, lr, width = (
-            lr_factor("cosine", args.lr_decay_steps),
-            args.policy_lr,
-            args.diffusion_width,
-        )
+        decay, lr = lr_factor("cosine", args.lr_decay_steps), args.policy_lr
         if self.expo:
-            eps_net = LNResNetEpsNet(obs_dim, act_dim, width, args.diffusion_blocks, args.time_dim)
+            eps_net = LNResNetEpsNet(obs_dim, act_dim, args.diffusion_width, args.diffusion_blocks,
+                                     args.time_dim)  # fmt: skip
             self.diffusion = DDPM(eps_net, act_dim, args.diffusion_steps).to(device)
             self.diffusion_ema = EMA(
                 self.diffusion, beta=1 - args.actor_tau, update_every=1, warmup="plain"
@@ -282,13 +266,10 @@ class EXPO(Agent):
         candidates, q, base = self.select(obs, self.diffusion_ema.ema_model)
         best = q.argmax(dim=1)
         action = candidates[torch.arange(obs.shape[0], device=obs.device), best]
-        if not record:
-            return action
-        self.seen.update(
-            edited_fraction_act=(best >= self.args.n_samples).float().mean(),
-            chosen_base_distance=(base - action[:, None]).norm(dim=-1).mean(),
-            action_outside_fraction=(action.abs() > 1.0).any(dim=-1).float().mean(),
-        )
+        if record:
+            self.seen.update(edited_fraction_act=(best >= self.args.n_samples).float().mean(),
+                             chosen_base_distance=(base - action[:, None]).norm(dim=-1).mean(),
+                             action_outside_fraction=(action.abs() > 1.0).any(dim=-1).float().mean())  # fmt: skip
         return action
 
     @torch.no_grad()
@@ -358,9 +339,8 @@ class EXPO(Agent):
             new_actions, log_prob, _ = self.actor(obs)
             opt, lr, name = self.actor_opt, None, "actor_loss"
         loss = (alpha * log_prob - self.critic(obs, new_actions).mean(dim=0)).mean()
-        gradient_step(
-            opt, loss, own_only=True, scheduler=lr
-        )  # the critics' gradients are not needed
+        # Gradients for the policy only: the critics' weight gradients are not needed here.
+        gradient_step(opt, loss, own_only=True, scheduler=lr)
         entropy = -log_prob.detach().mean()
         alpha_loss = self.log_alpha.exp() * (entropy - self.target_entropy)
         gradient_step(self.alpha_opt, alpha_loss)
@@ -386,14 +366,6 @@ class EXPO(Agent):
         """The reference's checks (interval means): log alpha, OTF edited fractions, edit size, Q statistics, imitation loss by source."""
         stats = {f"expo/{k}": v for k, v in self.seen.items()}
         return stats | {"expo/log_alpha": self.log_alpha.detach().clone()}
-
-
-def reward_bias(flag: Literal["auto"] | float, dataset: str, env_id: str) -> float:
-    """--reward-bias as a number: 'auto' is -1 when the dataset or env name says AntMaze (RLPD's and
-    EXPO's `"antmaze" in env_name`), else 0."""
-    if flag != "auto":
-        return float(flag)
-    return -1.0 if "antmaze" in f"{dataset} {env_id}".lower() else 0.0
 
 
 def check_expo_args(args: Args) -> None:
@@ -429,17 +401,13 @@ def main(args: Args) -> dict:
     off, unit = task.buffer, task.unit_actions(margin=1e-5)
     bias = reward_bias(args.reward_bias, task.dataset.name, task.env_id)
     print(f"reward bias: {bias:+g} on every minibatch (--reward-bias {args.reward_bias})")
-    # One SAME_STEP autoreset env, seeded; its current observation and episode counters are a
-    # checkpoint part, so --resume continues the episode.
+    # One SAME_STEP autoreset env, seeded; a checkpoint part, so --resume continues the episode.
     envs = TrainingEnvs(lambda: make_env(task.env_id, **task.env_kwargs), 1, args.seed)
     agent = EXPO(args, task.obs_dim, task.act_dim, device)
-    online = ReplayBuffer(
-        task.obs_dim, task.act_dim, min(args.buffer_size, args.total_steps), device
-    )
+    capacity = min(args.buffer_size, args.total_steps)
+    online = ReplayBuffer(task.obs_dim, task.act_dim, capacity, device)
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
-
-    def eval_policy(obs: torch.Tensor) -> torch.Tensor:
-        return unit.to_env(agent.act_eval(obs))
+    eval_policy = unit.acting(agent.act_eval)  # in the env's action range
 
     loop = TrainingLoop(
         "expo" if agent.expo else "rlpd", task.dataset.name, args,
@@ -453,9 +421,8 @@ def main(args: Args) -> dict:
         loop.run.log(0, {"losses/pretrain_bc_loss": float(pretrain["bc_loss"])})
     for step in loop.steps():
         # Warm-up samples, then the OTF choice; its unclipped action goes into the replay, as the original's.
-        env_action, action = envs.act(
-            agent.act if step >= args.learning_starts else None, device, unit
-        )
+        policy = agent.act if step >= args.learning_starts else None
+        env_action, action = envs.act(policy, device, unit)
         envs.step_into(online, env_action, loop.run, step, stored_action=action)
 
         if loop.step > args.learning_starts:

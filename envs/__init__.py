@@ -19,6 +19,7 @@ from ocrl.envs.offline_task import (
     UnitActions,
     dataset_env_kwargs,
     load_offline_task,
+    reward_bias,
 )
 from ocrl.envs.training import TrainingEnvs
 from ocrl.envs.vector import make_vector_env
@@ -52,6 +53,7 @@ __all__ = [
     "reference_scores",
     "register_env_family",
     "resolve_reference_scores",
+    "reward_bias",
 ]
 
 # The inventory and lot-sizing simulators (torch, scipy) load on first use: `from ocrl.envs import

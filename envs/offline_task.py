@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +43,24 @@ class UnitActions:
 
     def to_unit(self, action: np.ndarray) -> np.ndarray:
         return 2 * (action - self.low) / (self.high - self.low) - 1
+
+    def acting(
+        self, policy: Callable[[torch.Tensor], torch.Tensor]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`policy` (acting in [-1, 1]^A) followed by `to_env`: an acting function in the env's range."""
+
+        def act(obs: torch.Tensor) -> torch.Tensor:
+            return self.to_env(policy(obs))
+
+        return act
+
+
+def reward_bias(flag: Literal["auto"] | float, dataset: str, env_id: str) -> float:
+    """A --reward-bias flag as a number: 'auto' is -1 when the dataset or env name says AntMaze (RLPD's and
+    EXPO's `"antmaze" in env_name`, their r - 1), else 0."""
+    if flag != "auto":
+        return float(flag)
+    return -1.0 if "antmaze" in f"{dataset} {env_id}".lower() else 0.0
 
 
 @dataclass
