@@ -16,12 +16,11 @@ from ocrl.envs.evaluation import (
 from ocrl.envs.ids import register_envs
 from ocrl.envs.offline_task import (
     OfflineTask,
-    UnitActions,
     dataset_env_kwargs,
     load_offline_task,
     reward_bias,
 )
-from ocrl.envs.training import TrainingEnvs
+from ocrl.envs.training import TrainingEnvs, UnitActions
 from ocrl.envs.vector import make_vector_env
 
 __all__ = [

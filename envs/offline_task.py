@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,34 +24,7 @@ from ocrl.envs.evaluation import (
     register_env_family,
     resolve_reference_scores,
 )
-
-
-class UnitActions:
-    """An env's Box actions seen as [-1, 1]^A: `to_env` maps a policy's actions (tensors, clipped to [-1, 1]) into
-    the env's range, `to_unit` maps the env's (arrays, e.g. warm-up samples) into [-1, 1]^A."""
-
-    def __init__(
-        self, low: np.ndarray, high: np.ndarray, device: str | torch.device = "cpu"
-    ) -> None:
-        self.low, self.high = low, high
-        self.low_t = torch.as_tensor(low, device=device)
-        self.high_t = torch.as_tensor(high, device=device)
-
-    def to_env(self, action: torch.Tensor) -> torch.Tensor:
-        return self.low_t + (action.clamp(-1.0, 1.0) + 1) / 2 * (self.high_t - self.low_t)
-
-    def to_unit(self, action: np.ndarray) -> np.ndarray:
-        return 2 * (action - self.low) / (self.high - self.low) - 1
-
-    def acting(
-        self, policy: Callable[[torch.Tensor], torch.Tensor]
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`policy` (acting in [-1, 1]^A) followed by `to_env`: an acting function in the env's range."""
-
-        def act(obs: torch.Tensor) -> torch.Tensor:
-            return self.to_env(policy(obs))
-
-        return act
+from ocrl.envs.training import UnitActions
 
 
 def reward_bias(flag: Literal["auto"] | float, dataset: str, env_id: str) -> float:

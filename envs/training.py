@@ -24,7 +24,8 @@ RecordEpisodeStatistics) is saved as "restart": on `--resume` that copy starts a
 copy did before this part existed, and a note names it and why.
 
 `vector_env_state` and `load_vector_env_state` are the envs' part of that state for any SyncVectorEnv; the
-on-policy `ocrl.data.VectorRollout` saves its envs with them.
+on-policy `ocrl.data.VectorRollout` saves its envs with them. `UnitActions` maps the actions of a policy
+that acts in [-1, 1]^A (RLPD's, EXPO's) into an env's Box and back.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ from ocrl.experiment.run import CheckpointError, Run, UsageError
 
 if TYPE_CHECKING:
     from ocrl.data import ReplayBuffer
-    from ocrl.envs.offline_task import UnitActions
 
 #: Unwrapped non-MuJoCo envs: the attributes that hold their state (besides np_random).
 ENV_STATE: dict[type, tuple[str, ...]] = {
@@ -284,6 +284,34 @@ def load_vector_env_state(envs: gym.vector.SyncVectorEnv, state: dict) -> list[i
             f"episode ({why[0]})"
         )
     return restarted
+
+
+class UnitActions:
+    """An env's Box actions seen as [-1, 1]^A: `to_env` maps a policy's actions (tensors, clipped to [-1, 1]) into
+    the env's range, `to_unit` maps the env's (arrays, e.g. warm-up samples) into [-1, 1]^A."""
+
+    def __init__(
+        self, low: np.ndarray, high: np.ndarray, device: str | torch.device = "cpu"
+    ) -> None:
+        self.low, self.high = low, high
+        self.low_t = torch.as_tensor(low, device=device)
+        self.high_t = torch.as_tensor(high, device=device)
+
+    def to_env(self, action: torch.Tensor) -> torch.Tensor:
+        return self.low_t + (action.clamp(-1.0, 1.0) + 1) / 2 * (self.high_t - self.low_t)
+
+    def to_unit(self, action: np.ndarray) -> np.ndarray:
+        return 2 * (action - self.low) / (self.high - self.low) - 1
+
+    def acting(
+        self, policy: Callable[[torch.Tensor], torch.Tensor]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`policy` (acting in [-1, 1]^A) followed by `to_env`: an acting function in the env's range."""
+
+        def act(obs: torch.Tensor) -> torch.Tensor:
+            return self.to_env(policy(obs))
+
+        return act
 
 
 class TrainingEnvs:
