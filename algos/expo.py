@@ -64,7 +64,8 @@ from ocrl.experiment import (
 )
 from ocrl.nets import CriticEnsemble, TanhNormalPolicy, polyak_update, xavier_init
 from ocrl.nets.core import compile_with_cuda_graphs, gradient_step
-from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
+from ocrl.nets.ddpm import DDPM, LNResNetEpsNet, imitation_training
+from ocrl.nets.diffusion import lr_factor
 
 PRESETS: dict[str, dict] = {
     # scripts/expo_antmaze/*.sh (online from scratch): one random target critic, beta_edit 0.05, no
@@ -212,13 +213,9 @@ class EXPO(Agent):
             eps_net = LNResNetEpsNet(obs_dim, act_dim, args.diffusion_width, args.diffusion_blocks,
                                      args.time_dim)  # fmt: skip
             self.diffusion = DDPM(eps_net, act_dim, args.diffusion_steps).to(device)
-            self.diffusion_ema = EMA(
-                self.diffusion, beta=1 - args.actor_tau, update_every=1, warmup="plain"
+            self.diffusion_ema, self.diffusion_opt, self.diffusion_lr = imitation_training(
+                self.diffusion, lr, args.diffusion_weight_decay, args.lr_decay_steps, args.actor_tau
             )
-            self.diffusion_opt = torch.optim.AdamW(
-                self.diffusion.parameters(), lr, weight_decay=args.diffusion_weight_decay
-            )
-            self.diffusion_lr = torch.optim.lr_scheduler.LambdaLR(self.diffusion_opt, decay)
             self.edit = TanhNormalPolicy(obs_dim + act_dim, act_dim, args.hidden,
                                          args.edit_action_scale, args.edit_dropout).to(device)  # fmt: skip
             self.edit_opt = torch.optim.Adam(self.edit.parameters(), lr)
@@ -236,8 +233,9 @@ class EXPO(Agent):
 
     def subset(self) -> torch.Tensor:
         """A fresh random subset of num_min_qs critic indices, drawn without replacement."""
-        device = self.log_alpha.device
-        return torch.randperm(self.args.num_qs, device=device)[: self.args.num_min_qs]
+        return torch.randperm(self.args.num_qs, device=self.log_alpha.device)[
+            : self.args.num_min_qs
+        ]
 
     @torch.no_grad()
     def otf(
