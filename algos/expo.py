@@ -233,9 +233,8 @@ class EXPO(Agent):
 
     def subset(self) -> torch.Tensor:
         """A fresh random subset of num_min_qs critic indices, drawn without replacement."""
-        return torch.randperm(self.args.num_qs, device=self.log_alpha.device)[
-            : self.args.num_min_qs
-        ]
+        device = self.log_alpha.device
+        return torch.randperm(self.args.num_qs, device=device)[: self.args.num_min_qs]
 
     @torch.no_grad()
     def otf(
