@@ -31,12 +31,8 @@ into the base policy.
 L_pi = E[alpha log pi(a|s) - mean_k Q_k(s, a)], next actions a' ~ pi(s'), and the temperature toward -|A|/2;
 its evaluation uses the deterministic mean action, as RLPD's.
 
-Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*), not configs/expo_config.py:
-N = K = 8 candidates, hidden (256, 256, 256), beta_edit 0.05, num_min_qs 2, UTD 20, 5,000 random steps, 300k
-steps, no entropy in the backup. Flags for the reference's faithful-vs-fixed rows: --target-entropy
-code (-|A|/2, the learner's default; with beta_edit 0.05 log alpha then only grows), adjusted or port;
---clip-edited-actions (the code does not clip a + a_hat); --backup-entropy (EXPO: section 4.3's softmax over
-the candidates, which the released code does not have; RLPD: SAC's entropy term). What each does, the other
+Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*), not configs/expo_config.py.
+The reference's faithful-vs-fixed flags (--target-entropy, --clip-edited-actions, --backup-entropy), the other
 deviations and how AntMaze and Adroit run (--preset antmaze, --reward-bias auto): docs/algos/expo.md.
 
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --total-steps 50000
@@ -50,11 +46,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 
 from ocrl.data import Batch, ReplayBuffer, mixed_minibatches
-from ocrl.envs import TrainingEnvs, load_offline_task, make_env
+from ocrl.envs import TrainingEnvs, load_offline_task, make_env, reward_bias
 from ocrl.experiment import (
     Acting,
     Agent,
@@ -67,7 +62,9 @@ from ocrl.experiment import (
     start_run,
 )
 from ocrl.nets import CriticEnsemble, TanhNormalPolicy, polyak_update, xavier_init
-from ocrl.nets.diffusion import DDPM, EMA, LNResNetEpsNet, lr_factor
+from ocrl.nets.core import compile_with_cuda_graphs, gradient_step
+from ocrl.nets.ddpm import DDPM, LNResNetEpsNet, imitation_training
+from ocrl.nets.diffusion import lr_factor
 
 PRESETS: dict[str, dict] = {
     # scripts/expo_antmaze/*.sh (online from scratch): one random target critic, beta_edit 0.05, no
@@ -169,11 +166,8 @@ class Args(RunArgs, OnlineArgs):
 def target_entropy(args: Args, act_dim: int) -> float:
     """H_target of the temperature: --target-entropy code, adjusted or port."""
     beta = args.edit_action_scale
-    return {
-        "code": -act_dim / 2,
-        "adjusted": -act_dim / 2 + act_dim * math.log(beta),
-        "port": -act_dim + act_dim * math.log(2 * beta),
-    }[args.target_entropy]
+    return {"code": -act_dim / 2, "adjusted": -act_dim / 2 + act_dim * math.log(beta),
+            "port": -act_dim + act_dim * math.log(2 * beta)}[args.target_entropy]  # fmt: skip
 
 
 class EXPO(Agent):
@@ -188,37 +182,27 @@ class EXPO(Agent):
         xavier_init(self.critic.net).to(device)  # Flax's init: xavier-uniform kernels, zero biases
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
-        decay = lr_factor("cosine", args.lr_decay_steps)
+        decay, lr = lr_factor("cosine", args.lr_decay_steps), args.policy_lr
         if self.expo:
-            eps_net = LNResNetEpsNet(
-                obs_dim, act_dim, args.diffusion_width, args.diffusion_blocks, args.time_dim
-            )
+            eps_net = LNResNetEpsNet(obs_dim, act_dim, args.diffusion_width, args.diffusion_blocks,
+                                     args.time_dim)  # fmt: skip
             self.diffusion = DDPM(eps_net, act_dim, args.diffusion_steps).to(device)
-            self.diffusion_ema = EMA(
-                self.diffusion, beta=1.0 - args.actor_tau, update_every=1, warmup="plain"
+            self.diffusion_ema, self.diffusion_opt, self.diffusion_lr = imitation_training(
+                self.diffusion, lr, args.diffusion_weight_decay, args.lr_decay_steps, args.actor_tau
             )
-            self.diffusion_opt = torch.optim.AdamW(
-                self.diffusion.parameters(),
-                lr=args.policy_lr,
-                weight_decay=args.diffusion_weight_decay,
-            )
-            self.diffusion_lr = torch.optim.lr_scheduler.LambdaLR(self.diffusion_opt, decay)
-            self.edit = TanhNormalPolicy(
-                obs_dim + act_dim, act_dim, args.hidden, args.edit_action_scale, args.edit_dropout
-            ).to(device)
-            self.edit_opt = torch.optim.Adam(self.edit.parameters(), lr=args.policy_lr)
+            self.edit = TanhNormalPolicy(obs_dim + act_dim, act_dim, args.hidden,
+                                         args.edit_action_scale, args.edit_dropout).to(device)  # fmt: skip
+            self.edit_opt = torch.optim.Adam(self.edit.parameters(), lr)
             self.edit_lr = torch.optim.lr_scheduler.LambdaLR(self.edit_opt, decay)
         else:
             self.actor = TanhNormalPolicy(obs_dim, act_dim, args.hidden).to(device)
-            self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr)
+            self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr)
         self.target_entropy = target_entropy(args, act_dim)
-        self.log_alpha = torch.tensor(
-            math.log(args.init_temperature), device=device, requires_grad=True
-        )
+        log_alpha = math.log(args.init_temperature)
+        self.log_alpha = torch.tensor(log_alpha, device=device, requires_grad=True)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr)
         # On CUDA the T-step chain is T small launches per call, 3 per critic step: CUDA graphs replay them as one.
-        mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
-        self.select = torch.compile(self.otf, mode=mode) if args.compile else self.otf
+        self.select = compile_with_cuda_graphs(self.otf, device) if args.compile else self.otf
         self.seen: dict[str, torch.Tensor] = {}  # the last step's intermediates, for diagnostics
 
     def subset(self) -> torch.Tensor:
@@ -253,13 +237,10 @@ class EXPO(Agent):
         candidates, q, base = self.select(obs, self.diffusion_ema.ema_model)
         best = q.argmax(dim=1)
         action = candidates[torch.arange(obs.shape[0], device=obs.device), best]
-        if not record:
-            return action
-        self.seen.update(
-            edited_fraction_act=(best >= self.args.n_samples).float().mean(),
-            chosen_base_distance=(base - action[:, None]).norm(dim=-1).mean(),
-            action_outside_fraction=(action.abs() > 1.0).any(dim=-1).float().mean(),
-        )
+        if record:
+            self.seen.update(edited_fraction_act=(best >= self.args.n_samples).float().mean(),
+                             chosen_base_distance=(base - action[:, None]).norm(dim=-1).mean(),
+                             action_outside_fraction=(action.abs() > 1.0).any(dim=-1).float().mean())  # fmt: skip
         return action
 
     @torch.no_grad()
@@ -294,9 +275,7 @@ class EXPO(Agent):
             target = rewards + args.discount * (1.0 - terminals) * (next_q - entropy_term)
         q = self.critic(obs, actions)
         critic_loss = ((q - target) ** 2).mean()
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
+        gradient_step(self.critic_opt, critic_loss)
         polyak_update(self.critic_target.parameters(), self.critic.parameters(), args.tau)
         self.seen.update(
             q_mean=q.detach().mean(), q_ensemble_std=q.detach().std(dim=0).mean(), target_mean=target.mean(),
@@ -308,10 +287,7 @@ class EXPO(Agent):
         """One imitation step of the base policy on the batch's (s, a) (AdamW, cosine lr), then the EMA."""
         losses = self.diffusion.sample_losses(batch.observations, batch.actions)
         bc_loss = losses.mean()
-        self.diffusion_opt.zero_grad(set_to_none=True)
-        bc_loss.backward()
-        self.diffusion_opt.step()
-        self.diffusion_lr.step()
+        gradient_step(self.diffusion_opt, bc_loss, scheduler=self.diffusion_lr)
         self.diffusion_ema.update()
         # Mixed minibatches interleave offline (even rows) and online (odd rows) transitions.
         self.seen.update(
@@ -328,24 +304,17 @@ class EXPO(Agent):
             new_actions = actions + edit
             if self.args.clip_edited_actions:
                 new_actions = new_actions.clamp(-1.0, 1.0)
-            policy, opt, name = self.edit, self.edit_opt, "edit_loss"
+            opt, lr, name = self.edit_opt, self.edit_lr, "edit_loss"
             self.seen["edit_magnitude"] = edit.detach().norm(dim=-1).mean()
         else:
             new_actions, log_prob, _ = self.actor(obs)
-            policy, opt, name = self.actor, self.actor_opt, "actor_loss"
+            opt, lr, name = self.actor_opt, None, "actor_loss"
         loss = (alpha * log_prob - self.critic(obs, new_actions).mean(dim=0)).mean()
-        params = list(policy.parameters())
         # Gradients for the policy only: the critics' weight gradients are not needed here.
-        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
-            p.grad = g
-        opt.step()
-        if self.expo:
-            self.edit_lr.step()
+        gradient_step(opt, loss, own_only=True, scheduler=lr)
         entropy = -log_prob.detach().mean()
         alpha_loss = self.log_alpha.exp() * (entropy - self.target_entropy)
-        self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_opt.step()
+        gradient_step(self.alpha_opt, alpha_loss)
         return {
             name: loss.detach(), "entropy": entropy, "alpha": alpha, "alpha_loss": alpha_loss.detach(),
         }  # fmt: skip
@@ -370,70 +339,43 @@ class EXPO(Agent):
         return stats | {"expo/log_alpha": self.log_alpha.detach().clone()}
 
 
-def reward_bias(flag: Literal["auto"] | float, dataset: str, env_id: str) -> float:
-    """--reward-bias as a number: 'auto' is -1 when the dataset or env name says AntMaze (RLPD's and
-    EXPO's `"antmaze" in env_name`), else 0."""
-    if flag != "auto":
-        return float(flag)
-    return -1.0 if "antmaze" in f"{dataset} {env_id}".lower() else 0.0
-
-
 def check_expo_args(args: Args) -> None:
     """This file's flag checks, after ocrl's: counts, the subset, the candidates, beta_edit and the variants."""
     check_args(args, ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every",
                       "buffer_size", "utd_ratio", "num_qs", "num_min_qs", "n_samples",
                       "diffusion_steps", "lr_decay_steps"),
                non_negative=("learning_starts", "pretrain_steps", "n_edit_samples"))  # fmt: skip
-    if args.batch_size % 2:
-        raise UsageError(
-            f"--batch-size {args.batch_size}: must be even (half offline, half online)"
-        )
-    if args.num_min_qs > args.num_qs:
-        raise UsageError(f"--num-min-qs {args.num_min_qs}: at most --num-qs ({args.num_qs})")
-    if args.n_edit_samples > args.n_samples:
-        raise UsageError(
-            f"--n-edit-samples {args.n_edit_samples}: edits the first K base samples, so at most "
-            f"--n-samples ({args.n_samples})"
-        )
-    if not args.edit_action_scale > 0:
-        raise UsageError(f"--edit-action-scale {args.edit_action_scale}: must be > 0")
-    if args.init_temperature <= 0:
-        raise UsageError(f"--init-temperature {args.init_temperature}: must be > 0")
-    if not 0 <= args.edit_dropout < 1:
-        raise UsageError(f"--edit-dropout {args.edit_dropout}: must lie in [0, 1)")
-    if args.policy == "gaussian" and args.target_entropy != "code":
-        raise UsageError(
-            f"--target-entropy {args.target_entropy}: depends on beta_edit, so needs --policy expo"
-        )
-    if args.policy == "gaussian" and args.pretrain_steps:
-        raise UsageError("--pretrain-steps: pre-trains the diffusion base, so needs --policy expo")
+    gaussian = args.policy == "gaussian"
+    for bad, problem in (
+        (args.batch_size % 2, f"--batch-size {args.batch_size}: must be even (half offline, half online)"),
+        (args.num_min_qs > args.num_qs, f"--num-min-qs {args.num_min_qs}: at most --num-qs ({args.num_qs})"),
+        (args.n_edit_samples > args.n_samples, f"--n-edit-samples {args.n_edit_samples}: edits the first K "
+                                               f"base samples, so at most --n-samples ({args.n_samples})"),
+        (not args.edit_action_scale > 0, f"--edit-action-scale {args.edit_action_scale}: must be > 0"),
+        (args.init_temperature <= 0, f"--init-temperature {args.init_temperature}: must be > 0"),
+        (not 0 <= args.edit_dropout < 1, f"--edit-dropout {args.edit_dropout}: must lie in [0, 1)"),
+        (gaussian and args.target_entropy != "code",
+         f"--target-entropy {args.target_entropy}: depends on beta_edit, so needs --policy expo"),
+        (gaussian and args.pretrain_steps, "--pretrain-steps: pre-trains the diffusion base, so needs --policy expo"),
+    ):  # fmt: skip
+        if bad:
+            raise UsageError(problem)
 
 
 def main(args: Args) -> dict:
     args, device, np_rng = start_run(args, check_expo_args)
     task = load_offline_task(args.dataset, args.env_id, device=device, normalize_obs=False)
-    low, high = task.action_low.astype(np.float32), task.action_high.astype(np.float32)
     # The policy works in [-1, 1]^A (RLPD's rescale_actions); dataset actions clipped to +-(1 - 1e-5).
-    off = task.buffer
-    low_t, high_t = torch.as_tensor(low, device=device), torch.as_tensor(high, device=device)
-    off.actions = (2 * (off.actions - low_t) / (high_t - low_t) - 1).clamp(-1 + 1e-5, 1 - 1e-5)
-
-    def to_env(action: torch.Tensor) -> torch.Tensor:
-        return low_t + (action.clamp(-1.0, 1.0) + 1) / 2 * (high_t - low_t)
-
+    off, unit = task.buffer, task.unit_actions(margin=1e-5)
     bias = reward_bias(args.reward_bias, task.dataset.name, task.env_id)
     print(f"reward bias: {bias:+g} on every minibatch (--reward-bias {args.reward_bias})")
-    # One SAME_STEP autoreset env, seeded; its current observation and episode counters are a
-    # checkpoint part, so --resume continues the episode.
+    # One SAME_STEP autoreset env, seeded; a checkpoint part, so --resume continues the episode.
     envs = TrainingEnvs(lambda: make_env(task.env_id, **task.env_kwargs), 1, args.seed)
     agent = EXPO(args, task.obs_dim, task.act_dim, device)
-    online = ReplayBuffer(
-        task.obs_dim, task.act_dim, min(args.buffer_size, args.total_steps), device
-    )
+    capacity = min(args.buffer_size, args.total_steps)
+    online = ReplayBuffer(task.obs_dim, task.act_dim, capacity, device)
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
-
-    def eval_policy(obs: torch.Tensor) -> torch.Tensor:
-        return to_env(agent.act_eval(obs))
+    eval_policy = unit.acting(agent.act_eval)  # in the env's action range
 
     loop = TrainingLoop(
         "expo" if agent.expo else "rlpd", task.dataset.name, args,
@@ -446,13 +388,9 @@ def main(args: Args) -> dict:
             pretrain = agent.diffusion_step(off.sample(args.batch_size))
         loop.run.log(0, {"losses/pretrain_bc_loss": float(pretrain["bc_loss"])})
     for step in loop.steps():
-        if step < args.learning_starts:
-            env_action = envs.action_space.sample()
-            action = 2 * (env_action - low) / (high - low) - 1
-        else:
-            action_t = agent.act(torch.as_tensor(envs.obs, dtype=torch.float32, device=device))
-            action, env_action = action_t.cpu().numpy(), to_env(action_t).cpu().numpy()
-        # The unclipped chosen action goes into the replay, as the original's.
+        # Warm-up samples, then the OTF choice; its unclipped action goes into the replay, as the original's.
+        policy = agent.act if step >= args.learning_starts else None
+        env_action, action = envs.act(policy, device, unit)
         envs.step_into(online, env_action, loop.run, step, stored_action=action)
 
         if loop.step > args.learning_starts:

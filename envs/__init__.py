@@ -14,8 +14,13 @@ from ocrl.envs.evaluation import (
     resolve_reference_scores,
 )
 from ocrl.envs.ids import register_envs
-from ocrl.envs.offline_task import OfflineTask, dataset_env_kwargs, load_offline_task
-from ocrl.envs.training import TrainingEnvs
+from ocrl.envs.offline_task import (
+    OfflineTask,
+    dataset_env_kwargs,
+    load_offline_task,
+    reward_bias,
+)
+from ocrl.envs.training import TrainingEnvs, UnitActions
 from ocrl.envs.vector import make_vector_env
 
 __all__ = [
@@ -32,6 +37,7 @@ __all__ = [
     "OfflineTask",
     "TimeFeature",
     "TrainingEnvs",
+    "UnitActions",
     "check_dataset_fits",
     "dataset_env_kwargs",
     "dynamics_error",
@@ -46,6 +52,7 @@ __all__ = [
     "reference_scores",
     "register_env_family",
     "resolve_reference_scores",
+    "reward_bias",
 ]
 
 # The inventory and lot-sizing simulators (torch, scipy) load on first use: `from ocrl.envs import

@@ -24,6 +24,15 @@ from ocrl.envs.evaluation import (
     register_env_family,
     resolve_reference_scores,
 )
+from ocrl.envs.training import UnitActions
+
+
+def reward_bias(flag: Literal["auto"] | float, dataset: str, env_id: str) -> float:
+    """A --reward-bias flag as a number: 'auto' is -1 when the dataset or env name says AntMaze (RLPD's and
+    EXPO's `"antmaze" in env_name`, their r - 1), else 0."""
+    if flag != "auto":
+        return float(flag)
+    return -1.0 if "antmaze" in f"{dataset} {env_id}".lower() else 0.0
 
 
 @dataclass
@@ -55,6 +64,15 @@ class OfflineTask:
     def normalizer(self) -> dict[str, np.ndarray | None]:
         """The observation statistics, as a checkpoint part (a resume checks the data still gives them)."""
         return {"obs_mean": self.obs_mean, "obs_std": self.obs_std}
+
+    def unit_actions(self, margin: float = 1e-5) -> UnitActions:
+        """Rescale the buffer's actions to [-1, 1]^A, clipped to +-(1 - margin) (RLPD's rescale_actions and
+        D4RL loader), for a policy that acts in [-1, 1]^A; return the maps between the two ranges."""
+        low, high = self.action_low.astype(np.float32), self.action_high.astype(np.float32)
+        unit = UnitActions(low, high, self.buffer.device)
+        actions = 2 * (self.buffer.actions - unit.low_t) / (unit.high_t - unit.low_t) - 1
+        self.buffer.actions = actions.clamp(-1 + margin, 1 - margin)
+        return unit
 
     def evaluator(
         self, num_episodes: int, seed: int, device: str | torch.device = "cpu"

@@ -24,7 +24,8 @@ RecordEpisodeStatistics) is saved as "restart": on `--resume` that copy starts a
 copy did before this part existed, and a note names it and why.
 
 `vector_env_state` and `load_vector_env_state` are the envs' part of that state for any SyncVectorEnv; the
-on-policy `ocrl.data.VectorRollout` saves its envs with them.
+on-policy `ocrl.data.VectorRollout` saves its envs with them. `UnitActions` maps the actions of a policy
+that acts in [-1, 1]^A (RLPD's, EXPO's) into an env's Box and back.
 """
 
 from __future__ import annotations
@@ -285,11 +286,40 @@ def load_vector_env_state(envs: gym.vector.SyncVectorEnv, state: dict) -> list[i
     return restarted
 
 
+class UnitActions:
+    """An env's Box actions seen as [-1, 1]^A: `to_env` maps a policy's actions (tensors, clipped to [-1, 1]) into
+    the env's range, `to_unit` maps the env's (arrays, e.g. warm-up samples) into [-1, 1]^A."""
+
+    def __init__(
+        self, low: np.ndarray, high: np.ndarray, device: str | torch.device = "cpu"
+    ) -> None:
+        self.low, self.high = low, high
+        self.low_t = torch.as_tensor(low, device=device)
+        self.high_t = torch.as_tensor(high, device=device)
+
+    def to_env(self, action: torch.Tensor) -> torch.Tensor:
+        return self.low_t + (action.clamp(-1.0, 1.0) + 1) / 2 * (self.high_t - self.low_t)
+
+    def to_unit(self, action: np.ndarray) -> np.ndarray:
+        return 2 * (action - self.low) / (self.high - self.low) - 1
+
+    def acting(
+        self, policy: Callable[[torch.Tensor], torch.Tensor]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`policy` (acting in [-1, 1]^A) followed by `to_env`: an acting function in the env's range."""
+
+        def act(obs: torch.Tensor) -> torch.Tensor:
+            return self.to_env(policy(obs))
+
+        return act
+
+
 class TrainingEnvs:
     """An online loop's training envs as one checkpoint part: the vector env, the observation the policy
     acts on next (`obs`) and each copy's running `episode_return` and `episode_length`.
 
-    An off-policy loop steps with `envs.step_into(buffer, action, loop.run, step)`, which keeps `obs` and
+    An off-policy loop picks its actions with `envs.act(policy, device)` (warm-up samples with no policy) and
+    steps with `envs.step_into(buffer, action, loop.run, step)`, which keeps `obs` and
     the counters up to date; the checkpoint saves them as they are, with every copy's env state, so a
     resumed run continues the same episodes.
     """
@@ -340,6 +370,22 @@ class TrainingEnvs:
                 f"this environment has {obs_space} and {act_space}"
             )
         return obs_space.shape[0], act_space.shape[0]
+
+    def act(
+        self,
+        policy: Callable[[torch.Tensor], torch.Tensor] | None,
+        device: str | torch.device = "cpu",
+        unit: UnitActions | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(env action, action to store) for `obs`: the action space's warm-up samples when `policy` is None,
+        else `policy` on `obs`; with `unit` the policy acts in [-1, 1]^A and its action is the one stored."""
+        if policy is None:
+            action = self.action_space.sample()
+            return action, action if unit is None else unit.to_unit(action)
+        with torch.no_grad():
+            chosen = policy(torch.as_tensor(self.obs, dtype=torch.float32, device=device))
+        action = chosen.cpu().numpy()
+        return (action if unit is None else unit.to_env(chosen).cpu().numpy()), action
 
     def step_into(
         self,

@@ -1,9 +1,9 @@
-"""MLPs, critic ensembles evaluated in one batched matmul, and deterministic / Gaussian / tanh-Gaussian actors."""
+"""MLPs, critic ensembles evaluated in one batched matmul, deterministic / Gaussian / tanh-Gaussian actors, the optimiser step."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -322,3 +322,31 @@ def polyak_update(
 ) -> None:
     """target <- (1 - tau) * target + tau * online, fused over all tensors."""
     torch._foreach_lerp_(list(target), list(online), tau)
+
+
+def gradient_step(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    own_only: bool = False,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> None:
+    """Backpropagate `loss` and step `optimizer`, then `scheduler`; `own_only` computes the gradients of the
+    optimizer's parameters only (an actor loss through the critics leaves their weights' gradients alone)."""
+    if own_only:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+            p.grad = g
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
+def compile_with_cuda_graphs(fn: Callable, device: torch.device | str) -> Callable:
+    """torch.compile(fn), in reduce-overhead mode on CUDA: its CUDA graphs replay a call's many small kernel
+    launches (e.g. a T-step diffusion chain) as one."""
+    return torch.compile(
+        fn, mode="reduce-overhead" if torch.device(device).type == "cuda" else None
+    )

@@ -1,6 +1,6 @@
 """The DDPM/VP chain of diffusion policies (EXPO's base policy, IDQL's DDPM): epsilon-prediction over actions
 conditioned on the state, T small (10), the VP beta schedule, an ancestral sampler that clips to [-1, 1] after
-every step, and IDQL's LN-ResNet epsilon-network."""
+every step, IDQL's LN-ResNet epsilon-network, and the optimisation of such a policy by imitation."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ocrl.nets.diffusion_training import EMA, lr_factor
 
 
 def vp_beta_schedule(steps: int, b_min: float = 0.1, b_max: float = 10.0) -> torch.Tensor:
@@ -164,6 +166,17 @@ class DDPM(nn.Module):
             if self.clip:
                 x = x.clamp(-1.0, 1.0)
         return x.clamp(-1.0, 1.0)
+
+
+def imitation_training(
+    model: DDPM, lr: float, weight_decay: float, decay_steps: int, ema_rate: float
+) -> tuple[EMA, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """(EMA, optimiser, lr schedule) of a DDPM policy trained by imitation (EXPO's, IDQL's): an EMA of its weights
+    (decay 1 - ema_rate at every update), AdamW, and the lr cosine-decayed to 0 over `decay_steps` updates."""
+    ema = EMA(model, beta=1 - ema_rate, update_every=1, warmup="plain")
+    optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor("cosine", decay_steps))
+    return ema, optimizer, schedule
 
 
 def _randn(*size: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from ocrl.nets.ddpm import imitation_training
 from ocrl.nets.diffusion import DDPM, LNResNetEpsNet, vp_beta_schedule
 
 
@@ -102,3 +103,22 @@ def test_sampling_compiles_with_a_dynamic_batch_size():
         torch.manual_seed(1)
         want = ddpm.sample(torch.randn(batch, 3))
         torch.testing.assert_close(got, want)
+
+
+def test_imitation_training_is_adamw_a_cosine_lr_and_a_plain_ema():
+    ddpm = tiny_ddpm()
+    ema, opt, schedule = imitation_training(ddpm, 1e-3, 1e-4, decay_steps=4, ema_rate=0.25)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 1e-4
+    before = [p.detach().clone() for p in ema.ema_model.parameters()]
+    obs, actions = torch.randn(8, 3), torch.rand(8, 2) * 2 - 1
+    for step in range(1, 5):
+        opt.zero_grad()
+        ddpm.loss(obs, actions).backward()
+        opt.step(), schedule.step()
+        cosine = 0.5 * (1 + math.cos(math.pi * step / 4))
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * cosine)
+        ema.update()
+        # decay 1 - ema_rate from the first update: ema <- 0.75 ema + 0.25 model
+        for e, b, p in zip(ema.ema_model.parameters(), before, ddpm.parameters(), strict=True):
+            torch.testing.assert_close(e, 0.75 * b + 0.25 * p.detach())
+        before = [p.detach().clone() for p in ema.ema_model.parameters()]

@@ -12,6 +12,7 @@ from ocrl.nets import (
     DeterministicActor,
     EnsembleLinear,
     TanhGaussianActor,
+    gradient_step,
     polyak_update,
     xavier_init,
 )
@@ -135,6 +136,34 @@ def test_tanh_gaussian_log_prob_matches_change_of_variables():
     # gradients flow to every parameter through the reparameterised sample
     (log_prob.mean() + action.sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in actor.parameters())
+
+
+def test_gradient_step_own_only_leaves_other_gradients_and_steps_the_schedule():
+    torch.manual_seed(0)
+    actor, critic = nn.Linear(3, 2), nn.Linear(5, 1)
+    x = torch.randn(4, 3)
+
+    def loss() -> torch.Tensor:
+        return critic(torch.cat([x, actor(x)], 1)).mean()
+
+    want = [g.clone() for g in torch.autograd.grad(loss(), list(actor.parameters()))]
+    critic.weight.grad = torch.ones_like(critic.weight)  # must stay as it is
+    opt = torch.optim.SGD(actor.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1 * (step + 1))
+    before = [p.detach().clone() for p in actor.parameters()]
+    gradient_step(opt, loss(), own_only=True, scheduler=sched)
+    for p, b, g in zip(actor.parameters(), before, want, strict=True):
+        torch.testing.assert_close(p.grad, g)
+        torch.testing.assert_close(
+            p.detach(), b - 0.05 * g
+        )  # lr 0.5 x the schedule's 0.1 at step 0
+    assert torch.equal(critic.weight.grad, torch.ones_like(critic.weight))
+    assert critic.bias.grad is None
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # the schedule stepped: 0.5 x 0.2
+    # Without own_only: zero_grad, backward through everything, step.
+    opt = torch.optim.SGD(critic.parameters(), lr=1.0)
+    gradient_step(opt, loss())
+    assert not torch.equal(critic.weight.grad, torch.ones_like(critic.weight))
 
 
 def test_polyak_update():

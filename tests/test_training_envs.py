@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ocrl.envs import TimeFeature, TrainingEnvs, make_env
+from ocrl.envs import TimeFeature, TrainingEnvs, UnitActions, make_env
 from ocrl.experiment import CheckpointError
 
 
@@ -132,3 +132,19 @@ def test_check_flat_box_refuses_a_discrete_action_space():
     envs = TrainingEnvs(lambda: make_env("CartPole-v1"), 1, seed=0)
     with pytest.raises(UsageError, match="--env-id CartPole-v1: SAC needs flat Box"):
         envs.check_flat_box("SAC", "CartPole-v1")
+
+
+def test_act_gives_warm_up_samples_or_the_policy_action_and_maps_unit_actions():
+    low, high = np.array([-2.0], np.float32), np.array([2.0], np.float32)
+    unit = UnitActions(low, high)
+    envs, twin = (TrainingEnvs(lambda: make_env("Pendulum-v1"), 1, seed=3) for _ in range(2))
+    env_action, stored = envs.act(None, unit=unit)
+    want = twin.action_space.sample()  # the same RNG draw
+    assert np.array_equal(env_action, want) and np.allclose(stored, want / 2)
+    env_action, stored = envs.act(lambda obs: torch.full((obs.shape[0], 1), 1.5))
+    assert np.array_equal(env_action, stored) and stored.tolist() == [[1.5]]
+    env_action, stored = envs.act(lambda obs: torch.full((obs.shape[0], 1), 1.5), unit=unit)
+    assert stored.tolist() == [[1.5]] and env_action.tolist() == [
+        [2.0]
+    ]  # clipped to [-1, 1], then mapped
+    assert unit.acting(lambda obs: obs)(torch.tensor([[-0.5]])).tolist() == [[-1.0]]
