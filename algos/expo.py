@@ -27,13 +27,10 @@ over 3M steps; then the EMA), one edit step (Adam on the same cosine schedule), 
 The online replay stores the executed, unclipped OTF action, so imitation distils the edits and the argmax
 into the base policy.
 
-`--policy gaussian` is RLPD with the same critic, data mixing and schedule: a tanh-Gaussian actor on s,
-L_pi = E[alpha log pi(a|s) - mean_k Q_k(s, a)], next actions a' ~ pi(s'), and the temperature toward -|A|/2;
-its evaluation uses the deterministic mean action, as RLPD's.
-
-Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*), not configs/expo_config.py.
-The reference's faithful-vs-fixed flags (--target-entropy, --clip-edited-actions, --backup-entropy), the other
-deviations and how AntMaze and Adroit run (--preset antmaze, --reward-bias auto): docs/algos/expo.md.
+`--policy gaussian` is RLPD (runs named rlpd__...): the same critic, data mixing and schedule, a tanh-Gaussian
+actor, L_pi = E[alpha log pi(a|s) - mean_k Q_k(s, a)], a' ~ pi(s'), temperature toward -|A|/2, mean-action eval.
+Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*); faithful-vs-fixed flags
+(--target-entropy, --clip-edited-actions, --backup-entropy), AntMaze and Adroit runs: docs/algos/expo.md.
 
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --total-steps 50000
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --policy gaussian --total-steps 50000
@@ -153,14 +150,11 @@ class Args(RunArgs, OnlineArgs):
     actor_tau: float = 0.001
     """EMA rate of the diffusion weights used for acting and evaluation"""
     save_model: bool = False
-    """write checkpoint.pt (networks, optimisers, RNG, online replay and the training env) at every evaluation and at the end
-    (policy.pt2 is written on CPU runs: EXPO's is stochastic, see docs/runs.md, Policy files)"""
+    """write checkpoint.pt (networks, optimisers, RNG, online replay and the training env) at every evaluation and at the end (policy.pt2 is written on CPU runs: EXPO's is stochastic, see docs/runs.md, Policy files)"""
     resume: str | None = None
     """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
     """torch.compile the OTF candidate selection (the T-step chain of the N + K candidates and their scores; CUDA graphs on CUDA)"""
-    run_dir: str | None = None
-    """run folder; default runs/expo__<dataset>__s<seed>__<time> (rlpd__... with --policy gaussian)"""
 
 
 def target_entropy(args: Args, act_dim: int) -> float:
@@ -383,8 +377,7 @@ def main(args: Args) -> dict:
         policy=Acting(function=eval_policy, stochastic=agent.expo),
     )  # fmt: skip
     if agent.expo and loop.step == 0 and args.pretrain_steps:
-        # The diffusion base only (pretrain_q = pretrain_edit = False).
-        for _ in range(args.pretrain_steps):
+        for _ in range(args.pretrain_steps):  # the diffusion base only, as the original
             pretrain = agent.diffusion_step(off.sample(args.batch_size))
         loop.run.log(0, {"losses/pretrain_bc_loss": float(pretrain["bc_loss"])})
     for step in loop.steps():
