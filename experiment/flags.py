@@ -25,6 +25,7 @@ from ocrl.experiment.run import (
     _flag,
     _holds_run,
 )
+from ocrl.plugins import FEATURES
 
 ArgsT = TypeVar("ArgsT")
 
@@ -90,7 +91,8 @@ def check_args(
             check_writable(getattr(args, name), _flag(name))
 
 
-#: Flags that need an optional extra: (flag field, module it imports, extra, what it is for).
+#: Flags that need an optional extra: (flag field, module it imports, extra and `FEATURES` name, what
+#: it is for).
 EXTRAS = (
     ("track", "wandb", "track", "Weights & Biases"),
     ("capture_video", "moviepy", "video", "MoviePy, which writes the MP4s"),
@@ -98,8 +100,14 @@ EXTRAS = (
 
 
 def check_extras(args: Any) -> None:
-    """Raise UsageError when a flag that is on needs an optional extra that is not installed."""
+    """Raise UsageError when a flag that is on needs an optional extra that is not installed, or a
+    feature a copy made by scripts/export.py was made without."""
     for flag_field, module, extra, what in EXTRAS:
+        if getattr(args, flag_field, False) and extra not in FEATURES:
+            raise UsageError(
+                f"{_flag(flag_field)}: this copy of the algorithm was exported without it; export "
+                f"it again with scripts/export.py --features {extra}, or drop {_flag(flag_field)}"
+            )
         if getattr(args, flag_field, False) and importlib.util.find_spec(module) is None:
             raise UsageError(
                 f"{_flag(flag_field)}: needs {what} ({module}), which is not installed; "

@@ -2,6 +2,11 @@
 
     python scripts/export.py algos/td3_bc.py --out my_td3_bc.py
     python scripts/export.py algos/td3_bc.py --check my_td3_bc.py   # is my_td3_bc.py still current?
+    python scripts/export.py algos/td3_bc.py --out my_td3_bc.py --formats hdf5 minari --features track
+
+The library reaches dataset readers and optional features (W&B tracking, videos, the policy file)
+through tables of "module:name" strings it imports on first use (`PLUGINS`); a copy carries the
+entries --formats and --features name, and its --help says what it reads and what it lacks.
 
 The algorithm's ``from ocrl...`` imports are followed (package re-exports and lazy ``__getattr__``
 re-exports to the defining module) and every top-level function, class and constant they reach is
@@ -14,6 +19,7 @@ the algorithm, whose text is copied exactly (less its imports, which join the me
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,18 +53,36 @@ PIP_NAMES = {
     "cv2": "opencv-python",
     "gymnasium_robotics": "gymnasium-robotics",
 }
-#: Packages imported only for some inputs, with what for.
-OPTIONAL = {"gymnasium_robotics": "AntMaze/Adroit envs", "minari": "Minari datasets"}
+#: Packages imported only for some inputs or flags, with what for (besides pyproject's extras).
+OPTIONAL = {
+    "gymnasium_robotics": "AntMaze/Adroit envs",
+    "minari": "Minari datasets",
+    "wandb": "--track",
+    "moviepy": "--capture-video",
+}
 #: Packages a submodule import needs besides its top-level one.
 PIP_EXTRA = {"torch.utils.tensorboard": "tensorboard"}
 
 #: Library names that read files shipped with ocrl, with what the export's --help says instead.
 CANNOT_TRAVEL = {
     ("ocrl.data.offline", "SHIPPED_ROOT"): (
-        "This copy does not carry the datasets shipped with ocrl (ids ocrl/...): pass --dataset a "
-        "D4RL-layout .hdf5 file, a Minari dataset folder or a Minari id."
+        "This copy does not carry the datasets shipped with ocrl (ids ocrl/...): pass --dataset {inputs}."
     ),
 }
+#: Tables of "module:name" entries the library imports on first use, with the option that picks the
+#: entries a copy carries; the copy's table holds those objects themselves.
+PLUGINS = {("ocrl.data.offline", "READERS"): "formats", ("ocrl.plugins", "FEATURES"): "features"}
+#: What each kind of input a reader reads is (the library's table).
+READER_INPUTS = ("ocrl.data.offline", "READER_INPUTS")
+#: What each feature is, for the copy's --help.
+FEATURE_NOTES = {
+    "track": "--track (Weights & Biases)",
+    "video": "--capture-video",
+    "policy": "the policy file (policy.pt2, policy.json)",
+}
+DEFAULT_FORMATS = ("hdf5",)
+READERS = ("ocrl.data.offline", "READERS")
+FEATURES = ("ocrl.plugins", "FEATURES")
 #: The module whose `register_envs` registers ocrl's Gymnasium ids when ocrl.envs is imported.
 IDS_MODULE = "ocrl.envs.ids"
 #: The library constant an export sets to those notes (`cli` adds it to --help).
@@ -97,7 +121,18 @@ def gym_ids() -> dict[str, tuple[dict, tuple[str, str], tuple[str, str] | None]]
     return out
 
 
-def export(algo: Path, command: str) -> str:
+def literal(module: str, name: str) -> object:
+    """The value of a library constant written as a literal (a dict of strings, say)."""
+    (node,) = load(module).defs[name]
+    return ast.literal_eval(node.value)
+
+
+def export(
+    algo: Path,
+    command: str,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
+    features: tuple[str, ...] = (),
+) -> str:
     algo = algo.resolve()
     main = load("__algo__", algo)
     lenient = True
@@ -141,6 +176,22 @@ def export(algo: Path, command: str) -> str:
                 ann_only.extend(r for r in p.refs if r.target[0] == "def")
 
     close([r for p in algo_pieces for r in p.refs if r.target[0] == "def"])
+    # Plugin tables: the entries --formats/--features name are carried (and what they reach).
+    chosen = {"formats": formats, "features": features}
+    plugins: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+    while todo_tables := [k for k in PLUGINS if k in carried and k not in plugins]:
+        for key in todo_tables:
+            table = literal(*key)
+            option = PLUGINS[key]
+            unknown = [k for k in chosen[option] if k not in table]
+            if unknown:
+                raise ExportError(
+                    f"--{option} {' '.join(unknown)}: expected some of {', '.join(table)}"
+                )
+            plugins[key] = {k: tuple(v.split(":")) for k, v in table.items() if k in chosen[option]}
+            close([
+                Ref(ast.Name(e[1]), ("def", *e), False, False) for e in plugins[key].values()
+            ])  # fmt: skip
     # ocrl's own Gymnasium ids that the code names: registered in the export with the classes.
     ids = gym_ids()
     strings = {
@@ -239,7 +290,38 @@ def export(algo: Path, command: str) -> str:
                         a = byte_offset(lines, n.lineno, n.col_offset)
                         edits.append((a, a + len(n.id.encode()), flat[(p.module, n.id)].encode()))
         texts[id(p.node)] = segment(mod, p.node, edits)
-    notes = [note for key, note in CANNOT_TRAVEL.items() if key in carried]
+    for key, entries in plugins.items():
+        (piece,) = carried[key]
+        ann = (
+            f": {ast.unparse(piece.node.annotation)}"
+            if isinstance(piece.node, ast.AnnAssign)
+            else ""
+        )
+        items = ", ".join(f"{k!r}: {flat[e]}" for k, e in entries.items())
+        texts[id(piece.node)] = (
+            f"#: What this copy was exported with (scripts/export.py --{PLUGINS[key]}); the library\n"
+            "#: imports each entry by name on first use.\n"
+            f"{flat[key]}{ann} = {{{items}}}"
+        )
+    reads = ""
+    if READERS in plugins:
+        inputs = literal(*READER_INPUTS)
+        reads = " or ".join(inputs[k] for k in plugins[READERS])
+    notes = [note.format(inputs=reads) for key, note in CANNOT_TRAVEL.items() if key in carried]
+    if READERS in plugins:
+        others = [k for k in inputs if k not in plugins[READERS]]
+        if others:
+            notes.append(
+                f"It reads {reads}; for {' or '.join(inputs[k] for k in others)} export it "
+                f"again with --formats {' '.join([*plugins[READERS], *others])}."
+            )
+    if FEATURES in plugins:
+        missing = [k for k in literal(*FEATURES) if k not in plugins[FEATURES]]
+        if missing:
+            notes.append(
+                f"Not in this copy: {', '.join(FEATURE_NOTES.get(k, k) for k in missing)}; "
+                f"export it again with --features {' '.join(missing)} for them."
+            )
     if notes and HELP_NOTE in carried:
         (piece,) = carried[HELP_NOTE]
         texts[id(piece.node)] = (
@@ -259,6 +341,9 @@ def export(algo: Path, command: str) -> str:
         for r in p.refs:
             if r.target[0] == "def" and r.target[1] != p.module:
                 (strict if r.module_level else soft)[p.module].add(r.target[1])
+
+    for key, entries in plugins.items():  # the written table names its entries at module level
+        strict[key[0]].update(e[0] for e in entries.values() if e[0] != key[0])
 
     def topological(edges: list[dict[str, set[str]]]) -> list[str]:
         ordered: list[str] = []
@@ -325,9 +410,14 @@ def export(algo: Path, command: str) -> str:
     dotted = {t.split()[1] for t in ext.values()} | local_imports
     tops = {d.split(".")[0] for d in dotted} | {PIP_EXTRA[d] for d in dotted if d in PIP_EXTRA}
     tops = {t for t in tops if t and t not in sys.stdlib_module_names and t != "__future__"}
-    packages = sorted(PIP_NAMES.get(t, t) for t in tops - set(OPTIONAL))
-    optional = sorted(PIP_NAMES.get(t, t) for t in tops & set(OPTIONAL))
-    why = ", ".join(OPTIONAL[t] for t in sorted(tops & set(OPTIONAL)))
+    # Optional: what only some inputs or flags import (OPTIONAL), and what pyproject lists only in
+    # an optional extra (wandb for --track is imported inside a function, as h5py is, but h5py is
+    # needed by every run that reads a file).
+    extras = {t: f"extra '{e}'" for t, e in optional_extras().items()}
+    why_of = {**extras, **OPTIONAL}
+    packages = sorted(PIP_NAMES.get(t, t) for t in tops - set(why_of))
+    optional = sorted(PIP_NAMES.get(t, t) for t in tops & set(why_of))
+    why = "; ".join(why_of[t] for t in sorted(tops & set(why_of)))
 
     rel = algo.relative_to(ROOT) if algo.is_relative_to(ROOT) else algo
     out = [
@@ -379,6 +469,28 @@ def export(algo: Path, command: str) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def optional_extras() -> dict[str, str]:
+    """Import name -> extra, of the packages pyproject.toml lists in an optional extra and not in its
+    dependencies (none on Python 3.10, which has no tomllib)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        return {}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("project", {})
+
+    def base(requirement: str) -> str:
+        return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
+
+    required = {base(r) for r in project.get("dependencies", [])}
+    by_pip = {pip: name for name, pip in PIP_NAMES.items()}
+    out: dict[str, str] = {}
+    for extra, requirements in project.get("optional-dependencies", {}).items():
+        for r in requirements:
+            if base(r) not in required:
+                out.setdefault(by_pip.get(base(r), base(r).replace("-", "_")), extra)
+    return out
+
+
 def ruff_tidy(path: Path) -> None:
     """Sort the imports and format with ruff when it is installed, under ocrl's ruff settings."""
     ruff = _ruff()
@@ -418,6 +530,11 @@ class Args:
     """where to write the exported file"""
     check: Path | None = None
     """instead of writing: exit 1 unless this file is what --out would write now (the commit aside)"""
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    """the dataset inputs the copy reads: hdf5 (D4RL-layout files), d4rl (D4RL names, downloaded),
+    minari (Minari folders and ids); the others give a one-line error naming this flag"""
+    features: tuple[str, ...] = ()
+    """optional features the copy carries: track (--track), video (--capture-video), policy (policy.pt2)"""
 
 
 def main(args: Args) -> int:
@@ -429,8 +546,12 @@ def main(args: Args) -> int:
     algo = args.algo.resolve()
     shown = algo.relative_to(ROOT) if algo.is_relative_to(ROOT) else algo
     command = f"python scripts/export.py {shown.as_posix()} --out {target.name}"
+    if tuple(args.formats) != DEFAULT_FORMATS:
+        command += f" --formats {' '.join(args.formats)}"
+    if args.features:
+        command += f" --features {' '.join(args.features)}"
     try:
-        text = export(args.algo, command)
+        text = export(args.algo, command, tuple(args.formats), tuple(args.features))
     except ExportError as e:
         return usage(str(e))
     tmp = target.with_name(f".{target.name}.tmp")
