@@ -38,9 +38,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """.replace("import importlib.abc,", "import importlib.abc, os,")
 
 
-def export(name: str, out: Path, root: Path = ROOT) -> Path:
+def export(name: str, out: Path, root: Path = ROOT, options: tuple[str, ...] = ()) -> Path:
     proc = subprocess.run(
-        [sys.executable, str(root / "scripts" / "export.py"), f"algos/{name}.py", "--out", str(out)],
+        [sys.executable, str(root / "scripts" / "export.py"), f"algos/{name}.py", "--out", str(out),
+         *options],
         cwd=root, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -179,6 +180,76 @@ def test_export_carries_only_what_is_reached(tmp_path):
     assert "def gae(" in text  # ppo's rollout needs it
     assert "def write_minari(" not in text and "def load_dataset(" not in text
     assert "class ReplayBuffer" not in text
+
+
+# What the library reaches only by name (ocrl.data.offline.READERS, ocrl.plugins.FEATURES).
+BY_NAME = {
+    "def read_minari(": ("--formats", "minari"),
+    "def download_d4rl(": ("--formats", "d4rl"),
+    "class WandbTracker": ("--features", "track"),
+    "def record_first_episode(": ("--features", "video"),
+    "class PolicyProgram": ("--features", "policy"),
+}
+
+
+def test_a_d4rl_file_copy_carries_no_minari_download_or_optional_features(tmp_path):
+    text = export("td3_bc", tmp_path / "my_td3_bc.py").read_text()
+    assert "def read_d4rl_hdf5(" in text and "def load_dataset(" in text
+    for piece in BY_NAME:
+        assert piece not in text, piece
+    assert (
+        "def write_minari(" not in text and "# -------------------- ocrl.data.collect" not in text
+    )
+    assert "import minari" not in text and "wandb" not in text.split("\n", 3)[2]
+    # Each option brings its pieces, and the written tables name them.
+    options = ["--formats", "hdf5"]
+    options += [e for option, e in BY_NAME.values() if option == "--formats"] + ["--features"]
+    options += [e for option, e in BY_NAME.values() if option == "--features"]
+    full = export("td3_bc", tmp_path / "full.py", options=tuple(options)).read_text()
+    for piece in BY_NAME:
+        assert piece in full, piece
+    assert "READERS: dict[str, Any] = {" in full and '"minari": read_minari' in full
+    assert '"track": WandbTracker' in full and '"policy": write_policy' in full
+
+
+def test_optional_packages_are_listed_as_optional(tmp_path):
+    text = export("td3_bc", tmp_path / "t.py", options=("--features", "track")).read_text()
+    needs, optional = text.splitlines()[2], text.splitlines()[3]
+    assert needs.startswith("# Needs: pip install") and "wandb" not in needs
+    assert optional.startswith("# Optional: pip install") and " wandb " in optional
+    assert (
+        "--track" in optional and "h5py" in needs and "tyro" in needs
+    )  # imported in functions too
+
+
+def test_a_copy_says_what_it_cannot_read_or_do_in_one_line(tmp_path):
+    file = export("td3_bc", tmp_path / "my_td3_bc.py")
+    helped = run_without_ocrl(file, "--help", tmp=tmp_path)
+    assert "--formats hdf5 d4rl minari" in " ".join(helped.stdout.split())
+    minari_folder = ROOT / "data" / "datasets" / "ocrl" / "hopper" / "medium-v0"
+    for flags, words in (
+        (["--dataset", str(minari_folder)], ["Minari", "--formats hdf5 minari"]),
+        (["--dataset", "hopper-medium-v2"], ["D4RL name", "--formats hdf5 d4rl"]),
+        (["--dataset", "x.hdf5", "--track"], ["--track", "--features track"]),
+    ):
+        run = run_without_ocrl(file, *flags, "--run-dir", str(tmp_path / "run"), tmp=tmp_path)
+        lines = [line for line in run.stderr.splitlines() if line != "import ocrl fails"]
+        assert run.returncode == 2 and len(lines) == 1, run.stderr
+        assert all(w in lines[0] for w in words), lines[0]
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_copy_with_minari_reads_a_minari_folder_as_the_repo_does(tmp_path):
+    file = export("td3_bc", tmp_path / "my_td3_bc.py", options=("--formats", "hdf5", "minari"))
+    folder = ROOT / "data" / "datasets" / "ocrl" / "hopper" / "random-v0"
+    flags = ["--dataset", str(folder), "--total-steps", "100", "--eval-every", "100"]
+    flags += ["--eval-episodes", "1", "--seed", "3", "--threads", "1", "--no-progress"]
+    copy = run_without_ocrl(file, *flags, "--run-dir", str(tmp_path / "copy"), tmp=tmp_path)
+    assert copy.returncode == 0, copy.stderr[-2000:]
+    repo = run_in_repo("td3_bc", *flags, "--run-dir", str(tmp_path / "repo"))
+    assert repo.returncode == 0, repo.stderr[-2000:]
+    assert metrics(tmp_path / "copy") == metrics(tmp_path / "repo")
 
 
 def test_library_change_shows_in_next_export(tmp_path):
