@@ -290,3 +290,20 @@ def test_shipped_dataset_cannot_travel_and_the_copy_says_so(tmp_path):
     # In the repository the shipped id is found, and --help has no such note.
     helped = run_in_repo("td3_bc", "--help")
     assert helped.returncode == 0 and "does not carry" not in helped.stdout
+
+
+@pytest.mark.slow
+def test_a_copy_resumes_from_its_checkpoint_as_the_repo_does(hopper_random_file, tmp_path):
+    file = export("td3_bc", tmp_path / "my_td3_bc.py")
+    flags = ["--dataset", hopper_random_file, "--eval-every", "100", "--eval-episodes", "1"]
+    flags += ["--seed", "3", "--threads", "1", "--no-progress", "--save-model"]
+    for where, run in (("copy", lambda *f: run_without_ocrl(file, *f, tmp=tmp_path)),
+                       ("repo", lambda *f: run_in_repo("td3_bc", *f))):  # fmt: skip
+        first = run(*flags, "--total-steps", "100", "--run-dir", str(tmp_path / where))
+        assert first.returncode == 0, first.stderr[-2000:]
+        resumed = run("--resume", str(tmp_path / where), "--total-steps", "200", "--no-progress")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got, want = metrics(tmp_path / "copy"), metrics(tmp_path / "repo")
+    assert got == want and got["resumed_from"] == 100 and got["steps"] == 200
+    assert not (tmp_path / "copy" / "policy.pt2").exists()  # the copy has no --features policy
+    assert (tmp_path / "repo" / "policy.pt2").exists()
