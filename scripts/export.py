@@ -10,7 +10,8 @@ entries --formats and --features name, and its --help says what it reads and wha
 
 The algorithm's ``from ocrl...`` imports are followed (package re-exports and lazy ``__getattr__``
 re-exports to the defining module) and every top-level function, class and constant they reach is
-copied, by its source lines, under a one-line banner per module; nothing unreached is carried.
+copied, by its source lines, under a one-line banner per module; nothing unreached is carried, not even
+a method of a library class whose name the carried code never uses (`unnamed_methods`).
 Names two modules both define are renamed (``name__module``); an ocrl module used as a namespace
 (``ggd.biev``) is rewritten to the flat name inside library code and given a small namespace for
 the algorithm, whose text is copied exactly (less its imports, which join the merged block on top).
@@ -41,6 +42,7 @@ from export_names import (  # beside this file: scripts/ is on the path when it 
     resolve,
     resolve_from,
     segment,
+    stmt_start,
 )
 
 from ocrl.files import source_commit
@@ -90,6 +92,78 @@ HELP_NOTE = ("ocrl.experiment.flags", "HELP_NOTE")
 
 
 # ---------------------------------------------------------------- the export
+def _named(node: ast.AST, skip: set[int], out: set[str]) -> None:
+    """Every identifier, attribute, keyword and string constant in `node`, less the subtrees in `skip`."""
+    if id(node) in skip:
+        return
+    if isinstance(node, ast.Name):
+        out.add(node.id)
+    elif isinstance(node, ast.Attribute):
+        out.add(node.attr)
+    elif isinstance(node, ast.keyword) and node.arg:
+        out.add(node.arg)
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        out.add(node.value)
+    for child in ast.iter_child_nodes(node):
+        _named(child, skip, out)
+
+
+def _methods(piece: Piece) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The methods of a library class that only the code can call by name: not dunders, and the class
+    and its bases are ocrl's (a framework calls an nn.Module's forward, a wrapper's step)."""
+    node = piece.node
+    if not isinstance(node, ast.ClassDef) or node.keywords:
+        return []
+    ocrl_bases = {id(r.node) for r in piece.refs if r.target[0] == "def"}
+    if not all(id(b) in ocrl_bases for b in node.bases):
+        return []
+    return [
+        m
+        for m in node.body
+        if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)
+        and not (m.name.startswith("__") and m.name.endswith("__"))
+    ]
+
+
+def unnamed_methods(algo_pieces: list[Piece], pieces: list[Piece]) -> set[int]:
+    """Ids of the library methods whose name appears nowhere in the algorithm or in what is carried
+    (as a name, attribute, keyword or string): nothing can call them, so they are left out."""
+    candidates = {id(m): m for p in pieces for m in _methods(p)}
+    named: set[str] = set()
+    for p in algo_pieces + pieces:
+        _named(p.node, set(candidates), named)
+    while kept := [i for i, m in candidates.items() if m.name in named]:
+        for i in kept:
+            _named(candidates.pop(i), set(candidates), named)
+    # A class body is never left empty.
+    for p in pieces:
+        body = getattr(p.node, "body", [])
+        if body and all(id(s) in candidates for s in body):
+            candidates.pop(id(body[0]))
+    return set(candidates)
+
+
+def trim(piece: Piece, pruned: set[int]) -> Piece:
+    """`piece` without the references, imports and ocrl-import drops inside its `pruned` methods."""
+    gone = [m for m in getattr(piece.node, "body", []) if id(m) in pruned]
+    if not gone:
+        return piece
+
+    spans = [(min([m.lineno] + [d.lineno for d in m.decorator_list]), m.end_lineno) for m in gone]
+
+    def inside(n: ast.AST) -> bool:
+        return any(a <= n.lineno <= b for a, b in spans)
+
+    return Piece(
+        piece.module,
+        piece.node,
+        [r for r in piece.refs if not inside(r.node)],
+        [d for d in piece.drops if not inside(d)],
+        [e for e in piece.local_ext if not inside(e)],
+        gone,
+    )
+
+
 def gym_ids() -> dict[str, tuple[dict, tuple[str, str], tuple[str, str] | None]]:
     """ocrl's Gymnasium ids (`ocrl.envs.ids.register_envs`): id -> (kwargs, entry, vector entry)."""
     if module_file(IDS_MODULE) is None:
@@ -149,62 +223,73 @@ def export(
         c.visit(node, [], False)
         algo_pieces.append(Piece("__algo__", node, c.refs, c.drops, c.local_ext))
 
-    # Closure over library definitions.
-    carried: dict[tuple[str, str], list[Piece]] = {}
-    order: list[tuple[str, str]] = []
+    def reach(pruned: set[int]) -> tuple:
+        """What the algorithm reaches, less what only the methods in `pruned` (node ids) reach."""
+        carried: dict[tuple[str, str], list[Piece]] = {}
+        order: list[tuple[str, str]] = []
 
-    def carry(ref: Ref) -> list[Piece]:
-        """The pieces of the definition `ref` names, once (none when carried already or the algorithm's own)."""
-        key = (ref.target[1], ref.target[2])
-        if key in carried or key[0] == "__algo__":
-            return []
-        carried[key] = pieces_of(*key, lenient)
-        order.append(key)
-        return carried[key]
+        def carry(ref: Ref) -> list[Piece]:
+            """The pieces of the definition `ref` names, once (none when carried already or the algorithm's own)."""
+            key = (ref.target[1], ref.target[2])
+            if key in carried or key[0] == "__algo__":
+                return []
+            carried[key] = [trim(p, pruned) for p in pieces_of(*key, lenient)]
+            order.append(key)
+            return carried[key]
 
-    def close(todo: list[Ref]) -> None:
-        ann_only: list[Ref] = []
-        while todo:
-            for p in carry(todo.pop()):
-                for r in p.refs:
-                    if r.target[0] == "def":
-                        (ann_only if r.annotation else todo).append(r)
-        # An annotation that names an uncarried ocrl class is carried too (ruff would flag it, and
-        # tyro/get_type_hints may evaluate it).
-        while ann_only:
-            for p in carry(ann_only.pop()):
-                ann_only.extend(r for r in p.refs if r.target[0] == "def")
+        def close(todo: list[Ref]) -> None:
+            ann_only: list[Ref] = []
+            while todo:
+                for p in carry(todo.pop()):
+                    for r in p.refs:
+                        if r.target[0] == "def":
+                            (ann_only if r.annotation else todo).append(r)
+            # An annotation that names an uncarried ocrl class is carried too (ruff would flag it, and
+            # tyro/get_type_hints may evaluate it).
+            while ann_only:
+                for p in carry(ann_only.pop()):
+                    ann_only.extend(r for r in p.refs if r.target[0] == "def")
 
-    close([r for p in algo_pieces for r in p.refs if r.target[0] == "def"])
-    # Plugin tables: the entries --formats/--features name are carried (and what they reach).
-    chosen = {"formats": formats, "features": features}
-    plugins: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
-    while todo_tables := [k for k in PLUGINS if k in carried and k not in plugins]:
-        for key in todo_tables:
-            table = literal(*key)
-            option = PLUGINS[key]
-            unknown = [k for k in chosen[option] if k not in table]
-            if unknown:
-                raise ExportError(
-                    f"--{option} {' '.join(unknown)}: expected some of {', '.join(table)}"
-                )
-            plugins[key] = {k: tuple(v.split(":")) for k, v in table.items() if k in chosen[option]}
-            close([
-                Ref(ast.Name(e[1]), ("def", *e), False, False) for e in plugins[key].values()
-            ])  # fmt: skip
-    # ocrl's own Gymnasium ids that the code names: registered in the export with the classes.
-    ids = gym_ids()
-    strings = {
-        n.value
-        for p in algo_pieces + [p for key in order for p in carried[key]]
-        for n in ast.walk(p.node)
-        if isinstance(n, ast.Constant) and isinstance(n.value, str)
-    }
-    used_ids = sorted(strings & set(ids))
-    close([
-        Ref(ast.Name(e[1]), ("def", *e), False, False)
-        for env_id in used_ids for e in ids[env_id][1:] if e is not None
-    ])  # fmt: skip
+        close([r for p in algo_pieces for r in p.refs if r.target[0] == "def"])
+        # Plugin tables: the entries --formats/--features name are carried (and what they reach).
+        chosen = {"formats": formats, "features": features}
+        plugins: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+        while todo_tables := [k for k in PLUGINS if k in carried and k not in plugins]:
+            for key in todo_tables:
+                table = literal(*key)
+                option = PLUGINS[key]
+                unknown = [k for k in chosen[option] if k not in table]
+                if unknown:
+                    raise ExportError(
+                        f"--{option} {' '.join(unknown)}: expected some of {', '.join(table)}"
+                    )
+                plugins[key] = {
+                    k: tuple(v.split(":")) for k, v in table.items() if k in chosen[option]
+                }
+                close([
+                    Ref(ast.Name(e[1]), ("def", *e), False, False) for e in plugins[key].values()
+                ])  # fmt: skip
+        # ocrl's own Gymnasium ids that the code names: registered in the export with the classes.
+        ids = gym_ids()
+        strings = {
+            n.value
+            for p in algo_pieces + [p for key in order for p in carried[key]]
+            for n in ast.walk(p.node)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        }
+        used_ids = sorted(strings & set(ids))
+        close([
+            Ref(ast.Name(e[1]), ("def", *e), False, False)
+            for env_id in used_ids for e in ids[env_id][1:] if e is not None
+        ])  # fmt: skip
+        return carried, order, plugins, used_ids, ids
+
+    # Closure over library definitions; then again without the methods of library classes that
+    # nothing names (`unnamed_methods`), so what only they reach is left out too.
+    carried, order, plugins, used_ids, ids = reach(set())
+    pruned = unnamed_methods(algo_pieces, [p for key in order for p in carried[key]])
+    if pruned:
+        carried, order, plugins, used_ids, ids = reach(pruned)
     for key in carried:
         if key[0] == "__algo__":
             raise ExportError(f"{key}: the library refers back to the algorithm")
@@ -261,6 +346,11 @@ def export(
         mod = load(p.module)
         lines = mod.source.split(b"\n")
         edits = drop_edits(mod, p)
+        for m in p.pruned:  # with its decorators, the comments above it and its line break
+            a = byte_offset(lines, stmt_start(mod, m), 0)
+            edits.append(
+                (a, byte_offset(lines, m.end_lineno, len(lines[m.end_lineno - 1])) + 1, b"")
+            )
         for r in p.refs:
             if r.target[0] != "def":
                 continue
