@@ -108,27 +108,45 @@ def _named(node: ast.AST, skip: set[int], out: set[str]) -> None:
         _named(child, skip, out)
 
 
-def _methods(piece: Piece) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
-    """The methods of a library class that only the code can call by name: not dunders, and the class
-    and its bases are ocrl's (a framework calls an nn.Module's forward, a wrapper's step)."""
+def _own_class(piece: Piece, pieces: dict[tuple[str, str], list[Piece]]) -> bool:
+    """A class whose ancestors are all ocrl classes (no framework, such as nn.Module or a Gymnasium
+    wrapper, calls its methods by name), with no metaclass."""
     node = piece.node
     if not isinstance(node, ast.ClassDef) or node.keywords:
-        return []
-    ocrl_bases = {id(r.node) for r in piece.refs if r.target[0] == "def"}
-    if not all(id(b) in ocrl_bases for b in node.bases):
+        return False
+    bases = {id(r.node): r.target for r in piece.refs if r.target[0] == "def"}
+    for b in node.bases:
+        target = bases.get(id(b))
+        if target is None:
+            return False
+        parents = pieces.get((target[1], target[2]), [])
+        if not parents or not all(_own_class(q, pieces) for q in parents):
+            return False
+    return True
+
+
+def _methods(
+    piece: Piece, pieces: dict[tuple[str, str], list[Piece]]
+) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The methods of a library class that only the code can call by name: not dunders, of a class
+    whose ancestors are ocrl's (`_own_class`)."""
+    if not _own_class(piece, pieces):
         return []
     return [
         m
-        for m in node.body
+        for m in piece.node.body
         if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)
         and not (m.name.startswith("__") and m.name.endswith("__"))
     ]
 
 
-def unnamed_methods(algo_pieces: list[Piece], pieces: list[Piece]) -> set[int]:
+def unnamed_methods(
+    algo_pieces: list[Piece], carried: dict[tuple[str, str], list[Piece]]
+) -> set[int]:
     """Ids of the library methods whose name appears nowhere in the algorithm or in what is carried
     (as a name, attribute, keyword or string): nothing can call them, so they are left out."""
-    candidates = {id(m): m for p in pieces for m in _methods(p)}
+    pieces = [p for ps in carried.values() for p in ps]
+    candidates = {id(m): m for p in pieces for m in _methods(p, carried)}
     named: set[str] = set()
     for p in algo_pieces + pieces:
         _named(p.node, set(candidates), named)
@@ -287,7 +305,7 @@ def export(
     # Closure over library definitions; then again without the methods of library classes that
     # nothing names (`unnamed_methods`), so what only they reach is left out too.
     carried, order, plugins, used_ids, ids = reach(set())
-    pruned = unnamed_methods(algo_pieces, [p for key in order for p in carried[key]])
+    pruned = unnamed_methods(algo_pieces, carried)
     if pruned:
         carried, order, plugins, used_ids, ids = reach(pruned)
     for key in carried:
