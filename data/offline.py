@@ -16,8 +16,11 @@ here too. This module needs numpy only; h5py and minari are imported by the read
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ocrl.data.dataset import (
     TRANSITIONS_LAYOUT,
@@ -46,6 +49,8 @@ __all__ = [
     "TRANSITIONS_LAYOUT",
     "shipped_datasets",
     "SHIPPED_ROOT",
+    "READERS",
+    "dataset_reader",
 ]
 
 #: Root of the Minari-format datasets shipped inside the package (``ocrl/data/datasets``).
@@ -65,6 +70,38 @@ def shipped_datasets() -> list[str]:
 
 
 # ---------------------------------------------------------------- loading
+#: The reader of each kind of input, as "module:function", imported on first use: nothing reaches
+#: a reader statically, so a copy made by scripts/export.py carries only the kinds its --formats
+#: names (and says so in its --help), e.g. no Minari or download code for D4RL-layout files.
+READERS: dict[str, Any] = {
+    "hdf5": "ocrl.data.d4rl_hdf5:read_d4rl_hdf5",
+    "d4rl": "ocrl.data.d4rl:load_d4rl",
+    "minari": "ocrl.data.minari_io:read_minari",
+}
+#: What each kind of `READERS` is, for messages.
+READER_INPUTS = {
+    "hdf5": "a D4RL-layout .hdf5 file",
+    "d4rl": "a D4RL name (hopper-medium-v2, downloaded once)",
+    "minari": "a Minari dataset (folder or id)",
+}
+
+
+def dataset_reader(kind: str, name: str) -> Callable[..., OfflineDataset]:
+    """The reader of `kind` from `READERS`; a DatasetError naming what to do where this copy has none."""
+    reader = READERS.get(kind)
+    if reader is None:
+        have = "; ".join(READER_INPUTS[k] for k in READERS)
+        raise DatasetError(
+            f"dataset '{name}' is {READER_INPUTS[kind]}, which this copy of the algorithm does not "
+            f"read (it reads {have}); pass --dataset one of those, or export the algorithm again "
+            f"with scripts/export.py --formats {' '.join([*READERS, kind])}"
+        )
+    if isinstance(reader, str):
+        module, function = reader.split(":")
+        reader = getattr(importlib.import_module(module), function)
+    return reader
+
+
 def load_dataset(
     name_or_path: str | os.PathLike,
     *,
@@ -89,30 +126,33 @@ def load_dataset(
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir():
-            ds = _read_path(path, lambda: minari_io.read_minari(path), "Minari dataset folder")
+            read_minari = dataset_reader("minari", name)
+            ds = _read_path(path, lambda: read_minari(path), "Minari dataset folder")
         else:
-            ds = _read_path(path, lambda: d4rl.read_d4rl_hdf5(path, env_id=env_id), "file")
+            read_hdf5 = dataset_reader("hdf5", name)
+            ds = _read_path(path, lambda: read_hdf5(path, env_id=env_id), "file")
         return _finish(ds, env_id)
 
     if d4rl.parse_d4rl_name(name) is not None:
-        ds = d4rl.load_d4rl(name, download=download, cache_dir=cache_dir)
-        return _finish(ds, env_id)
-
-    if minari_io.is_shipped(name) or minari_io.is_local_minari(name):
-        ds = minari_io.read_minari(name)
+        ds = dataset_reader("d4rl", name)(name, download=download, cache_dir=cache_dir)
         return _finish(ds, env_id)
 
     if name.startswith("ocrl/") and not SHIPPED_ROOT.is_dir():  # a copy made by scripts/export.py
         raise DatasetError(
             f"dataset '{name}' ships with ocrl, not with this copy of the algorithm: pass --dataset "
-            "a D4RL-layout .hdf5 file, a Minari dataset folder or a Minari id"
+            f"{' or '.join(READER_INPUTS[k] for k in READERS)}"
         )
+    if minari_io.is_shipped(name) or minari_io.is_local_minari(name):
+        ds = dataset_reader("minari", name)(name)
+        return _finish(ds, env_id)
+
     d4rl.check_near_miss(name)  # raises a helpful error for e.g. "hopper-mediun-v2"
 
     why = ""
     if download and minari_io.looks_like_minari_id(name):
+        read_minari = dataset_reader("minari", name)
         try:
-            ds = minari_io.read_minari(name, download=True)
+            ds = read_minari(name, download=True)
         except DatasetError as e:
             why = f" ({e})"
         else:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ import torch
 from ocrl.data.d4rl import D4RL_ENV_IDS, D4RL_REF_SCORES
 from ocrl.data.minari_io import flattened_observation_keys
 from ocrl.data.offline import DatasetError, OfflineDataset
+from ocrl.plugins import feature
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -309,29 +308,8 @@ class Evaluator:
         )
 
     def record_video(self, folder: str | Path, episodes: int = 1) -> None:
-        """Record the first `episodes` episodes of every later evaluation as MP4s in `folder` (the optional extra
-        `video`); on Linux without a display MuJoCo renders through EGL unless MUJOCO_GL says otherwise."""
-        if self.recorders:
-            return
-        if not 1 <= episodes <= self.num_episodes:
-            raise ValueError(f"episodes must lie in [1, {self.num_episodes}], got {episodes}")
-        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-            # Read when a MuJoCo env makes its renderer, so setting it after `import mujoco` still counts.
-            os.environ.setdefault("MUJOCO_GL", "egl")
-
-        def recorded() -> gym.Env:
-            env = self._wrap(make_env(self.env_id, render_mode="rgb_array", **self._env_kwargs))
-            # Started and stopped by __call__, one file per episode; no episode starts one by itself.
-            with warnings.catch_warnings():
-                # A resumed run records into its videos/ again: step-named files are not overwritten.
-                warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
-                return gym.wrappers.RecordVideo(
-                    env, str(folder), episode_trigger=lambda _: False, disable_logger=True
-                )
-
-        self.envs.close()
-        self.envs = self._make_envs(recorded, episodes)
-        self.recorders = list(self.envs.envs[:episodes])
+        """Record the first `episodes` episodes of every later evaluation as MP4s in `folder` (`ocrl.envs.video`)."""
+        feature("video")(self, folder, episodes)
 
     def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:
         """Cast to float32 (D4RL data are float32, v4 envs return float64) and standardise."""

@@ -25,6 +25,7 @@ from ocrl.experiment.run import (
     _flag,
     _holds_run,
 )
+from ocrl.plugins import FEATURES
 
 ArgsT = TypeVar("ArgsT")
 
@@ -90,19 +91,32 @@ def check_args(
             check_writable(getattr(args, name), _flag(name))
 
 
-#: Flags that need an optional extra: (flag field, module it imports, extra, what it is for).
+#: Flags that need an optional extra: (flag field, modules it imports, the extra, the `FEATURES` entry that
+#: does the work, what it is for).
 EXTRAS = (
-    ("track", "wandb", "track", "Weights & Biases"),
-    ("capture_video", "moviepy", "video", "MoviePy, which writes the MP4s"),
-    ("export_onnx", "onnx onnxscript onnxruntime", "onnx", "ONNX, its exporter and onnxruntime"),
+    ("track", "wandb", "track", "track", "Weights & Biases"),
+    ("capture_video", "moviepy", "video", "video", "MoviePy, which writes the MP4s"),
+    (
+        "export_onnx",
+        "onnx onnxscript onnxruntime",
+        "onnx",
+        "policy",
+        "ONNX, its exporter and onnxruntime",
+    ),
 )
 
 
 def check_extras(args: Any) -> None:
-    """Raise UsageError when a flag that is on needs an optional extra that is not installed."""
-    for flag_field, modules, extra, what in EXTRAS:
+    """Raise UsageError when a flag that is on needs an optional extra that is not installed, or a
+    feature a copy made by scripts/export.py was made without."""
+    for flag_field, modules, extra, feature_name, what in EXTRAS:
         if not getattr(args, flag_field, False):
             continue
+        if feature_name not in FEATURES:
+            raise UsageError(
+                f"{_flag(flag_field)}: this copy of the algorithm was exported without it; export "
+                f"it again with scripts/export.py --features {feature_name}, or drop {_flag(flag_field)}"
+            )
         missing = [m for m in modules.split() if importlib.util.find_spec(m) is None]
         if missing:
             raise UsageError(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ocrl.experiment.policy import POLICY_FILE, Acting, write_policy
+from ocrl.experiment.policy import POLICY_FILE, Acting
 from ocrl.experiment.run import (
     CheckpointError,
     Run,
@@ -36,6 +36,15 @@ from ocrl.experiment.run import (
     save_checkpoint,
     training_state,
 )
+from ocrl.plugins import feature
+
+
+def write_policy(
+    run_dir: Path, acting: Any, evaluator: Any, info: dict[str, Any], onnx: bool = False
+) -> Path | None:
+    """`ocrl.experiment.policy.write_policy`, imported on first use; None (no file) in a copy made without it."""
+    write = feature("policy")
+    return None if write is None else write(run_dir, acting, evaluator, info, onnx=onnx)
 
 
 class Agent:

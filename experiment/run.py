@@ -1,5 +1,5 @@
-"""Run folders: seeding, device choice, TensorBoard logs (and Weights & Biases with --track), metrics and
-checkpoints (the command line is `ocrl.experiment.flags`)."""
+"""Run folders: seeding, device choice, TensorBoard logs (and Weights & Biases with --track, through
+`ocrl.experiment.tracking`), metrics and checkpoints (the command line is `ocrl.experiment.flags`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ocrl.files import atomic_path, atomic_write_text
+from ocrl.plugins import feature
 
 ArgsT = TypeVar("ArgsT")
 
@@ -222,58 +223,6 @@ def _new_folder(base: Path) -> Path:
     raise FileExistsError(f"no free run folder name beside {base}")
 
 
-class WandbTracker:
-    """The run's scalars and config in Weights & Biases (--track), beside TensorBoard; WANDB_MODE=offline works
-    without a network."""
-
-    def __init__(self, run_dir: Path, config: Mapping[str, Any], run_id: str | None = None) -> None:
-        import wandb
-
-        try:
-            self.run = self._init(wandb, run_dir, config, run_id)
-        # wandb raises its own errors, and others, for a missing login or network.
-        except Exception as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise UsageError(
-                f"--track: Weights & Biases did not start ({reason}); log in with `wandb login`, "
-                "or set WANDB_MODE=offline to write the run locally"
-            ) from None
-        # Every scalar is plotted against the environment/update step, whatever order tags arrive in (a
-        # step= argument would drop values logged for an earlier step).
-        self.run.define_metric("global_step")
-        self.run.define_metric("*", step_metric="global_step")
-
-    @staticmethod
-    def _init(wandb: Any, run_dir: Path, config: Mapping[str, Any], run_id: str | None) -> Any:
-        return wandb.init(
-            project=config.get("wandb_project") or "ocrl",
-            entity=config.get("wandb_entity"),
-            group=config.get("wandb_group"),
-            config=dict(config),
-            name=run_dir.name,
-            dir=str(run_dir),
-            # A resumed run (--resume) continues the W&B run its checkpoint names.
-            id=run_id,
-            resume="allow" if run_id else None,
-            reinit="finish_previous",
-        )
-
-    @property
-    def id(self) -> str:
-        return self.run.id
-
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Log scalars at `step` (as the global_step metric)."""
-        self.run.log({"global_step": step, **{k: float(v) for k, v in scalars.items()}})
-
-    def finish(self, summary: Mapping[str, Any] | None = None, exit_code: int = 0) -> None:
-        """Put the final metrics in the run's summary and close it."""
-        for key, value in (summary or {}).items():
-            if value is not None:
-                self.run.summary[f"final/{key}"] = value
-        self.run.finish(exit_code=exit_code)
-
-
 class Run:
     """One run folder: config.json, TensorBoard events, evaluation bookkeeping and metrics.json at the end."""
 
@@ -302,7 +251,9 @@ class Run:
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()}
         # Started before the run's own files are written, so a W&B that cannot start leaves no run behind.
-        self.tracker = WandbTracker(self.dir, cfg, tracker_id) if cfg.get("track") else None
+        # ocrl.experiment.tracking's WandbTracker, imported only for --track.
+        track = feature("track") if cfg.get("track") else None
+        self.tracker = track(self.dir, cfg, tracker_id) if track is not None else None
         # Rewritten at every start, so a reused --run-dir describes the run that is in it now.
         atomic_write_text(self.dir / CONFIG_FILE, json.dumps(cfg, indent=2, default=str))
         print(f"run folder: {self.dir} (tensorboard --logdir {self.dir})")
@@ -410,3 +361,13 @@ def check_finite(step: int, values: Mapping[str, float], run: Run | None = None)
             f"training diverged at step {step}: non-finite {', '.join(f'{k}={v}' for k, v in bad.items())}.{where} "
             "Lower the learning rate, check the data for outliers, or change the seed."
         )
+
+
+def __getattr__(name: str):
+    # WandbTracker moved to ocrl.experiment.tracking (imported only for --track); this keeps
+    # `from ocrl.experiment.run import WandbTracker` working.
+    if name == "WandbTracker":
+        from ocrl.experiment.tracking import WandbTracker
+
+        return WandbTracker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,10 +2,16 @@
 
     python scripts/export.py algos/td3_bc.py --out my_td3_bc.py
     python scripts/export.py algos/td3_bc.py --check my_td3_bc.py   # is my_td3_bc.py still current?
+    python scripts/export.py algos/td3_bc.py --out my_td3_bc.py --formats hdf5 minari --features track
+
+The library reaches dataset readers and optional features (W&B tracking, videos, the policy file)
+through tables of "module:name" strings it imports on first use (`PLUGINS`); a copy carries the
+entries --formats and --features name, and its --help says what it reads and what it lacks.
 
 The algorithm's ``from ocrl...`` imports are followed (package re-exports and lazy ``__getattr__``
 re-exports to the defining module) and every top-level function, class and constant they reach is
-copied, by its source lines, under a one-line banner per module; nothing unreached is carried.
+copied, by its source lines, under a one-line banner per module; nothing unreached is carried, not even
+a method of a library class whose name the carried code never uses (`unnamed_methods`).
 Names two modules both define are renamed (``name__module``); an ocrl module used as a namespace
 (``ggd.biev``) is rewritten to the flat name inside library code and given a small namespace for
 the algorithm, whose text is copied exactly (less its imports, which join the merged block on top).
@@ -14,6 +20,7 @@ the algorithm, whose text is copied exactly (less its imports, which join the me
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,6 +42,7 @@ from export_names import (  # beside this file: scripts/ is on the path when it 
     resolve,
     resolve_from,
     segment,
+    stmt_start,
 )
 
 from ocrl.files import source_commit
@@ -47,18 +55,36 @@ PIP_NAMES = {
     "cv2": "opencv-python",
     "gymnasium_robotics": "gymnasium-robotics",
 }
-#: Packages imported only for some inputs, with what for.
-OPTIONAL = {"gymnasium_robotics": "AntMaze/Adroit envs", "minari": "Minari datasets"}
+#: Packages imported only for some inputs or flags, with what for (besides pyproject's extras).
+OPTIONAL = {
+    "gymnasium_robotics": "AntMaze/Adroit envs",
+    "minari": "Minari datasets",
+    "wandb": "--track",
+    "moviepy": "--capture-video",
+}
 #: Packages a submodule import needs besides its top-level one.
 PIP_EXTRA = {"torch.utils.tensorboard": "tensorboard"}
 
 #: Library names that read files shipped with ocrl, with what the export's --help says instead.
 CANNOT_TRAVEL = {
     ("ocrl.data.offline", "SHIPPED_ROOT"): (
-        "This copy does not carry the datasets shipped with ocrl (ids ocrl/...): pass --dataset a "
-        "D4RL-layout .hdf5 file, a Minari dataset folder or a Minari id."
+        "This copy does not carry the datasets shipped with ocrl (ids ocrl/...): pass --dataset {inputs}."
     ),
 }
+#: Tables of "module:name" entries the library imports on first use, with the option that picks the
+#: entries a copy carries; the copy's table holds those objects themselves.
+PLUGINS = {("ocrl.data.offline", "READERS"): "formats", ("ocrl.plugins", "FEATURES"): "features"}
+#: What each kind of input a reader reads is (the library's table).
+READER_INPUTS = ("ocrl.data.offline", "READER_INPUTS")
+#: What each feature is, for the copy's --help.
+FEATURE_NOTES = {
+    "track": "--track (Weights & Biases)",
+    "video": "--capture-video",
+    "policy": "the policy file (policy.pt2, policy.json)",
+}
+DEFAULT_FORMATS = ("hdf5",)
+READERS = ("ocrl.data.offline", "READERS")
+FEATURES = ("ocrl.plugins", "FEATURES")
 #: The module whose `register_envs` registers ocrl's Gymnasium ids when ocrl.envs is imported.
 IDS_MODULE = "ocrl.envs.ids"
 #: The library constant an export sets to those notes (`cli` adds it to --help).
@@ -66,6 +92,96 @@ HELP_NOTE = ("ocrl.experiment.flags", "HELP_NOTE")
 
 
 # ---------------------------------------------------------------- the export
+def _named(node: ast.AST, skip: set[int], out: set[str]) -> None:
+    """Every identifier, attribute, keyword and string constant in `node`, less the subtrees in `skip`."""
+    if id(node) in skip:
+        return
+    if isinstance(node, ast.Name):
+        out.add(node.id)
+    elif isinstance(node, ast.Attribute):
+        out.add(node.attr)
+    elif isinstance(node, ast.keyword) and node.arg:
+        out.add(node.arg)
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        out.add(node.value)
+    for child in ast.iter_child_nodes(node):
+        _named(child, skip, out)
+
+
+def _own_class(piece: Piece, pieces: dict[tuple[str, str], list[Piece]]) -> bool:
+    """A class whose ancestors are all ocrl classes (no framework, such as nn.Module or a Gymnasium
+    wrapper, calls its methods by name), with no metaclass."""
+    node = piece.node
+    if not isinstance(node, ast.ClassDef) or node.keywords:
+        return False
+    bases = {id(r.node): r.target for r in piece.refs if r.target[0] == "def"}
+    for b in node.bases:
+        target = bases.get(id(b))
+        if target is None:
+            return False
+        parents = pieces.get((target[1], target[2]), [])
+        if not parents or not all(_own_class(q, pieces) for q in parents):
+            return False
+    return True
+
+
+def _methods(
+    piece: Piece, pieces: dict[tuple[str, str], list[Piece]]
+) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The methods of a library class that only the code can call by name: not dunders, of a class
+    whose ancestors are ocrl's (`_own_class`)."""
+    if not _own_class(piece, pieces):
+        return []
+    return [
+        m
+        for m in piece.node.body
+        if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)
+        and not (m.name.startswith("__") and m.name.endswith("__"))
+    ]
+
+
+def unnamed_methods(
+    algo_pieces: list[Piece], carried: dict[tuple[str, str], list[Piece]]
+) -> set[int]:
+    """Ids of the library methods whose name appears nowhere in the algorithm or in what is carried
+    (as a name, attribute, keyword or string): nothing can call them, so they are left out."""
+    pieces = [p for ps in carried.values() for p in ps]
+    candidates = {id(m): m for p in pieces for m in _methods(p, carried)}
+    named: set[str] = set()
+    for p in algo_pieces + pieces:
+        _named(p.node, set(candidates), named)
+    while kept := [i for i, m in candidates.items() if m.name in named]:
+        for i in kept:
+            _named(candidates.pop(i), set(candidates), named)
+    # A class body is never left empty.
+    for p in pieces:
+        body = getattr(p.node, "body", [])
+        if body and all(id(s) in candidates for s in body):
+            candidates.pop(id(body[0]))
+    return set(candidates)
+
+
+def trim(piece: Piece, pruned: set[int]) -> Piece:
+    """`piece` without the references, imports and ocrl-import drops inside its `pruned` methods."""
+    gone = [m for m in getattr(piece.node, "body", []) if id(m) in pruned]
+    if not gone:
+        return piece
+
+    spans = [(min([m.lineno] + [d.lineno for d in m.decorator_list]), m.end_lineno) for m in gone]
+
+    def inside(n: ast.AST) -> bool:
+        return any(a <= n.lineno <= b for a, b in spans)
+
+    return Piece(
+        piece.module,
+        piece.node,
+        [r for r in piece.refs if not inside(r.node)],
+        [d for d in piece.drops if not inside(d)],
+        [e for e in piece.local_ext if not inside(e)],
+        gone,
+    )
+
+
 def gym_ids() -> dict[str, tuple[dict, tuple[str, str], tuple[str, str] | None]]:
     """ocrl's Gymnasium ids (`ocrl.envs.ids.register_envs`): id -> (kwargs, entry, vector entry)."""
     if module_file(IDS_MODULE) is None:
@@ -97,7 +213,18 @@ def gym_ids() -> dict[str, tuple[dict, tuple[str, str], tuple[str, str] | None]]
     return out
 
 
-def export(algo: Path, command: str) -> str:
+def literal(module: str, name: str) -> object:
+    """The value of a library constant written as a literal (a dict of strings, say)."""
+    (node,) = load(module).defs[name]
+    return ast.literal_eval(node.value)
+
+
+def export(
+    algo: Path,
+    command: str,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
+    features: tuple[str, ...] = (),
+) -> str:
     algo = algo.resolve()
     main = load("__algo__", algo)
     lenient = True
@@ -114,46 +241,73 @@ def export(algo: Path, command: str) -> str:
         c.visit(node, [], False)
         algo_pieces.append(Piece("__algo__", node, c.refs, c.drops, c.local_ext))
 
-    # Closure over library definitions.
-    carried: dict[tuple[str, str], list[Piece]] = {}
-    order: list[tuple[str, str]] = []
+    def reach(pruned: set[int]) -> tuple:
+        """What the algorithm reaches, less what only the methods in `pruned` (node ids) reach."""
+        carried: dict[tuple[str, str], list[Piece]] = {}
+        order: list[tuple[str, str]] = []
 
-    def carry(ref: Ref) -> list[Piece]:
-        """The pieces of the definition `ref` names, once (none when carried already or the algorithm's own)."""
-        key = (ref.target[1], ref.target[2])
-        if key in carried or key[0] == "__algo__":
-            return []
-        carried[key] = pieces_of(*key, lenient)
-        order.append(key)
-        return carried[key]
+        def carry(ref: Ref) -> list[Piece]:
+            """The pieces of the definition `ref` names, once (none when carried already or the algorithm's own)."""
+            key = (ref.target[1], ref.target[2])
+            if key in carried or key[0] == "__algo__":
+                return []
+            carried[key] = [trim(p, pruned) for p in pieces_of(*key, lenient)]
+            order.append(key)
+            return carried[key]
 
-    def close(todo: list[Ref]) -> None:
-        ann_only: list[Ref] = []
-        while todo:
-            for p in carry(todo.pop()):
-                for r in p.refs:
-                    if r.target[0] == "def":
-                        (ann_only if r.annotation else todo).append(r)
-        # An annotation that names an uncarried ocrl class is carried too (ruff would flag it, and
-        # tyro/get_type_hints may evaluate it).
-        while ann_only:
-            for p in carry(ann_only.pop()):
-                ann_only.extend(r for r in p.refs if r.target[0] == "def")
+        def close(todo: list[Ref]) -> None:
+            ann_only: list[Ref] = []
+            while todo:
+                for p in carry(todo.pop()):
+                    for r in p.refs:
+                        if r.target[0] == "def":
+                            (ann_only if r.annotation else todo).append(r)
+            # An annotation that names an uncarried ocrl class is carried too (ruff would flag it, and
+            # tyro/get_type_hints may evaluate it).
+            while ann_only:
+                for p in carry(ann_only.pop()):
+                    ann_only.extend(r for r in p.refs if r.target[0] == "def")
 
-    close([r for p in algo_pieces for r in p.refs if r.target[0] == "def"])
-    # ocrl's own Gymnasium ids that the code names: registered in the export with the classes.
-    ids = gym_ids()
-    strings = {
-        n.value
-        for p in algo_pieces + [p for key in order for p in carried[key]]
-        for n in ast.walk(p.node)
-        if isinstance(n, ast.Constant) and isinstance(n.value, str)
-    }
-    used_ids = sorted(strings & set(ids))
-    close([
-        Ref(ast.Name(e[1]), ("def", *e), False, False)
-        for env_id in used_ids for e in ids[env_id][1:] if e is not None
-    ])  # fmt: skip
+        close([r for p in algo_pieces for r in p.refs if r.target[0] == "def"])
+        # Plugin tables: the entries --formats/--features name are carried (and what they reach).
+        chosen = {"formats": formats, "features": features}
+        plugins: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+        while todo_tables := [k for k in PLUGINS if k in carried and k not in plugins]:
+            for key in todo_tables:
+                table = literal(*key)
+                option = PLUGINS[key]
+                unknown = [k for k in chosen[option] if k not in table]
+                if unknown:
+                    raise ExportError(
+                        f"--{option} {' '.join(unknown)}: expected some of {', '.join(table)}"
+                    )
+                plugins[key] = {
+                    k: tuple(v.split(":")) for k, v in table.items() if k in chosen[option]
+                }
+                close([
+                    Ref(ast.Name(e[1]), ("def", *e), False, False) for e in plugins[key].values()
+                ])  # fmt: skip
+        # ocrl's own Gymnasium ids that the code names: registered in the export with the classes.
+        ids = gym_ids()
+        strings = {
+            n.value
+            for p in algo_pieces + [p for key in order for p in carried[key]]
+            for n in ast.walk(p.node)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        }
+        used_ids = sorted(strings & set(ids))
+        close([
+            Ref(ast.Name(e[1]), ("def", *e), False, False)
+            for env_id in used_ids for e in ids[env_id][1:] if e is not None
+        ])  # fmt: skip
+        return carried, order, plugins, used_ids, ids
+
+    # Closure over library definitions; then again without the methods of library classes that
+    # nothing names (`unnamed_methods`), so what only they reach is left out too.
+    carried, order, plugins, used_ids, ids = reach(set())
+    pruned = unnamed_methods(algo_pieces, carried)
+    if pruned:
+        carried, order, plugins, used_ids, ids = reach(pruned)
     for key in carried:
         if key[0] == "__algo__":
             raise ExportError(f"{key}: the library refers back to the algorithm")
@@ -210,6 +364,11 @@ def export(algo: Path, command: str) -> str:
         mod = load(p.module)
         lines = mod.source.split(b"\n")
         edits = drop_edits(mod, p)
+        for m in p.pruned:  # with its decorators, the comments above it and its line break
+            a = byte_offset(lines, stmt_start(mod, m), 0)
+            edits.append(
+                (a, byte_offset(lines, m.end_lineno, len(lines[m.end_lineno - 1])) + 1, b"")
+            )
         for r in p.refs:
             if r.target[0] != "def":
                 continue
@@ -239,7 +398,38 @@ def export(algo: Path, command: str) -> str:
                         a = byte_offset(lines, n.lineno, n.col_offset)
                         edits.append((a, a + len(n.id.encode()), flat[(p.module, n.id)].encode()))
         texts[id(p.node)] = segment(mod, p.node, edits)
-    notes = [note for key, note in CANNOT_TRAVEL.items() if key in carried]
+    for key, entries in plugins.items():
+        (piece,) = carried[key]
+        ann = (
+            f": {ast.unparse(piece.node.annotation)}"
+            if isinstance(piece.node, ast.AnnAssign)
+            else ""
+        )
+        items = ", ".join(f"{k!r}: {flat[e]}" for k, e in entries.items())
+        texts[id(piece.node)] = (
+            f"#: What this copy was exported with (scripts/export.py --{PLUGINS[key]}); the library\n"
+            "#: imports each entry by name on first use.\n"
+            f"{flat[key]}{ann} = {{{items}}}"
+        )
+    reads = ""
+    if READERS in plugins:
+        inputs = literal(*READER_INPUTS)
+        reads = " or ".join(inputs[k] for k in plugins[READERS])
+    notes = [note.format(inputs=reads) for key, note in CANNOT_TRAVEL.items() if key in carried]
+    if READERS in plugins:
+        others = [k for k in inputs if k not in plugins[READERS]]
+        if others:
+            notes.append(
+                f"It reads {reads}; for {' or '.join(inputs[k] for k in others)} export it "
+                f"again with --formats {' '.join([*plugins[READERS], *others])}."
+            )
+    if FEATURES in plugins:
+        missing = [k for k in literal(*FEATURES) if k not in plugins[FEATURES]]
+        if missing:
+            notes.append(
+                f"Not in this copy: {', '.join(FEATURE_NOTES.get(k, k) for k in missing)}; "
+                f"export it again with --features {' '.join(missing)} for them."
+            )
     if notes and HELP_NOTE in carried:
         (piece,) = carried[HELP_NOTE]
         texts[id(piece.node)] = (
@@ -259,6 +449,9 @@ def export(algo: Path, command: str) -> str:
         for r in p.refs:
             if r.target[0] == "def" and r.target[1] != p.module:
                 (strict if r.module_level else soft)[p.module].add(r.target[1])
+
+    for key, entries in plugins.items():  # the written table names its entries at module level
+        strict[key[0]].update(e[0] for e in entries.values() if e[0] != key[0])
 
     def topological(edges: list[dict[str, set[str]]]) -> list[str]:
         ordered: list[str] = []
@@ -325,9 +518,14 @@ def export(algo: Path, command: str) -> str:
     dotted = {t.split()[1] for t in ext.values()} | local_imports
     tops = {d.split(".")[0] for d in dotted} | {PIP_EXTRA[d] for d in dotted if d in PIP_EXTRA}
     tops = {t for t in tops if t and t not in sys.stdlib_module_names and t != "__future__"}
-    packages = sorted(PIP_NAMES.get(t, t) for t in tops - set(OPTIONAL))
-    optional = sorted(PIP_NAMES.get(t, t) for t in tops & set(OPTIONAL))
-    why = ", ".join(OPTIONAL[t] for t in sorted(tops & set(OPTIONAL)))
+    # Optional: what only some inputs or flags import (OPTIONAL), and what pyproject lists only in
+    # an optional extra (wandb for --track is imported inside a function, as h5py is, but h5py is
+    # needed by every run that reads a file).
+    extras = {t: f"extra '{e}'" for t, e in optional_extras().items()}
+    why_of = {**extras, **OPTIONAL}
+    packages = sorted(PIP_NAMES.get(t, t) for t in tops - set(why_of))
+    optional = sorted(PIP_NAMES.get(t, t) for t in tops & set(why_of))
+    why = "; ".join(why_of[t] for t in sorted(tops & set(why_of)))
 
     rel = algo.relative_to(ROOT) if algo.is_relative_to(ROOT) else algo
     out = [
@@ -379,6 +577,28 @@ def export(algo: Path, command: str) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def optional_extras() -> dict[str, str]:
+    """Import name -> extra, of the packages pyproject.toml lists in an optional extra and not in its
+    dependencies (none on Python 3.10, which has no tomllib)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        return {}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("project", {})
+
+    def base(requirement: str) -> str:
+        return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
+
+    required = {base(r) for r in project.get("dependencies", [])}
+    by_pip = {pip: name for name, pip in PIP_NAMES.items()}
+    out: dict[str, str] = {}
+    for extra, requirements in project.get("optional-dependencies", {}).items():
+        for r in requirements:
+            if base(r) not in required:
+                out.setdefault(by_pip.get(base(r), base(r).replace("-", "_")), extra)
+    return out
+
+
 def ruff_tidy(path: Path) -> None:
     """Sort the imports and format with ruff when it is installed, under ocrl's ruff settings."""
     ruff = _ruff()
@@ -418,6 +638,11 @@ class Args:
     """where to write the exported file"""
     check: Path | None = None
     """instead of writing: exit 1 unless this file is what --out would write now (the commit aside)"""
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    """the dataset inputs the copy reads: hdf5 (D4RL-layout files), d4rl (D4RL names, downloaded),
+    minari (Minari folders and ids); the others give a one-line error naming this flag"""
+    features: tuple[str, ...] = ()
+    """optional features the copy carries: track (--track), video (--capture-video), policy (policy.pt2)"""
 
 
 def main(args: Args) -> int:
@@ -429,8 +654,12 @@ def main(args: Args) -> int:
     algo = args.algo.resolve()
     shown = algo.relative_to(ROOT) if algo.is_relative_to(ROOT) else algo
     command = f"python scripts/export.py {shown.as_posix()} --out {target.name}"
+    if tuple(args.formats) != DEFAULT_FORMATS:
+        command += f" --formats {' '.join(args.formats)}"
+    if args.features:
+        command += f" --features {' '.join(args.features)}"
     try:
-        text = export(args.algo, command)
+        text = export(args.algo, command, tuple(args.formats), tuple(args.features))
     except ExportError as e:
         return usage(str(e))
     tmp = target.with_name(f".{target.name}.tmp")

@@ -349,6 +349,7 @@ class Piece:
     refs: list[Ref]
     drops: list[ast.stmt]
     local_ext: list[ast.stmt]
+    pruned: list[ast.stmt] = field(default_factory=list)  # methods left out (nothing names them)
 
 
 def pieces_of(modname: str, name: str, lenient: bool) -> list[Piece]:

@@ -38,9 +38,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """.replace("import importlib.abc,", "import importlib.abc, os,")
 
 
-def export(name: str, out: Path, root: Path = ROOT) -> Path:
+def export(name: str, out: Path, root: Path = ROOT, options: tuple[str, ...] = ()) -> Path:
     proc = subprocess.run(
-        [sys.executable, str(root / "scripts" / "export.py"), f"algos/{name}.py", "--out", str(out)],
+        [sys.executable, str(root / "scripts" / "export.py"), f"algos/{name}.py", "--out", str(out),
+         *options],
         cwd=root, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -181,6 +182,80 @@ def test_export_carries_only_what_is_reached(tmp_path):
     assert "class ReplayBuffer" not in text
 
 
+# What the library reaches only by name (ocrl.data.offline.READERS, ocrl.plugins.FEATURES).
+BY_NAME = {
+    "def read_minari(": ("--formats", "minari"),
+    "def download_d4rl(": ("--formats", "d4rl"),
+    "class WandbTracker": ("--features", "track"),
+    "def record_episodes(": ("--features", "video"),
+    "class PolicyProgram": ("--features", "policy"),
+}
+
+
+def test_a_d4rl_file_copy_carries_no_minari_download_or_optional_features(tmp_path):
+    text = export("td3_bc", tmp_path / "my_td3_bc.py").read_text()
+    assert "def read_d4rl_hdf5(" in text and "def load_dataset(" in text
+    for piece in BY_NAME:
+        assert piece not in text, piece
+    assert (
+        "def write_minari(" not in text and "# -------------------- ocrl.data.collect" not in text
+    )
+    assert "import minari" not in text and "wandb" not in text.split("\n", 3)[2]
+    # Methods of library classes that nothing names are left out (synthetic data's constructor),
+    # those the code calls stay.
+    assert "def from_transitions(" not in text and "def episode_returns(" not in text
+    assert "def transitions(" in text and "def validate(" in text and "def checkpoint(" in text
+    # Each option brings its pieces, and the written tables name them.
+    options = ["--formats", "hdf5"]
+    options += [e for option, e in BY_NAME.values() if option == "--formats"] + ["--features"]
+    options += [e for option, e in BY_NAME.values() if option == "--features"]
+    full = export("td3_bc", tmp_path / "full.py", options=tuple(options)).read_text()
+    for piece in BY_NAME:
+        assert piece in full, piece
+    assert "READERS: dict[str, Any] = {" in full and '"minari": read_minari' in full
+    assert '"track": WandbTracker' in full and '"policy": write_policy' in full
+
+
+def test_optional_packages_are_listed_as_optional(tmp_path):
+    text = export("td3_bc", tmp_path / "t.py", options=("--features", "track")).read_text()
+    needs, optional = text.splitlines()[2], text.splitlines()[3]
+    assert needs.startswith("# Needs: pip install") and "wandb" not in needs
+    assert optional.startswith("# Optional: pip install") and " wandb " in optional
+    assert (
+        "--track" in optional and "h5py" in needs and "tyro" in needs
+    )  # imported in functions too
+
+
+def test_a_copy_says_what_it_cannot_read_or_do_in_one_line(tmp_path):
+    file = export("td3_bc", tmp_path / "my_td3_bc.py")
+    helped = run_without_ocrl(file, "--help", tmp=tmp_path)
+    assert "--formats hdf5 d4rl minari" in " ".join(helped.stdout.split())
+    minari_folder = ROOT / "data" / "datasets" / "ocrl" / "hopper" / "medium-v0"
+    for flags, words in (
+        (["--dataset", str(minari_folder)], ["Minari", "--formats hdf5 minari"]),
+        (["--dataset", "hopper-medium-v2"], ["D4RL name", "--formats hdf5 d4rl"]),
+        (["--dataset", "x.hdf5", "--track"], ["--track", "--features track"]),
+    ):
+        run = run_without_ocrl(file, *flags, "--run-dir", str(tmp_path / "run"), tmp=tmp_path)
+        lines = [line for line in run.stderr.splitlines() if line != "import ocrl fails"]
+        assert run.returncode == 2 and len(lines) == 1, run.stderr
+        assert all(w in lines[0] for w in words), lines[0]
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_copy_with_minari_reads_a_minari_folder_as_the_repo_does(tmp_path):
+    file = export("td3_bc", tmp_path / "my_td3_bc.py", options=("--formats", "hdf5", "minari"))
+    folder = ROOT / "data" / "datasets" / "ocrl" / "hopper" / "random-v0"
+    flags = ["--dataset", str(folder), "--total-steps", "100", "--eval-every", "100"]
+    flags += ["--eval-episodes", "1", "--seed", "3", "--threads", "1", "--no-progress"]
+    copy = run_without_ocrl(file, *flags, "--run-dir", str(tmp_path / "copy"), tmp=tmp_path)
+    assert copy.returncode == 0, copy.stderr[-2000:]
+    repo = run_in_repo("td3_bc", *flags, "--run-dir", str(tmp_path / "repo"))
+    assert repo.returncode == 0, repo.stderr[-2000:]
+    assert metrics(tmp_path / "copy") == metrics(tmp_path / "repo")
+
+
 def test_library_change_shows_in_next_export(tmp_path):
     tree = tmp_path / "ocrl"
     skip = shutil.ignore_patterns(".*", "runs", "__pycache__", "tests", "docs", "datasets")
@@ -219,3 +294,20 @@ def test_shipped_dataset_cannot_travel_and_the_copy_says_so(tmp_path):
     # In the repository the shipped id is found, and --help has no such note.
     helped = run_in_repo("td3_bc", "--help")
     assert helped.returncode == 0 and "does not carry" not in helped.stdout
+
+
+@pytest.mark.slow
+def test_a_copy_resumes_from_its_checkpoint_as_the_repo_does(hopper_random_file, tmp_path):
+    file = export("td3_bc", tmp_path / "my_td3_bc.py")
+    flags = ["--dataset", hopper_random_file, "--eval-every", "100", "--eval-episodes", "1"]
+    flags += ["--seed", "3", "--threads", "1", "--no-progress", "--save-model"]
+    for where, run in (("copy", lambda *f: run_without_ocrl(file, *f, tmp=tmp_path)),
+                       ("repo", lambda *f: run_in_repo("td3_bc", *f))):  # fmt: skip
+        first = run(*flags, "--total-steps", "100", "--run-dir", str(tmp_path / where))
+        assert first.returncode == 0, first.stderr[-2000:]
+        resumed = run("--resume", str(tmp_path / where), "--total-steps", "200", "--no-progress")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got, want = metrics(tmp_path / "copy"), metrics(tmp_path / "repo")
+    assert got == want and got["resumed_from"] == 100 and got["steps"] == 200
+    assert not (tmp_path / "copy" / "policy.pt2").exists()  # the copy has no --features policy
+    assert (tmp_path / "repo" / "policy.pt2").exists()
