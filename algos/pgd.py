@@ -37,34 +37,29 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from ocrl.data import Batch, OfflineDataset
+from ocrl.data import Batch
 from ocrl.data.replay import SyntheticSet, mixed_batch
-from ocrl.data.windows import trajectory_rows, trajectory_windows, windows_to_transitions
+from ocrl.data.windows import trajectory_windows, windows_to_transitions
 from ocrl.envs import OfflineTask, load_offline_task
 from ocrl.experiment import (
     Agent,
-    CheckpointError,
     OfflineArgs,
-    Run,
     RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
-    check_finite,
     run_cli,
-    save_checkpoint,
     start_run,
 )
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, GaussianActor, polyak_update
 from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
-from ocrl.nets.diffusion import bf16_autocast, fit_model, model_state
+from ocrl.nets.edm_runs import load_model_file, regeneration_seed, train_trajectory_model
 
 PRESETS: dict[str, dict] = {
     # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256),
@@ -285,44 +280,10 @@ def load_trajectory_model(
 ) -> TrajectoryModel:
     """Read the model.pt that algos/diffusion.py --level trajectory wrote (of obs/act `dims` when given)."""
     fix = f"{MAKE_MODEL} writes model.pt in its run folder, or train one here with --diffusion-steps N"
-    if path is None:
-        raise UsageError(f"--diffusion-model: required; {fix}")
-    try:
-        return TrajectoryModel.load(path, device, bf16_autocast(bf16, device), "trajectory", dims)
-    except FileNotFoundError:
-        raise UsageError(f"--diffusion-model {path}: no such file; {fix}") from None
-    except ValueError as e:
-        raise CheckpointError(f"--diffusion-model {path}: {e}; train one with {MAKE_MODEL}") from e
-
-
-def train_trajectory_model(
-    args: Args, dataset: OfflineDataset, env_id: str, device: torch.device, path: Path,
-    run: Run | None = None,
-) -> TrajectoryModel:  # fmt: skip
-    """PGD's unguided model, trained as algos/diffusion.py --preset pgd-unguided trains it, written to `path`."""
-    rows = torch.from_numpy(trajectory_rows(dataset, args.trajectory_length, args.window_stride))
-    unet = dict(
-        channels=rows.shape[-1], features=args.unet_features, num_blocks=args.unet_blocks,
-        groupnorm="per-timestep",
+    return load_model_file(
+        "--diffusion-model", path, device, bf16, fix, bad_fix=f"train one with {MAKE_MODEL}",
+        level="trajectory", dims=dims,
     )  # fmt: skip
-    print(f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows")
-    # Every channel z-scored, done included (PGD's); its own stream from --seed: the agent's draws are the
-    # same whether the model is trained or reloaded.
-    trainer, normalizer = fit_model(
-        rows, "unet", unet, device, steps=args.diffusion_steps,
-        batch_size=args.diffusion_batch_size, log_every=args.log_every, seed=args.seed,
-        on_log=lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
-        progress=args.progress, desc="trajectory model", lr=args.diffusion_lr,
-        total_steps=args.diffusion_steps, adam_beta2=0.999, lr_schedule="warmup-cosine",
-        grad_clip=0.0, ema_warmup="plain", autocast_dtype=bf16_autocast(args.bf16, device),
-    )  # fmt: skip
-    state = model_state(
-        "unet", unet, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
-        env_id=env_id, dataset=dataset.name, trajectory_length=args.trajectory_length,
-    )  # fmt: skip
-    save_checkpoint(path, state)
-    print(f"wrote the trajectory model to {path}")
-    return TrajectoryModel.from_state(state, device, bf16_autocast(args.bf16, device))
 
 
 def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float]:
@@ -389,23 +350,6 @@ class Guidance:
         x = x.clone()
         x[..., o : o + a] += lam * self.gradient(traj)
         return x
-
-
-def sample_trajectories(
-    model: TrajectoryModel, args: Args, rows: int, generator: torch.Generator,
-    device: torch.device, guidance: Guidance | None,
-) -> torch.Tensor:  # fmt: skip
-    """`num_synth_trajectories` un-normalised windows (n, rows, channels); guided when `guidance` is given."""
-    n, size = args.num_synth_trajectories, args.sample_batch_size
-    return torch.cat(list(model.sample(
-        [min(size, n - i) for i in range(0, n, size)], args.sample_steps, rows, device=device,
-        generator=generator, pre_step=guidance, euler_origin=args.euler_origin, churn=args.churn,
-    )))  # fmt: skip
-
-
-def regeneration_seed(seed: int, index: int) -> int:
-    """The sampler's seed for generation `index` (0 = the initial set): independent of the run's other draws."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def check_pgd_args(args: Args) -> None:
@@ -480,7 +424,13 @@ def main(args: Args) -> dict:
         model_path = loop.dir / "model.pt"
         model = (
             load_trajectory_model(str(model_path), device, args.bf16) if model_path.exists()
-            else train_trajectory_model(args, task.dataset, task.env_id, device, model_path, loop.run)
+            else train_trajectory_model(
+                task.dataset, model_path, device, length=args.trajectory_length,
+                stride=args.window_stride, features=args.unet_features, blocks=args.unet_blocks,
+                steps=args.diffusion_steps, batch_size=args.diffusion_batch_size,
+                lr=args.diffusion_lr, seed=args.seed, log_every=args.log_every, bf16=args.bf16,
+                env_id=task.env_id, progress=args.progress, run=loop.run,
+            )
         )  # fmt: skip
     rows = None if model is None else (args.num_rollout_steps or model.trajectory_length - 1) + 1
 
@@ -489,7 +439,11 @@ def main(args: Args) -> dict:
         guided = guided and args.guidance_coef != 0.0
         guide = Guidance(args, model, agent.actor, obs_mean, obs_std) if guided else None
         gen = torch.Generator(device).manual_seed(regeneration_seed(args.seed, index))
-        windows = sample_trajectories(model, args, rows, gen, device, guide)
+        windows = model.sample_n(
+            args.num_synth_trajectories, args.sample_batch_size, args.sample_steps, rows,
+            device=device, generator=gen, pre_step=guide, euler_origin=args.euler_origin,
+            churn=args.churn,
+        )  # fmt: skip
         synthetic.fill(
             windows_to_transitions(windows, model.obs_dim, model.act_dim), obs_mean, obs_std
         )

@@ -112,7 +112,11 @@ def main(args: Args) -> dict[str, float]:
         )  # fmt: skip
         guide = pgd.Guidance(pargs, model, actor, obs_mean, obs_std) if coef != 0 else None
         gen = torch.Generator(device).manual_seed(seed)
-        return pgd.sample_trajectories(model, pargs, rows, gen, device, guide)
+        return model.sample_n(
+            pargs.num_synth_trajectories, pargs.sample_batch_size, pargs.sample_steps, rows,
+            device=device, generator=gen, pre_step=guide, euler_origin=pargs.euler_origin,
+            churn=pargs.churn,
+        )  # fmt: skip
 
     times = interleaved(
         {n: lambda c=c: seconds(lambda: regenerate(c), device)
