@@ -45,7 +45,7 @@ from torch import nn
 
 from ocrl.data import Batch
 from ocrl.data.replay import SyntheticSet, mixed_batch
-from ocrl.data.windows import trajectory_windows, windows_to_transitions
+from ocrl.data.windows import windows_to_transitions
 from ocrl.envs import OfflineTask, load_offline_task
 from ocrl.experiment import (
     Agent,
@@ -59,7 +59,13 @@ from ocrl.experiment import (
 )
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, GaussianActor, polyak_update
 from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
-from ocrl.nets.edm_runs import load_model_file, regeneration_seed, train_trajectory_model
+from ocrl.nets.edm_runs import (
+    check_edm_flags,
+    check_windows,
+    load_model_file,
+    regeneration_seed,
+    train_trajectory_model,
+)
 
 PRESETS: dict[str, dict] = {
     # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256),
@@ -364,17 +370,12 @@ def check_pgd_args(args: Args) -> None:
             f"--diffusion-model {args.diffusion_model} and --diffusion-steps "
             f"{args.diffusion_steps}: give one (load a model, or train one here)"
         )
-    if training and args.trajectory_length < 2:
-        raise UsageError(f"--trajectory-length {args.trajectory_length}: a window needs >= 2 rows")
-    if training and (args.unet_features % 8 or args.unet_features < 16):
-        raise UsageError(f"--unet-features {args.unet_features}: a multiple of 8, at least 16")
+    check_edm_flags(args.sample_steps, *(args.trajectory_length, args.unet_features) * training)
     if not 0 <= args.synth_batch_size <= args.batch_size:
         raise UsageError(
             f"--synth-batch-size {args.synth_batch_size}: must lie in [0, --batch-size "
             f"{args.batch_size}] (PGD: 240 of 256)"
         )
-    if args.sample_steps < 2:
-        raise UsageError(f"--sample-steps {args.sample_steps}: the Heun sampler needs at least 2")
     if not 0.0 < args.expectile < 1.0:
         raise UsageError(f"--expectile {args.expectile}: must lie in (0, 1); PGD uses 0.7")
     if not args.max_weight > 0:
@@ -386,13 +387,8 @@ def given_model(args: Args, task: OfflineTask, device: torch.device) -> Trajecto
     if args.diffusion_steps == 0:
         dims = (task.obs_dim, task.act_dim)
         return load_trajectory_model(args.diffusion_model, device, args.bf16, dims)
-    length, stride = args.trajectory_length, args.window_stride
-    # Checked before the run folder is made.
-    if args.synth_batch_size > 0 and len(trajectory_windows(task.dataset, length, stride)) == 0:
-        raise UsageError(
-            f"--trajectory-length {args.trajectory_length}: no episode of '{args.dataset}' is "
-            "that long; use shorter windows"
-        )
+    if args.synth_batch_size > 0:  # checked before the run folder is made
+        check_windows(task.dataset, args.trajectory_length, args.window_stride, args.dataset)
     return None
 
 

@@ -15,7 +15,9 @@ from ocrl.experiment import CheckpointError, Run, UsageError, check_finite, save
 from ocrl.nets.edm_model import DiffusionModel, bf16_autocast, fit_model, model_state
 
 
-def check_edm_flags(sample_steps: int, trajectory_length: int | None, unet_features: int | None):
+def check_edm_flags(
+    sample_steps: int, trajectory_length: int | None = None, unet_features: int | None = None
+) -> None:
     """UsageError for a sampler of < 2 Heun steps, windows of < 2 rows or a U-Net width that is not a multiple
     of 8 of at least 16 (`None`: not checked)."""
     if sample_steps < 2:

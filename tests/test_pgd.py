@@ -453,6 +453,7 @@ def test_resume_after_interruption_is_bit_exact(
         (["--diffusion-steps", "5", "--diffusion-model", "m.pt"], "give one"),
         (["--diffusion-steps", "-1"], "--diffusion-steps -1"),
         (["--diffusion-steps", "5", "--unet-features", "12"], "--unet-features 12"),
+        (["--diffusion-steps", "5", "--trajectory-length", "1"], "--trajectory-length 1"),
         (["--diffusion-steps", "5", "--diffusion-lr", "0"], "--diffusion-lr 0"),
         (["--diffusion-steps", "5", "--trajectory-length", "100000"], "no episode"),
     ],
