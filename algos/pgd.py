@@ -10,25 +10,14 @@ Before EDM step k = 0..N-1 of the stochastic Heun sampler, in the model's normal
     g        <- g / ||g||_F + 1e-8   (--normalize-action-guidance; the norm is over one trajectory's L x A block)
     x_k[:, :, act] <- x_k[:, :, act] + lambda_k * g
 
-then the usual churn + Heun step runs from the shifted x_k. log pi is Normal(mu(s), 1) on the squashed action
-for TD3+BC's deterministic actor and IQL's tanh-mean Gaussian (state-independent std) without a tanh Jacobian.
-The initial synthetic set is unguided; every --synth-dataset-lifetime updates it is regenerated with guidance
-from the current actor. Each batch holds --synth-batch-size synthetic transitions and the rest real (240 + 16).
-The agents are PGD's (--agent iql, the code's default, or td3_bc; targets Polyak-updated at the start of
-every step; Adam eps 1e-5): TD3+BC with one actor step then --critic-updates critic steps, IQL with V's
-expectile step, the critics' step on r + gamma V(s') and the advantage-weighted actor step. The trajectory
-model is --diffusion-model (the model.pt of `python algos/diffusion.py --preset pgd-unguided`), or
---diffusion-steps N trains the same model here first.
-
-Defaults are the released code's (EmptyJackson/policy-guided-diffusion @ 9da606c), except the window length
-(the model's), the regeneration's off-by-one, standardised observations, sampling synthetic data with
-replacement and g = 0 instead of NaN for an all-saturated trajectory. --guidance-coef 0 (the default) is the
-unguided baseline, --synth-batch-size 0 the real-data one. Details, the agents' losses, results: docs/algos/pgd.md.
-
-    python algos/pgd.py --dataset hopper-medium-replay-v2 --diffusion-model runs/diffusion__.../model.pt \\
-        --agent td3_bc --guidance-coef 0.1 --normalize-action-guidance
-    python algos/pgd.py --preset cpu-small --dataset ocrl/hopper/medium-replay-v0 --diffusion-steps 30000 \\
-        --agent td3_bc --guidance-coef 0.1 --normalize-action-guidance    # trains its own (small) model first
+then the usual churn + Heun step runs from the shifted x_k. The initial synthetic set is unguided; every
+--synth-dataset-lifetime updates it is regenerated with guidance from the current actor. Each batch holds
+--synth-batch-size synthetic transitions and the rest real (240 + 16). The agent is PGD's IQL (--agent, the
+code's default) or TD3+BC; the model is --diffusion-model (`python algos/diffusion.py --preset pgd-unguided`'s
+model.pt), or --diffusion-steps N trains it here first. Defaults are the released code's
+(EmptyJackson/policy-guided-diffusion @ 9da606c) but for five deviations; --guidance-coef 0 (the default) is the
+unguided baseline, --synth-batch-size 0 the real-data one. Log pi, the agents' losses, the deviations, results
+and commands: docs/algos/pgd.md.
 """
 
 from __future__ import annotations
