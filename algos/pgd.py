@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,7 +33,6 @@ from torch import nn
 
 from ocrl.data import Batch
 from ocrl.data.replay import SyntheticSet, mixed_batch
-from ocrl.data.windows import windows_to_transitions
 from ocrl.envs import OfflineTask, load_offline_task
 from ocrl.experiment import (
     Agent,
@@ -51,8 +49,8 @@ from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 't
 from ocrl.nets.edm_runs import (
     check_edm_flags,
     check_windows,
-    load_model_file,
-    regeneration_seed,
+    fill_synthetic,
+    load_trajectory_model,
     train_trajectory_model,
 )
 
@@ -266,21 +264,7 @@ class IQL(Agent):
         }  # fmt: skip
 
 
-# -------------------------------------------------------------------------------- the trajectory model
-MAKE_MODEL = "`python algos/diffusion.py --preset pgd-unguided --dataset <data>`"
-
-
-def load_trajectory_model(
-    path: str | None, device: torch.device, bf16: bool, dims: tuple[int, int] | None = None
-) -> TrajectoryModel:
-    """Read the model.pt that algos/diffusion.py --level trajectory wrote (of obs/act `dims` when given)."""
-    fix = f"{MAKE_MODEL} writes model.pt in its run folder, or train one here with --diffusion-steps N"
-    return load_model_file(
-        "--diffusion-model", path, device, bf16, fix, bad_fix=f"train one with {MAKE_MODEL}",
-        level="trajectory", dims=dims,
-    )  # fmt: skip
-
-
+# ------------------------------------------------------------------------------------------ guidance
 def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float]:
     """lambda_k = coef [(1 - k/N) + c_cos sin(pi (k+1)/N)] for k < N - 1, and 0 at the last step."""
     lambdas = [
@@ -369,6 +353,8 @@ def check_pgd_args(args: Args) -> None:
         raise UsageError(f"--expectile {args.expectile}: must lie in (0, 1); PGD uses 0.7")
     if not args.max_weight > 0:
         raise UsageError(f"--max-weight {args.max_weight}: must be positive")
+    if args.synth_batch_size == args.batch_size:
+        print("note: --synth-batch-size = --batch-size trains on synthetic data only (IQL's V and Q may diverge)")  # fmt: skip
 
 
 def given_model(args: Args, task: OfflineTask, device: torch.device) -> TrajectoryModel | None:
@@ -388,16 +374,11 @@ def main(args: Args) -> dict:
         ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
     )  # fmt: skip
     model = given_model(args, task, device)
-    if args.synth_batch_size == args.batch_size:
-        print("note: --synth-batch-size = --batch-size trains on synthetic data only (IQL's V and Q may diverge)")  # fmt: skip
     agent_cls = TD3BC if args.agent == "td3_bc" else IQL
     agent = agent_cls(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
     # A checkpoint part: a resumed run continues on the same synthetic set.
     synthetic = agent.synthetic = SyntheticSet(device)
-    obs_mean, obs_std = (
-        None if x is None else torch.as_tensor(x, dtype=torch.float32, device=device)
-        for x in (task.obs_mean, task.obs_std)
-    )  # fmt: skip
+    obs_mean, obs_std = task.obs_stats(device)
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
     loop = TrainingLoop(
         "pgd", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
@@ -420,19 +401,14 @@ def main(args: Args) -> dict:
     rows = None if model is None else (args.num_rollout_steps or model.trajectory_length - 1) + 1
 
     def generate(index: int, guided: bool) -> float:
-        start = time.perf_counter()
         guided = guided and args.guidance_coef != 0.0
         guide = Guidance(args, model, agent.actor, obs_mean, obs_std) if guided else None
-        gen = torch.Generator(device).manual_seed(regeneration_seed(args.seed, index))
-        windows = model.sample_n(
-            args.num_synth_trajectories, args.sample_batch_size, args.sample_steps, rows,
-            device=device, generator=gen, pre_step=guide, euler_origin=args.euler_origin,
+        return fill_synthetic(
+            synthetic, model, args.num_synth_trajectories, args.sample_batch_size,
+            args.sample_steps, rows, seed=args.seed, index=index, device=device,
+            obs_mean=obs_mean, obs_std=obs_std, pre_step=guide, euler_origin=args.euler_origin,
             churn=args.churn,
         )  # fmt: skip
-        synthetic.fill(
-            windows_to_transitions(windows, model.obs_dim, model.act_dim), obs_mean, obs_std
-        )
-        return time.perf_counter() - start
 
     # The initial set is unguided; a resumed run has restored its set from the checkpoint.
     if loop.step == 0 and use_synthetic:

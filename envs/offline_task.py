@@ -56,6 +56,15 @@ class OfflineTask:
         """The observation statistics, as a checkpoint part (a resume checks the data still gives them)."""
         return {"obs_mean": self.obs_mean, "obs_std": self.obs_std}
 
+    def obs_stats(
+        self, device: str | torch.device = "cpu"
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The observation mean and std as float32 tensors on `device` (None without normalisation)."""
+        return tuple(
+            None if x is None else torch.as_tensor(x, dtype=torch.float32, device=device)
+            for x in (self.obs_mean, self.obs_std)
+        )  # type: ignore[return-value]
+
     def evaluator(
         self, num_episodes: int, seed: int, device: str | torch.device = "cpu"
     ) -> Evaluator:

@@ -1,16 +1,19 @@
 """EDM model files in a run, one way for algos/diffusion.py and algos/pgd.py: their shared flag checks, loading
 the model file a flag names (one-line errors), training PGD's trajectory model from a dataset into a model file,
-and the seed of each regeneration of a synthetic set."""
+and filling a synthetic set with a model's samples, each generation from its own seed."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ocrl.data import OfflineDataset
-from ocrl.data.windows import trajectory_rows, trajectory_windows
+from ocrl.data.replay import SyntheticSet
+from ocrl.data.windows import trajectory_rows, trajectory_windows, windows_to_transitions
 from ocrl.experiment import CheckpointError, Run, UsageError, check_finite, save_checkpoint
 from ocrl.nets.edm_model import DiffusionModel, bf16_autocast, fit_model, model_state
 
@@ -52,6 +55,22 @@ def load_model_file(
         raise CheckpointError(f"{flag} {path}: {e}; {bad_fix or fix}") from e
 
 
+#: How to make the trajectory model algos/pgd.py loads (its error messages say it).
+MAKE_TRAJECTORY_MODEL = "`python algos/diffusion.py --preset pgd-unguided --dataset <data>`"
+
+
+def load_trajectory_model(
+    path: str | None, device: torch.device, bf16: bool, dims: tuple[int, int] | None = None
+) -> DiffusionModel:
+    """The trajectory model of the model.pt --diffusion-model names (of obs/act `dims` when given)."""
+    make = MAKE_TRAJECTORY_MODEL
+    fix = f"{make} writes model.pt in its run folder, or train one here with --diffusion-steps N"
+    return load_model_file(
+        "--diffusion-model", path, device, bf16, fix, bad_fix=f"train one with {make}",
+        level="trajectory", dims=dims,
+    )  # fmt: skip
+
+
 def train_trajectory_model(
     dataset: OfflineDataset, path: Path, device: torch.device, *, length: int, stride: int,
     features: int, blocks: int, steps: int, batch_size: int, lr: float, seed: int, log_every: int,
@@ -86,3 +105,19 @@ def train_trajectory_model(
 def regeneration_seed(seed: int, index: int) -> int:
     """The sampler's seed for generation `index` (0 = the initial set): independent of the run's other draws."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def fill_synthetic(
+    synthetic: SyntheticSet, model: DiffusionModel, n: int, batch_size: int, steps: int,
+    rows: int, *, seed: int, index: int, device: torch.device, obs_mean: torch.Tensor | None,
+    obs_std: torch.Tensor | None, **sample_kwargs: Any,
+) -> float:  # fmt: skip
+    """Replace `synthetic` by the transitions of `n` windows of `rows` sampled from the trajectory `model`
+    (`DiffusionModel.sample`'s keywords) with generation `index`'s seed; the seconds it took."""
+    start = time.perf_counter()
+    generator = torch.Generator(device).manual_seed(regeneration_seed(seed, index))
+    windows = model.sample_n(
+        n, batch_size, steps, rows, device=device, generator=generator, **sample_kwargs
+    )
+    synthetic.fill(windows_to_transitions(windows, model.obs_dim, model.act_dim), obs_mean, obs_std)
+    return time.perf_counter() - start

@@ -27,6 +27,7 @@ from ocrl.nets.diffusion import (
     heun_sample,
     model_state,
 )
+from ocrl.nets.edm_runs import load_trajectory_model, regeneration_seed
 
 
 @pytest.fixture(scope="session")
@@ -177,7 +178,7 @@ def test_hook_shifts_only_the_action_channels_by_lambda_k_g():
 
 
 def test_denoised_guidance_evaluates_the_policy_at_d_of_x(tiny_model):
-    model = pgd.load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
+    model = load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
     actor = pgd.GaussianActor(11, 3, (8,), -torch.ones(3), torch.ones(3))
     args = pgd.Args(agent="iql", guidance_coef=1.0, sample_steps=4, denoised_guidance=True)
     guide = pgd.Guidance(args, model, actor, None, None)
@@ -202,7 +203,7 @@ class RaisingActor(torch.nn.Module):
 def test_coefficient_zero_is_bit_identical_to_the_unguided_sampler_and_never_calls_the_actor(
     tiny_model,
 ):
-    model = pgd.load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
+    model = load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
     args = pgd.Args(
         guidance_coef=0.0, sample_steps=5, num_synth_trajectories=6, sample_batch_size=4
     )
@@ -246,8 +247,8 @@ def test_run_with_coefficient_zero_regenerates_the_unguided_samples_without_the_
     monkeypatch.setattr(pgd.Guidance, "gradient", raising)
     pgd.main(args)
     assert set(seen) == {0, 1}
-    model = pgd.load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
-    gen = torch.Generator().manual_seed(pgd.regeneration_seed(args.seed, 1))
+    model = load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
+    gen = torch.Generator().manual_seed(regeneration_seed(args.seed, 1))
     windows = model.sample_n(
         args.num_synth_trajectories, args.sample_batch_size, args.sample_steps, 8, device="cpu",
         generator=gen, euler_origin=args.euler_origin, churn=args.churn,

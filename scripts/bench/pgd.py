@@ -65,10 +65,11 @@ def pgd_setup(args: Args, device: torch.device):
     """(pgd module, trajectory model, guiding actor, agent name, obs mean, obs std, run config)."""
     from ocrl.algos import pgd
     from ocrl.nets.diffusion import DiffusionNormalizer, EDMConfig, EDMDenoiser, TemporalUNet
+    from ocrl.nets.edm_runs import load_trajectory_model
 
     obs_dim, act_dim = args.obs_dim, args.act_dim
     if args.model is not None:
-        model = pgd.load_trajectory_model(args.model, device, bf16=True)
+        model = load_trajectory_model(args.model, device, bf16=True)
         obs_dim, act_dim = model.obs_dim, model.act_dim
     else:
         channels = obs_dim + act_dim + 2
