@@ -150,19 +150,6 @@ class Args(RunArgs, OfflineArgs):
     """write checkpoint.pt (atomically; it holds the synthetic set) at every evaluation and at the end"""
 
 
-# ------------------------------------------------------------------------------------------- actors
-def policy_log_prob(
-    agent_name: str, actor: nn.Module, obs: torch.Tensor, actions: torch.Tensor
-) -> torch.Tensor:
-    """The guidance density log pi(a | s) summed over action dimensions (the leading axes are kept).
-
-    TD3+BC: Normal(mu(s), 1) around the deterministic action (PGD's det_guidance); IQL: the actor's Normal."""
-    if agent_name == "td3_bc":
-        mu = actor(obs)
-        return (-0.5 * (actions - mu).square() - 0.5 * math.log(2 * math.pi)).sum(-1)
-    return actor.log_prob(obs, actions)
-
-
 # ------------------------------------------------------------------------------------------- agents
 class TD3BC(Agent):
     """PGD's TD3+BC: targets first, one actor step, then `critic_updates` steps of the twin critics."""
@@ -272,6 +259,18 @@ def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float
         for k in range(steps - 1)
     ]
     return [*lambdas, 0.0]
+
+
+def policy_log_prob(
+    agent_name: str, actor: nn.Module, obs: torch.Tensor, actions: torch.Tensor
+) -> torch.Tensor:
+    """The guidance density log pi(a | s) summed over action dimensions (the leading axes are kept).
+
+    TD3+BC: Normal(mu(s), 1) around the deterministic action (PGD's det_guidance); IQL: the actor's Normal."""
+    if agent_name == "td3_bc":
+        mu = actor(obs)
+        return (-0.5 * (actions - mu).square() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return actor.log_prob(obs, actions)
 
 
 class Guidance:
@@ -424,13 +423,12 @@ def main(args: Args) -> dict:
         if loop.due(args.eval_every):
             loop.evaluate(evaluator, agent.actor.act)
 
-    extra = {
-        "dataset": task.dataset.name, "env_id": task.env_id, "agent": args.agent,
-        "diffusion_model": None if model_path is None else str(model_path),
-        "regenerations": synthetic.regenerations, "synthetic_transitions": len(synthetic.buffer) if synthetic.buffer is not None else 0,
-        "regeneration_seconds_mean": float(np.mean(regen_seconds)) if regen_seconds else None,
-    }  # fmt: skip
-    return loop.finish(evaluator, agent.actor.act, **extra)
+    return loop.finish(
+        evaluator, agent.actor.act, dataset=task.dataset.name, env_id=task.env_id, agent=args.agent,
+        diffusion_model=None if model_path is None else str(model_path),
+        regenerations=synthetic.regenerations, synthetic_transitions=len(synthetic.buffer) if synthetic.buffer is not None else 0,
+        regeneration_seconds_mean=float(np.mean(regen_seconds)) if regen_seconds else None,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
