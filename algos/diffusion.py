@@ -61,7 +61,6 @@ from ocrl.data.windows import (
 from ocrl.envs.synthetic import synthetic_quality, write_synthetic_dataset
 from ocrl.experiment import (
     Agent,
-    CheckpointError,
     Run,
     RunArgs,
     TrainingLoop,
@@ -79,6 +78,7 @@ from ocrl.nets.diffusion import (
     build_network,
     model_state,
 )
+from ocrl.nets.edm_runs import check_edm_flags, load_model_file
 
 # fmt: off
 PRESETS: dict[str, dict] = {
@@ -252,19 +252,6 @@ def train(args: Args, source: OfflineDataset, real: Transitions, device, np_rng)
     return model, loop, rows, path
 
 
-def load_model(
-    path: str, device: torch.device, bf16: bool, dims: tuple[int, int]
-) -> DiffusionModel:
-    """The model of a model.pt of the data's (obs_dim, act_dim); UsageError/CheckpointError when it is not one."""
-    fix = "pass the model.pt that algos/diffusion.py wrote in its run folder (of this dataset)"
-    try:
-        return DiffusionModel.load(path, device, bf16_autocast(bf16, device), dims=dims)
-    except FileNotFoundError:
-        raise UsageError(f"--model {path}: no such file; {fix}") from None
-    except ValueError as e:
-        raise CheckpointError(f"--model {path}: {e}; {fix}") from e
-
-
 # ------------------------------------------------------------------------------------------ sampling
 @torch.no_grad()
 def generate(
@@ -298,16 +285,11 @@ def check_diffusion_args(args: Args) -> None:
     counts += ("sample_steps", "num_samples", "sample_batch_size", "ema_every", "window_stride")
     # batch_size None is SynthER's rule, settled once the data size is known (main).
     check_args(args, counts + ("batch_size",) * (args.batch_size is not None))
-    if args.sample_steps < 2:
-        raise UsageError(f"--sample-steps {args.sample_steps}: the Heun sampler needs at least 2")
-    if args.trajectory_length < 2:
-        raise UsageError(f"--trajectory-length {args.trajectory_length}: a window needs >= 2 rows")
+    check_edm_flags(args.sample_steps, args.trajectory_length, args.unet_features)
     if not 0.0 <= args.ema_decay < 1.0:
         raise UsageError(f"--ema-decay {args.ema_decay}: must lie in [0, 1)")
     if args.grad_clip < 0 or args.quality_samples < 0:
         raise UsageError("--grad-clip and --quality-samples must be >= 0")
-    if args.unet_features % 8 or args.unet_features < 16:
-        raise UsageError(f"--unet-features {args.unet_features}: a multiple of 8, at least 16")
     if args.out is not None and Path(args.out).exists():
         raise UsageError(
             f"--out {args.out}: exists already; pick a new path (nothing is overwritten)"
@@ -326,7 +308,9 @@ def main(args: Args) -> dict:
     real = source.transitions()
 
     if args.model is not None:  # sample from a saved model
-        model = load_model(args.model, device, args.bf16, (source.obs_dim, source.act_dim))
+        fix = "pass the model.pt that algos/diffusion.py wrote in its run folder (of this dataset)"
+        dims = (source.obs_dim, source.act_dim)
+        model = load_model_file("--model", args.model, device, args.bf16, fix, dims=dims)
         args.level = model.level
         args.trajectory_length = model.trajectory_length or args.trajectory_length
         run = Run("diffusion", source.name, args.seed, args, args.run_dir, args.overwrite)

@@ -10,61 +10,49 @@ Before EDM step k = 0..N-1 of the stochastic Heun sampler, in the model's normal
     g        <- g / ||g||_F + 1e-8   (--normalize-action-guidance; the norm is over one trajectory's L x A block)
     x_k[:, :, act] <- x_k[:, :, act] + lambda_k * g
 
-then the usual churn + Heun step runs from the shifted x_k. log pi is Normal(mu(s), 1) on the squashed action
-for TD3+BC's deterministic actor and IQL's tanh-mean Gaussian (state-independent std) without a tanh Jacobian.
-The initial synthetic set is unguided; every --synth-dataset-lifetime updates it is regenerated with guidance
-from the current actor. Each batch holds --synth-batch-size synthetic transitions and the rest real (240 + 16).
-The agents are PGD's (--agent iql, the code's default, or td3_bc; targets Polyak-updated at the start of
-every step; Adam eps 1e-5): TD3+BC with one actor step then --critic-updates critic steps, IQL with V's
-expectile step, the critics' step on r + gamma V(s') and the advantage-weighted actor step. The trajectory
-model is --diffusion-model (the model.pt of `python algos/diffusion.py --preset pgd-unguided`), or
---diffusion-steps N trains the same model here first.
-
-Defaults are the released code's (EmptyJackson/policy-guided-diffusion @ 9da606c), except the window length
-(the model's), the regeneration's off-by-one, standardised observations, sampling synthetic data with
-replacement and g = 0 instead of NaN for an all-saturated trajectory. --guidance-coef 0 (the default) is the
-unguided baseline, --synth-batch-size 0 the real-data one. Details, the agents' losses, results: docs/algos/pgd.md.
-
-    python algos/pgd.py --dataset hopper-medium-replay-v2 --diffusion-model runs/diffusion__.../model.pt \\
-        --agent td3_bc --guidance-coef 0.1 --normalize-action-guidance
-    python algos/pgd.py --preset cpu-small --dataset ocrl/hopper/medium-replay-v0 --diffusion-steps 30000 \\
-        --agent td3_bc --guidance-coef 0.1 --normalize-action-guidance    # trains its own (small) model first
+then the usual churn + Heun step runs from the shifted x_k. The initial synthetic set is unguided; every
+--synth-dataset-lifetime updates it is regenerated with guidance from the current actor. Each batch holds
+--synth-batch-size synthetic transitions and the rest real (240 + 16). The agent is PGD's IQL (--agent, the
+code's default) or TD3+BC; the model is --diffusion-model (`python algos/diffusion.py --preset pgd-unguided`'s
+model.pt), or --diffusion-steps N trains it here first. Defaults are the released code's
+(EmptyJackson/policy-guided-diffusion @ 9da606c) but for five deviations; --guidance-coef 0 (the default) is the
+unguided baseline, --synth-batch-size 0 the real-data one. Log pi, the agents' losses, the deviations, results
+and commands: docs/algos/pgd.md.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from ocrl.data import Batch, OfflineDataset
+from ocrl.data import Batch
 from ocrl.data.replay import SyntheticSet, mixed_batch
-from ocrl.data.windows import trajectory_rows, trajectory_windows, windows_to_transitions
 from ocrl.envs import OfflineTask, load_offline_task
 from ocrl.experiment import (
     Agent,
-    CheckpointError,
     OfflineArgs,
-    Run,
     RunArgs,
     TrainingLoop,
     UsageError,
     check_args,
-    check_finite,
     run_cli,
-    save_checkpoint,
     start_run,
 )
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, GaussianActor, polyak_update
 from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
-from ocrl.nets.diffusion import bf16_autocast, fit_model, model_state
+from ocrl.nets.edm_runs import (
+    check_edm_flags,
+    check_windows,
+    fill_synthetic,
+    load_trajectory_model,
+    train_trajectory_model,
+)
 
 PRESETS: dict[str, dict] = {
     # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256),
@@ -160,19 +148,6 @@ class Args(RunArgs, OfflineArgs):
     """standardise observations (real and synthetic) with the real transitions' mean and std (+1e-3)"""
     save_model: bool = False
     """write checkpoint.pt (atomically; it holds the synthetic set) at every evaluation and at the end"""
-
-
-# ------------------------------------------------------------------------------------------- actors
-def policy_log_prob(
-    agent_name: str, actor: nn.Module, obs: torch.Tensor, actions: torch.Tensor
-) -> torch.Tensor:
-    """The guidance density log pi(a | s) summed over action dimensions (the leading axes are kept).
-
-    TD3+BC: Normal(mu(s), 1) around the deterministic action (PGD's det_guidance); IQL: the actor's Normal."""
-    if agent_name == "td3_bc":
-        mu = actor(obs)
-        return (-0.5 * (actions - mu).square() - 0.5 * math.log(2 * math.pi)).sum(-1)
-    return actor.log_prob(obs, actions)
 
 
 # ------------------------------------------------------------------------------------------- agents
@@ -276,55 +251,7 @@ class IQL(Agent):
         }  # fmt: skip
 
 
-# -------------------------------------------------------------------------------- the trajectory model
-MAKE_MODEL = "`python algos/diffusion.py --preset pgd-unguided --dataset <data>`"
-
-
-def load_trajectory_model(
-    path: str | None, device: torch.device, bf16: bool, dims: tuple[int, int] | None = None
-) -> TrajectoryModel:
-    """Read the model.pt that algos/diffusion.py --level trajectory wrote (of obs/act `dims` when given)."""
-    fix = f"{MAKE_MODEL} writes model.pt in its run folder, or train one here with --diffusion-steps N"
-    if path is None:
-        raise UsageError(f"--diffusion-model: required; {fix}")
-    try:
-        return TrajectoryModel.load(path, device, bf16_autocast(bf16, device), "trajectory", dims)
-    except FileNotFoundError:
-        raise UsageError(f"--diffusion-model {path}: no such file; {fix}") from None
-    except ValueError as e:
-        raise CheckpointError(f"--diffusion-model {path}: {e}; train one with {MAKE_MODEL}") from e
-
-
-def train_trajectory_model(
-    args: Args, dataset: OfflineDataset, env_id: str, device: torch.device, path: Path,
-    run: Run | None = None,
-) -> TrajectoryModel:  # fmt: skip
-    """PGD's unguided model, trained as algos/diffusion.py --preset pgd-unguided trains it, written to `path`."""
-    rows = torch.from_numpy(trajectory_rows(dataset, args.trajectory_length, args.window_stride))
-    unet = dict(
-        channels=rows.shape[-1], features=args.unet_features, num_blocks=args.unet_blocks,
-        groupnorm="per-timestep",
-    )  # fmt: skip
-    print(f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows")
-    # Every channel z-scored, done included (PGD's); its own stream from --seed: the agent's draws are the
-    # same whether the model is trained or reloaded.
-    trainer, normalizer = fit_model(
-        rows, "unet", unet, device, steps=args.diffusion_steps,
-        batch_size=args.diffusion_batch_size, log_every=args.log_every, seed=args.seed,
-        on_log=lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
-        progress=args.progress, desc="trajectory model", lr=args.diffusion_lr,
-        total_steps=args.diffusion_steps, adam_beta2=0.999, lr_schedule="warmup-cosine",
-        grad_clip=0.0, ema_warmup="plain", autocast_dtype=bf16_autocast(args.bf16, device),
-    )  # fmt: skip
-    state = model_state(
-        "unet", unet, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
-        env_id=env_id, dataset=dataset.name, trajectory_length=args.trajectory_length,
-    )  # fmt: skip
-    save_checkpoint(path, state)
-    print(f"wrote the trajectory model to {path}")
-    return TrajectoryModel.from_state(state, device, bf16_autocast(args.bf16, device))
-
-
+# ------------------------------------------------------------------------------------------ guidance
 def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float]:
     """lambda_k = coef [(1 - k/N) + c_cos sin(pi (k+1)/N)] for k < N - 1, and 0 at the last step."""
     lambdas = [
@@ -332,6 +259,18 @@ def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float
         for k in range(steps - 1)
     ]
     return [*lambdas, 0.0]
+
+
+def policy_log_prob(
+    agent_name: str, actor: nn.Module, obs: torch.Tensor, actions: torch.Tensor
+) -> torch.Tensor:
+    """The guidance density log pi(a | s) summed over action dimensions (the leading axes are kept).
+
+    TD3+BC: Normal(mu(s), 1) around the deterministic action (PGD's det_guidance); IQL: the actor's Normal."""
+    if agent_name == "td3_bc":
+        mu = actor(obs)
+        return (-0.5 * (actions - mu).square() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return actor.log_prob(obs, actions)
 
 
 class Guidance:
@@ -391,23 +330,6 @@ class Guidance:
         return x
 
 
-def sample_trajectories(
-    model: TrajectoryModel, args: Args, rows: int, generator: torch.Generator,
-    device: torch.device, guidance: Guidance | None,
-) -> torch.Tensor:  # fmt: skip
-    """`num_synth_trajectories` un-normalised windows (n, rows, channels); guided when `guidance` is given."""
-    n, size = args.num_synth_trajectories, args.sample_batch_size
-    return torch.cat(list(model.sample(
-        [min(size, n - i) for i in range(0, n, size)], args.sample_steps, rows, device=device,
-        generator=generator, pre_step=guidance, euler_origin=args.euler_origin, churn=args.churn,
-    )))  # fmt: skip
-
-
-def regeneration_seed(seed: int, index: int) -> int:
-    """The sampler's seed for generation `index` (0 = the initial set): independent of the run's other draws."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
 def check_pgd_args(args: Args) -> None:
     counts = ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every")
     counts += ("critic_updates",) + ("num_rollout_steps",) * (args.num_rollout_steps is not None)
@@ -420,21 +342,18 @@ def check_pgd_args(args: Args) -> None:
             f"--diffusion-model {args.diffusion_model} and --diffusion-steps "
             f"{args.diffusion_steps}: give one (load a model, or train one here)"
         )
-    if training and args.trajectory_length < 2:
-        raise UsageError(f"--trajectory-length {args.trajectory_length}: a window needs >= 2 rows")
-    if training and (args.unet_features % 8 or args.unet_features < 16):
-        raise UsageError(f"--unet-features {args.unet_features}: a multiple of 8, at least 16")
+    check_edm_flags(args.sample_steps, *(args.trajectory_length, args.unet_features) * training)
     if not 0 <= args.synth_batch_size <= args.batch_size:
         raise UsageError(
             f"--synth-batch-size {args.synth_batch_size}: must lie in [0, --batch-size "
             f"{args.batch_size}] (PGD: 240 of 256)"
         )
-    if args.sample_steps < 2:
-        raise UsageError(f"--sample-steps {args.sample_steps}: the Heun sampler needs at least 2")
     if not 0.0 < args.expectile < 1.0:
         raise UsageError(f"--expectile {args.expectile}: must lie in (0, 1); PGD uses 0.7")
     if not args.max_weight > 0:
         raise UsageError(f"--max-weight {args.max_weight}: must be positive")
+    if args.synth_batch_size == args.batch_size:
+        print("note: --synth-batch-size = --batch-size trains on synthetic data only (IQL's V and Q may diverge)")  # fmt: skip
 
 
 def given_model(args: Args, task: OfflineTask, device: torch.device) -> TrajectoryModel | None:
@@ -442,13 +361,8 @@ def given_model(args: Args, task: OfflineTask, device: torch.device) -> Trajecto
     if args.diffusion_steps == 0:
         dims = (task.obs_dim, task.act_dim)
         return load_trajectory_model(args.diffusion_model, device, args.bf16, dims)
-    length, stride = args.trajectory_length, args.window_stride
-    # Checked before the run folder is made.
-    if args.synth_batch_size > 0 and len(trajectory_windows(task.dataset, length, stride)) == 0:
-        raise UsageError(
-            f"--trajectory-length {args.trajectory_length}: no episode of '{args.dataset}' is "
-            "that long; use shorter windows"
-        )
+    if args.synth_batch_size > 0:  # checked before the run folder is made
+        check_windows(task.dataset, args.trajectory_length, args.window_stride, args.dataset)
     return None
 
 
@@ -459,16 +373,11 @@ def main(args: Args) -> dict:
         ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
     )  # fmt: skip
     model = given_model(args, task, device)
-    if args.synth_batch_size == args.batch_size:
-        print("note: --synth-batch-size = --batch-size trains on synthetic data only (IQL's V and Q may diverge)")  # fmt: skip
     agent_cls = TD3BC if args.agent == "td3_bc" else IQL
     agent = agent_cls(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
     # A checkpoint part: a resumed run continues on the same synthetic set.
     synthetic = agent.synthetic = SyntheticSet(device)
-    obs_mean, obs_std = (
-        None if x is None else torch.as_tensor(x, dtype=torch.float32, device=device)
-        for x in (task.obs_mean, task.obs_std)
-    )  # fmt: skip
+    obs_mean, obs_std = task.obs_stats(device)
     evaluator = task.evaluator(args.eval_episodes, args.seed, device)
     loop = TrainingLoop(
         "pgd", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
@@ -480,20 +389,25 @@ def main(args: Args) -> dict:
         model_path = loop.dir / "model.pt"
         model = (
             load_trajectory_model(str(model_path), device, args.bf16) if model_path.exists()
-            else train_trajectory_model(args, task.dataset, task.env_id, device, model_path, loop.run)
+            else train_trajectory_model(
+                task.dataset, model_path, device, length=args.trajectory_length,
+                stride=args.window_stride, features=args.unet_features, blocks=args.unet_blocks,
+                steps=args.diffusion_steps, batch_size=args.diffusion_batch_size,
+                lr=args.diffusion_lr, seed=args.seed, log_every=args.log_every, bf16=args.bf16,
+                env_id=task.env_id, progress=args.progress, run=loop.run,
+            )
         )  # fmt: skip
     rows = None if model is None else (args.num_rollout_steps or model.trajectory_length - 1) + 1
 
     def generate(index: int, guided: bool) -> float:
-        start = time.perf_counter()
         guided = guided and args.guidance_coef != 0.0
         guide = Guidance(args, model, agent.actor, obs_mean, obs_std) if guided else None
-        gen = torch.Generator(device).manual_seed(regeneration_seed(args.seed, index))
-        windows = sample_trajectories(model, args, rows, gen, device, guide)
-        synthetic.fill(
-            windows_to_transitions(windows, model.obs_dim, model.act_dim), obs_mean, obs_std
-        )
-        return time.perf_counter() - start
+        return fill_synthetic(
+            synthetic, model, args.num_synth_trajectories, args.sample_batch_size,
+            args.sample_steps, rows, seed=args.seed, index=index, device=device,
+            obs_mean=obs_mean, obs_std=obs_std, pre_step=guide, euler_origin=args.euler_origin,
+            churn=args.churn,
+        )  # fmt: skip
 
     # The initial set is unguided; a resumed run has restored its set from the checkpoint.
     if loop.step == 0 and use_synthetic:
@@ -509,13 +423,12 @@ def main(args: Args) -> dict:
         if loop.due(args.eval_every):
             loop.evaluate(evaluator, agent.actor.act)
 
-    extra = {
-        "dataset": task.dataset.name, "env_id": task.env_id, "agent": args.agent,
-        "diffusion_model": None if model_path is None else str(model_path),
-        "regenerations": synthetic.regenerations, "synthetic_transitions": len(synthetic.buffer) if synthetic.buffer is not None else 0,
-        "regeneration_seconds_mean": float(np.mean(regen_seconds)) if regen_seconds else None,
-    }  # fmt: skip
-    return loop.finish(evaluator, agent.actor.act, **extra)
+    return loop.finish(
+        evaluator, agent.actor.act, dataset=task.dataset.name, env_id=task.env_id, agent=args.agent,
+        diffusion_model=None if model_path is None else str(model_path),
+        regenerations=synthetic.regenerations, synthetic_transitions=len(synthetic.buffer) if synthetic.buffer is not None else 0,
+        regeneration_seconds_mean=float(np.mean(regen_seconds)) if regen_seconds else None,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -74,6 +74,15 @@ class OfflineTask:
         self.buffer.actions = actions.clamp(-1 + margin, 1 - margin)
         return unit
 
+    def obs_stats(
+        self, device: str | torch.device = "cpu"
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The observation mean and std as float32 tensors on `device` (None without normalisation)."""
+        return tuple(
+            None if x is None else torch.as_tensor(x, dtype=torch.float32, device=device)
+            for x in (self.obs_mean, self.obs_std)
+        )  # type: ignore[return-value]
+
     def evaluator(
         self, num_episodes: int, seed: int, device: str | torch.device = "cpu"
     ) -> Evaluator:

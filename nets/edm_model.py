@@ -245,3 +245,11 @@ class DiffusionModel:
                 pre_step=pre_step, euler_origin=euler_origin, churn=churn,
             )  # fmt: skip
             yield self.normalizer.unnormalize(x)
+
+    def sample_n(
+        self, n: int, batch_size: int, steps: int, rows: int | None = None, *,
+        device: torch.device | str, **sample_kwargs: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        """`n` un-normalised samples drawn `batch_size` at a time (`sample`'s keywords), concatenated."""
+        sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+        return torch.cat(list(self.sample(sizes, steps, rows, device=device, **sample_kwargs)))

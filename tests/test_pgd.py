@@ -27,6 +27,7 @@ from ocrl.nets.diffusion import (
     heun_sample,
     model_state,
 )
+from ocrl.nets.edm_runs import load_trajectory_model, regeneration_seed
 
 
 @pytest.fixture(scope="session")
@@ -177,7 +178,7 @@ def test_hook_shifts_only_the_action_channels_by_lambda_k_g():
 
 
 def test_denoised_guidance_evaluates_the_policy_at_d_of_x(tiny_model):
-    model = pgd.load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
+    model = load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
     actor = pgd.GaussianActor(11, 3, (8,), -torch.ones(3), torch.ones(3))
     args = pgd.Args(agent="iql", guidance_coef=1.0, sample_steps=4, denoised_guidance=True)
     guide = pgd.Guidance(args, model, actor, None, None)
@@ -202,7 +203,7 @@ class RaisingActor(torch.nn.Module):
 def test_coefficient_zero_is_bit_identical_to_the_unguided_sampler_and_never_calls_the_actor(
     tiny_model,
 ):
-    model = pgd.load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
+    model = load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
     args = pgd.Args(
         guidance_coef=0.0, sample_steps=5, num_synth_trajectories=6, sample_batch_size=4
     )
@@ -246,9 +247,12 @@ def test_run_with_coefficient_zero_regenerates_the_unguided_samples_without_the_
     monkeypatch.setattr(pgd.Guidance, "gradient", raising)
     pgd.main(args)
     assert set(seen) == {0, 1}
-    model = pgd.load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
-    gen = torch.Generator().manual_seed(pgd.regeneration_seed(args.seed, 1))
-    windows = pgd.sample_trajectories(model, args, 8, gen, torch.device("cpu"), None)
+    model = load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
+    gen = torch.Generator().manual_seed(regeneration_seed(args.seed, 1))
+    windows = model.sample_n(
+        args.num_synth_trajectories, args.sample_batch_size, args.sample_steps, 8, device="cpu",
+        generator=gen, euler_origin=args.euler_origin, churn=args.churn,
+    )  # fmt: skip
     expected = windows_to_transitions(windows, 11, 3)
     for key, value in expected.items():
         assert torch.equal(seen[1][key], value), key
@@ -275,13 +279,12 @@ def test_regeneration_happens_every_lifetime_steps_but_not_at_step_0_and_feeds_t
                      agent="td3_bc", run_dir=str(tmp_path / "run"))  # fmt: skip
     updates = {"n": 0}
     calls = []
-    real_sample, real_update = pgd.sample_trajectories, pgd.TD3BC.update
+    real_sample, real_update = pgd.TrajectoryModel.sample_n, pgd.TD3BC.update
     synth_obs = {}
 
-    def sample(model, a, rows, gen, device, guidance):
-        calls.append((updates["n"], guidance is not None, rows))
-        out = real_sample(model, a, rows, gen, device, guidance)
-        return out
+    def sample(model, n, batch_size, steps, rows, **kwargs):
+        calls.append((updates["n"], kwargs["pre_step"] is not None, rows))
+        return real_sample(model, n, batch_size, steps, rows, **kwargs)
 
     def update(self, batch):
         updates["n"] += 1
@@ -291,7 +294,7 @@ def test_regeneration_happens_every_lifetime_steps_but_not_at_step_0_and_feeds_t
         )
         return real_update(self, batch)
 
-    monkeypatch.setattr(pgd, "sample_trajectories", sample)
+    monkeypatch.setattr(pgd.TrajectoryModel, "sample_n", sample)
     monkeypatch.setattr(pgd.TD3BC, "update", update)
     metrics = pgd.main(args)
     # Windows of the model's training length (8 rows) by default, not the code's 129.
@@ -451,6 +454,7 @@ def test_resume_after_interruption_is_bit_exact(
         (["--diffusion-steps", "5", "--diffusion-model", "m.pt"], "give one"),
         (["--diffusion-steps", "-1"], "--diffusion-steps -1"),
         (["--diffusion-steps", "5", "--unet-features", "12"], "--unet-features 12"),
+        (["--diffusion-steps", "5", "--trajectory-length", "1"], "--trajectory-length 1"),
         (["--diffusion-steps", "5", "--diffusion-lr", "0"], "--diffusion-lr 0"),
         (["--diffusion-steps", "5", "--trajectory-length", "100000"], "no episode"),
     ],
@@ -523,7 +527,7 @@ def test_synth_batch_size_0_is_the_real_data_baseline_and_generates_nothing(
     def no_sampling(*a, **k):
         raise AssertionError("sampled with --synth-batch-size 0")
 
-    monkeypatch.setattr(pgd, "sample_trajectories", no_sampling)
+    monkeypatch.setattr(pgd.TrajectoryModel, "sample_n", no_sampling)
     args = tiny_args(hopper_random_file, tiny_model, synth_batch_size=0, save_model=True,
                      run_dir=str(tmp_path / "run"))  # fmt: skip
     metrics = pgd.main(args)

@@ -65,10 +65,11 @@ def pgd_setup(args: Args, device: torch.device):
     """(pgd module, trajectory model, guiding actor, agent name, obs mean, obs std, run config)."""
     from ocrl.algos import pgd
     from ocrl.nets.diffusion import DiffusionNormalizer, EDMConfig, EDMDenoiser, TemporalUNet
+    from ocrl.nets.edm_runs import load_trajectory_model
 
     obs_dim, act_dim = args.obs_dim, args.act_dim
     if args.model is not None:
-        model = pgd.load_trajectory_model(args.model, device, bf16=True)
+        model = load_trajectory_model(args.model, device, bf16=True)
         obs_dim, act_dim = model.obs_dim, model.act_dim
     else:
         channels = obs_dim + act_dim + 2
@@ -112,7 +113,11 @@ def main(args: Args) -> dict[str, float]:
         )  # fmt: skip
         guide = pgd.Guidance(pargs, model, actor, obs_mean, obs_std) if coef != 0 else None
         gen = torch.Generator(device).manual_seed(seed)
-        return pgd.sample_trajectories(model, pargs, rows, gen, device, guide)
+        return model.sample_n(
+            pargs.num_synth_trajectories, pargs.sample_batch_size, pargs.sample_steps, rows,
+            device=device, generator=gen, pre_step=guide, euler_origin=pargs.euler_origin,
+            churn=pargs.churn,
+        )  # fmt: skip
 
     times = interleaved(
         {n: lambda c=c: seconds(lambda: regenerate(c), device)
