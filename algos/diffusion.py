@@ -78,7 +78,7 @@ from ocrl.nets.diffusion import (
     build_network,
     model_state,
 )
-from ocrl.nets.edm_runs import check_edm_flags, load_model_file
+from ocrl.nets.edm_runs import TrajectoryModelArgs, check_edm_flags, load_model_file
 
 # fmt: off
 PRESETS: dict[str, dict] = {
@@ -98,7 +98,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs):
+class Args(RunArgs, TrajectoryModelArgs):
     dataset: str = "ocrl/hopper/medium-v0"
     """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id; the default is shipped"""
     env_id: str | None = None
@@ -117,16 +117,8 @@ class Args(RunArgs):
     """width of the MLP's time embedding and input projection"""
     layer_norm: bool = False
     """LayerNorm in the residual blocks (SynthER's offline config has none)"""
-    unet_features: int = 1024
-    """U-Net base width F (blocks have F, 2F, 4F channels; PGD's default, ~178M parameters)"""
-    unet_blocks: int = 3
-    """U-Net encoder blocks"""
     groupnorm: Literal["per-timestep", "per-sequence"] = "per-timestep"
     """U-Net GroupNorm statistics: over each time step's channels (PGD, Flax on unbatched windows) or the sequence"""
-    trajectory_length: int = 32
-    """rows per trajectory window (PGD's default; its paper may have used 16)"""
-    window_stride: int = 8
-    """stride between training windows inside an episode"""
     total_steps: int = 100_000
     """gradient steps of the denoiser"""
     batch_size: int | None = None

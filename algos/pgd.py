@@ -47,6 +47,7 @@ from ocrl.experiment import (
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, GaussianActor, polyak_update
 from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
 from ocrl.nets.edm_runs import (
+    TrajectoryModelArgs,
     check_edm_flags,
     check_windows,
     fill_synthetic,
@@ -65,21 +66,13 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineArgs):
+class Args(RunArgs, OfflineArgs, TrajectoryModelArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """'cpu-small': 1,024 trajectories and 32 Heun steps per regeneration (and a 16-row, F 64, 2-block model with --diffusion-steps); explicit flags override it"""
     diffusion_model: str | None = None
     """model.pt of `python algos/diffusion.py --preset pgd-unguided --dataset <data>`; or give --diffusion-steps"""
     diffusion_steps: int = 0
-    """> 0: train the trajectory model here for this many steps first (instead of --diffusion-model)"""
-    trajectory_length: int = 32
-    """with --diffusion-steps: rows per training window (PGD's repository default; its paper may have used 16)"""
-    window_stride: int = 8
-    """with --diffusion-steps: stride between training windows inside an episode"""
-    unet_features: int = 1024
-    """with --diffusion-steps: U-Net base width F (blocks of F, 2F, 4F channels; PGD's ~178M parameters)"""
-    unet_blocks: int = 3
-    """with --diffusion-steps: U-Net encoder blocks"""
+    """> 0: first train the trajectory model (--trajectory-length, --window-stride, --unet-*) for this many steps here, instead of --diffusion-model"""
     diffusion_lr: float = 2e-3
     """with --diffusion-steps: peak Adam learning rate of the denoiser (warm-up cosine schedule)"""
     diffusion_batch_size: int = 32

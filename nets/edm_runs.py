@@ -1,10 +1,11 @@
 """EDM model files in a run, one way for algos/diffusion.py and algos/pgd.py: their shared flag checks, loading
-the model file a flag names (one-line errors), training PGD's trajectory model from a dataset into a model file,
+the model file a flag names (one-line errors), the trajectory model's flags, training PGD's trajectory model from a dataset into a model file,
 and filling a synthetic set with a model's samples, each generation from its own seed."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,21 @@ from ocrl.data.replay import SyntheticSet
 from ocrl.data.windows import trajectory_rows, trajectory_windows, windows_to_transitions
 from ocrl.experiment import CheckpointError, Run, UsageError, check_finite, save_checkpoint
 from ocrl.nets.edm_model import DiffusionModel, bf16_autocast, fit_model, model_state
+
+
+@dataclass
+class TrajectoryModelArgs:
+    """The flags of PGD's trajectory model that algos/diffusion.py (--level trajectory) and algos/pgd.py
+    (--diffusion-steps) train."""
+
+    trajectory_length: int = 32
+    """rows per trajectory window (PGD's repository default; its paper may have used 16)"""
+    window_stride: int = 8
+    """stride between training windows inside an episode"""
+    unet_features: int = 1024
+    """U-Net base width F (blocks of F, 2F, 4F channels; PGD's default, ~178M parameters)"""
+    unet_blocks: int = 3
+    """U-Net encoder blocks"""
 
 
 def check_edm_flags(
