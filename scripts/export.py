@@ -20,8 +20,6 @@ the algorithm, whose text is copied exactly (less its imports, which join the me
 from __future__ import annotations
 
 import ast
-import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,34 +34,19 @@ from export_names import (  # beside this file: scripts/ is on the path when it 
     Ref,
     byte_offset,
     drop_edits,
+    gym_ids,
+    literal,
     load,
-    module_file,
     pieces_of,
     resolve,
     resolve_from,
     segment,
     stmt_start,
 )
+from export_packages import OPTIONAL, PIP_EXTRA, PIP_NAMES, optional_extras, ruff_tidy
+from export_pruning import trim, unnamed_methods
 
 from ocrl.files import source_commit
-
-#: pip names of import names that differ.
-PIP_NAMES = {
-    "yaml": "pyyaml",
-    "sklearn": "scikit-learn",
-    "PIL": "pillow",
-    "cv2": "opencv-python",
-    "gymnasium_robotics": "gymnasium-robotics",
-}
-#: Packages imported only for some inputs or flags, with what for (besides pyproject's extras).
-OPTIONAL = {
-    "gymnasium_robotics": "AntMaze/Adroit envs",
-    "minari": "Minari datasets",
-    "wandb": "--track",
-    "moviepy": "--capture-video",
-}
-#: Packages a submodule import needs besides its top-level one.
-PIP_EXTRA = {"torch.utils.tensorboard": "tensorboard"}
 
 #: Library names that read files shipped with ocrl, with what the export's --help says instead.
 CANNOT_TRAVEL = {
@@ -85,140 +68,11 @@ FEATURE_NOTES = {
 DEFAULT_FORMATS = ("hdf5",)
 READERS = ("ocrl.data.offline", "READERS")
 FEATURES = ("ocrl.plugins", "FEATURES")
-#: The module whose `register_envs` registers ocrl's Gymnasium ids when ocrl.envs is imported.
-IDS_MODULE = "ocrl.envs.ids"
 #: The library constant an export sets to those notes (`cli` adds it to --help).
 HELP_NOTE = ("ocrl.experiment.flags", "HELP_NOTE")
 
 
 # ---------------------------------------------------------------- the export
-def _named(node: ast.AST, skip: set[int], out: set[str]) -> None:
-    """Every identifier, attribute, keyword and string constant in `node`, less the subtrees in `skip`."""
-    if id(node) in skip:
-        return
-    if isinstance(node, ast.Name):
-        out.add(node.id)
-    elif isinstance(node, ast.Attribute):
-        out.add(node.attr)
-    elif isinstance(node, ast.keyword) and node.arg:
-        out.add(node.arg)
-    elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-        out.add(node.value)
-    for child in ast.iter_child_nodes(node):
-        _named(child, skip, out)
-
-
-def _own_class(piece: Piece, pieces: dict[tuple[str, str], list[Piece]]) -> bool:
-    """A class whose ancestors are all ocrl classes (no framework, such as nn.Module or a Gymnasium
-    wrapper, calls its methods by name), with no metaclass."""
-    node = piece.node
-    if not isinstance(node, ast.ClassDef) or node.keywords:
-        return False
-    bases = {id(r.node): r.target for r in piece.refs if r.target[0] == "def"}
-    for b in node.bases:
-        target = bases.get(id(b))
-        if target is None:
-            return False
-        parents = pieces.get((target[1], target[2]), [])
-        if not parents or not all(_own_class(q, pieces) for q in parents):
-            return False
-    return True
-
-
-def _methods(
-    piece: Piece, pieces: dict[tuple[str, str], list[Piece]]
-) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
-    """The methods of a library class that only the code can call by name: not dunders, of a class
-    whose ancestors are ocrl's (`_own_class`)."""
-    if not _own_class(piece, pieces):
-        return []
-    return [
-        m
-        for m in piece.node.body
-        if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)
-        and not (m.name.startswith("__") and m.name.endswith("__"))
-    ]
-
-
-def unnamed_methods(
-    algo_pieces: list[Piece], carried: dict[tuple[str, str], list[Piece]]
-) -> set[int]:
-    """Ids of the library methods whose name appears nowhere in the algorithm or in what is carried
-    (as a name, attribute, keyword or string): nothing can call them, so they are left out."""
-    pieces = [p for ps in carried.values() for p in ps]
-    candidates = {id(m): m for p in pieces for m in _methods(p, carried)}
-    named: set[str] = set()
-    for p in algo_pieces + pieces:
-        _named(p.node, set(candidates), named)
-    while kept := [i for i, m in candidates.items() if m.name in named]:
-        for i in kept:
-            _named(candidates.pop(i), set(candidates), named)
-    # A class body is never left empty.
-    for p in pieces:
-        body = getattr(p.node, "body", [])
-        if body and all(id(s) in candidates for s in body):
-            candidates.pop(id(body[0]))
-    return set(candidates)
-
-
-def trim(piece: Piece, pruned: set[int]) -> Piece:
-    """`piece` without the references, imports and ocrl-import drops inside its `pruned` methods."""
-    gone = [m for m in getattr(piece.node, "body", []) if id(m) in pruned]
-    if not gone:
-        return piece
-
-    spans = [(min([m.lineno] + [d.lineno for d in m.decorator_list]), m.end_lineno) for m in gone]
-
-    def inside(n: ast.AST) -> bool:
-        return any(a <= n.lineno <= b for a, b in spans)
-
-    return Piece(
-        piece.module,
-        piece.node,
-        [r for r in piece.refs if not inside(r.node)],
-        [d for d in piece.drops if not inside(d)],
-        [e for e in piece.local_ext if not inside(e)],
-        gone,
-    )
-
-
-def gym_ids() -> dict[str, tuple[dict, tuple[str, str], tuple[str, str] | None]]:
-    """ocrl's Gymnasium ids (`ocrl.envs.ids.register_envs`): id -> (kwargs, entry, vector entry)."""
-    if module_file(IDS_MODULE) is None:
-        return {}
-    mod = load(IDS_MODULE)
-    tables: dict[str, object] = {"Any": object}
-    flags = __import__("__future__").annotations.compiler_flag
-    for node in mod.tree.body:
-        if isinstance(node, ast.Assign | ast.AnnAssign):
-            exec(compile(ast.Module([node], []), str(mod.path), "exec", flags=flags), tables)
-    out = {}
-    for loop in ast.walk(mod.defs["register_envs"][0]):
-        if not (isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call)):
-            continue
-        table = tables[ast.unparse(loop.iter.func.value)]
-        for call in ast.walk(loop):
-            if isinstance(call, ast.Call) and ast.unparse(call.func).endswith("register"):
-                kw = {
-                    k.arg: k.value.value for k in call.keywords if isinstance(k.value, ast.Constant)
-                }
-                entry = tuple(kw["entry_point"].split(":"))
-                vector = (
-                    tuple(kw["vector_entry_point"].split(":"))
-                    if "vector_entry_point" in kw
-                    else None
-                )
-                for env_id, kwargs in table.items():
-                    out[env_id] = (kwargs, entry, vector)
-    return out
-
-
-def literal(module: str, name: str) -> object:
-    """The value of a library constant written as a literal (a dict of strings, say)."""
-    (node,) = load(module).defs[name]
-    return ast.literal_eval(node.value)
-
-
 def export(
     algo: Path,
     command: str,
@@ -575,53 +429,6 @@ def export(
             nxt += 1
         out += [""] * blank
     return "\n".join(out).rstrip() + "\n"
-
-
-def optional_extras() -> dict[str, str]:
-    """Import name -> extra, of the packages pyproject.toml lists in an optional extra and not in its
-    dependencies (none on Python 3.10, which has no tomllib)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:
-        return {}
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("project", {})
-
-    def base(requirement: str) -> str:
-        return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
-
-    required = {base(r) for r in project.get("dependencies", [])}
-    by_pip = {pip: name for name, pip in PIP_NAMES.items()}
-    out: dict[str, str] = {}
-    for extra, requirements in project.get("optional-dependencies", {}).items():
-        for r in requirements:
-            if base(r) not in required:
-                out.setdefault(by_pip.get(base(r), base(r).replace("-", "_")), extra)
-    return out
-
-
-def ruff_tidy(path: Path) -> None:
-    """Sort the imports and format with ruff when it is installed, under ocrl's ruff settings."""
-    ruff = _ruff()
-    if ruff is None:
-        return
-    config = ["--config", str(ROOT / "pyproject.toml")]
-    subprocess.run([*ruff, "check", *config, "--select", "I", "--fix", "-q", str(path)],
-                   capture_output=True)  # fmt: skip
-    subprocess.run([*ruff, "format", *config, "-q", str(path)], capture_output=True)
-
-
-def _ruff() -> list[str] | None:
-    exe = Path(sys.executable).with_name("ruff")
-    if exe.is_file():
-        return [str(exe)]
-    try:
-        import ruff  # noqa: F401
-    except ImportError:
-        import shutil
-
-        found = shutil.which("ruff")
-        return [found] if found else None
-    return [sys.executable, "-m", "ruff"]
 
 
 def iter_algos() -> Iterator[Path]:

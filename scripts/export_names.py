@@ -414,3 +414,44 @@ def drop_edits(mod: Module, piece: Piece) -> list[tuple[int, int, bytes]]:
         only = all(s in piece.drops for s in siblings)
         edits.append((a, b, indent + b"pass\n" if only and d is siblings[0] else b""))
     return edits
+
+
+#: The module whose `register_envs` registers ocrl's Gymnasium ids when ocrl.envs is imported.
+IDS_MODULE = "ocrl.envs.ids"
+
+
+def gym_ids() -> dict[str, tuple[dict, tuple[str, str], tuple[str, str] | None]]:
+    """ocrl's Gymnasium ids (`ocrl.envs.ids.register_envs`): id -> (kwargs, entry, vector entry)."""
+    if module_file(IDS_MODULE) is None:
+        return {}
+    mod = load(IDS_MODULE)
+    tables: dict[str, object] = {"Any": object}
+    flags = __import__("__future__").annotations.compiler_flag
+    for node in mod.tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            exec(compile(ast.Module([node], []), str(mod.path), "exec", flags=flags), tables)
+    out = {}
+    for loop in ast.walk(mod.defs["register_envs"][0]):
+        if not (isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call)):
+            continue
+        table = tables[ast.unparse(loop.iter.func.value)]
+        for call in ast.walk(loop):
+            if isinstance(call, ast.Call) and ast.unparse(call.func).endswith("register"):
+                kw = {
+                    k.arg: k.value.value for k in call.keywords if isinstance(k.value, ast.Constant)
+                }
+                entry = tuple(kw["entry_point"].split(":"))
+                vector = (
+                    tuple(kw["vector_entry_point"].split(":"))
+                    if "vector_entry_point" in kw
+                    else None
+                )
+                for env_id, kwargs in table.items():
+                    out[env_id] = (kwargs, entry, vector)
+    return out
+
+
+def literal(module: str, name: str) -> object:
+    """The value of a library constant written as a literal (a dict of strings, say)."""
+    (node,) = load(module).defs[name]
+    return ast.literal_eval(node.value)
