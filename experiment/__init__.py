@@ -1,6 +1,6 @@
 """Running an experiment: the CLI with presets and checks, run folders, logs, checkpoints and the training-loop plumbing."""
 
-from ocrl.experiment.args import OfflineDataArgs, RunArgs, start_run
+from ocrl.experiment.args import OfflineDataArgs, PrecisionArgs, RunArgs, start_run
 from ocrl.experiment.flags import POSITIVE_FIELDS, check_args, cli, friendly_errors
 from ocrl.experiment.loop import Agent, SnapshotEvaluator, TrainingLoop
 from ocrl.experiment.policy import (
@@ -39,6 +39,7 @@ __all__ = [
     "PolicyError",
     "PolicyProgram",
     "OfflineDataArgs",
+    "PrecisionArgs",
     "Run",
     "RunArgs",
     "SnapshotEvaluator",
