@@ -30,8 +30,9 @@ samples are not clamped (SynthER's standard normaliser), `--clamp` clips them to
 The run reports the sample quality: terminal rate, per-dimension mean/std against the data, and the one-step
 dynamics error of a MuJoCo reset to the generated state beside the same number on real data (the floor).
 
-On CUDA the network runs in bf16 autocast with TF32 matmuls (`--no-bf16` for fp32) while the sigma maths stays
-in fp32; `--compile` captures the sampler's denoiser call in CUDA graphs (torch.compile reduce-overhead). The
+By default (`--precision auto`) the network runs in bf16 autocast with TF32 matmuls on CUDA and in fp32 on the
+CPU; `--precision bf16` is bf16 on the CPU too (AMX/AVX512-BF16), `--precision fp32` fp32 everywhere. The sigma
+maths, the loss, EMA, weights and Adam's state stay fp32 (ocrl.nets.edm); `--compile` captures the sampler's denoiser call in CUDA graphs (torch.compile reduce-overhead). The
 sampler keeps sigma and gamma on the device and never reads them on the host. That CUDA path has not yet run on
 a GPU (`python -m scripts.bench diffusion --device cuda` measures it); the CPU path computes the same maths.
 
@@ -73,6 +74,7 @@ from ocrl.experiment import (
     save_checkpoint,
     start_run,
 )
+from ocrl.nets import uses_bf16
 from ocrl.nets.diffusion import (
     DiffusionModel,
     DiffusionNormalizer,
@@ -166,8 +168,9 @@ class Args(RunArgs):
     """sample from this saved model.pt (an earlier run's) instead of training one"""
     quality_samples: int = 10_000
     """transitions (real and synthetic each) for the dynamics-error report; 0 skips it"""
-    bf16: bool = True
-    """on CUDA, run the network in bf16 autocast with TF32 matmuls (sigma maths in fp32); ignored on the CPU"""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """the network's matmuls: 'bf16' autocast (sigma maths, loss, weights and Adam in fp32; on CUDA with TF32),
+    'fp32', or 'auto': bf16 on CUDA, fp32 on the CPU"""
     compile: bool = False
     """capture the sampler's denoiser call (CUDA graphs with torch.compile reduce-overhead on CUDA)"""
     log_every: int = 1_000
@@ -212,7 +215,7 @@ class Diffusion(EDMTrainer, Agent):
             network.to(device), lr=args.lr, total_steps=args.total_steps,
             adam_beta2=args.adam_beta2, lr_schedule=args.lr_schedule, grad_clip=args.grad_clip,
             ema_decay=args.ema_decay, ema_every=args.ema_every, ema_warmup=args.ema_warmup,
-            autocast_dtype=torch.bfloat16 if args.bf16 and device.type == "cuda" else None,
+            autocast_dtype=torch.bfloat16 if uses_bf16(args.precision, device) else None,
         )  # fmt: skip
         self.normalizer = normalizer.to(device)
 
@@ -254,9 +257,9 @@ def train(args: Args, source: OfflineDataset, real: Transitions, device, np_rng)
 
 
 def load_model(path: str, device: torch.device, bf16: bool) -> DiffusionModel:
-    """The model of a model.pt; CheckpointError when it is not one."""
+    """The model of a model.pt, its network in bf16 autocast when `bf16`; CheckpointError when it is not one."""
     state = load_checkpoint(Path(path), "cpu")
-    autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
+    autocast = torch.bfloat16 if bf16 else None
     try:
         return DiffusionModel.from_state(state, device, autocast)
     except (ValueError, KeyError, TypeError) as e:
@@ -316,7 +319,7 @@ def check_diffusion_args(args: Args) -> None:
 
 def main(args: Args) -> dict:
     args, device, np_rng = start_run(args, check_diffusion_args)
-    if device.type == "cuda" and args.bf16:
+    if device.type == "cuda" and uses_bf16(args.precision, device):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     source = load_dataset(args.dataset)
@@ -326,7 +329,7 @@ def main(args: Args) -> dict:
     real = source.transitions()
 
     if args.model is not None:  # sample from a saved model
-        model = load_model(args.model, device, args.bf16)
+        model = load_model(args.model, device, uses_bf16(args.precision, device))
         if (model.obs_dim, model.act_dim) != (source.obs_dim, source.act_dim):
             raise UsageError(
                 f"--model {args.model} was trained on obs/act dims {model.obs_dim}/{model.act_dim}, "

@@ -64,7 +64,7 @@ from ocrl.experiment import (
     save_checkpoint,
     start_run,
 )
-from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
+from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update, uses_bf16
 from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
 from ocrl.nets.diffusion import DiffusionNormalizer, EDMTrainer, build_network, model_state
 
@@ -134,8 +134,8 @@ class Args(RunArgs, OfflineDataArgs):
     """evaluate the policy at D(x_k; sigma_k) (one extra network call per step) instead of x_k"""
     tanh_jacobian: bool = False
     """IQL guidance: add the tanh change of variables sum log(1 - tanh(u)^2) (PGD's code has none)"""
-    bf16: bool = True
-    """on CUDA, run the U-Net in bf16 autocast (sigma maths in fp32); ignored on the CPU"""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """the U-Net's matmuls: 'bf16' autocast (sigma maths in fp32), 'fp32', or 'auto': bf16 on CUDA, fp32 on the CPU"""
     discount: float = 0.99
     """discount factor gamma"""
     tau: float = 0.005
@@ -327,7 +327,7 @@ def load_trajectory_model(path: str | None, device: torch.device, bf16: bool) ->
         raise UsageError(
             f"--diffusion-model {path}: no such file; `{make}` writes model.pt in its run folder"
         ) from None
-    autocast = torch.bfloat16 if bf16 and device.type == "cuda" else None
+    autocast = torch.bfloat16 if bf16 else None
     try:
         if state.get("level") != "trajectory":
             raise ValueError(f"level {state.get('level')!r}, not 'trajectory'")
@@ -359,7 +359,7 @@ def train_trajectory_model(
         trainer = EDMTrainer(
             network, lr=args.diffusion_lr, total_steps=args.diffusion_steps, adam_beta2=0.999,
             lr_schedule="warmup-cosine", grad_clip=0.0, ema_warmup="plain",
-            autocast_dtype=torch.bfloat16 if args.bf16 and device.type == "cuda" else None,
+            autocast_dtype=torch.bfloat16 if uses_bf16(args.precision, device) else None,
         )  # fmt: skip
         print(
             f"training the trajectory model on {len(rows)} windows of {args.trajectory_length} rows: "
@@ -377,7 +377,7 @@ def train_trajectory_model(
     )  # fmt: skip
     save_checkpoint(path, state)
     print(f"wrote the trajectory model to {path}")
-    return load_trajectory_model(str(path), device, args.bf16)
+    return load_trajectory_model(str(path), device, uses_bf16(args.precision, device))
 
 
 def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float]:
@@ -497,7 +497,9 @@ def check_pgd_args(args: Args) -> None:
 def given_model(args: Args, task: OfflineTask, device: torch.device) -> TrajectoryModel | None:
     """The --diffusion-model, its dims checked; None when --diffusion-steps trains one (its windows checked)."""
     if args.diffusion_steps == 0:
-        model = load_trajectory_model(args.diffusion_model, device, args.bf16)
+        model = load_trajectory_model(
+            args.diffusion_model, device, uses_bf16(args.precision, device)
+        )
         if (model.obs_dim, model.act_dim) != (task.obs_dim, task.act_dim):
             raise UsageError(
                 f"--diffusion-model {args.diffusion_model} was trained on obs/act dims {model.obs_dim}/"
@@ -520,7 +522,7 @@ def run_folder_model(
     """The model --diffusion-steps trains into the run folder; a resumed run reloads the one it trained."""
     path = loop.dir / "model.pt"
     if path.exists():
-        return load_trajectory_model(str(path), device, args.bf16), path
+        return load_trajectory_model(str(path), device, uses_bf16(args.precision, device)), path
     return train_trajectory_model(args, task.dataset, task.env_id, device, path, loop.run), path
 
 

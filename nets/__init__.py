@@ -13,6 +13,7 @@ from ocrl.nets.core import (
     full_precision,
     orthogonal_init,
     polyak_update,
+    uses_bf16,
     xavier_init,
 )
 from ocrl.nets.knn import NearestNeighbors
@@ -33,5 +34,6 @@ __all__ = [
     "full_precision",
     "orthogonal_init",
     "polyak_update",
+    "uses_bf16",
     "xavier_init",
 ]

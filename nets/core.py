@@ -12,11 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def uses_bf16(precision: Literal["auto", "fp32", "bf16"], device: torch.device | str) -> bool:
+    """Whether `precision` runs the matmuls in bf16 on `device`: 'bf16' yes, 'fp32' no, 'auto' on CUDA only."""
+    return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
+
+
 def autocast(
-    precision: Literal["fp32", "bf16"], device: torch.device | str
+    precision: Literal["auto", "fp32", "bf16"], device: torch.device | str
 ) -> contextlib.AbstractContextManager:
-    """bf16 autocast of the matmuls on `device` (CPU AMX/AVX512-BF16 or CUDA) for 'bf16'; nothing for 'fp32'."""
-    if precision == "fp32":
+    """bf16 autocast of the matmuls on `device` (CPU AMX/AVX512-BF16 or CUDA) when `uses_bf16`; else nothing."""
+    if not uses_bf16(precision, device):
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, torch.bfloat16)
 
