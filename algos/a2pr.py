@@ -31,6 +31,8 @@ Where paper and code differ, and what the flags select:
 Cost per update vs TD3+BC (measured, batch 256): ~8x on one CPU thread (the 750-wide VAE runs twice per
 actor step), ~3.3x on an H100 (both launch-bound there).
 Evaluation: ocrl's shared protocol (10 episodes every 5,000 updates, as the original; episode seeds from --seed).
+`--precision bf16` runs the networks' hidden layers in bf16 autocast; their output layers (Q, V, pi, the VAE's
+mean, log-std and decoder), the targets, advantages, losses, KL, Polyak updates, weights and Adam's state stay fp32.
 
     python algos/a2pr.py --total-steps 20000            # shipped hopper data, ~30 min on a 2-core CPU
     python algos/a2pr.py --dataset hopper-medium-v2 --preset hopper-medium-v2
@@ -47,8 +49,23 @@ import torch.nn.functional as F
 
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
-from ocrl.experiment import Agent, OfflineArgs, RunArgs, TrainingLoop, run_cli, start_run
-from ocrl.nets import MLP, ConditionalVAE, CriticEnsemble, DeterministicActor, polyak_update
+from ocrl.experiment import (
+    Agent,
+    OfflineArgs,
+    PrecisionArgs,
+    RunArgs,
+    TrainingLoop,
+    run_cli,
+    start_run,
+)
+from ocrl.nets import (
+    MLP,
+    ConditionalVAE,
+    CriticEnsemble,
+    DeterministicActor,
+    autocast,
+    polyak_update,
+)
 
 
 def _setting(alpha: float, vae_weight: float, mask: float, discount: float) -> dict:
@@ -74,7 +91,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset alpha / vae_weight / mask / discount of the authors' READMEs (hopper-medium-v2: 2.5/1.0/0.4/0.995, halfcheetah-*: alpha 40; random-other, expert and AntMaze are unpublished). Explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -175,7 +192,7 @@ class A2PR(Agent):
         args, actor, critic = self.args, self.actor, self.critic
         obs, actions, rewards, next_obs, terminals = batch
         scale = actor.action_scale
-        with torch.no_grad():
+        with torch.no_grad(), autocast(args.precision, obs.device):
             noise = (
                 torch.randn_like(actions)
                 .mul_(args.policy_noise)
@@ -188,7 +205,8 @@ class A2PR(Agent):
             target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
             target = torch.addcmul(rewards, 1.0 - terminals, target_q, value=args.discount)
 
-        q = critic(obs, actions)  # (2, B)
+        with autocast(args.precision, obs.device):
+            q = critic(obs, actions)  # (2, B)
         # Sum over the two critics of each one's mean squared TD error.
         critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
         self.critic_opt.zero_grad(set_to_none=True)
@@ -197,11 +215,12 @@ class A2PR(Agent):
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
         # V regresses onto min(online, target) Bellman targets of the dataset action, with the updated critic.
-        v = self.value(obs).squeeze(-1)
-        with torch.no_grad():
-            online_q = critic(next_obs, next_actions).min(dim=0).values
-            online = torch.addcmul(rewards, 1.0 - terminals, online_q, value=args.discount)
-            value_target = torch.min(online, target)
+        with autocast(args.precision, obs.device):
+            v = self.value(obs).squeeze(-1)
+            with torch.no_grad():
+                online_q = critic(next_obs, next_actions).min(dim=0).values
+                online = torch.addcmul(rewards, 1.0 - terminals, online_q, value=args.discount)
+                value_target = torch.min(online, target)
         if args.value_loss == "expectile":
             diff = value_target - v
             weight = torch.where(diff > 0, args.expectile, 1.0 - args.expectile)
@@ -212,17 +231,18 @@ class A2PR(Agent):
         value_loss.backward()
         self.value_opt.step()
         if args.value_timing == "fresh":
-            with torch.no_grad():
+            with torch.no_grad(), autocast(args.precision, obs.device):
                 v_s = self.value(obs).squeeze(-1)
         else:
             v_s = v.detach()  # the code's one-step-stale V(s)
 
         # The VAE learns positive-advantage dataset actions (reconstruction masked; KL on every sample).
-        with torch.no_grad():
+        with torch.no_grad(), autocast(args.precision, obs.device):
             q_data = critic.member(obs, actions, 0)
             adv_data = q_data - v_s
             positive = (adv_data > args.adv_threshold).float()  # the VAE's reconstruction mask
-        recon, mean, std = self.vae(obs, actions)
+        with autocast(args.precision, obs.device):
+            recon, mean, std = self.vae(obs, actions)
         recon_loss = (args.vae_weight * positive.unsqueeze(-1) * (recon - actions).square()).mean()
         kl = -0.5 * (1.0 + torch.log(std.square()) - mean.square() - std.square()).mean()
         vae_loss = recon_loss + 0.5 * kl
@@ -235,14 +255,15 @@ class A2PR(Agent):
 
         if update_actor:
             # The BC target is chosen per sample by advantage between a and a~ = VAE(s, pi(s)).
-            pi = actor(obs)
-            q_pi = critic.member(obs, pi, 0)
-            lmbda = args.alpha / q_pi.abs().mean().detach()
-            vae_action = self.vae(obs, pi)[0]
-            if args.detach_vae_target:
-                vae_action = vae_action.detach()
-            with torch.no_grad():
-                adv_vae = critic.member(obs, vae_action.detach(), 0) - v_s
+            with autocast(args.precision, obs.device):
+                pi = actor(obs)
+                q_pi = critic.member(obs, pi, 0)
+                lmbda = args.alpha / q_pi.abs().mean().detach()
+                vae_action = self.vae(obs, pi)[0]
+                if args.detach_vae_target:
+                    vae_action = vae_action.detach()
+                with torch.no_grad():
+                    adv_vae = critic.member(obs, vae_action.detach(), 0) - v_s
             bc_target, use_vae = select_target(adv_data, adv_vae, actions, vae_action)
             weight = bc_weights(adv_data, adv_vae, args.mask, args.adv_threshold)
             bc_loss = (weight.unsqueeze(-1) * (pi - bc_target).square()).mean()

@@ -30,8 +30,9 @@ samples are not clamped (SynthER's standard normaliser), `--clamp` clips them to
 The run reports the sample quality: terminal rate, per-dimension mean/std against the data, and the one-step
 dynamics error of a MuJoCo reset to the generated state beside the same number on real data (the floor).
 
-On CUDA the network runs in bf16 autocast with TF32 matmuls (`--no-bf16` for fp32) while the sigma maths stays
-in fp32; `--compile` captures the sampler's denoiser call in CUDA graphs (torch.compile reduce-overhead). The
+By default (`--precision auto`) the network runs in bf16 autocast with TF32 matmuls on CUDA and in fp32 on the
+CPU; `--precision bf16` is bf16 on the CPU too (AMX/AVX512-BF16), `--precision fp32` fp32 everywhere. The sigma
+maths, the loss, EMA, weights and Adam's state stay fp32 (ocrl.nets.edm); `--compile` captures the sampler's denoiser call in CUDA graphs (torch.compile reduce-overhead). The
 sampler keeps sigma and gamma on the device and never reads them on the host. That CUDA path has not yet run on
 a GPU (`python -m scripts.bench diffusion --device cuda` measures it); the CPU path computes the same maths.
 
@@ -70,6 +71,7 @@ from ocrl.experiment import (
     save_checkpoint,
     start_run,
 )
+from ocrl.nets import uses_bf16
 from ocrl.nets.diffusion import (
     DiffusionModel,
     DiffusionNormalizer,
@@ -157,8 +159,9 @@ class Args(RunArgs, TrajectoryModelArgs):
     """sample from this saved model.pt (an earlier run's) instead of training one"""
     quality_samples: int = 10_000
     """transitions (real and synthetic each) for the dynamics-error report; 0 skips it"""
-    bf16: bool = True
-    """on CUDA, run the network in bf16 autocast with TF32 matmuls (sigma maths in fp32); ignored on the CPU"""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """the network's matmuls: 'bf16' autocast (sigma maths, loss, weights and Adam in fp32; on CUDA with TF32),
+    'fp32', or 'auto': bf16 on CUDA, fp32 on the CPU"""
     compile: bool = False
     """capture the sampler's denoiser call (CUDA graphs with torch.compile reduce-overhead on CUDA)"""
     log_every: int = 1_000
@@ -203,7 +206,7 @@ class Diffusion(EDMTrainer, Agent):
             network.to(device), lr=args.lr, total_steps=args.total_steps,
             adam_beta2=args.adam_beta2, lr_schedule=args.lr_schedule, grad_clip=args.grad_clip,
             ema_decay=args.ema_decay, ema_every=args.ema_every, ema_warmup=args.ema_warmup,
-            autocast_dtype=bf16_autocast(args.bf16, device),
+            autocast_dtype=bf16_autocast(uses_bf16(args.precision, device), device),
         )  # fmt: skip
         self.normalizer = normalizer.to(device)
 
@@ -290,7 +293,7 @@ def check_diffusion_args(args: Args) -> None:
 
 def main(args: Args) -> dict:
     args, device, np_rng = start_run(args, check_diffusion_args)
-    if device.type == "cuda" and args.bf16:
+    if device.type == "cuda" and uses_bf16(args.precision, device):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     source = load_dataset(args.dataset)
@@ -302,7 +305,9 @@ def main(args: Args) -> dict:
     if args.model is not None:  # sample from a saved model
         fix = "pass the model.pt that algos/diffusion.py wrote in its run folder (of this dataset)"
         dims = (source.obs_dim, source.act_dim)
-        model = load_model_file("--model", args.model, device, args.bf16, fix, dims=dims)
+        model = load_model_file(
+            "--model", args.model, device, uses_bf16(args.precision, device), fix, dims=dims
+        )
         args.level = model.level
         args.trajectory_length = model.trajectory_length or args.trajectory_length
         run = Run("diffusion", source.name, args.seed, args, args.run_dir, args.overwrite)

@@ -32,6 +32,9 @@ into algos/sac.py's defaults. Truncated episodes bootstrap (only `terminated` en
 Evaluation follows ocrl's shared protocol: deterministic (mean) actor, 10 episodes every 5,000
 environment steps, episode seeds derived from --seed; Hopper-v4, HalfCheetah-v4 and Walker2d-v4 also
 get D4RL's normalised score.
+`--precision bf16` runs the networks' hidden layers in bf16 autocast in the update; their output layers (means,
+raw shapes, actor mean and log-std), log pi, the TD targets, the GGD/Gaussian/MSE losses, the regulariser and its
+xi solver, alpha, Polyak updates, weights, Adam's state, acting and evaluation stay fp32.
 
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000 --loss mse   # plain SAC, the rest equal
@@ -55,6 +58,7 @@ from ocrl.experiment import (
     POSITIVE_FIELDS,
     Agent,
     OnlineArgs,
+    PrecisionArgs,
     RunArgs,
     TrainingLoop,
     UsageError,
@@ -62,7 +66,7 @@ from ocrl.experiment import (
     run_cli,
     start_run,
 )
-from ocrl.nets import CriticEnsemble, TanhGaussianActor, ggd, polyak_update
+from ocrl.nets import CriticEnsemble, TanhGaussianActor, autocast, ggd, polyak_update
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
@@ -73,7 +77,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OnlineArgs):
+class Args(RunArgs, PrecisionArgs, OnlineArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]
@@ -204,13 +208,14 @@ class GGDSAC(Agent):
         args, actor, critic = self.args, self.actor, self.critic
         obs, actions, rewards, next_obs, terminals = batch
         alpha = self.log_alpha.exp().detach()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(args.precision, obs.device):
             next_actions, next_log_prob, _ = actor(next_obs)
             next_q, _ = self.q_and_raw(self.critic_target, next_obs, next_actions)  # (2, E, B)
             # Per member: the min over the twins; the same a' for every member.
             soft_next = next_q.min(dim=0).values - alpha * next_log_prob
             target = rewards + args.discount * (1.0 - terminals) * soft_next
-        q, raw = self.q_and_raw(critic, obs, actions)
+        with autocast(args.precision, obs.device):
+            q, raw = self.q_and_raw(critic, obs, actions)
         delta = q - target
         value_loss = self.value_loss(delta, raw)
         reg_loss = torch.zeros_like(value_loss)
@@ -233,8 +238,9 @@ class GGDSAC(Agent):
 
         actor_params = list(actor.parameters())
         for _ in range(actor_steps):
-            pi, log_prob, _ = actor(obs)
-            q_pi = self.q_and_raw(critic, obs, pi)[0].mean(dim=1).min(dim=0).values
+            with autocast(args.precision, obs.device):
+                pi, log_prob, _ = actor(obs)
+                q_pi = self.q_and_raw(critic, obs, pi)[0].mean(dim=1).min(dim=0).values
             actor_loss = (alpha * log_prob - q_pi).mean()
             # Gradients for the actor only: the critic's weight gradients are not needed here.
             grads = torch.autograd.grad(actor_loss, actor_params)
@@ -243,7 +249,7 @@ class GGDSAC(Agent):
             self.actor_opt.step()
             metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean())
             if self.alpha_opt is not None:
-                with torch.no_grad():
+                with torch.no_grad(), autocast(args.precision, obs.device):
                     _, log_prob, _ = actor(obs)
                 alpha_loss = (-self.log_alpha.exp() * (log_prob + self.target_entropy)).mean()
                 self.alpha_opt.zero_grad(set_to_none=True)

@@ -28,6 +28,8 @@ which uses V *after* its step for the advantages and the critics' target, and di
 Logged: the losses, and iql/v_mean, iql/q_mean, iql/adv_mean, iql/weight_clip_fraction (share of weights
 at the clip 100), iql/actor_lr. Evaluation: ocrl's shared protocol (deterministic actor, 10 episodes every
 5,000 updates, episode seeds from --seed): CORL's cadence and episode count, not its env seeds.
+`--precision bf16` runs the networks' hidden layers in bf16 autocast; their output layers (V, Q, the actor's
+mean), the expectile, TD and AWR losses, the log-probabilities, weights, Polyak updates and Adam's state stay fp32.
 
     python algos/iql.py --total-steps 20000 --preset hopper-medium-v2   # shipped hopper data, CPU minutes
     python algos/iql.py --dataset antmaze-umaze-v2 --preset antmaze-umaze-v2
@@ -50,6 +52,7 @@ from ocrl.envs import load_offline_task
 from ocrl.experiment import (
     Agent,
     OfflineArgs,
+    PrecisionArgs,
     RunArgs,
     TrainingLoop,
     UsageError,
@@ -57,7 +60,7 @@ from ocrl.experiment import (
     run_cli,
     start_run,
 )
-from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, polyak_update
+from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, autocast, polyak_update
 
 _DEFAULT = {"beta": 3.0, "expectile": 0.7, "actor": "gaussian", "tau": 0.005,
             "normalize_reward": False, "reward_shift": 0.0}  # fmt: skip
@@ -84,7 +87,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters of CORL's YAMLs (hopper-medium(-replay)-v2: deterministic actor, reward scaling, tau 0.001; antmaze-*: beta 10, expectile 0.9, reward - 1); explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -175,12 +178,13 @@ class IQL(Agent):
         """One iteration in CORL's order: V's expectile step, the critics' step and targets, the actor's step."""
         args = self.args
         obs, actions, rewards, next_obs, terminals = batch
-        with torch.no_grad():
+        with torch.no_grad(), autocast(args.precision, obs.device):
             next_v = self.value(next_obs).squeeze(-1)
             target_q = self.critic_target(obs, actions).min(dim=0).values
 
         # V: an upper expectile of the target critics' Q over the dataset's actions.
-        v = self.value(obs).squeeze(-1)
+        with autocast(args.precision, obs.device):
+            v = self.value(obs).squeeze(-1)
         adv = target_q - v
         value_loss = expectile_loss(adv, args.expectile)
         self.value_opt.zero_grad(set_to_none=True)
@@ -189,7 +193,8 @@ class IQL(Agent):
 
         # Q: both critics regress onto r + gamma (1 - d) V(s'), with V from before its step.
         target = torch.addcmul(rewards, 1.0 - terminals, next_v, value=args.discount)
-        q = self.critic(obs, actions)  # (2, B)
+        with autocast(args.precision, obs.device):
+            q = self.critic(obs, actions)  # (2, B)
         critic_loss = F.mse_loss(q, target.expand_as(q))  # the mean of the two critics' MSEs
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -199,10 +204,11 @@ class IQL(Agent):
         # pi: advantage-weighted regression onto the dataset's actions, weights clipped at max_weight.
         adv = adv.detach()
         weight = torch.exp(args.beta * adv).clamp(max=args.max_weight)
-        if args.actor == "gaussian":
-            bc_loss = -self.actor.log_prob(obs, actions)
-        else:
-            bc_loss = (self.actor(obs) - actions).square().sum(-1)
+        with autocast(args.precision, obs.device):
+            if args.actor == "gaussian":
+                bc_loss = -self.actor.log_prob(obs, actions)
+            else:
+                bc_loss = (self.actor(obs) - actions).square().sum(-1)
         actor_loss = (weight * bc_loss).mean()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()

@@ -44,7 +44,14 @@ from ocrl.experiment import (
     run_cli,
     start_run,
 )
-from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, GaussianActor, polyak_update
+from ocrl.nets import (
+    MLP,
+    CriticEnsemble,
+    DeterministicActor,
+    GaussianActor,
+    polyak_update,
+    uses_bf16,
+)
 from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
 from ocrl.nets.edm_runs import (
     TrajectoryModelArgs,
@@ -113,8 +120,8 @@ class Args(RunArgs, OfflineArgs, TrajectoryModelArgs):
     """evaluate the policy at D(x_k; sigma_k) (one extra network call per step) instead of x_k"""
     tanh_jacobian: bool = False
     """IQL guidance: add the tanh change of variables sum log(1 - tanh(u)^2) (PGD's code has none)"""
-    bf16: bool = True
-    """on CUDA, run the U-Net in bf16 autocast (sigma maths in fp32); ignored on the CPU"""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """the U-Net's matmuls: 'bf16' autocast (sigma maths in fp32), 'fp32', or 'auto': bf16 on CUDA, fp32 on the CPU"""
     discount: float = 0.99
     """discount factor gamma"""
     tau: float = 0.005
@@ -349,11 +356,13 @@ def check_pgd_args(args: Args) -> None:
         print("note: --synth-batch-size = --batch-size trains on synthetic data only (IQL's V and Q may diverge)")  # fmt: skip
 
 
-def given_model(args: Args, task: OfflineTask, device: torch.device) -> TrajectoryModel | None:
+def given_model(
+    args: Args, task: OfflineTask, device: torch.device, bf16: bool
+) -> TrajectoryModel | None:
     """The --diffusion-model, its dims checked; None when --diffusion-steps trains one (its windows checked)."""
     if args.diffusion_steps == 0:
         dims = (task.obs_dim, task.act_dim)
-        return load_trajectory_model(args.diffusion_model, device, args.bf16, dims)
+        return load_trajectory_model(args.diffusion_model, device, bf16, dims)
     if args.synth_batch_size > 0:  # checked before the run folder is made
         check_windows(task.dataset, args.trajectory_length, args.window_stride, args.dataset)
     return None
@@ -365,7 +374,8 @@ def main(args: Args) -> dict:
         args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
         ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
     )  # fmt: skip
-    model = given_model(args, task, device)
+    bf16 = uses_bf16(args.precision, device)  # the trajectory model's network only
+    model = given_model(args, task, device, bf16)
     agent_cls = TD3BC if args.agent == "td3_bc" else IQL
     agent = agent_cls(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
     # A checkpoint part: a resumed run continues on the same synthetic set.
@@ -381,12 +391,12 @@ def main(args: Args) -> dict:
     if model is None and use_synthetic:  # --diffusion-steps trains it once; a resume reloads it
         model_path = loop.dir / "model.pt"
         model = (
-            load_trajectory_model(str(model_path), device, args.bf16) if model_path.exists()
+            load_trajectory_model(str(model_path), device, bf16) if model_path.exists()
             else train_trajectory_model(
                 task.dataset, model_path, device, length=args.trajectory_length,
                 stride=args.window_stride, features=args.unet_features, blocks=args.unet_blocks,
                 steps=args.diffusion_steps, batch_size=args.diffusion_batch_size,
-                lr=args.diffusion_lr, seed=args.seed, log_every=args.log_every, bf16=args.bf16,
+                lr=args.diffusion_lr, seed=args.seed, log_every=args.log_every, bf16=bf16,
                 env_id=task.env_id, progress=args.progress, run=loop.run,
             )
         )  # fmt: skip

@@ -31,6 +31,8 @@ Where paper code and paper differ:
   "adaptive": it times a single-thread KD-tree, an all-core KD-tree and a brute force as it goes and runs
   the fastest (far queries, early in training, favour brute force; near ones a single-thread KD-tree).
   --nn-backend kdtree is the original's path; --kdtree-eps > 0 (approximate) is off by default.
+`--precision bf16` runs the networks' hidden layers in bf16 autocast; their output layers, the TD target, the
+neighbour search, the losses, lambda, the Polyak updates, the weights, Adam's state and evaluation stay fp32.
 
     python algos/prdc.py --total-steps 20000                       # shipped hopper data, CPU-minutes
     python algos/prdc.py --dataset hopper-medium-v2 --preset hopper
@@ -51,6 +53,7 @@ from ocrl.envs import load_offline_task
 from ocrl.experiment import (
     Agent,
     OfflineArgs,
+    PrecisionArgs,
     RunArgs,
     TrainingLoop,
     check_args,
@@ -59,7 +62,13 @@ from ocrl.experiment import (
     run_cli,
     seed_everything,
 )
-from ocrl.nets import CriticEnsemble, DeterministicActor, NearestNeighbors, polyak_update
+from ocrl.nets import (
+    CriticEnsemble,
+    DeterministicActor,
+    NearestNeighbors,
+    autocast,
+    polyak_update,
+)
 
 _DOMAIN = {
     "halfcheetah": {"alpha": 40.0, "beta": 2.0, "k": 1, "reward_scale": 1.0, "reward_shift": 0.0},
@@ -83,7 +92,7 @@ _EVAL_PROTOCOLS = {"ocrl": (5_000, 10), "prdc": (1_000, 50)}
 
 
 @dataclass
-class Args(RunArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-domain settings of the paper's README (a domain name or a D4RL dataset name): halfcheetah-*: alpha 40, beta 2; hopper-*, walker2d-*: alpha 2.5, beta 2; antmaze-*: alpha 7.5, beta 7.5, reward 10000 r - 1. Explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -197,7 +206,7 @@ class PRDC(Agent):
         args, actor, critic = self.args, self.actor, self.critic
         obs, actions, rewards, next_obs, terminals = batch
         scale = actor.action_scale
-        with torch.no_grad():
+        with torch.no_grad(), autocast(args.precision, obs.device):
             noise = (
                 torch.randn_like(actions)
                 .mul_(args.policy_noise)
@@ -210,7 +219,8 @@ class PRDC(Agent):
             target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
             target = torch.addcmul(rewards, 1.0 - terminals, target_q, value=args.discount)
 
-        q = critic(obs, actions)  # (2, B)
+        with autocast(args.precision, obs.device):
+            q = critic(obs, actions)  # (2, B)
         # Sum over the two critics of each one's mean squared TD error.
         critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
         self.critic_opt.zero_grad(set_to_none=True)
@@ -219,7 +229,8 @@ class PRDC(Agent):
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
         if update_actor:
-            pi = actor(obs)
+            with autocast(args.precision, obs.device):
+                pi = actor(obs)
             # The dataset constraint: the action of the nearest transition to (beta * s, pi(s)), a constant.
             query = torch.cat([args.beta * obs, pi.detach()], dim=1)
             self.timer.start()
@@ -227,7 +238,8 @@ class PRDC(Agent):
             self.timer.stop()
             nn_idx, nn_dist = nn_idx[:, -1], nn_dist[:, -1]
             self.neighbours = (nn_idx, nn_dist, pi.detach())
-            q_pi = critic.member(obs, pi, 0)
+            with autocast(args.precision, obs.device):
+                q_pi = critic.member(obs, pi, 0)
             lmbda = args.alpha / q_pi.abs().mean().detach()
             dc_mse = F.mse_loss(pi, self.buffer.actions[nn_idx])
             actor_loss = -lmbda * q_pi.mean() + dc_mse

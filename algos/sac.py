@@ -26,6 +26,8 @@ step once learning starts). Truncated episodes bootstrap (only `terminated` ends
 Evaluation follows ocrl's shared protocol: deterministic (mean) actor, 10 episodes every 5,000
 environment steps, episode seeds derived from --seed; Hopper-v4, HalfCheetah-v4 and Walker2d-v4 also
 get D4RL's normalised score.
+`--precision bf16` runs the networks' hidden layers in bf16 autocast in the update; their output layers (Q, mean,
+log-std), log pi, the soft TD target, the losses, alpha, Polyak updates, weights, Adam's state, acting and evaluation stay fp32.
 
     python algos/sac.py --env-id Pendulum-v1 --total-steps 10000
     python algos/sac.py --env-id Hopper-v4
@@ -44,17 +46,18 @@ from ocrl.envs import Evaluator, TrainingEnvs, make_env, reference_scores
 from ocrl.experiment import (
     Agent,
     OnlineArgs,
+    PrecisionArgs,
     RunArgs,
     SnapshotEvaluator,
     TrainingLoop,
     run_cli,
     start_run,
 )
-from ocrl.nets import CriticEnsemble, TanhGaussianActor, polyak_update
+from ocrl.nets import CriticEnsemble, TanhGaussianActor, autocast, polyak_update
 
 
 @dataclass
-class Args(RunArgs, OnlineArgs):
+class Args(RunArgs, PrecisionArgs, OnlineArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     seed: int = 1
@@ -123,12 +126,13 @@ class SAC(Agent):
         args, actor, critic = self.args, self.actor, self.critic
         obs, actions, rewards, next_obs, terminals = batch
         alpha = self.log_alpha.exp().detach()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(args.precision, obs.device):
             next_actions, next_log_prob, _ = actor(next_obs)
             next_q = self.critic_target(next_obs, next_actions)  # (2, B)
             soft_next = next_q.min(dim=0).values - alpha * next_log_prob
             target = rewards + args.discount * (1.0 - terminals) * soft_next
-        q = critic(obs, actions)  # (2, B)
+        with autocast(args.precision, obs.device):
+            q = critic(obs, actions)  # (2, B)
         critic_loss = ((q - target) ** 2).mean(dim=1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -137,8 +141,9 @@ class SAC(Agent):
 
         actor_params = list(actor.parameters())
         for _ in range(actor_steps):
-            pi, log_prob, _ = actor(obs)
-            q_pi = critic(obs, pi).min(dim=0).values
+            with autocast(args.precision, obs.device):
+                pi, log_prob, _ = actor(obs)
+                q_pi = critic(obs, pi).min(dim=0).values
             actor_loss = (alpha * log_prob - q_pi).mean()
             # Gradients for the actor only: the critic's weight gradients are not needed here.
             grads = torch.autograd.grad(actor_loss, actor_params)
@@ -147,7 +152,7 @@ class SAC(Agent):
             self.actor_opt.step()
             metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean())
             if self.alpha_opt is not None:
-                with torch.no_grad():
+                with torch.no_grad(), autocast(args.precision, obs.device):
                     _, log_prob, _ = actor(obs)
                 alpha_loss = (-self.log_alpha.exp() * (log_prob + self.target_entropy)).mean()
                 self.alpha_opt.zero_grad(set_to_none=True)

@@ -12,6 +12,8 @@ minimum of the two targets, and an actor/target update every `policy_freq` criti
 Defaults reproduce the paper and its reference code (sfujim/TD3_BC): alpha 2.5, 1M updates, batch 256.
 The paper and the code agree on every setting used here. Evaluation follows ocrl's shared protocol:
 deterministic actor, 10 episodes every 5,000 updates, episode seeds derived from --seed.
+`--precision bf16` runs the networks' hidden layers in bf16 autocast; their output layers (Q, pi), the TD
+target, the losses, lambda, the Polyak updates, the weights, Adam's state and evaluation stay fp32.
 
     python algos/td3_bc.py --total-steps 20000           # shipped hopper data, a few CPU-minutes
     python algos/td3_bc.py --dataset hopper-medium-v2 --preset hopper-medium-v2
@@ -28,8 +30,16 @@ import torch.nn.functional as F
 
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
-from ocrl.experiment import Agent, OfflineArgs, RunArgs, TrainingLoop, run_cli, start_run
-from ocrl.nets import CriticEnsemble, DeterministicActor, polyak_update
+from ocrl.experiment import (
+    Agent,
+    OfflineArgs,
+    PrecisionArgs,
+    RunArgs,
+    TrainingLoop,
+    run_cli,
+    start_run,
+)
+from ocrl.nets import CriticEnsemble, DeterministicActor, autocast, polyak_update
 
 _LOCOMOTION = [
     f"{domain}-{kind}-v2"
@@ -49,7 +59,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters from the paper; explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -104,7 +114,7 @@ class TD3BC(Agent):
         args, actor, critic = self.args, self.actor, self.critic
         obs, actions, rewards, next_obs, terminals = batch
         scale = actor.action_scale
-        with torch.no_grad():
+        with torch.no_grad(), autocast(args.precision, obs.device):
             noise = (
                 torch.randn_like(actions)
                 .mul_(args.policy_noise)
@@ -117,7 +127,8 @@ class TD3BC(Agent):
             target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
             target = torch.addcmul(rewards, 1.0 - terminals, target_q, value=args.discount)
 
-        q = critic(obs, actions)  # (2, B)
+        with autocast(args.precision, obs.device):
+            q = critic(obs, actions)  # (2, B)
         # Sum over the two critics of each one's mean squared TD error.
         critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
         self.critic_opt.zero_grad(set_to_none=True)
@@ -126,8 +137,9 @@ class TD3BC(Agent):
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
         if update_actor:
-            pi = actor(obs)
-            q_pi = critic.member(obs, pi, 0)
+            with autocast(args.precision, obs.device):
+                pi = actor(obs)
+                q_pi = critic.member(obs, pi, 0)
             lmbda = args.alpha / q_pi.abs().mean().detach()
             bc_mse = F.mse_loss(pi, actions)
             actor_loss = -lmbda * q_pi.mean() + bc_mse

@@ -1,6 +1,13 @@
 """Running an experiment: the CLI with presets and checks, run folders, logs, checkpoints and the training-loop plumbing."""
 
-from ocrl.experiment.args import OfflineArgs, OnlineArgs, PolicyExportArgs, RunArgs, start_run
+from ocrl.experiment.args import (
+    OfflineArgs,
+    OnlineArgs,
+    PolicyExportArgs,
+    PrecisionArgs,
+    RunArgs,
+    start_run,
+)
 from ocrl.experiment.flags import POSITIVE_FIELDS, check_args, cli, friendly_errors, run_cli
 from ocrl.experiment.loop import Agent, SnapshotEvaluator, TrainingLoop
 from ocrl.experiment.policy import (
@@ -41,6 +48,7 @@ __all__ = [
     "PolicyProgram",
     "OfflineArgs",
     "OnlineArgs",
+    "PrecisionArgs",
     "Run",
     "RunArgs",
     "SnapshotEvaluator",

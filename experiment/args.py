@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -65,6 +65,15 @@ class OnlineArgs(PolicyExportArgs):
     """environment steps between loss logs"""
     capture_video: bool = False
     """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
+
+
+@dataclass
+class PrecisionArgs:
+    """The networks' matmul precision, for the algorithms that honour it (their docstrings say what stays fp32)."""
+
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """'bf16': the networks' forward passes under bf16 autocast (CPU AMX/AVX512-BF16 or CUDA), weights, optimiser
+    state, output heads, targets and losses in fp32; 'fp32': everything in fp32"""
 
 
 @dataclass

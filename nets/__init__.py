@@ -10,10 +10,13 @@ from ocrl.nets.core import (
     GaussianActor,
     TanhGaussianActor,
     TanhNormalPolicy,
+    autocast,
     compile_with_cuda_graphs,
+    full_precision,
     gradient_step,
     orthogonal_init,
     polyak_update,
+    uses_bf16,
     xavier_init,
 )
 from ocrl.nets.knn import NearestNeighbors
@@ -33,7 +36,10 @@ __all__ = [
     "TanhNormalPolicy",
     "compile_with_cuda_graphs",
     "gradient_step",
+    "autocast",
+    "full_precision",
     "orthogonal_init",
     "polyak_update",
+    "uses_bf16",
     "xavier_init",
 ]

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+def uses_bf16(precision: Literal["auto", "fp32", "bf16"], device: torch.device | str) -> bool:
+    """Whether `precision` runs the matmuls in bf16 on `device`: 'bf16' yes, 'fp32' no, 'auto' on CUDA only."""
+    return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
+
+
+def autocast(
+    precision: Literal["auto", "fp32", "bf16"], device: torch.device | str
+) -> contextlib.AbstractContextManager:
+    """bf16 autocast of the matmuls on `device` (CPU AMX/AVX512-BF16 or CUDA) when `uses_bf16`; else nothing."""
+    if not uses_bf16(precision, device):
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, torch.bfloat16)
+
+
+def full_precision(layer, x: torch.Tensor, *args) -> torch.Tensor:
+    """`layer(x, *args)` in fp32 even under autocast: an output head (Q-values, means, log-stds) keeps fp32's
+    digits, which bf16 (3 significant) would lose, for the cost of one narrow matmul."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return layer(x, *args)
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float(), *args)
+
+
 class MLP(nn.Sequential):
-    """Linear layers with an activation between them and optional LayerNorm before each activation."""
+    """Linear layers with an activation between them and optional LayerNorm before each activation; the last
+    linear layer runs in fp32 under autocast unless `fp32_head` is off (a trunk whose output feeds more layers)."""
 
     def __init__(
         self,
@@ -21,6 +47,7 @@ class MLP(nn.Sequential):
         activation: type[nn.Module] = nn.ReLU,
         layer_norm: bool = False,
         output_activation: type[nn.Module] | None = None,
+        fp32_head: bool = True,
     ) -> None:
         layers: list[nn.Module] = []
         width = in_dim
@@ -32,9 +59,16 @@ class MLP(nn.Sequential):
             layers.append(activation(inplace=True) if activation is nn.ReLU else activation())
             width = h
         layers.append(nn.Linear(width, out_dim))
+        head_index = len(layers) - 1 if fp32_head else -1
         if output_activation is not None:
             layers.append(output_activation())
         super().__init__(*layers)
+        self.head_index = head_index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self):
+            x = full_precision(layer, x) if i == self.head_index else layer(x)
+        return x
 
 
 def orthogonal_init(mlp: MLP, head_gain: float) -> MLP:
@@ -117,7 +151,8 @@ class EnsembleLayerNorm(nn.Module):
 
 
 class CriticEnsemble(nn.Module):
-    """E independent Q(s, a) MLPs computed together; `forward` returns Q-values of shape (E, B) (with out_dim > 1: (E, B, out_dim))."""
+    """E independent Q(s, a) MLPs computed together; `forward` returns Q-values of shape (E, B) (with out_dim > 1: (E, B, out_dim)),
+    the output layer in fp32 under autocast."""
 
     def __init__(
         self,
@@ -144,27 +179,33 @@ class CriticEnsemble(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
+        *body, head = self.net
+        x = torch.cat([obs, action], dim=-1)
+        for layer in body:
+            x = layer(x)
+        return full_precision(head, x).squeeze(-1)
 
     def member(self, obs: torch.Tensor, action: torch.Tensor, index: int = 0) -> torch.Tensor:
         """Q-values (B,) of one member only, e.g. TD3's Q1 in the actor loss, without computing the others."""
+        *body, head = self.net
         x = torch.cat([obs, action], dim=-1)
-        for layer in self.net:
+        for layer in body:
             if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
                 x = layer.forward_member(x, index)
             else:
                 x = layer(x)
-        return x.squeeze(-1)
+        return full_precision(head.forward_member, x, index).squeeze(-1)
 
     def members(self, obs: torch.Tensor, action: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Q-values (k, B) of the members `index` (k,) only, e.g. a random REDQ/RLPD subset of the critics."""
+        *body, head = self.net
         x = torch.cat([obs, action], dim=-1).expand(index.numel(), -1, -1)
-        for layer in self.net:
+        for layer in body:
             if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
                 x = layer.forward_members(x, index)
             else:
                 x = layer(x)
-        return x.squeeze(-1)
+        return full_precision(head.forward_members, x, index).squeeze(-1)
 
 
 def _action_bounds(
@@ -229,7 +270,8 @@ class GaussianActor(DeterministicActor):
 
 
 class TanhGaussianActor(nn.Module):
-    """Squashed Gaussian policy (SAC): returns a sampled action, its log-probability and the mean action; `activation` is the trunk's (SB3's zoo SAC: Tanh)."""
+    """Squashed Gaussian policy (SAC): returns a sampled action, its log-probability and the mean action; `activation` is the trunk's (SB3's zoo SAC: Tanh).
+    Mean and log-std heads run in fp32 under autocast, so the log-probability does too."""
 
     def __init__(
         self,
@@ -243,7 +285,14 @@ class TanhGaussianActor(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
-        self.trunk = MLP(obs_dim, hidden[-1], hidden[:-1], activation, output_activation=activation)
+        self.trunk = MLP(
+            obs_dim,
+            hidden[-1],
+            hidden[:-1],
+            activation,
+            output_activation=activation,
+            fp32_head=False,
+        )
         self.mean = nn.Linear(hidden[-1], act_dim)
         self.log_std = nn.Linear(hidden[-1], act_dim)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
@@ -253,9 +302,9 @@ class TanhGaussianActor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.trunk(obs)
-        mean = self.mean(h)
+        mean = full_precision(self.mean, h)
         # tanh keeps log-std in range with a smooth gradient (CleanRL's parameterisation).
-        log_std = torch.tanh(self.log_std(h))
+        log_std = torch.tanh(full_precision(self.log_std, h))
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
         std = log_std.exp()
         pre_tanh = mean + std * torch.randn_like(mean)
@@ -304,8 +353,8 @@ class TanhNormalPolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         for layer in self.layers:
             x = F.relu(F.dropout(layer(x), self.dropout, training=train and self.dropout > 0))
-        mean = self.mean(x)
-        log_std = self.log_std(x).clamp(-20.0, 2.0)
+        mean = full_precision(self.mean, x)
+        log_std = full_precision(self.log_std, x).clamp(-20.0, 2.0)
         eps = torch.randn_like(mean)
         u = mean + log_std.exp() * eps
         # log N(u; mean, std) from the noise itself: (u - mean) / std would lose digits when std << |mean|.

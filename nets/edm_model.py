@@ -95,8 +95,9 @@ class EDMTrainer:
 
 
 def bf16_autocast(bf16: bool, device: torch.device) -> torch.dtype | None:
-    """The denoiser's autocast dtype: bf16 on CUDA when asked, else none (fp32)."""
-    return torch.bfloat16 if bf16 and device.type == "cuda" else None
+    """The denoiser's autocast dtype on `device`: bf16 when asked (CUDA, or a CPU with AMX/AVX512-BF16), else
+    none (fp32); `nets.uses_bf16` turns a --precision into `bf16`."""
+    return torch.bfloat16 if bf16 else None
 
 
 def build_network(kind: str, kwargs: dict[str, Any]) -> nn.Module:

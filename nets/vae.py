@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ocrl.nets.core import MLP, _action_bounds
+from ocrl.nets.core import MLP, _action_bounds, full_precision
 
 
 class ConditionalVAE(nn.Module):
@@ -27,7 +27,9 @@ class ConditionalVAE(nn.Module):
     ) -> None:
         super().__init__()
         self.latent_dim = 2 * act_dim if latent_dim is None else latent_dim
-        self.encoder = MLP(obs_dim + act_dim, hidden[-1], hidden[:-1], output_activation=nn.ReLU)
+        self.encoder = MLP(
+            obs_dim + act_dim, hidden[-1], hidden[:-1], output_activation=nn.ReLU, fp32_head=False
+        )
         self.mean = nn.Linear(hidden[-1], self.latent_dim)
         self.log_std = nn.Linear(hidden[-1], self.latent_dim)
         self.decoder = MLP(obs_dim + self.latent_dim, act_dim, hidden)
@@ -39,8 +41,8 @@ class ConditionalVAE(nn.Module):
     def encode(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of q(z | s, a); the log-std is clamped to [log_std_min, log_std_max]."""
         h = self.encoder(torch.cat([obs, action], dim=-1))
-        log_std = self.log_std(h).clamp(self.log_std_min, self.log_std_max)
-        return self.mean(h), log_std.exp()
+        log_std = full_precision(self.log_std, h).clamp(self.log_std_min, self.log_std_max)
+        return full_precision(self.mean, h), log_std.exp()
 
     def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """An action for each state; without z, z ~ N(0, I) clipped to [-prior_clip, prior_clip] (BCQ's prior)."""

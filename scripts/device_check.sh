@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared pass over ocrl's CUDA paths, sized for a few minutes of a lent GPU (docs/results/gpu.md holds
 # a run's findings). Phase A, in parallel (correctness, not timed): every algorithm's CLI with --device cuda
-# at tiny sizes (--compile, --no-bf16 and the trajectory level too), the randperm-in-CUDA-graph probe, the
+# at tiny sizes (--compile, --precision fp32 and the trajectory level too), the randperm-in-CUDA-graph probe, the
 # CUDA-parametrised tests and the test suite (device 'auto' = CUDA there). Phase B, one at a time (timings):
 # python -m scripts.bench's TD3+BC updates (eager vs torch.compile), diffusion (fp32 vs bf16+TF32, + the CUDA-graph
 # sampler) and EXPO per environment step (eager vs --compile), each followed by torch.compile's counters.
@@ -116,7 +116,7 @@ D=(--num-samples "$SAMPLES" --sample-batch-size "$SBATCH" --sample-steps 32 --qu
 bg diffusion_bf16 130 "$PY" algos/diffusion.py "${A[@]}" --preset cpu-small --total-steps "$N" "${D[@]}" \
   --run-dir "$RUNS/diffusion_bf16"
 bg diffusion_fp32_compile 130 "$PY" algos/diffusion.py "${A[@]}" --preset cpu-small --total-steps "$N" \
-  "${D[@]}" --no-bf16 --compile --run-dir "$RUNS/diffusion_fp32_compile"
+  "${D[@]}" --precision fp32 --compile --run-dir "$RUNS/diffusion_fp32_compile"
 bg diffusion_trajectory 130 "$PY" algos/diffusion.py "${A[@]}" --preset pgd-unguided --unet-features 64 \
   --unet-blocks 2 --trajectory-length 16 --total-steps "$N" --num-samples 4000 --sample-batch-size 256 \
   --sample-steps 16 --quality-samples 1000 --run-dir "$RUNS/diffusion_trajectory"

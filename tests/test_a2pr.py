@@ -433,7 +433,8 @@ def test_a2pr_presets_in_help():
 
 
 @pytest.mark.slow
-def test_a2pr_learns_on_shipped_hopper_medium(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a2pr_learns_on_shipped_hopper_medium(tmp_path, precision):
     # The paper's networks (3 x 256 actor, 4 x 256 critics and V, 750-wide VAE) cost about 8x TD3+BC per update
     # on this CPU, so the test uses 2 x 128 for every network and mask 4.0 (BC weight 0 or 4).
     # Measured with the released code's weight (mask when either advantage is positive; 2-core CPU,
@@ -446,6 +447,7 @@ def test_a2pr_learns_on_shipped_hopper_medium(tmp_path):
             dataset="ocrl/hopper/medium-v0", total_steps=4000, eval_every=4000, eval_episodes=10,
             seed=0, log_every=1000, run_dir=str(tmp_path), progress=False, mask=4.0,
             actor_hidden=(128, 128), critic_hidden=(128, 128), vae_hidden=(128, 128),
+            precision=precision,
         )
     )  # fmt: skip
     assert metrics["normalized_score"] > 12.0, metrics

@@ -347,14 +347,15 @@ def test_time_feature_counts_down_to_the_time_limit():
 
 # ------------------------------------------------------------------ learning
 @pytest.mark.slow
-def test_ggd_sac_learns_pendulum(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_ggd_sac_learns_pendulum(tmp_path, precision):
     # cleanrl-default setting (1 env, lr 1e-3 critics, ReLU), hidden (64, 64), 1,000 random steps; measured
     # final evaluation returns (seeds 1, 2, 3): -129, -369, -364 after 4,000 steps (about 30 s each on
     # the shared 2-core CPU) and -601, -397, -111 after 6,000: Pendulum's final evaluation is noisy.
     # The untrained actor scores about -1,400. Threshold -800.
     flags = ggd_td.PRESETS["cleanrl-default"] | dict(
         env_id="Pendulum-v1", total_steps=4_000, learning_starts=1_000, eval_every=4_000,
-        hidden=(64, 64), seed=1, run_dir=str(tmp_path), progress=False,
+        hidden=(64, 64), seed=1, run_dir=str(tmp_path), progress=False, precision=precision,
     )  # fmt: skip
     metrics = ggd_td.main(ggd_td.Args(**flags))
     assert metrics["return"] >= -800, metrics

@@ -166,7 +166,8 @@ def test_bad_iql_flag_exits_2(flag, value, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_iql_learns_on_shipped_hopper_medium(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_iql_learns_on_shipped_hopper_medium(tmp_path, precision):
     # CORL's hopper-medium setting (deterministic actor, reward scaling, tau 0.001), 2 x 256 networks.
     # Measured on the 2-core CPU (OMP_NUM_THREADS=1, 3,000 updates, 10 episodes at 1k / 2k / 3k updates,
     # 35-54 s per run with evaluations, 50-120 updates/s depending on the machine's load):
@@ -176,7 +177,7 @@ def test_iql_learns_on_shipped_hopper_medium(tmp_path):
     metrics = iql.main(
         iql.Args(
             **iql.PRESETS["hopper-medium-v2"], total_steps=3000, eval_every=3000, seed=0,
-            log_every=500, run_dir=str(tmp_path), progress=False,
+            log_every=500, run_dir=str(tmp_path), progress=False, precision=precision,
         )
     )  # fmt: skip
     assert metrics["normalized_score"] > 25.0, metrics

@@ -194,14 +194,15 @@ def test_prdc_critic_step_equals_td3s_formula():
 
 
 @pytest.mark.slow
-def test_prdc_learns_on_shipped_hopper_medium(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prdc_learns_on_shipped_hopper_medium(tmp_path, precision):
     # Measured (2-core CPU, OMP_NUM_THREADS=1, 4,000 updates, 10 evaluation episodes): seeds 0 / 1 / 2
     # scored 27.1 / 25.4 / 29.8 (D4RL-normalised); the untrained actor scores 0.9 / 1.0, and the
     # dataset's behaviour policy about 33. The threshold leaves a margin of about 10 below the worst seed.
     metrics = prdc.main(
         prdc.Args(
             dataset="ocrl/hopper/medium-v0", total_steps=4000, eval_every=4000, eval_episodes=10,
-            seed=0, log_every=1000, run_dir=str(tmp_path), progress=False,
+            seed=0, log_every=1000, run_dir=str(tmp_path), progress=False, precision=precision,
         )
     )  # fmt: skip
     assert metrics["normalized_score"] > 15.0, metrics

@@ -10,6 +10,7 @@ medians; harness.py), one module per benchmark. Run from the repository root:
     python -m scripts.bench ggd_td --updates 50 --rounds 3
     python -m scripts.bench expo --utd 2 --steps 2 --rounds 3
     python -m scripts.bench lot_sizing         # ocrl's lot-sizing env against PDPPO's (--pdppo-path)
+    python -m scripts.bench precision --threads 1 --corl-path ../CORL   # fp32 vs bf16, CORL as the baseline
     python -m scripts.bench threads            # updates/s, 1 thread against all cores, quiet/busy/pair
     python -m scripts.bench all --device cuda  # every benchmark but threads
 """
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "ggd_td": "ggd_td",
     "expo": "expo",
     "lot_sizing": "lot_sizing",
+    "precision": "precision",
     "threads": "threads",
     "all": "run_all",
 }

@@ -130,7 +130,10 @@ def main(args: Args) -> dict[str, float]:
 
     # ---- ours: algos/diffusion.py's Diffusion agent (cpu-small network), fp32 and (CUDA) bf16 autocast
     def ours_agent(bf16: bool):
-        dargs = algo.Args(width=width, depth=depth, dim_t=dim_t, total_steps=100_000, bf16=bf16)
+        precision = "bf16" if bf16 else "fp32"
+        dargs = algo.Args(
+            width=width, depth=depth, dim_t=dim_t, total_steps=100_000, precision=precision
+        )
         kwargs = dict(d_in=d_in, width=width, depth=depth, dim_t=dim_t, layer_norm=False)
         return algo.Diffusion(dargs, build_network("resmlp", kwargs), normalizer, device)
 

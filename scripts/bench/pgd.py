@@ -69,7 +69,7 @@ def pgd_setup(args: Args, device: torch.device):
 
     obs_dim, act_dim = args.obs_dim, args.act_dim
     if args.model is not None:
-        model = load_trajectory_model(args.model, device, bf16=True)
+        model = load_trajectory_model(args.model, device, bf16=device.type == "cuda")
         obs_dim, act_dim = model.obs_dim, model.act_dim
     else:
         channels = obs_dim + act_dim + 2

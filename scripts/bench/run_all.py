@@ -12,8 +12,9 @@ from typing import Literal
 from .harness import DeviceArgs
 
 Name = Literal[
-    "updates", "memory", "knn", "hdpo", "diffusion", "pgd", "ggd_td", "expo", "lot_sizing"
-]
+    "updates", "memory", "knn", "hdpo", "diffusion", "pgd", "ggd_td", "expo", "lot_sizing",
+    "precision",
+]  # fmt: skip
 
 
 @dataclass
