@@ -61,7 +61,8 @@ class ActorCritic(nn.Module):
         flat = self.actor_logits(obs)
         logits = flat[..., self.logit_index]
         logits = logits.masked_fill(~self.logit_valid, torch.finfo(logits.dtype).min)
-        return torch.distributions.Categorical(logits=logits)
+        # No argument validation: it is a data-dependent check that torch.export cannot trace (policy.pt2).
+        return torch.distributions.Categorical(logits=logits, validate_args=False)
 
     def evaluate(
         self, obs: torch.Tensor, actions: torch.Tensor

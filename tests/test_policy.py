@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,26 @@ def test_evaluate_video_writes_mp4s(finished_td3_bc, tmp_path):
     # the reset frame and one per step; Hopper renders 480x480
     assert reader.count_frames() == int(length) + 1
     assert reader.get_meta_data()["size"] == (480, 480)
+
+
+@pytest.mark.parametrize("name", ["ppo", "ggd_ppo"])
+def test_discrete_actions_export(name, tmp_path, monkeypatch):
+    # Categorical's argument validation is a data-dependent check torch.export cannot trace: the policy
+    # file must be written whether or not another test turned validation off process-wide.
+    module = importlib.import_module(f"ocrl.algos.{name}")
+    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", True)
+    seen = capture_finish(monkeypatch)
+    run_dir = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed export only warns
+        module.main(module.Args(env_id="CartPole-v1", total_steps=128, num_steps=64, batch_size=32,
+                                update_epochs=1, eval_every=128, log_every=64, hidden=(16, 16),
+                                eval_episodes=2, run_dir=str(run_dir), progress=False))  # fmt: skip
+    obs_dim = json.loads((run_dir / "policy.json").read_text())["observation_space"]["shape"][0]
+    obs = np.random.default_rng(2).standard_normal((9, obs_dim)).astype(np.float32)
+    expected = evaluator_actions(seen["evaluator"], seen["policy"], obs)
+    assert expected.dtype == np.int64 and expected.shape == (9,)
+    assert_standalone_actions(run_dir, obs, expected, tmp_path)
 
 
 def test_pdppo_exports_its_discrete_heads(tmp_path, monkeypatch):
