@@ -206,7 +206,7 @@ class Diffusion(EDMTrainer, Agent):
             network.to(device), lr=args.lr, total_steps=args.total_steps,
             adam_beta2=args.adam_beta2, lr_schedule=args.lr_schedule, grad_clip=args.grad_clip,
             ema_decay=args.ema_decay, ema_every=args.ema_every, ema_warmup=args.ema_warmup,
-            autocast_dtype=bf16_autocast(uses_bf16(args.precision, device), device),
+            autocast_dtype=bf16_autocast(uses_bf16(args.precision, device)),
         )  # fmt: skip
         self.normalizer = normalizer.to(device)
 

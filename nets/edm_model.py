@@ -94,9 +94,9 @@ class EDMTrainer:
         return EDMDenoiser(self.ema.ema_model, self.denoiser.config, self.denoiser.autocast_dtype)
 
 
-def bf16_autocast(bf16: bool, device: torch.device) -> torch.dtype | None:
-    """The denoiser's autocast dtype on `device`: bf16 when asked (CUDA, or a CPU with AMX/AVX512-BF16), else
-    none (fp32); `nets.uses_bf16` turns a --precision into `bf16`."""
+def bf16_autocast(bf16: bool) -> torch.dtype | None:
+    """The denoiser's autocast dtype: bf16 when asked (CUDA, or a CPU with AMX/AVX512-BF16), else none (fp32);
+    `nets.uses_bf16` turns a --precision and a device into `bf16`."""
     return torch.bfloat16 if bf16 else None
 
 

@@ -64,7 +64,7 @@ def load_model_file(
     if path is None:
         raise UsageError(f"{flag}: required; {fix}")
     try:
-        return DiffusionModel.load(path, device, bf16_autocast(bf16, device), level, dims)
+        return DiffusionModel.load(path, device, bf16_autocast(bf16), level, dims)
     except FileNotFoundError:
         raise UsageError(f"{flag} {path}: no such file; {fix}") from None
     except ValueError as e:
@@ -107,7 +107,7 @@ def train_trajectory_model(
         seed=seed, on_log=lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
         progress=progress, desc="trajectory model", lr=lr, total_steps=steps, adam_beta2=0.999,
         lr_schedule="warmup-cosine", grad_clip=0.0, ema_warmup="plain",
-        autocast_dtype=bf16_autocast(bf16, device),
+        autocast_dtype=bf16_autocast(bf16),
     )  # fmt: skip
     state = model_state(
         "unet", unet, trainer.ema, normalizer, "trajectory", dataset.obs_dim, dataset.act_dim,
@@ -115,7 +115,7 @@ def train_trajectory_model(
     )  # fmt: skip
     save_checkpoint(path, state)
     print(f"wrote the trajectory model to {path}")
-    return DiffusionModel.from_state(state, device, bf16_autocast(bf16, device))
+    return DiffusionModel.from_state(state, device, bf16_autocast(bf16))
 
 
 def regeneration_seed(seed: int, index: int) -> int:
