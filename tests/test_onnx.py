@@ -1,5 +1,5 @@
 """--export-onnx: policy.onnx acts as policy.pt2 and the run's evaluator under onnxruntime, for any batch size;
-none (a warning) for a stochastic program or one that disagrees; without the extra, one line and exit 2."""
+none (a warning) for a stochastic program or one that disagrees. Without the extra: tests/test_tracking.py."""
 
 from __future__ import annotations
 
@@ -99,22 +99,3 @@ def test_a_disagreeing_onnx_file_is_not_written(tmp_path, monkeypatch):
         assert policy_module.write_onnx(tmp_path, exported, 3, stochastic=False) is None
     assert not (tmp_path / "policy.onnx").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left either
-
-
-def test_export_onnx_without_the_extra_is_one_line_exit_2(
-    hopper_random_file, tmp_path, monkeypatch, run_algorithm
-):
-    from ocrl.algos import td3_bc
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "onnxruntime" else real(name, *a),
-    )
-    run_dir = tmp_path / "run"
-    argv = ["--export-onnx", "--dataset", hopper_random_file, "--run-dir", str(run_dir)]
-    code, err = run_algorithm(td3_bc, argv + ["--no-progress"])
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert "--export-onnx" in err and "onnxruntime" in err and "pip install -e '.[onnx]'" in err
-    assert not run_dir.exists()

@@ -1,4 +1,5 @@
-"""--track (Weights & Biases, in offline mode: no network) and --capture-video (MP4s of evaluation episodes)."""
+"""--track (Weights & Biases, in offline mode: no network), --capture-video (MP4s of evaluation episodes), and
+the one-line refusal of each optional flag (--export-onnx too) without its extra."""
 
 from __future__ import annotations
 
@@ -118,27 +119,25 @@ def test_a_resumed_run_continues_its_wandb_run(offline_wandb, tmp_path):
     assert second["summary"]["global_step"] == 300
 
 
-def test_track_without_wandb_is_one_line_exit_2_and_no_folder(monkeypatch, tmp_path, run_algorithm):
+@pytest.mark.parametrize(
+    "algo, flag, missing, extra",
+    [
+        (td3_bc, "--track", "wandb", "track"),
+        (sac, "--capture-video", "moviepy", "video"),
+        (td3_bc, "--export-onnx", "onnxruntime", "onnx"),
+    ],
+)
+def test_a_flag_without_its_extra_is_one_line_exit_2_and_no_folder(
+    algo, flag, missing, extra, monkeypatch, tmp_path, run_algorithm
+):
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a)
     )
     run_dir = tmp_path / "run"
-    code, err = run_algorithm(td3_bc, ["--track", "--run-dir", str(run_dir), "--no-progress"])
+    code, err = run_algorithm(algo, [flag, "--run-dir", str(run_dir), "--no-progress"])
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert "--track" in err and "pip install -e '.[track]'" in err
-    assert not run_dir.exists()
-
-
-def test_capture_video_without_moviepy_is_one_line_exit_2(monkeypatch, tmp_path, run_algorithm):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "moviepy" else real(name, *a)
-    )
-    run_dir = tmp_path / "run"
-    code, err = run_algorithm(sac, ["--capture-video", "--run-dir", str(run_dir), "--no-progress"])
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert "--capture-video" in err and "pip install -e '.[video]'" in err
+    assert flag in err and missing in err and f"pip install -e '.[{extra}]'" in err
     assert not run_dir.exists()
 
 
