@@ -49,15 +49,9 @@ import torch.nn.functional as F
 
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
-from ocrl.experiment import (
-    Agent,
-    OfflineArgs,
-    PrecisionArgs,
-    RunArgs,
-    TrainingLoop,
-    run_cli,
-    start_run,
-)
+from ocrl.experiment import Agent, TrainingLoop
+from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment.flags import run_cli
 from ocrl.nets import (
     MLP,
     ConditionalVAE,

@@ -60,17 +60,9 @@ from ocrl.data.windows import (
     windows_to_transitions,
 )
 from ocrl.envs.synthetic import synthetic_quality, write_synthetic_dataset
-from ocrl.experiment import (
-    Agent,
-    Run,
-    RunArgs,
-    TrainingLoop,
-    UsageError,
-    check_args,
-    run_cli,
-    save_checkpoint,
-    start_run,
-)
+from ocrl.experiment import Agent, Run, TrainingLoop, save_checkpoint
+from ocrl.experiment.args import RunArgs, start_run
+from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import uses_bf16
 from ocrl.nets.diffusion import (
     DiffusionModel,

@@ -47,17 +47,9 @@ import torch
 
 from ocrl.data import Batch, ReplayBuffer, mixed_minibatches
 from ocrl.envs import TrainingEnvs, load_offline_task, make_env, reward_bias
-from ocrl.experiment import (
-    Acting,
-    Agent,
-    OnlineArgs,
-    RunArgs,
-    TrainingLoop,
-    UsageError,
-    check_args,
-    run_cli,
-    start_run,
-)
+from ocrl.experiment import Acting, Agent, TrainingLoop
+from ocrl.experiment.args import OnlineArgs, RunArgs, start_run
+from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import CriticEnsemble, TanhNormalPolicy, polyak_update, xavier_init
 from ocrl.nets.core import compile_with_cuda_graphs, gradient_step
 from ocrl.nets.ddpm import DDPM, LNResNetEpsNet, imitation_training

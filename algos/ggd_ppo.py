@@ -70,17 +70,9 @@ from torch import nn
 
 from ocrl.data import ObservationNormalizer, RunningMeanStd, VectorRollout, explained_variance
 from ocrl.envs import Evaluator, TimeFeature, make_vector_env, reference_scores
-from ocrl.experiment import (
-    Acting,
-    Agent,
-    OnlineArgs,
-    RunArgs,
-    TrainingLoop,
-    UsageError,
-    check_args,
-    run_cli,
-    start_run,
-)
+from ocrl.experiment import Acting, Agent, TrainingLoop
+from ocrl.experiment.args import OnlineArgs, RunArgs, start_run
+from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import ActorCritic, ggd
 
 PRESETS: dict[str, dict] = {

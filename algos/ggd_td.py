@@ -54,18 +54,9 @@ from torch import nn
 
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import Evaluator, TimeFeature, TrainingEnvs, make_env, reference_scores
-from ocrl.experiment import (
-    POSITIVE_FIELDS,
-    Agent,
-    OnlineArgs,
-    PrecisionArgs,
-    RunArgs,
-    TrainingLoop,
-    UsageError,
-    check_args,
-    run_cli,
-    start_run,
-)
+from ocrl.experiment import Agent, TrainingLoop
+from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment.flags import POSITIVE_FIELDS, UsageError, check_args, run_cli
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, autocast, ggd, polyak_update
 
 PRESETS: dict[str, dict] = {

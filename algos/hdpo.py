@@ -58,17 +58,9 @@ from ocrl.envs.inventory import (
     simulate,
     upstream_bounds,
 )
-from ocrl.experiment import (
-    Agent,
-    RunArgs,
-    TrainingLoop,
-    UsageError,
-    check_args,
-    check_finite,
-    run_cli,
-    save_checkpoint,
-    start_run,
-)
+from ocrl.experiment import Agent, TrainingLoop, check_finite, save_checkpoint
+from ocrl.experiment.args import RunArgs, start_run
+from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import MLP
 
 Setting = Literal["one_store_lost", "one_store_backlogged", "serial", "one_warehouse"]

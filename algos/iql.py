@@ -49,17 +49,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
-from ocrl.experiment import (
-    Agent,
-    OfflineArgs,
-    PrecisionArgs,
-    RunArgs,
-    TrainingLoop,
-    UsageError,
-    check_args,
-    run_cli,
-    start_run,
-)
+from ocrl.experiment import Agent, TrainingLoop
+from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, autocast, polyak_update
 
 _DEFAULT = {"beta": 3.0, "expectile": 0.7, "actor": "gaussian", "tau": 0.005,

@@ -60,16 +60,9 @@ from torch import nn
 from ocrl.data import EpisodeCurve, RolloutBuffer, discounted_returns, explained_variance
 from ocrl.envs import Evaluator
 from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, instance_from_flag
-from ocrl.experiment import (
-    Agent,
-    PolicyExportArgs,
-    RunArgs,
-    TrainingLoop,
-    UsageError,
-    check_args,
-    run_cli,
-    start_run,
-)
+from ocrl.experiment import Agent, TrainingLoop
+from ocrl.experiment.args import PolicyExportArgs, RunArgs, start_run
+from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import MLP, xavier_init
 
 PRESETS: dict[str, dict] = {

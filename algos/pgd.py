@@ -34,33 +34,18 @@ from torch import nn
 from ocrl.data import Batch
 from ocrl.data.replay import SyntheticSet, mixed_batch
 from ocrl.envs import OfflineTask, load_offline_task
-from ocrl.experiment import (
-    Agent,
-    OfflineArgs,
-    RunArgs,
-    TrainingLoop,
-    UsageError,
-    check_args,
-    run_cli,
-    start_run,
-)
+from ocrl.experiment import Agent, TrainingLoop
+from ocrl.experiment.args import OfflineArgs, RunArgs, start_run
+from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import (
     MLP,
     CriticEnsemble,
     DeterministicActor,
     GaussianActor,
+    edm_runs,  # the trajectory model: its flags, loading, training and sampling
     polyak_update,
-    uses_bf16,
 )
 from ocrl.nets.diffusion import DiffusionModel as TrajectoryModel  # at level 'trajectory'
-from ocrl.nets.edm_runs import (
-    TrajectoryModelArgs,
-    check_edm_flags,
-    check_windows,
-    fill_synthetic,
-    load_trajectory_model,
-    train_trajectory_model,
-)
 
 PRESETS: dict[str, dict] = {
     # A CPU-sized run: fewer regenerated trajectories and Heun steps (a deviation: PGD samples 8192 x 256),
@@ -73,17 +58,11 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineArgs, TrajectoryModelArgs):
+class Args(RunArgs, OfflineArgs, edm_runs.TrajectoryTrainingArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """'cpu-small': 1,024 trajectories and 32 Heun steps per regeneration (and a 16-row, F 64, 2-block model with --diffusion-steps); explicit flags override it"""
     diffusion_model: str | None = None
     """model.pt of `python algos/diffusion.py --preset pgd-unguided --dataset <data>`; or give --diffusion-steps"""
-    diffusion_steps: int = 0
-    """> 0: first train the trajectory model (--trajectory-length, --window-stride, --unet-*) for this many steps here, instead of --diffusion-model"""
-    diffusion_lr: float = 2e-3
-    """with --diffusion-steps: peak Adam learning rate of the denoiser (warm-up cosine schedule)"""
-    diffusion_batch_size: int = 32
-    """with --diffusion-steps: windows per denoiser step"""
     agent: Literal["td3_bc", "iql"] = "iql"
     """offline agent trained on the mixed batches (PGD's versions of their losses; the code's default is iql)"""
     seed: int = 0
@@ -177,9 +156,10 @@ class TD3BC(Agent):
         lmbda = args.alpha / (q_pi.abs().mean().detach() + 1e-7)
         bc_mse = (pi - actions).square().mean()
         actor_loss = -lmbda * q_pi.mean() + bc_mse
-        params = list(actor.parameters())
-        for p, g in zip(params, torch.autograd.grad(actor_loss, params), strict=True):
-            p.grad = g
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward(
+            inputs=list(actor.parameters())
+        )  # the critic's gradients stay untouched
         self.actor_opt.step()
 
         scale, bias, clip = actor.action_scale, actor.action_bias, args.noise_clip
@@ -261,15 +241,10 @@ def guidance_schedule(coef: float, cosine_coef: float, steps: int) -> list[float
     return [*lambdas, 0.0]
 
 
-def policy_log_prob(
-    agent_name: str, actor: nn.Module, obs: torch.Tensor, actions: torch.Tensor
-) -> torch.Tensor:
-    """The guidance density log pi(a | s) summed over action dimensions (the leading axes are kept).
-
-    TD3+BC: Normal(mu(s), 1) around the deterministic action (PGD's det_guidance); IQL: the actor's Normal."""
-    if agent_name == "td3_bc":
-        mu = actor(obs)
-        return (-0.5 * (actions - mu).square() - 0.5 * math.log(2 * math.pi)).sum(-1)
+def policy_log_prob(agent: str, actor: nn.Module, obs: torch.Tensor, actions: torch.Tensor):
+    """log pi(a | s) summed over action dimensions: TD3+BC's Normal(mu(s), 1) (PGD's det_guidance), IQL's actor."""
+    if agent == "td3_bc":
+        return (-0.5 * (actions - actor(obs)).square() - 0.5 * math.log(2 * math.pi)).sum(-1)
     return actor.log_prob(obs, actions)
 
 
@@ -277,11 +252,12 @@ class Guidance:
     """The sampler's pre-step hook: x_k[:, :, act] += lambda_k g, g the gradient of the target policy's log pi."""
 
     def __init__(
-        self, args: Args, model: TrajectoryModel, actor: nn.Module,
-        obs_mean: torch.Tensor | None, obs_std: torch.Tensor | None,
-    ) -> None:  # fmt: skip
+        self, args: Args, model: TrajectoryModel, actor: nn.Module, obs_stats: tuple
+    ) -> None:
         self.args, self.model, self.actor = args, model, actor
-        self.obs_mean, self.obs_std = obs_mean, obs_std
+        self.obs_mean, self.obs_std = (
+            obs_stats  # the agent's observation normaliser, or (None, None)
+        )
         self.lambdas = guidance_schedule(
             args.guidance_coef, args.guidance_cosine_coef, args.sample_steps
         )
@@ -331,18 +307,11 @@ class Guidance:
 
 
 def check_pgd_args(args: Args) -> None:
-    counts = ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every")
-    counts += ("critic_updates",) + ("num_rollout_steps",) * (args.num_rollout_steps is not None)
+    counts = ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every", "critic_updates")  # fmt: skip
     counts += ("synth_dataset_lifetime", "num_synth_trajectories", "sample_batch_size")
-    training = args.diffusion_steps != 0  # check_args refuses every non-finite float and lr <= 0
-    counts += ("diffusion_steps", "unet_features", "unet_blocks", "window_stride") * training
-    check_args(args, counts + ("diffusion_batch_size",) * training)
-    if training and args.diffusion_model is not None:
-        raise UsageError(
-            f"--diffusion-model {args.diffusion_model} and --diffusion-steps "
-            f"{args.diffusion_steps}: give one (load a model, or train one here)"
-        )
-    check_edm_flags(args.sample_steps, *(args.trajectory_length, args.unet_features) * training)
+    counts += ("num_rollout_steps",) * (args.num_rollout_steps is not None)
+    check_args(args, counts + edm_runs.training_counts(args))  # and every float finite, lr > 0
+    edm_runs.check_model_source(args, args.diffusion_model, args.sample_steps)
     if not 0 <= args.synth_batch_size <= args.batch_size:
         raise UsageError(
             f"--synth-batch-size {args.synth_batch_size}: must lie in [0, --batch-size "
@@ -356,15 +325,15 @@ def check_pgd_args(args: Args) -> None:
         print("note: --synth-batch-size = --batch-size trains on synthetic data only (IQL's V and Q may diverge)")  # fmt: skip
 
 
-def given_model(
-    args: Args, task: OfflineTask, device: torch.device, bf16: bool
-) -> TrajectoryModel | None:
+def given_model(args: Args, task: OfflineTask, device: torch.device) -> TrajectoryModel | None:
     """The --diffusion-model, its dims checked; None when --diffusion-steps trains one (its windows checked)."""
     if args.diffusion_steps == 0:
         dims = (task.obs_dim, task.act_dim)
-        return load_trajectory_model(args.diffusion_model, device, bf16, dims)
+        return edm_runs.load_trajectory_model(args.diffusion_model, device, args.precision, dims)
     if args.synth_batch_size > 0:  # checked before the run folder is made
-        check_windows(task.dataset, args.trajectory_length, args.window_stride, args.dataset)
+        edm_runs.check_windows(
+            task.dataset, args.trajectory_length, args.window_stride, args.dataset
+        )
     return None
 
 
@@ -374,8 +343,7 @@ def main(args: Args) -> dict:
         args.dataset, args.env_id, device=device, normalize_obs=args.normalize_obs,
         ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
     )  # fmt: skip
-    bf16 = uses_bf16(args.precision, device)  # the trajectory model's network only
-    model = given_model(args, task, device, bf16)
+    model = given_model(args, task, device)
     agent_cls = TD3BC if args.agent == "td3_bc" else IQL
     agent = agent_cls(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
     # A checkpoint part: a resumed run continues on the same synthetic set.
@@ -390,22 +358,15 @@ def main(args: Args) -> dict:
     use_synthetic, model_path = args.synth_batch_size > 0, args.diffusion_model
     if model is None and use_synthetic:  # --diffusion-steps trains it once; a resume reloads it
         model_path = loop.dir / "model.pt"
-        model = (
-            load_trajectory_model(str(model_path), device, bf16) if model_path.exists()
-            else train_trajectory_model(
-                task.dataset, model_path, device, length=args.trajectory_length,
-                stride=args.window_stride, features=args.unet_features, blocks=args.unet_blocks,
-                steps=args.diffusion_steps, batch_size=args.diffusion_batch_size,
-                lr=args.diffusion_lr, seed=args.seed, log_every=args.log_every, bf16=bf16,
-                env_id=task.env_id, progress=args.progress, run=loop.run,
-            )
-        )  # fmt: skip
+        model = edm_runs.train_trajectory_model(
+            args, task.dataset, model_path, device, task.env_id, loop.run
+        )
     rows = None if model is None else (args.num_rollout_steps or model.trajectory_length - 1) + 1
 
     def generate(index: int, guided: bool) -> float:
         guided = guided and args.guidance_coef != 0.0
-        guide = Guidance(args, model, agent.actor, obs_mean, obs_std) if guided else None
-        return fill_synthetic(
+        guide = Guidance(args, model, agent.actor, (obs_mean, obs_std)) if guided else None
+        return edm_runs.fill_synthetic(
             synthetic, model, args.num_synth_trajectories, args.sample_batch_size,
             args.sample_steps, rows, seed=args.seed, index=index, device=device,
             obs_mean=obs_mean, obs_std=obs_std, pre_step=guide, euler_origin=args.euler_origin,

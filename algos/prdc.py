@@ -50,18 +50,9 @@ import torch.nn.functional as F
 
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import load_offline_task
-from ocrl.experiment import (
-    Agent,
-    OfflineArgs,
-    PrecisionArgs,
-    RunArgs,
-    TrainingLoop,
-    check_args,
-    pick_device,
-    resume_args,
-    run_cli,
-    seed_everything,
-)
+from ocrl.experiment import Agent, TrainingLoop, pick_device, resume_args, seed_everything
+from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs
+from ocrl.experiment.flags import check_args, run_cli
 from ocrl.nets import (
     CriticEnsemble,
     DeterministicActor,

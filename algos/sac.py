@@ -43,16 +43,9 @@ import torch
 
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import Evaluator, TrainingEnvs, make_env, reference_scores
-from ocrl.experiment import (
-    Agent,
-    OnlineArgs,
-    PrecisionArgs,
-    RunArgs,
-    SnapshotEvaluator,
-    TrainingLoop,
-    run_cli,
-    start_run,
-)
+from ocrl.experiment import Agent, SnapshotEvaluator, TrainingLoop
+from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment.flags import run_cli
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, autocast, polyak_update
 
 

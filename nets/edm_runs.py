@@ -16,6 +16,7 @@ from ocrl.data import OfflineDataset
 from ocrl.data.replay import SyntheticSet
 from ocrl.data.windows import trajectory_rows, trajectory_windows, windows_to_transitions
 from ocrl.experiment import CheckpointError, Run, UsageError, check_finite, save_checkpoint
+from ocrl.nets.core import uses_bf16
 from ocrl.nets.edm_model import DiffusionModel, bf16_autocast, fit_model, model_state
 
 
@@ -32,6 +33,41 @@ class TrajectoryModelArgs:
     """U-Net base width F (blocks of F, 2F, 4F channels; PGD's default, ~178M parameters)"""
     unet_blocks: int = 3
     """U-Net encoder blocks"""
+
+
+@dataclass
+class TrajectoryTrainingArgs(TrajectoryModelArgs):
+    """The trajectory model's flags and those of training it inside algos/pgd.py (--diffusion-steps)."""
+
+    diffusion_steps: int = 0
+    """> 0: first train the trajectory model (--trajectory-length, --window-stride, --unet-*) for this many steps here, instead of --diffusion-model"""
+    diffusion_lr: float = 2e-3
+    """with --diffusion-steps: peak Adam learning rate of the denoiser (warm-up cosine schedule)"""
+    diffusion_batch_size: int = 32
+    """with --diffusion-steps: windows per denoiser step"""
+
+
+def training_counts(args: TrajectoryTrainingArgs) -> tuple[str, ...]:
+    """The flags `check_args` must find positive when --diffusion-steps trains the model (none otherwise)."""
+    counts = (
+        "diffusion_steps",
+        "unet_features",
+        "unet_blocks",
+        "window_stride",
+        "diffusion_batch_size",
+    )
+    return counts if args.diffusion_steps != 0 else ()
+
+
+def check_model_source(args: TrajectoryTrainingArgs, model: str | None, sample_steps: int) -> None:
+    """UsageError when both a model file and --diffusion-steps are given, or for a bad sampler or U-Net flag."""
+    training = args.diffusion_steps != 0
+    if training and model is not None:
+        raise UsageError(
+            f"--diffusion-model {model} and --diffusion-steps {args.diffusion_steps}: give one "
+            "(load a model, or train one here)"
+        )
+    check_edm_flags(sample_steps, *(args.trajectory_length, args.unet_features) * training)
 
 
 def check_edm_flags(
@@ -76,25 +112,30 @@ MAKE_TRAJECTORY_MODEL = "`python algos/diffusion.py --preset pgd-unguided --data
 
 
 def load_trajectory_model(
-    path: str | None, device: torch.device, bf16: bool, dims: tuple[int, int] | None = None
+    path: str | None, device: torch.device, precision: str, dims: tuple[int, int] | None = None
 ) -> DiffusionModel:
-    """The trajectory model of the model.pt --diffusion-model names (of obs/act `dims` when given)."""
+    """The trajectory model of the model.pt --diffusion-model names (of obs/act `dims` when given), its network
+    run at `precision` (`nets.uses_bf16`)."""
     make = MAKE_TRAJECTORY_MODEL
     fix = f"{make} writes model.pt in its run folder, or train one here with --diffusion-steps N"
     return load_model_file(
-        "--diffusion-model", path, device, bf16, fix, bad_fix=f"train one with {make}",
+        "--diffusion-model", path, device, uses_bf16(precision, device), fix, bad_fix=f"train one with {make}",
         level="trajectory", dims=dims,
     )  # fmt: skip
 
 
 def train_trajectory_model(
-    dataset: OfflineDataset, path: Path, device: torch.device, *, length: int, stride: int,
-    features: int, blocks: int, steps: int, batch_size: int, lr: float, seed: int, log_every: int,
-    bf16: bool, env_id: str, progress: bool = True, run: Run | None = None,
+    args: Any, dataset: OfflineDataset, path: Path, device: torch.device, env_id: str,
+    run: Run | None = None,
 ) -> DiffusionModel:  # fmt: skip
     """PGD's unguided model of the dataset's windows, trained as algos/diffusion.py --preset pgd-unguided
-    trains it (U-Net of `features` and `blocks`, Adam(lr, 0.999), warm-up cosine, no clipping, plain EMA),
-    written to `path`; a non-finite loss stops the `run`."""
+    trains it (Adam(--diffusion-lr, 0.999), warm-up cosine, no clipping, plain EMA) with the
+    `TrajectoryTrainingArgs` flags of `args` and its seed, log_every, precision and progress; written to
+    `path`; a non-finite loss stops the `run`. A `path` that exists (a resumed run's) is loaded, not trained."""
+    if path.exists():
+        return load_trajectory_model(str(path), device, args.precision)
+    length, stride, steps = args.trajectory_length, args.window_stride, args.diffusion_steps
+    features, blocks, bf16 = args.unet_features, args.unet_blocks, uses_bf16(args.precision, device)
     rows = torch.from_numpy(trajectory_rows(dataset, length, stride))
     unet = dict(
         channels=rows.shape[-1], features=features, num_blocks=blocks, groupnorm="per-timestep"
@@ -103,9 +144,10 @@ def train_trajectory_model(
     # Every channel z-scored, done included (PGD's); its own stream from `seed`: the caller's draws are the
     # same whether the model is trained or reloaded.
     trainer, normalizer = fit_model(
-        rows, "unet", unet, device, steps=steps, batch_size=batch_size, log_every=log_every,
-        seed=seed, on_log=lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
-        progress=progress, desc="trajectory model", lr=lr, total_steps=steps, adam_beta2=0.999,
+        rows, "unet", unet, device, steps=steps, batch_size=args.diffusion_batch_size,
+        log_every=args.log_every, seed=args.seed, progress=args.progress,
+        on_log=lambda step, loss: check_finite(step, {"trajectory model loss": loss}, run),
+        desc="trajectory model", lr=args.diffusion_lr, total_steps=steps, adam_beta2=0.999,
         lr_schedule="warmup-cosine", grad_clip=0.0, ema_warmup="plain",
         autocast_dtype=bf16_autocast(bf16),
     )  # fmt: skip

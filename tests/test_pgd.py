@@ -18,6 +18,7 @@ from ocrl.algos import pgd
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.data.windows import windows_to_transitions
 from ocrl.experiment import load_checkpoint
+from ocrl.nets import edm_runs
 from ocrl.nets.diffusion import (
     EMA,
     DiffusionNormalizer,
@@ -77,7 +78,7 @@ def fp64_setup(agent: str, normalize: bool = False, eps_in_denominator: bool = F
         with torch.no_grad():
             actor.log_std.copy_(torch.tensor([-0.3, 0.4]))
     obs_mean, obs_std = torch.randn(o).double(), (torch.rand(o) + 0.5).double()
-    guide = pgd.Guidance(args, model, actor, obs_mean, obs_std)
+    guide = pgd.Guidance(args, model, actor, (obs_mean, obs_std))
     traj = torch.randn(3, length, channels, dtype=torch.float64)
     m, s = normalizer.mean, normalizer.std
 
@@ -178,10 +179,10 @@ def test_hook_shifts_only_the_action_channels_by_lambda_k_g():
 
 
 def test_denoised_guidance_evaluates_the_policy_at_d_of_x(tiny_model):
-    model = load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
+    model = load_trajectory_model(tiny_model, torch.device("cpu"), "fp32")
     actor = pgd.GaussianActor(11, 3, (8,), -torch.ones(3), torch.ones(3))
     args = pgd.Args(agent="iql", guidance_coef=1.0, sample_steps=4, denoised_guidance=True)
-    guide = pgd.Guidance(args, model, actor, None, None)
+    guide = pgd.Guidance(args, model, actor, (None, None))
     x = torch.randn(2, 8, 16)
     sigma = torch.tensor(2.0)
     out = guide(0, x, sigma)
@@ -203,11 +204,11 @@ class RaisingActor(torch.nn.Module):
 def test_coefficient_zero_is_bit_identical_to_the_unguided_sampler_and_never_calls_the_actor(
     tiny_model,
 ):
-    model = load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
+    model = load_trajectory_model(tiny_model, torch.device("cpu"), "fp32")
     args = pgd.Args(
         guidance_coef=0.0, sample_steps=5, num_synth_trajectories=6, sample_batch_size=4
     )
-    guide = pgd.Guidance(args, model, RaisingActor(), None, None)
+    guide = pgd.Guidance(args, model, RaisingActor(), (None, None))
     shape = (4, 8, 16)
     plain = heun_sample(
         model.denoiser, shape, 5, device="cpu", generator=torch.Generator().manual_seed(1),
@@ -223,7 +224,7 @@ def test_coefficient_zero_is_bit_identical_to_the_unguided_sampler_and_never_cal
     actor = pgd.GaussianActor(11, 3, (8,), -torch.ones(3), torch.ones(3))
     guided = heun_sample(
         model.denoiser, shape, 5, device="cpu", generator=torch.Generator().manual_seed(1),
-        euler_origin="x_i", pre_step=pgd.Guidance(args_on, model, actor, None, None),
+        euler_origin="x_i", pre_step=pgd.Guidance(args_on, model, actor, (None, None)),
     )  # fmt: skip
     assert not torch.equal(plain, guided)
 
@@ -247,7 +248,7 @@ def test_run_with_coefficient_zero_regenerates_the_unguided_samples_without_the_
     monkeypatch.setattr(pgd.Guidance, "gradient", raising)
     pgd.main(args)
     assert set(seen) == {0, 1}
-    model = load_trajectory_model(tiny_model, torch.device("cpu"), bf16=False)
+    model = load_trajectory_model(tiny_model, torch.device("cpu"), "fp32")
     gen = torch.Generator().manual_seed(regeneration_seed(args.seed, 1))
     windows = model.sample_n(
         args.num_synth_trajectories, args.sample_batch_size, args.sample_steps, 8, device="cpu",
@@ -638,7 +639,7 @@ def test_a_trained_model_leaves_the_agent_as_a_loaded_one_and_resume_reloads_it(
     def no_training(*a, **k):
         raise AssertionError("a resumed run trained its trajectory model again")
 
-    monkeypatch.setattr(pgd, "train_trajectory_model", no_training)
+    monkeypatch.setattr(edm_runs, "fit_model", no_training)
     before = (trained_dir / "model.pt").stat().st_mtime_ns
     resumed = pgd.main(pgd.Args(resume=str(trained_dir), total_steps=40))
     assert resumed["steps"] == 40 and resumed["regenerations"] == 2

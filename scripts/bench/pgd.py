@@ -69,7 +69,7 @@ def pgd_setup(args: Args, device: torch.device):
 
     obs_dim, act_dim = args.obs_dim, args.act_dim
     if args.model is not None:
-        model = load_trajectory_model(args.model, device, bf16=device.type == "cuda")
+        model = load_trajectory_model(args.model, device, precision="auto")
         obs_dim, act_dim = model.obs_dim, model.act_dim
     else:
         channels = obs_dim + act_dim + 2
@@ -111,7 +111,7 @@ def main(args: Args) -> dict[str, float]:
             num_synth_trajectories=args.trajectories, sample_batch_size=256,
             normalize_action_guidance=args.normalize, denoised_guidance=args.denoised_guidance,
         )  # fmt: skip
-        guide = pgd.Guidance(pargs, model, actor, obs_mean, obs_std) if coef != 0 else None
+        guide = pgd.Guidance(pargs, model, actor, (obs_mean, obs_std)) if coef != 0 else None
         gen = torch.Generator(device).manual_seed(seed)
         return model.sample_n(
             pargs.num_synth_trajectories, pargs.sample_batch_size, pargs.sample_steps, rows,
