@@ -14,6 +14,10 @@ The paper and the code agree on every setting used here. Evaluation follows ocrl
 deterministic actor, 10 episodes every 5,000 updates, episode seeds derived from --seed.
 `--precision bf16` runs the networks' hidden layers in bf16 autocast; their output layers (Q, pi), the TD
 target, the losses, lambda, the Polyak updates, the weights, Adam's state and evaluation stay fp32.
+`--num-seeds N` trains seeds seed .. seed+N-1 at once: every network and tensor has a leading seed axis (one
+batched matmul per layer), each seed draws its weights, minibatches and noise from its own generator, and its loss
+is its own (lambda per seed); their sum steps every seed's weights with that seed's gradient alone. A single-seed
+run is N = 1 of the same code, so seed k alone and seed k in a group train the same networks.
 
     python algos/td3_bc.py --total-steps 20000           # shipped hopper data, a few CPU-minutes
     python algos/td3_bc.py --dataset hopper-medium-v2 --preset hopper-medium-v2
@@ -26,14 +30,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
-from ocrl.experiment import Agent, TrainingLoop
-from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment import Agent, SeedLoops
+from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
 from ocrl.experiment.flags import run_cli
 from ocrl.nets import CriticEnsemble, DeterministicActor, autocast, polyak_update
+from ocrl.nets.seeds import SeedStreams, init_seeds
 
 _LOCOMOTION = [
     f"{domain}-{kind}-v2"
@@ -53,11 +57,11 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters from the paper; explicit flags override them; --dataset alone changes none"""
     seed: int = 0
-    """seed of torch, numpy and the evaluation episodes"""
+    """seed of the networks' weights, the minibatches and noise (one generator per seed) and the evaluation episodes"""
     total_steps: int = 1_000_000
     """gradient updates (critic steps); the paper trains for 1M"""
     batch_size: int = 256
@@ -91,26 +95,33 @@ class Args(RunArgs, PrecisionArgs, OfflineArgs):
 
 
 class TD3BC(Agent):
-    """The actor, the twin critics, their targets and optimisers; `update` is one TD3+BC iteration."""
+    """The actor, the twin critics, their targets and optimisers of --num-seeds seeds, stacked on a leading seed
+    axis; `update` is one TD3+BC iteration of every seed on (N, B, ...) minibatches."""
 
     def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
-        self.args = args
-        self.actor = DeterministicActor(obs_dim, act_dim, args.hidden, action_low, action_high)
-        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2)
+        self.args, n = args, args.num_seeds
+        self.streams = SeedStreams(range(args.seed, args.seed + n), device)
+        self.actor = DeterministicActor(
+            obs_dim, act_dim, args.hidden, action_low, action_high, num_seeds=n
+        )
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2, num_seeds=n)
+        init_seeds(self.actor, self.streams), init_seeds(self.critic, self.streams)
         self.actor.to(device), self.critic.to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, fused=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, foreach=True)
+        self.critic_opt = torch.optim.Adam(
+            self.critic.parameters(), lr=args.critic_lr, foreach=True
+        )
 
     def update(self, batch: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
-        """A critic step, and on actor iterations an actor step and the target updates."""
+        """A critic step, and on actor iterations an actor step and the target updates; (N,) metrics."""
         args, actor, critic = self.args, self.actor, self.critic
-        obs, actions, rewards, next_obs, terminals = batch
+        obs, actions, rewards, next_obs, terminals = batch  # (N, B, ...): one minibatch per seed
         scale = actor.action_scale
         with torch.no_grad(), autocast(args.precision, obs.device):
             noise = (
-                torch.randn_like(actions)
+                self.streams.randn(actions.shape[1:])
                 .mul_(args.policy_noise)
                 .clamp_(-args.noise_clip, args.noise_clip)
             )
@@ -118,28 +129,28 @@ class TD3BC(Agent):
             next_actions = torch.clamp(
                 self.actor_target(next_obs).addcmul_(noise, scale), low, high
             )
-            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
+            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values  # (N, B)
             target = torch.addcmul(rewards, 1.0 - terminals, target_q, value=args.discount)
 
         with autocast(args.precision, obs.device):
-            q = critic(obs, actions)  # (2, B)
-        # Sum over the two critics of each one's mean squared TD error.
-        critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
+            q = critic(obs, actions)  # (2, N, B)
+        # Each seed's loss: the sum over its two critics of each one's mean squared TD error.
+        critic_loss = (q - target).square().mean(dim=2).sum(dim=0)
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()  # the seeds' gradients do not mix
         self.critic_opt.step()
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(dim=(0, 2))}
 
         if update_actor:
             with autocast(args.precision, obs.device):
                 pi = actor(obs)
-                q_pi = critic.member(obs, pi, 0)
-            lmbda = args.alpha / q_pi.abs().mean().detach()
-            bc_mse = F.mse_loss(pi, actions)
-            actor_loss = -lmbda * q_pi.mean() + bc_mse
+                q_pi = critic.member(obs, pi, 0)  # (N, B)
+            lmbda = args.alpha / q_pi.abs().mean(dim=1).detach()
+            bc_mse = (pi - actions).square().mean(dim=(1, 2))
+            actor_loss = -lmbda * q_pi.mean(dim=1) + bc_mse
             actor_params = list(actor.parameters())
             # Gradients for the actor only: the critic's weight gradients are not needed here.
-            grads = torch.autograd.grad(actor_loss, actor_params)
+            grads = torch.autograd.grad(actor_loss.sum(), actor_params)
             for p, g in zip(actor_params, grads, strict=True):
                 p.grad = g
             self.actor_opt.step()
@@ -164,19 +175,27 @@ def main(args: Args) -> dict:
     )  # fmt: skip
     agent = TD3BC(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
     update = torch.compile(agent.update) if args.compile else agent.update
-    evaluator = task.evaluator(args.eval_episodes, args.seed, device)
-    loop = TrainingLoop(
+    seeds = range(args.seed, args.seed + args.num_seeds)
+    evaluators = [task.evaluator(args.eval_episodes, seed, device) for seed in seeds]
+    # Each seed's actor as a single-seed run builds it: what it evaluates with and exports as policy.pt2.
+    policies = [
+        DeterministicActor(
+            task.obs_dim, task.act_dim, args.hidden, task.action_low, task.action_high
+        )
+        for _ in seeds
+    ]
+    loop = SeedLoops(
         "td3_bc", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
-        policy=agent.actor,
+        policies=[policy.to(device) for policy in policies],
     )  # fmt: skip
 
     for step in loop.steps():
-        batch = task.buffer.sample(args.batch_size)
+        batch = task.buffer.sample_per_seed(args.batch_size, agent.streams)
         loop.log(update(batch, update_actor=step % args.policy_freq == 0))
         if loop.due(args.eval_every):
-            loop.evaluate(evaluator, agent.actor.act)
+            loop.evaluate(evaluators, agent.actor)
 
-    return loop.finish(evaluator, agent.actor.act, dataset=task.dataset.name, env_id=task.env_id)
+    return loop.finish(evaluators, agent.actor, dataset=task.dataset.name, env_id=task.env_id)
 
 
 if __name__ == "__main__":

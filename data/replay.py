@@ -3,7 +3,7 @@ generated transitions replaced wholesale, and batches mixing generated and real 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -113,6 +113,11 @@ class ReplayBuffer:
     ) -> torch.Tensor:
         """Uniform row indices with replacement, drawn on the buffer's device."""
         return torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
+
+    def sample_per_seed(self, batch_size: int, streams: Any) -> Batch:
+        """One uniform minibatch per seed, its indices from that seed's stream (`nets.seeds.SeedStreams`):
+        (N, batch_size, ...) tensors."""
+        return self.gather(streams.randint(self.size, (batch_size,)))
 
     def gather(self, idx: torch.Tensor) -> Batch:
         """The transitions at row indices `idx`."""

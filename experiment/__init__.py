@@ -6,10 +6,11 @@ from ocrl.experiment.args import (
     PolicyExportArgs,
     PrecisionArgs,
     RunArgs,
+    SeedsArgs,
     start_run,
 )
 from ocrl.experiment.flags import POSITIVE_FIELDS, check_args, cli, friendly_errors, run_cli
-from ocrl.experiment.loop import Agent, SnapshotEvaluator, TrainingLoop
+from ocrl.experiment.loop import Agent, SeedLoops, SnapshotEvaluator, TrainingLoop
 from ocrl.experiment.policy import (
     POLICY_FILE,
     POLICY_INFO,
@@ -51,6 +52,8 @@ __all__ = [
     "PrecisionArgs",
     "Run",
     "RunArgs",
+    "SeedsArgs",
+    "SeedLoops",
     "SnapshotEvaluator",
     "TrainingLoop",
     "UsageError",

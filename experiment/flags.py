@@ -32,7 +32,7 @@ ArgsT = TypeVar("ArgsT")
 #: Fields that must be positive wherever an Args dataclass has them.
 POSITIVE_FIELDS = (
     "total_steps", "batch_size", "eval_every", "eval_episodes", "log_every", "num_envs",
-    "buffer_size", "policy_freq",
+    "buffer_size", "policy_freq", "num_seeds",
 )  # fmt: skip
 
 
@@ -83,9 +83,9 @@ def check_args(
             f"--threads {args.threads}: must be a whole number >= 0 (0: torch's default, all cores)"
         )
     check_extras(args)
-    run_dir = getattr(args, "run_dir", None)
-    if run_dir is not None and not getattr(args, "resume", None):
-        check_run_dir(run_dir, getattr(args, "overwrite", False))
+    run_dir, num_seeds = getattr(args, "run_dir", None), getattr(args, "num_seeds", 1)
+    for folder in seed_run_dirs(run_dir, num_seeds) if not getattr(args, "resume", None) else ():
+        check_run_dir(folder, getattr(args, "overwrite", False))
     for name in ("run_dir", "out"):
         if getattr(args, name, None) is not None:
             check_writable(getattr(args, name), _flag(name))
@@ -123,6 +123,14 @@ def check_extras(args: Any) -> None:
                 f"{_flag(flag_field)}: needs {what} ({', '.join(missing)}), which is not installed; "
                 f"pip install -e '.[{extra}]'"
             )
+
+
+def seed_run_dirs(run_dir: str | None, num_seeds: int) -> list[str]:
+    """The run folders of --run-dir for --num-seeds: the folder itself for one seed, <folder>/s<k> for several
+    (none without --run-dir: each seed takes the default name, which holds its seed)."""
+    if run_dir is None:
+        return []
+    return [run_dir] if num_seeds == 1 else [str(Path(run_dir) / f"s{k}") for k in range(num_seeds)]
 
 
 def check_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:

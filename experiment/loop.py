@@ -14,6 +14,7 @@ An algorithm file keeps its loop visible and calls one method for each of these:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -102,6 +103,7 @@ class TrainingLoop:
         normalizer: Mapping[str, np.ndarray | None] | None = None,
         rate_tag: str = "charts/updates_per_s",
         policy: Acting | torch.nn.Module | None = None,
+        progress: bool | None = None,
     ) -> None:
         self.args = args
         self.algo, self.policy = algo, policy
@@ -135,7 +137,7 @@ class TrainingLoop:
             total=self.total,
             initial=self.step,
             desc=algo,
-            disable=not getattr(args, "progress", True),
+            disable=not (getattr(args, "progress", True) if progress is None else progress),
             dynamic_ncols=True,
         )
 
@@ -265,6 +267,69 @@ class TrainingLoop:
             self.write_policy(evaluator, self.run.last_eval)
             evaluator.close()
         return self.run.finish(self.step, {"resumed_from": self.resumed_from, **extra})
+
+
+class SeedLoops:
+    """The TrainingLoops of the seeds of --num-seeds N driven as one: the same steps; each seed's metrics, evaluation,
+    checkpoints and run folder its own. Seed k's loop runs with the flags of a single-seed run of seed + k (its
+    --run-dir DIR/s<k>) on seed k's slice of every part (`nets.seeds.seed_parts`), so it writes that run's files;
+    `policies[k]` is the seed's actor as a single-seed run builds it, refreshed from the stacked actor to act."""
+
+    def __init__(
+        self, algo: str, target: str, args: Any, parts: Mapping[str, Any],
+        np_rng: np.random.Generator | None, *, policies: list[torch.nn.Module],
+        normalizer: Mapping[str, np.ndarray | None] | None = None,
+    ) -> None:  # fmt: skip
+        from ocrl.experiment.flags import seed_run_dirs
+        from ocrl.nets.seeds import seed_parts
+
+        n = self.num_seeds = args.num_seeds
+        run_dirs = seed_run_dirs(args.run_dir, n) or [None] * n
+        self.loops = [
+            TrainingLoop(
+                algo, target, dataclasses.replace(args, seed=args.seed + k, num_seeds=1, run_dir=run_dirs[k]),
+                seed_parts(dict(parts), k, n), np_rng, normalizer=normalizer, policy=policies[k],
+                progress=getattr(args, "progress", True) and k == 0,
+            )
+            for k in range(n)
+        ]  # fmt: skip
+
+    @property
+    def step(self) -> int:
+        return self.loops[0].step
+
+    def steps(self) -> Iterator[int]:
+        """Every loop's `steps`, in lockstep."""
+        for step, *_ in zip(*(loop.steps() for loop in self.loops), strict=True):
+            yield step
+
+    def due(self, every: int) -> bool:
+        return self.loops[0].due(every)
+
+    def log(self, metrics: Mapping[str, torch.Tensor]) -> None:
+        """Log each seed's entry of the (N,) metrics in its own loop."""
+        for k, loop in enumerate(self.loops):
+            loop.log({key: value[k] for key, value in metrics.items()})
+
+    def _policy(self, k: int, actor: torch.nn.Module) -> Callable[[Any], Any]:
+        from ocrl.nets.seeds import seed_member
+
+        return seed_member(actor, self.loops[k].policy, k, self.num_seeds).act
+
+    def evaluate(self, evaluators: list[Any], actor: torch.nn.Module) -> list[dict]:
+        """`TrainingLoop.evaluate` of every seed with its evaluator and its slice of the stacked `actor`."""
+        return [
+            loop.evaluate(evaluators[k], self._policy(k, actor))
+            for k, loop in enumerate(self.loops)
+        ]
+
+    def finish(self, evaluators: list[Any], actor: torch.nn.Module, **extra: Any) -> dict:
+        """`TrainingLoop.finish` of every seed: its metrics (one seed), or {"seeds": [seed 0's, seed 1's, ...]}."""
+        results = [
+            loop.finish(evaluators[k], self._policy(k, actor), **extra)
+            for k, loop in enumerate(self.loops)
+        ]
+        return results[0] if len(results) == 1 else {"seeds": results}
 
 
 class SnapshotEvaluator:

@@ -35,9 +35,31 @@ def full_precision(layer, x: torch.Tensor, *args) -> torch.Tensor:
         return layer(x.float(), *args)
 
 
+class SeedLinear(nn.Module):
+    """`num_seeds` independent nn.Linear layers, (N, B, in) -> (N, B, out) as one batched matmul; seed k's weight (out, in)
+    and bias (out,) are an nn.Linear's."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_seeds: int) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.weight = nn.Parameter(torch.empty(num_seeds, out_dim, in_dim))
+        self.bias = nn.Parameter(torch.empty(num_seeds, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.out_dim == 1
+        ):  # a product and a sum: a batched matmul's one-column digits depend on N
+            return (x * self.weight).sum(-1, keepdim=True) + self.bias.unsqueeze(1)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_dim}, out={self.out_dim}, seeds={self.weight.shape[0]}"
+
+
 class MLP(nn.Sequential):
     """Linear layers with an activation between them and optional LayerNorm before each activation; the last
-    linear layer runs in fp32 under autocast unless `fp32_head` is off (a trunk whose output feeds more layers)."""
+    linear layer runs in fp32 under autocast unless `fp32_head` is off (a trunk whose output feeds more layers);
+    with `num_seeds` every linear layer is a SeedLinear, (N, B, in) -> (N, B, out)."""
 
     def __init__(
         self,
@@ -48,17 +70,24 @@ class MLP(nn.Sequential):
         layer_norm: bool = False,
         output_activation: type[nn.Module] | None = None,
         fp32_head: bool = True,
+        num_seeds: int | None = None,
     ) -> None:
+        if num_seeds is not None and layer_norm:
+            raise ValueError("MLP: a seed-stacked MLP has no LayerNorm")
+
+        def linear(i: int, o: int) -> nn.Module:
+            return nn.Linear(i, o) if num_seeds is None else SeedLinear(i, o, num_seeds)
+
         layers: list[nn.Module] = []
         width = in_dim
         for h in hidden:
-            layers.append(nn.Linear(width, h))
+            layers.append(linear(width, h))
             if layer_norm:
                 layers.append(nn.LayerNorm(h))
             # In place where possible: the pre-activation is not needed for the backward pass.
             layers.append(activation(inplace=True) if activation is nn.ReLU else activation())
             width = h
-        layers.append(nn.Linear(width, out_dim))
+        layers.append(linear(width, out_dim))
         head_index = len(layers) - 1 if fp32_head else -1
         if output_activation is not None:
             layers.append(output_activation())
@@ -117,8 +146,13 @@ class EnsembleLinear(nn.Module):
             x = x.expand(self.num_members, *x.shape)
         return torch.baddbmm(self.bias, x, self.weight)
 
-    def forward_member(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Apply member `index` alone to a (B, in) input."""
+    def forward_member(self, x: torch.Tensor, index: int | slice) -> torch.Tensor:
+        """Apply member `index` alone to a (B, in) input, or the members of a slice to a (k, B, in) input (for
+        out_dim 1 as a product and a sum, whose digits, unlike a batched matmul's, do not depend on k)."""
+        if isinstance(index, slice) and self.out_dim == 1:
+            return (x * self.weight[index].transpose(1, 2)).sum(-1, keepdim=True) + self.bias[index]
+        if isinstance(index, slice):
+            return torch.baddbmm(self.bias[index], x, self.weight[index])
         return torch.addmm(self.bias[index], x, self.weight[index])
 
     def forward_members(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -141,8 +175,12 @@ class EnsembleLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
 
-    def forward_member(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Normalise with member `index`'s affine transform alone."""
+    def forward_member(self, x: torch.Tensor, index: int | slice) -> torch.Tensor:
+        """Normalise with member `index`'s affine transform alone (a slice: those members' on a (k, B, dim) input)."""
+        if isinstance(index, slice):
+            return (
+                F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight[index] + self.bias[index]
+            )
         return F.layer_norm(x, x.shape[-1:], self.weight[index, 0], self.bias[index, 0], self.eps)
 
     def forward_members(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -152,7 +190,8 @@ class EnsembleLayerNorm(nn.Module):
 
 class CriticEnsemble(nn.Module):
     """E independent Q(s, a) MLPs computed together; `forward` returns Q-values of shape (E, B) (with out_dim > 1: (E, B, out_dim)),
-    the output layer in fp32 under autocast."""
+    the output layer in fp32 under autocast. With `num_seeds` N, E critics per seed (E N members, member-major):
+    (N, B, ·) inputs give (E, N, B) Q-values."""
 
     def __init__(
         self,
@@ -164,31 +203,41 @@ class CriticEnsemble(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
         layer_norm_eps: float = 1e-5,
         out_dim: int = 1,
+        num_seeds: int | None = None,
     ) -> None:
         super().__init__()
-        self.num_critics = num_critics
+        self.num_critics, self.num_seeds = num_critics, num_seeds
+        members = num_critics * (num_seeds or 1)
         layers: list[nn.Module] = []
         width = obs_dim + act_dim
         for h in hidden:
-            layers.append(EnsembleLinear(width, h, num_critics))
+            layers.append(EnsembleLinear(width, h, members))
             if layer_norm:
-                layers.append(EnsembleLayerNorm(h, num_critics, layer_norm_eps))
+                layers.append(EnsembleLayerNorm(h, members, layer_norm_eps))
             layers.append(activation(inplace=True) if activation is nn.ReLU else activation())
             width = h
-        layers.append(EnsembleLinear(width, out_dim, num_critics))
+        layers.append(EnsembleLinear(width, out_dim, members))
         self.net = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         *body, head = self.net
         x = torch.cat([obs, action], dim=-1)
+        if (
+            self.num_seeds is not None
+        ):  # (N, B, d) -> every critic of every seed, member-major: (E N, B, d)
+            x = x.repeat(self.num_critics, 1, 1)
         for layer in body:
             x = layer(x)
-        return full_precision(head, x).squeeze(-1)
+        q = full_precision(head, x).squeeze(-1)
+        return q if self.num_seeds is None else q.unflatten(0, (self.num_critics, self.num_seeds))
 
     def member(self, obs: torch.Tensor, action: torch.Tensor, index: int = 0) -> torch.Tensor:
-        """Q-values (B,) of one member only, e.g. TD3's Q1 in the actor loss, without computing the others."""
+        """Q-values (B,) of one member only, e.g. TD3's Q1 in the actor loss, without computing the others (with
+        seeds: member `index` of every seed, (N, B))."""
         *body, head = self.net
         x = torch.cat([obs, action], dim=-1)
+        if self.num_seeds is not None:
+            index = slice(index * self.num_seeds, (index + 1) * self.num_seeds)
         for layer in body:
             if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
                 x = layer.forward_member(x, index)
@@ -221,7 +270,7 @@ def _action_bounds(
 
 
 class DeterministicActor(nn.Module):
-    """s -> MLP -> tanh, rescaled to the action bounds (TD3's actor)."""
+    """s -> MLP -> tanh, rescaled to the action bounds (TD3's actor); with `num_seeds`, (N, B, obs) -> (N, B, act)."""
 
     def __init__(
         self,
@@ -231,9 +280,10 @@ class DeterministicActor(nn.Module):
         action_low: float | Sequence[float] = -1.0,
         action_high: float | Sequence[float] = 1.0,
         layer_norm: bool = False,
+        num_seeds: int | None = None,
     ) -> None:
         super().__init__()
-        self.net = MLP(obs_dim, act_dim, hidden, layer_norm=layer_norm)
+        self.net = MLP(obs_dim, act_dim, hidden, layer_norm=layer_norm, num_seeds=num_seeds)
         scale, bias = _action_bounds(act_dim, action_low, action_high)
         self.register_buffer("action_scale", scale)
         self.register_buffer("action_bias", bias)

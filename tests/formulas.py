@@ -26,20 +26,27 @@ def critic_member(critic, index: int) -> Linears:
     ]
 
 
-def actor_layers(actor) -> Linears:
-    """A DeterministicActor's MLP as plain (weight (in, out), bias) pairs."""
+def actor_layers(actor, seed: int = 0) -> Linears:
+    """A DeterministicActor's MLP as plain (weight (in, out), bias) pairs (of one seed when seed-stacked)."""
+    layers = [layer for layer in actor.net if hasattr(layer, "weight")]
     return [
-        (layer.weight.detach().t().clone(), layer.bias.detach().clone())
-        for layer in actor.net
-        if hasattr(layer, "weight")
+        (w.detach().t().clone(), b.detach().clone())
+        for w, b in (
+            (layer.weight, layer.bias)
+            if layer.weight.dim() == 2
+            else (layer.weight[seed], layer.bias[seed])
+            for layer in layers
+        )
     ]
 
 
 def td3_target(
-    agent, batch, low, high, seed: int, discount: float, policy_noise: float, noise_clip: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+    agent, batch, low, high, seed: int, discount: float, policy_noise: float, noise_clip: float,
+    stream: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """TD3's smoothed target action a' and target y from the agent's target networks as they are now, with
-    the noise drawn after torch.manual_seed(seed) (the update's first random draw):
+    the noise drawn after torch.manual_seed(seed) (the update's first random draw), or with `stream` from a
+    torch.Generator seeded with `seed` (a seed-stacked agent's stream, `SeedStreams`):
 
     a' = clip(pi_targ(s') + clip(N(0, policy_noise^2), +-noise_clip) * scale, low, high),
     y = r + discount (1 - d) min(Q1_targ, Q2_targ)(s', a')."""
@@ -48,8 +55,10 @@ def td3_target(
     scale, bias = (high - low) / 2, (high + low) / 2
     q1_t, q2_t = critic_member(agent.critic_target, 0), critic_member(agent.critic_target, 1)
     pi_t = actor_layers(agent.actor_target)
-    torch.manual_seed(seed)
-    eps = (torch.randn(a.shape) * policy_noise).clamp(-noise_clip, noise_clip) * scale
+    generator = torch.Generator().manual_seed(seed) if stream else torch.manual_seed(seed)
+    eps = (torch.randn(a.shape, generator=generator) * policy_noise).clamp(
+        -noise_clip, noise_clip
+    ) * scale
     a2 = (torch.tanh(mlp_forward(pi_t, s2)) * scale + bias + eps).clamp(low, high)
     sa2 = torch.cat([s2, a2], 1)
     q_next = torch.min(mlp_forward(q1_t, sa2), mlp_forward(q2_t, sa2)).squeeze(-1)
@@ -57,12 +66,13 @@ def td3_target(
 
 
 def td3_critic_step(
-    agent, batch, low, high, seed: int, discount: float, policy_noise: float, noise_clip: float
-) -> tuple[torch.Tensor, list[Linears]]:
+    agent, batch, low, high, seed: int, discount: float, policy_noise: float, noise_clip: float,
+    stream: bool = False,
+) -> tuple[torch.Tensor, list[Linears]]:  # fmt: skip
     """TD3's critic loss, the sum of the two critics' MSEs to td3_target's y, from the agent's networks as
     they are now (before its update), and its gradient for each critic's (weight, bias) pairs."""
     s, a, *_ = batch
-    _, y = td3_target(agent, batch, low, high, seed, discount, policy_noise, noise_clip)
+    _, y = td3_target(agent, batch, low, high, seed, discount, policy_noise, noise_clip, stream)
     members = [critic_member(agent.critic, i) for i in (0, 1)]
     params = [t.requires_grad_() for member in members for pair in member for t in pair]
     sa = torch.cat([s, a], 1)

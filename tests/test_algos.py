@@ -59,6 +59,11 @@ def test_checkpoint_loads_weights_only(hopper_random_file, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def one_seed(batch):
+    """A (B, ...) batch as the (N = 1, B, ...) minibatch of a seed-stacked update."""
+    return td3_bc.Batch(*(t.unsqueeze(0) for t in batch))
+
+
 def test_td3_bc_update_equals_the_two_network_formula(fixed_batch):
     torch.manual_seed(0)
     args = td3_bc.Args(hidden=(16, 16), alpha=2.5, discount=0.9, policy_noise=0.2, noise_clip=0.5)
@@ -66,10 +71,10 @@ def test_td3_bc_update_equals_the_two_network_formula(fixed_batch):
     agent = td3_bc.TD3BC(args, 3, 2, low, high, "cpu")
     batch = fixed_batch()
     # TD3's target, written plainly: smoothed target action, clipped double Q, (1 - d) bootstrap.
-    expected, grads = td3_critic_step(agent, batch, low, high, 123, 0.9, 0.2, 0.5)
-    torch.manual_seed(123)
-    metrics = agent.update(batch, update_actor=True)
-    torch.testing.assert_close(metrics["critic_loss"], expected, rtol=1e-5, atol=1e-6)
+    expected, grads = td3_critic_step(agent, batch, low, high, 123, 0.9, 0.2, 0.5, stream=True)
+    agent.streams.generators[0].manual_seed(123)  # the seed's noise comes from its own stream
+    metrics = agent.update(one_seed(batch), update_actor=True)
+    torch.testing.assert_close(metrics["critic_loss"][0], expected, rtol=1e-5, atol=1e-6)
     assert_critic_gradient(agent.critic, grads)  # the step followed that loss
 
 
@@ -79,21 +84,19 @@ def test_td3_bc_actor_loss_equals_the_formula(fixed_batch):
     agent = td3_bc.TD3BC(args, 3, 2, -1.0, 1.0, "cpu")
     s, a, *_ = batch = fixed_batch()
     pi_before = actor_layers(agent.actor)
-    torch.manual_seed(1)
-    agent.update(batch, update_actor=False)  # a critic step only: the actor must not move
+    agent.update(one_seed(batch), update_actor=False)  # a critic step only: the actor must not move
     for (w, b), (w2, b2) in zip(pi_before, actor_layers(agent.actor), strict=True):
         assert torch.equal(w, w2) and torch.equal(b, b2)
     target_before = actor_layers(agent.actor_target)
-    torch.manual_seed(2)
-    metrics = agent.update(batch, update_actor=True)
+    metrics = agent.update(one_seed(batch), update_actor=True)
     # The actor step uses Q1 of the critic after this iteration's critic step (the actor step leaves it).
     q1_after = critic_member(agent.critic, 0)
     pi = torch.tanh(mlp_forward(pi_before, s))
     q_pi = mlp_forward(q1_after, torch.cat([s, pi], 1)).squeeze(-1)
     lmbda = 2.5 / q_pi.abs().mean()
     expected = -lmbda * q_pi.mean() + ((pi - a) ** 2).mean()
-    torch.testing.assert_close(metrics["actor_loss"], expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(metrics["lmbda"], lmbda, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(metrics["actor_loss"][0], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics["lmbda"][0], lmbda, rtol=1e-5, atol=1e-7)
     # Polyak: target <- tau * online + (1 - tau) * target, after the actor step.
     for (wt, bt), (w, b), (wt2, bt2) in zip(
         target_before, actor_layers(agent.actor), actor_layers(agent.actor_target), strict=True

@@ -72,7 +72,8 @@ def agent_and_update(name: str, precision: str):
     common = dict(precision=precision, batch_size=B)
     if name == "td3_bc":
         agent = td3_bc.TD3BC(td3_bc.Args(hidden=(32, 32), **common), OBS, ACT, low, high, "cpu")
-        return agent, lambda b: agent.update(b, update_actor=True)
+        # One seed of the seed-stacked update: (1, B, ...) minibatches.
+        return agent, lambda b: agent.update(td3_bc.Batch(*(t[None] for t in b)), update_actor=True)
     if name == "prdc":
         buf = ReplayBuffer.from_arrays(*[x.numpy() for x in batch(1)])
         args = prdc.Args(hidden=(32, 32), nn_backend="brute", **common)

@@ -11,6 +11,7 @@ medians; harness.py), one module per benchmark. Run from the repository root:
     python -m scripts.bench expo --utd 2 --steps 2 --rounds 3
     python -m scripts.bench lot_sizing         # ocrl's lot-sizing env against PDPPO's (--pdppo-path)
     python -m scripts.bench precision --threads 1 --corl-path ../CORL   # fp32 vs bf16, CORL as the baseline
+    python -m scripts.bench seeds --threads 1 --corl-path ../CORL       # td3_bc --num-seeds 1..16 per seed
     python -m scripts.bench threads            # updates/s, 1 thread against all cores, quiet/busy/pair
     python -m scripts.bench all --device cuda  # every benchmark but threads
 """
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "expo": "expo",
     "lot_sizing": "lot_sizing",
     "precision": "precision",
+    "seeds": "seeds",
     "threads": "threads",
     "all": "run_all",
 }

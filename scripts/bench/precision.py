@@ -116,7 +116,8 @@ def ocrl_trainer(name: str, task, precision: str, batch: int, device) -> Callabl
     obs_dim, act_dim = task.obs_dim, task.act_dim
     if name == "td3_bc":
         agent = td3_bc.TD3BC(td3_bc.Args(precision=precision), obs_dim, act_dim, low, high, device)
-    elif name == "iql":
+        return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams), it % 2 == 0)
+    if name == "iql":
         agent = iql.IQL(iql.Args(precision=precision), obs_dim, act_dim, low, high, device)
         return lambda it: agent.update(buffer.sample(batch))
     elif name == "prdc":

@@ -1,5 +1,5 @@
 """TD3+BC gradient updates per second: ocrl's update (twin critics as one batched ensemble, sampling on the
-device, no host synchronisation), eager, with the per-step `TrainingLoop.log` plumbing, and
+device, no host synchronisation), eager, with the per-step `SeedLoops.log` plumbing, and
 torch.compile'd, against a plain eager update written the way the original TD3+BC code does it (two
 separate critic networks in one module, host-side numpy index sampling copied to the device every step, a
 Python loop for the target updates, the actor loss back-propagated into the critic too). Rounds of the
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ocrl.algos import td3_bc
-from ocrl.experiment import TrainingLoop
+from ocrl.experiment import SeedLoops
 
 from .harness import TransitionArgs, replay_buffer, step_rates, synthetic, time_round
 
@@ -135,7 +135,7 @@ def ocrl_trainer(
     update = torch.compile(agent.update) if compiled else agent.update
 
     def step(it: int) -> None:
-        update(buffer.sample(batch), it % 2 == 0)
+        update(buffer.sample_per_seed(batch, agent.streams), it % 2 == 0)
 
     return step
 
@@ -143,15 +143,16 @@ def ocrl_trainer(
 def ocrl_loop_trainer(
     data: dict[str, np.ndarray], obs_dim: int, act_dim: int, batch: int, device: torch.device
 ) -> Callable[[int], None]:
-    """The same update with the plumbing every algorithm file now runs per step (`TrainingLoop.log`)."""
+    """The same update with the plumbing every algorithm file now runs per step (`SeedLoops.log`)."""
     buffer = replay_buffer(data, device)
     args = td3_bc.Args(progress=False, run_dir=tempfile.mkdtemp(prefix="ocrl-bench-"))
     ocrl_agent = td3_bc.TD3BC(args, obs_dim, act_dim, -1.0, 1.0, device)
-    loop = TrainingLoop("bench", "synthetic", args, ocrl_agent.parts(), None)
+    loop = SeedLoops("bench", "synthetic", args, ocrl_agent.parts(), None, policies=[None])
 
     def step(it: int) -> None:
-        loop.step = it + 1  # what loop.steps() sets before each iteration
-        loop.log(ocrl_agent.update(buffer.sample(batch), it % 2 == 0))
+        loop.loops[0].step = it + 1  # what loop.steps() sets before each iteration
+        batch_per_seed = buffer.sample_per_seed(batch, ocrl_agent.streams)
+        loop.log(ocrl_agent.update(batch_per_seed, it % 2 == 0))
 
     return step
 
@@ -163,7 +164,7 @@ def main(args: Args) -> dict[str, float]:
     variants = {
         "baseline (original-style eager)": baseline_trainer(*sizes),
         "ocrl eager": ocrl_trainer(*sizes, compiled=False),
-        "ocrl eager + TrainingLoop.log": ocrl_loop_trainer(*sizes),
+        "ocrl eager + SeedLoops.log": ocrl_loop_trainer(*sizes),
     }
     if args.compile:
         variants["ocrl compiled"] = ocrl_trainer(*sizes, compiled=True)

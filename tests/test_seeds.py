@@ -1,0 +1,158 @@
+"""--num-seeds: seed k inside a group is the single-seed run of seed k (weights, optimisers, streams, scores,
+files), its folder resumes as one, and the seed slices of stacked networks and optimisers round-trip."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ocrl.algos import td3_bc
+from ocrl.experiment import load_checkpoint
+from ocrl.nets import CriticEnsemble, DeterministicActor
+from ocrl.nets.seeds import SeedSlice, SeedStreams, init_seeds, seed_member
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(hidden=(32, 32), eval_episodes=1, progress=False, save_model=True)
+
+
+def run(hopper_random_file, run_dir: Path, **kw) -> dict:
+    args = td3_bc.Args(dataset=hopper_random_file, run_dir=str(run_dir), **TINY, **kw)
+    return td3_bc.main(args)
+
+
+def assert_same_state(a, b, where: str) -> None:
+    """Every tensor of two nested checkpoint entries equal to the bit."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def file_kinds(folder: Path) -> list[str]:
+    return sorted(re.sub(r"events\.out\.tfevents\..*", "events", p.name) for p in folder.iterdir())
+
+
+def test_seed_k_of_a_group_of_four_is_the_single_seed_run_of_seed_k(hopper_random_file, tmp_path):
+    group = run(
+        hopper_random_file, tmp_path / "group", seed=3, num_seeds=4, total_steps=100, eval_every=50
+    )
+    for k in range(4):
+        alone = run(
+            hopper_random_file, tmp_path / f"alone{k}", seed=3 + k, total_steps=100, eval_every=50
+        )
+        member = group["seeds"][k]
+        assert member["return"] == alone["return"] and member["return_best"] == alone["return_best"]
+        a, b = (
+            load_checkpoint(tmp_path / "group" / f"s{k}"),
+            load_checkpoint(tmp_path / f"alone{k}"),
+        )
+        for part in ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt",
+                     "streams", "normalizer", "step"):  # fmt: skip
+            assert_same_state(a[part], b[part], f"seed {3 + k} {part}")
+        assert file_kinds(tmp_path / "group" / f"s{k}") == file_kinds(tmp_path / f"alone{k}")
+        config = json.loads((tmp_path / "group" / f"s{k}" / "config.json").read_text())
+        assert config["seed"] == 3 + k and config["num_seeds"] == 1
+
+
+def test_a_group_seed_folder_resumes_as_the_single_seed_run(hopper_random_file, tmp_path):
+    run(hopper_random_file, tmp_path / "group", seed=5, num_seeds=2, total_steps=40, eval_every=40)
+    resumed = td3_bc.main(td3_bc.Args(resume=str(tmp_path / "group" / "s1"), total_steps=80))
+    alone = run(hopper_random_file, tmp_path / "alone", seed=6, total_steps=80, eval_every=40)
+    assert resumed["return"] == alone["return"]
+    a, b = load_checkpoint(tmp_path / "group" / "s1"), load_checkpoint(tmp_path / "alone")
+    for part in ("actor", "critic", "actor_opt", "critic_opt", "streams"):
+        assert_same_state(a[part], b[part], part)
+
+
+def test_init_draws_seed_k_the_same_whatever_the_group_size():
+    def nets(n: int):
+        streams = SeedStreams(range(7, 7 + n))
+        actor = init_seeds(DeterministicActor(5, 2, (8, 8), num_seeds=n), streams)
+        critic = init_seeds(CriticEnsemble(5, 2, (8, 8), num_critics=2, num_seeds=n), streams)
+        return actor, critic
+
+    (actor3, critic3), (actor1, critic1) = nets(3), nets(1)
+    for stacked, single in ((actor3, actor1), (critic3, critic1)):
+        assert_same_state(
+            SeedSlice(stacked, 0, 3).state_dict(), SeedSlice(single, 0, 1).state_dict(), ""
+        )
+    # Seed 8 (index 1) draws other weights than seed 7, and its slice is a plain single-seed actor's state.
+    other = SeedSlice(actor3, 1, 3).state_dict()
+    assert not torch.equal(
+        other["net.0.weight"], SeedSlice(actor1, 0, 1).state_dict()["net.0.weight"]
+    )
+    plain = seed_member(actor3, DeterministicActor(5, 2, (8, 8)), 1, 3)
+    obs = torch.randn(4, 5)
+    stacked_obs = torch.zeros(3, 4, 5)
+    stacked_obs[1] = obs
+    torch.testing.assert_close(plain(obs), actor3(stacked_obs)[1], rtol=1e-6, atol=1e-6)
+
+
+def test_seed_slices_of_a_module_and_its_optimiser_round_trip():
+    streams = SeedStreams(range(3))
+    critic = init_seeds(CriticEnsemble(4, 1, (8,), num_critics=2, num_seeds=3), streams)
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-2, foreach=True)
+    q = critic(torch.randn(3, 6, 4), torch.randn(3, 6, 1))  # (2 critics, 3 seeds, 6)
+    assert q.shape == (2, 3, 6)
+    q.square().sum().backward()
+    opt.step()
+    saved = SeedSlice(opt, 2, 3, critic).state_dict()
+    weights = SeedSlice(critic, 2, 3).state_dict()
+    assert weights["net.0.weight"].shape == (2, 5, 8)  # a single-seed CriticEnsemble's shape
+    # Into seed 0 of a fresh group: that slice changes, the others do not.
+    fresh = init_seeds(
+        CriticEnsemble(4, 1, (8,), num_critics=2, num_seeds=3), SeedStreams(range(10, 13))
+    )
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-2, foreach=True)
+    before = SeedSlice(fresh, 1, 3).state_dict()
+    SeedSlice(fresh, 0, 3).load_state_dict(weights)
+    SeedSlice(fresh_opt, 0, 3, fresh).load_state_dict(saved)
+    assert_same_state(SeedSlice(fresh, 0, 3).state_dict(), weights, "weights")
+    assert_same_state(
+        SeedSlice(fresh_opt, 0, 3, fresh).state_dict()["state"], saved["state"], "adam"
+    )
+    assert_same_state(SeedSlice(fresh, 1, 3).state_dict(), before, "untouched seed")
+
+
+def test_group_flags_are_checked_before_anything_is_written(hopper_random_file, tmp_path):
+    run(hopper_random_file, tmp_path / "g", seed=0, num_seeds=2, total_steps=10, eval_every=10)
+    script = str(ROOT / "algos" / "td3_bc.py")
+    for flags, message in (
+        (["--num-seeds", "0"], "--num-seeds 0: must be a positive whole number"),
+        (["--num-seeds", "2", "--resume", str(tmp_path / "g")], "resume one by one"),
+        (
+            ["--num-seeds", "3", "--run-dir", str(tmp_path / "g")],
+            f"{tmp_path / 'g' / 's0'}: holds a run",
+        ),
+    ):
+        proc = subprocess.run(
+            [sys.executable, script, "--dataset", hopper_random_file, "--total-steps", "10", *flags],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "g" / "s2").exists()
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_a_bf16_group_ends_finite(hopper_random_file, tmp_path, precision):
+    out = run(hopper_random_file, tmp_path / "g", seed=0, num_seeds=3, total_steps=60, eval_every=60,
+              precision=precision)  # fmt: skip
+    assert len(out["seeds"]) == 3
+    for k in range(3):
+        ckpt = load_checkpoint(tmp_path / "g" / f"s{k}")
+        assert all(torch.isfinite(t).all() for t in ckpt["actor"].values() if t.is_floating_point())
