@@ -31,6 +31,10 @@ into the base policy.
 actor, L_pi = E[alpha log pi(a|s) - mean_k Q_k(s, a)], a' ~ pi(s'), temperature toward -|A|/2, mean-action eval.
 Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*); faithful-vs-fixed flags
 (--target-entropy, --clip-edited-actions, --backup-entropy), AntMaze and Adroit runs: docs/algos/expo.md.
+`--precision bf16` runs the networks' hidden layers in bf16 autocast: the critics, the epsilon-network, the edit
+policy and the gaussian actor in the updates, and the whole OTF selection (backup, acting, evaluation); the output
+layers (Q, predicted noise, mean, log-std), the time phases, the DDPM chain's noise maths and loss, log-probs,
+targets, losses, weights, optimiser states and the EMA stay fp32, and so does RLPD's acting.
 
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --total-steps 50000
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --policy gaussian --total-steps 50000
@@ -48,9 +52,9 @@ import torch
 from ocrl.data import Batch, ReplayBuffer, mixed_minibatches
 from ocrl.envs import TrainingEnvs, load_offline_task, make_env, reward_bias
 from ocrl.experiment import Acting, Agent, TrainingLoop
-from ocrl.experiment.args import OnlineArgs, RunArgs, start_run
+from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, start_run
 from ocrl.experiment.flags import UsageError, check_args, run_cli
-from ocrl.nets import CriticEnsemble, TanhNormalPolicy, polyak_update, xavier_init
+from ocrl.nets import CriticEnsemble, TanhNormalPolicy, autocast, polyak_update, xavier_init
 from ocrl.nets.core import compile_with_cuda_graphs, gradient_step
 from ocrl.nets.ddpm import DDPM, LNResNetEpsNet, imitation_training
 from ocrl.nets.diffusion import lr_factor
@@ -66,7 +70,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OnlineArgs):
+class Args(RunArgs, PrecisionArgs, OnlineArgs):
     dataset: str = "ocrl/hopper/medium-v0"
     """offline dataset: an ocrl/Minari id (e.g. D4RL/antmaze/large-diverse-v1), a D4RL-style HDF5 file or a Minari folder"""
     env_id: str | None = None
@@ -203,17 +207,21 @@ class EXPO(Agent):
         """The OTF candidates of each state: (candidates (B, N+K, A), their subset-min target Q (B, N+K), base samples)."""
         args, (b, a) = self.args, (obs.shape[0], self.act_dim)
         n, k = args.n_samples, args.n_edit_samples
-        base = diffusion.sample(obs.repeat_interleave(n, 0)).view(b, n, a)
-        candidates = base
-        if k > 0:
-            edit_in = torch.cat([obs.repeat_interleave(k, 0), base[:, :k].reshape(b * k, a)], -1)
-            edited = base[:, :k] + self.edit(edit_in)[0].view(b, k, a)
-            if args.clip_edited_actions:
-                edited = edited.clamp(-1.0, 1.0)
-            candidates = torch.cat([base, edited], dim=1)
-        states = obs.repeat_interleave(n + k, 0)
-        q = self.critic_target.members(states, candidates.reshape(-1, a), self.subset()).min(dim=0)
-        return candidates, q.values.view(b, n + k), base
+        # Inside the (compiled) function, so that torch.compile and its CUDA graphs capture the casts.
+        with autocast(args.precision, obs.device):
+            base = diffusion.sample(obs.repeat_interleave(n, 0)).view(b, n, a)
+            candidates = base
+            if k > 0:
+                edit_in = torch.cat(
+                    [obs.repeat_interleave(k, 0), base[:, :k].reshape(b * k, a)], -1
+                )
+                edited = base[:, :k] + self.edit(edit_in)[0].view(b, k, a)
+                if args.clip_edited_actions:
+                    edited = edited.clamp(-1.0, 1.0)
+                candidates = torch.cat([base, edited], dim=1)
+            states = obs.repeat_interleave(n + k, 0)
+            q = self.critic_target.members(states, candidates.reshape(-1, a), self.subset())
+        return candidates, q.min(dim=0).values.view(b, n + k), base
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, record: bool = True) -> torch.Tensor:
@@ -239,7 +247,7 @@ class EXPO(Agent):
         args = self.args
         obs, actions, rewards, next_obs, terminals = batch
         alpha = self.log_alpha.exp().detach()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(args.precision, obs.device):
             entropy_term = torch.zeros_like(rewards)
             if self.expo:
                 candidates, q_sel, _ = self.select(next_obs, self.diffusion)
@@ -259,7 +267,8 @@ class EXPO(Agent):
             next_all = self.critic_target(next_obs, next_actions)  # (E, B)
             next_q = next_all[self.subset()].min(dim=0).values  # S', independent of the OTF's S
             target = rewards + args.discount * (1.0 - terminals) * (next_q - entropy_term)
-        q = self.critic(obs, actions)
+        with autocast(args.precision, obs.device):
+            q = self.critic(obs, actions)
         critic_loss = ((q - target) ** 2).mean()
         gradient_step(self.critic_opt, critic_loss)
         polyak_update(self.critic_target.parameters(), self.critic.parameters(), args.tau)
@@ -271,7 +280,8 @@ class EXPO(Agent):
 
     def diffusion_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One imitation step of the base policy on the batch's (s, a) (AdamW, cosine lr), then the EMA."""
-        losses = self.diffusion.sample_losses(batch.observations, batch.actions)
+        with autocast(self.args.precision, batch.observations.device):
+            losses = self.diffusion.sample_losses(batch.observations, batch.actions)
         bc_loss = losses.mean()
         gradient_step(self.diffusion_opt, bc_loss, scheduler=self.diffusion_lr)
         self.diffusion_ema.update()
@@ -285,17 +295,19 @@ class EXPO(Agent):
         """The edit (or gaussian actor) step on the minibatch against the mean of all critics, then the temperature step."""
         obs, actions = batch.observations, batch.actions
         alpha = self.log_alpha.exp().detach()
-        if self.expo:
-            edit, log_prob, _ = self.edit(torch.cat([obs, actions], -1), train=True)
-            new_actions = actions + edit
-            if self.args.clip_edited_actions:
-                new_actions = new_actions.clamp(-1.0, 1.0)
-            opt, lr, name = self.edit_opt, self.edit_lr, "edit_loss"
-            self.seen["edit_magnitude"] = edit.detach().norm(dim=-1).mean()
-        else:
-            new_actions, log_prob, _ = self.actor(obs)
-            opt, lr, name = self.actor_opt, None, "actor_loss"
-        loss = (alpha * log_prob - self.critic(obs, new_actions).mean(dim=0)).mean()
+        with autocast(self.args.precision, obs.device):
+            if self.expo:
+                edit, log_prob, _ = self.edit(torch.cat([obs, actions], -1), train=True)
+                new_actions = actions + edit
+                if self.args.clip_edited_actions:
+                    new_actions = new_actions.clamp(-1.0, 1.0)
+                opt, lr, name = self.edit_opt, self.edit_lr, "edit_loss"
+                self.seen["edit_magnitude"] = edit.detach().norm(dim=-1).mean()
+            else:
+                new_actions, log_prob, _ = self.actor(obs)
+                opt, lr, name = self.actor_opt, None, "actor_loss"
+            q_new = self.critic(obs, new_actions).mean(dim=0)
+        loss = (alpha * log_prob - q_new).mean()
         # Gradients for the policy only: the critics' weight gradients are not needed here.
         gradient_step(opt, loss, own_only=True, scheduler=lr)
         entropy = -log_prob.detach().mean()

@@ -50,6 +50,9 @@ rounded up to a multiple of num_envs x num_steps (CleanRL rounds down); `--batch
 deterministic policy (the mean, or each sub-action's most likely value) on observations normalised with the
 statistics of that moment, 10 episodes every 5,000 environment steps; Hopper-v4, HalfCheetah-v4 and
 Walker2d-v4 also get D4RL's normalised score.
+`--precision bf16` runs the actor's and the critic trunk's hidden layers in bf16 autocast, in the rollout and in
+the update alike; their output layers (mean, logits, the heads' means and shapes), the log-std, log-probs, GAE,
+the GGD/Gaussian/MSE losses, the regulariser, weights, Adam's state and evaluation stay fp32.
 
     python algos/ggd_ppo.py --env-id Hopper-v4
     python algos/ggd_ppo.py --env-id Hopper-v4 --loss mse           # plain (SB3) PPO, the rest equal
@@ -71,9 +74,9 @@ from torch import nn
 from ocrl.data import ObservationNormalizer, RunningMeanStd, VectorRollout, explained_variance
 from ocrl.envs import Evaluator, TimeFeature, make_vector_env, reference_scores
 from ocrl.experiment import Acting, Agent, TrainingLoop
-from ocrl.experiment.args import OnlineArgs, RunArgs, start_run
+from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, start_run
 from ocrl.experiment.flags import UsageError, check_args, run_cli
-from ocrl.nets import ActorCritic, ggd
+from ocrl.nets import ActorCritic, autocast, ggd
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
@@ -89,7 +92,7 @@ EPS = 1e-6  # the released code's floor on the regulariser's variances
 
 
 @dataclass
-class Args(RunArgs, OnlineArgs):
+class Args(RunArgs, PrecisionArgs, OnlineArgs):
     env_id: str = "HalfCheetah-v4"
     """Gymnasium environment id: a flat Box observation; Box, Discrete or MultiDiscrete actions"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]
@@ -229,7 +232,8 @@ class GGDPPO(Agent):
             order = torch.randperm(n, device=obs.device)
             for start in range(0, n, args.batch_size):
                 mb = order[start : start + args.batch_size]
-                new_logprob, entropy, heads = policy.evaluate(obs[mb], actions[mb])
+                with autocast(args.precision, obs.device):
+                    new_logprob, entropy, heads = policy.evaluate(obs[mb], actions[mb])
                 new_value = heads[..., 0]  # (b, E)
                 logratio = new_logprob - logprobs[mb]
                 ratio = logratio.exp()
@@ -344,7 +348,10 @@ def main(args: Args) -> dict:
             # 0-based here; CleanRL's frac = 1 - (iteration - 1) / num_iterations
             iteration = start // rollout_size
             agent.optimizer.param_groups[0]["lr"] = (1.0 - iteration / iterations) * args.lr
-        metrics = agent.update(rollout.collect(agent.policy, start, loop.run.log))
+        # One autocast for the whole rollout: it casts the weights to bf16 once (no update happens inside).
+        with autocast(args.precision, device):
+            batch = rollout.collect(agent.policy, start, loop.run.log)
+        metrics = agent.update(batch)
         metrics["charts/learning_rate"] = torch.tensor(agent.optimizer.param_groups[0]["lr"])
         loop.log(metrics | agent.diagnostics())
         if loop.due(args.eval_every):

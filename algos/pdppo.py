@@ -39,7 +39,9 @@ with the same policy: the same data distribution), seeded from (--seed, update i
 replays the episodes of an uninterrupted one. What the paper reports is the training curve: every 4,000
 steps, the mean return of the 40 episodes that ended in them (`pdppo/episode_return`); metrics.json holds its
 last, its maximum and its sum (the paper's "max" and "cumulative" rewards). Evaluation (ocrl's protocol: each
-machine's most likely choice, 10 episodes) is logged beside it.
+machine's most likely choice, 10 episodes) is logged beside it. `--precision bf16` runs the actor's and the critics'
+hidden layers in bf16 autocast, when collecting and in the update; their output layers (logits, V, V^x), log-probs,
+returns, advantages, the losses, weights, Adam's state and evaluation stay fp32.
 
     python algos/pdppo.py --instance 25x10 --instance-dir <folder of the published JSON files>
     python algos/pdppo.py --instance 25x10 --instance-dir <folder> --critic single       # the released PPO
@@ -61,9 +63,9 @@ from ocrl.data import EpisodeCurve, RolloutBuffer, discounted_returns, explained
 from ocrl.envs import Evaluator
 from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, instance_from_flag
 from ocrl.experiment import Agent, TrainingLoop
-from ocrl.experiment.args import PolicyExportArgs, RunArgs, start_run
+from ocrl.experiment.args import PolicyExportArgs, PrecisionArgs, RunArgs, start_run
 from ocrl.experiment.flags import UsageError, check_args, run_cli
-from ocrl.nets import MLP, xavier_init
+from ocrl.nets import MLP, autocast, full_precision, xavier_init
 
 PRESETS: dict[str, dict] = {
     # The earlier PDPPO (a760530 / 4b36c77): one return for both critics, the min-value advantage.
@@ -81,7 +83,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PolicyExportArgs):
+class Args(RunArgs, PrecisionArgs, PolicyExportArgs):
     instance: str = "25x10"
     """published setting (15x5, 20x10, 25x10, 25x15; its JSON from --instance-dir or $OCRL_LOT_SIZING_DIR), a path to an instance JSON, or 'generated' (--n-items x --n-machines, --instance-seed)"""
     instance_dir: str | None = None
@@ -154,7 +156,7 @@ class MachineActor(nn.Module):
 
     def distribution(self, obs: torch.Tensor) -> torch.distributions.Categorical:
         x = F.relu(self.fc2(F.relu(self.fc1(obs))))
-        logits = self.head(x).view(*obs.shape[:-1], self.n_machines, self.n_choices)
+        logits = full_precision(self.head, x).view(*obs.shape[:-1], self.n_machines, self.n_choices)
         return torch.distributions.Categorical(logits=logits, validate_args=False)
 
     @torch.no_grad()
@@ -195,7 +197,8 @@ class PDPPO(Agent):
 
     def surrogate(self, buf: dict[str, torch.Tensor], advantages: torch.Tensor):
         """(mean clipped surrogate loss, mean entropy) per machine and step, and the clip fraction."""
-        dist = self.actor.distribution(buf["obs"])
+        with autocast(self.args.precision, buf["obs"].device):
+            dist = self.actor.distribution(buf["obs"])
         ratio = (dist.log_prob(buf["actions"]) - buf["logprobs"]).exp()  # (B, M)
         adv = advantages[:, None]
         clipped = ratio.clamp(1 - self.args.clip_coef, 1 + self.args.clip_coef)
@@ -212,7 +215,9 @@ class PDPPO(Agent):
             advantages = returns - buf["values"]
             for _ in range(args.k_epochs):
                 surrogate, entropy, clipfrac = self.surrogate(buf, advantages)
-                value_loss = F.mse_loss(self.critic(buf["obs"]).squeeze(-1), returns)
+                with autocast(args.precision, returns.device):
+                    value = self.critic(buf["obs"]).squeeze(-1)
+                value_loss = F.mse_loss(value, returns)
                 loss = (surrogate + args.vf_coef * value_loss - args.ent_coef * entropy).mean()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -230,10 +235,10 @@ class PDPPO(Agent):
         advantages = torch.max(adv_pre, adv_post)
         for _ in range(args.k_epochs):
             surrogate, entropy, clipfrac = self.surrogate(buf, advantages)
-            value_loss = F.mse_loss(self.critic(buf["obs"]).squeeze(-1), returns)
-            post_value_loss = F.mse_loss(
-                self.critic_post(buf["post_obs"]).squeeze(-1), post_returns
-            )
+            with autocast(args.precision, returns.device):
+                value, post_value = self.critic(buf["obs"]), self.critic_post(buf["post_obs"])
+            value_loss = F.mse_loss(value.squeeze(-1), returns)
+            post_value_loss = F.mse_loss(post_value.squeeze(-1), post_returns)
             actor_loss = (surrogate - args.ent_coef * entropy).mean() + args.vf_coef * (
                 value_loss.detach() + post_value_loss.detach()
             )
@@ -264,7 +269,9 @@ class PDPPO(Agent):
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         for _ in range(args.k_epochs):
             surrogate, entropy, clipfrac = self.surrogate(buf, advantages)
-            v = torch.min(self.critic(buf["obs"]), self.critic_post(buf["post_obs"])).squeeze(-1)
+            with autocast(args.precision, returns.device):
+                value, post_value = self.critic(buf["obs"]), self.critic_post(buf["post_obs"])
+            v = torch.min(value, post_value).squeeze(-1)
             value_loss = F.mse_loss(v, returns)
             loss = surrogate.mean() + 0.5 * value_loss - args.ent_coef * entropy.mean()
             self.optimizer.zero_grad(set_to_none=True)
@@ -286,7 +293,7 @@ def collect_episodes(envs, agent: PDPPO, horizon: int, seed: int, device):
     as_t = partial(torch.as_tensor, dtype=torch.float32, device=device)
     for _ in range(horizon):
         obs_t = torch.as_tensor(obs, device=device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(agent.args.precision, device):
             dist = agent.actor.distribution(obs_t)
             action = dist.sample()
             obs, reward, terminated, _, info = envs.step(action.cpu().numpy())

@@ -28,6 +28,9 @@ rounded up to a multiple of num_envs x num_steps (CleanRL rounds down); `--batch
 deterministic policy (the mean, or each sub-action's most likely value) on observations normalised with the
 statistics of that moment, 10 episodes every 5,000 environment steps; Hopper-v4, HalfCheetah-v4 and
 Walker2d-v4 also get D4RL's normalised score.
+`--precision bf16` runs the actor's and the critic's hidden layers in bf16 autocast, in the rollout and in the
+update alike (the stored log-probs and the ratio's come from the same networks); their output layers (mean, logits,
+value), the log-std, log-probs, GAE, the losses, weights, Adam's state and evaluation stay fp32.
 
     python algos/ppo.py --env-id Hopper-v4
     python algos/ppo.py --preset cleanrl-discrete --env-id CartPole-v1 --total-steps 100000
@@ -47,9 +50,9 @@ from torch import nn
 from ocrl.data import ObservationNormalizer, RunningMeanStd, VectorRollout, explained_variance
 from ocrl.envs import Evaluator, make_vector_env, reference_scores
 from ocrl.experiment import Acting, Agent, TrainingLoop
-from ocrl.experiment.args import OnlineArgs, RunArgs, start_run
+from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, start_run
 from ocrl.experiment.flags import UsageError, check_args, run_cli
-from ocrl.nets import ActorCritic
+from ocrl.nets import ActorCritic, autocast
 
 PRESETS: dict[str, dict] = {
     # CleanRL's ppo.py (discrete actions, CartPole-v1): 4 envs x 128 steps, 4 minibatches of 128, 4 epochs.
@@ -70,7 +73,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OnlineArgs):
+class Args(RunArgs, PrecisionArgs, OnlineArgs):
     env_id: str = "HalfCheetah-v4"
     """Gymnasium environment id: a flat Box observation; Box, Discrete or MultiDiscrete actions"""
     preset: PresetName | None = None  # type: ignore[valid-type]
@@ -152,7 +155,8 @@ class PPO(Agent):
             order = torch.randperm(n, device=obs.device)
             for start in range(0, n, args.batch_size):
                 mb = order[start : start + args.batch_size]
-                new_logprob, entropy, heads = policy.evaluate(obs[mb], actions[mb])
+                with autocast(args.precision, obs.device):
+                    new_logprob, entropy, heads = policy.evaluate(obs[mb], actions[mb])
                 new_value = heads[:, 0, 0]  # (b,)
                 logratio = new_logprob - logprobs[mb]
                 ratio = logratio.exp()
@@ -243,7 +247,10 @@ def main(args: Args) -> dict:
             # 0-based here; CleanRL's frac = 1 - (iteration - 1) / num_iterations
             iteration = start // rollout_size
             agent.optimizer.param_groups[0]["lr"] = (1.0 - iteration / iterations) * args.lr
-        metrics = agent.update(rollout.collect(agent.policy, start, loop.run.log))
+        # One autocast for the whole rollout: it casts the weights to bf16 once (no update happens inside).
+        with autocast(args.precision, device):
+            batch = rollout.collect(agent.policy, start, loop.run.log)
+        metrics = agent.update(batch)
         metrics["charts/learning_rate"] = torch.tensor(agent.optimizer.param_groups[0]["lr"])
         loop.log(metrics)
         if loop.due(args.eval_every):

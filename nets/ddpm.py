@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ocrl.nets.core import full_precision
 from ocrl.nets.diffusion_training import EMA, lr_factor
 
 
@@ -23,7 +24,8 @@ def vp_beta_schedule(steps: int, b_min: float = 0.1, b_max: float = 10.0) -> tor
 
 
 class LearnedFourierTime(nn.Module):
-    """[cos(2 pi t W^T), sin(2 pi t W^T)] with a learnable W in R^{dim/2 x 1} ~ N(0, 0.2^2) (IDQL's time features)."""
+    """[cos(2 pi t W^T), sin(2 pi t W^T)] with a learnable W in R^{dim/2 x 1} ~ N(0, 0.2^2) (IDQL's time features);
+    the phases in fp32 under autocast (bf16 keeps a phase near 30 only to the nearest 0.125 rad)."""
 
     def __init__(self, dim: int = 128, std: float = 0.2) -> None:
         super().__init__()
@@ -32,7 +34,7 @@ class LearnedFourierTime(nn.Module):
         self.kernel = nn.Parameter(torch.randn(dim // 2, 1) * std)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        f = 2 * math.pi * t.reshape(-1, 1) @ self.kernel.T
+        f = full_precision(torch.matmul, 2 * math.pi * t.reshape(-1, 1), self.kernel.T)
         return torch.cat([f.cos(), f.sin()], dim=-1)
 
 
@@ -66,7 +68,8 @@ def _lecun_normal_(layer: nn.Linear) -> nn.Linear:
 
 class LNResNetEpsNet(nn.Module):
     """EXPO's epsilon-network eps(x_t, s, t): Fourier time -> MLP(2d, swish, 2d) cond; concat(x, s, cond) -> Linear(w),
-    `blocks` LN-ResNet blocks, swish, Linear(A). Xavier init on the trunk, Flax's lecun-normal inside the blocks."""
+    `blocks` LN-ResNet blocks, swish, Linear(A). Xavier init on the trunk, Flax's lecun-normal inside the blocks.
+    Under autocast the time phases and the output layer (the predicted noise) run in fp32."""
 
     def __init__(
         self,
@@ -95,7 +98,8 @@ class LNResNetEpsNet(nn.Module):
         h = self.input(torch.cat([x, obs, cond], dim=-1))
         for block in self.blocks:
             h = block(h)
-        return self.output(F.silu(h))  # the final swish is IDQL's (CleanDiffuser#26)
+        # The final swish is IDQL's (CleanDiffuser#26).
+        return full_precision(self.output, F.silu(h))
 
 
 class DDPM(nn.Module):

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 
+import gymnasium as gym
 import pytest
 import torch
+from torch import nn
 
-from ocrl.algos import a2pr, ggd_td, iql, prdc, sac, td3_bc
+from ocrl.algos import a2pr, expo, ggd_ppo, ggd_td, iql, pdppo, ppo, prdc, sac, td3_bc
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.experiment import PrecisionArgs
 from ocrl.nets import CriticEnsemble, TanhGaussianActor, autocast, uses_bf16
+from ocrl.nets.core import EnsembleLinear
+from ocrl.nets.ddpm import DDPM, LNResNetEpsNet
 
 OBS, ACT, B = 5, 2, 64
 
@@ -66,6 +70,55 @@ def test_bf16_runs_the_hidden_matmuls_in_bf16_and_the_head_in_fp32():
     assert log_prob.dtype == mean.dtype == torch.float32
 
 
+def test_bf16_eps_net_keeps_the_time_phases_and_the_predicted_noise_fp32():
+    torch.manual_seed(0)
+    ddpm = DDPM(LNResNetEpsNet(OBS, ACT, width=32, blocks=1, time_dim=16), ACT, steps=10)
+    x, obs, t = torch.randn(B, ACT), torch.randn(B, OBS), torch.full((B, 1), 9.0)
+    seen: dict[str, torch.dtype] = {}
+    for name in ("input", "time"):
+        getattr(ddpm.eps_net, name).register_forward_hook(
+            lambda m, i, o, n=name: seen.update({n: o.dtype})
+        )
+    eps32 = ddpm(x, obs, t)
+    with autocast("bf16", "cpu"):
+        eps16 = ddpm(x, obs, t)
+        sample = ddpm.sample(obs)
+    assert seen == {"time": torch.float32, "input": torch.bfloat16}  # phases fp32, the trunk bf16
+    assert eps16.dtype == sample.dtype == torch.float32 and not torch.equal(eps16, eps32)
+    torch.testing.assert_close(eps16, eps32, rtol=0.05, atol=0.05)
+    assert sample.abs().max() <= 1.0
+
+
+def critic_net(agent) -> nn.Module:
+    """The critic whose update the tests follow (PPO's sits in its actor-critic)."""
+    return agent.critic if hasattr(agent, "critic") else agent.policy.critic
+
+
+def ppo_rollout(agent, b: Batch) -> dict[str, torch.Tensor]:
+    """b's observations and actions as a rollout, with the policy's log-probs and values (in its precision, as
+    main's rollouts), and returns that differ from the values by b's rewards and an offset per value head."""
+    with torch.no_grad(), autocast(agent.args.precision, "cpu"):
+        logprobs, _, heads = agent.policy.evaluate(b.observations, b.actions)
+    values = heads[..., 0]  # (B, E)
+    spread = torch.arange(values.shape[1]) * b.next_observations[:, :1]  # an offset per head
+    returns = values + (b.rewards[:, None] + spread) / 50
+    return {"obs": b.observations, "actions": b.actions, "logprobs": logprobs, "values": values,
+            "returns": returns, "advantages": returns - values}  # fmt: skip
+
+
+def pdppo_buffer(agent, b: Batch) -> dict[str, torch.Tensor]:
+    """b as PDPPO's stored transitions: 2 machines choosing among 3, log-probs and values from the networks
+    (in their precision, as collect_episodes)."""
+    obs, post_obs = b.observations, b.next_observations
+    actions = ((b.actions + 1) * 1.5).long().clamp(max=2)  # (B, 2)
+    with torch.no_grad(), autocast(agent.args.precision, "cpu"):
+        logprobs = agent.actor.distribution(obs).log_prob(actions)
+        values, post_values = agent.critic(obs).squeeze(-1), agent.critic_post(post_obs).squeeze(-1)
+    return {"obs": obs, "post_obs": post_obs, "actions": actions, "logprobs": logprobs, "values": values,
+            "post_values": post_values, "rewards": b.rewards, "pre_rewards": 0.7 * b.rewards,
+            "post_rewards": 0.3 * b.rewards, "terminals": b.terminals}  # fmt: skip
+
+
 def agent_and_update(name: str, precision: str):
     """A tiny agent of algorithm `name` and a function that runs one of its updates on a fixed batch."""
     low, high = -torch.ones(ACT), torch.ones(ACT)
@@ -89,26 +142,43 @@ def agent_and_update(name: str, precision: str):
     if name == "sac":
         agent = sac.SAC(sac.Args(hidden=(32, 32), **common), OBS, ACT, low, high, "cpu")
         return agent, lambda b: agent.update(b, actor_steps=2)
+    if name in ("ppo", "ggd_ppo"):
+        module, space = ppo if name == "ppo" else ggd_ppo, gym.spaces.Box(-1.0, 1.0, (ACT,))
+        args = module.Args(hidden=(32, 32), update_epochs=2, **common)
+        agent = (module.PPO if name == "ppo" else module.GGDPPO)(args, OBS, space, "cpu")
+        return agent, lambda b: agent.update(ppo_rollout(agent, b))
+    if name == "pdppo":
+        agent = pdppo.PDPPO(
+            pdppo.Args(hidden=16, k_epochs=2, precision=precision), OBS, 2, 3, "cpu"
+        )
+        return agent, lambda b: agent.update(pdppo_buffer(agent, b))
+    if name == "expo":
+        args = expo.Args(hidden=(16, 16), num_qs=4, diffusion_width=16, diffusion_blocks=1,
+                         time_dim=8, n_samples=2, n_edit_samples=2, **common)  # fmt: skip
+        agent = expo.EXPO(args, OBS, ACT, "cpu")
+        return agent, lambda b: agent.update([b, b])
     args = ggd_td.Args(hidden=(32, 32), **common)
     agent = ggd_td.GGDSAC(args, OBS, ACT, low, high, "cpu")
     return agent, lambda b: agent.update(b, actor_steps=2)
 
 
-MLP_FILES = ["td3_bc", "prdc", "a2pr", "iql", "sac", "ggd_td"]
+MLP_FILES = ["td3_bc", "prdc", "a2pr", "iql", "sac", "ggd_td", "ppo", "ggd_ppo", "pdppo", "expo"]
 
 
 @pytest.mark.parametrize("name", MLP_FILES)
 def test_bf16_update_keeps_weights_and_optimiser_state_fp32(name):
     torch.manual_seed(0)
     agent, update = agent_and_update(name, "bf16")
-    before = {k: p.detach().clone() for k, p in agent.critic.named_parameters()}
+    critic = critic_net(agent)
+    before = {k: p.detach().clone() for k, p in critic.named_parameters()}
     hidden: list[torch.dtype] = []
-    agent.critic.net[0].register_forward_hook(lambda m, i, o: hidden.append(o.dtype))
+    first = next(m for m in critic.modules() if isinstance(m, (nn.Linear, EnsembleLinear)))
+    first.register_forward_hook(lambda m, i, o: hidden.append(o.dtype))
     for seed in range(3):
         metrics = update(batch(seed))
     assert hidden and set(hidden) == {torch.bfloat16}  # the update's critic passes ran in bf16
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values()), metrics
-    assert any(not torch.equal(p, before[k]) for k, p in agent.critic.named_parameters())
+    assert any(not torch.equal(p, before[k]) for k, p in critic.named_parameters())
     optimisers = [v for v in vars(agent).values() if isinstance(v, torch.optim.Optimizer)]
     assert optimisers
     for opt in optimisers:
@@ -119,7 +189,7 @@ def test_bf16_update_keeps_weights_and_optimiser_state_fp32(name):
                 for t in opt.state[p].values():
                     if torch.is_tensor(t) and t.is_floating_point():
                         assert t.dtype == torch.float32
-    for module in vars(agent).values():
+    for module in [getattr(v, "ema_model", v) for v in vars(agent).values()]:  # EXPO's EMA too
         if isinstance(module, torch.nn.Module):
             assert all(t.dtype == torch.float32 for t in module.state_dict().values()), module
 
@@ -133,7 +203,7 @@ def test_precision_changes_the_update_and_fp32_is_the_default(name):
         agent, update = agent_and_update(name, precision)
         torch.manual_seed(1)
         update(batch())
-        results.setdefault(precision, []).append(torch.cat([p.detach().flatten() for p in agent.critic.parameters()]))  # fmt: skip
+        results.setdefault(precision, []).append(torch.cat([p.detach().flatten() for p in critic_net(agent).parameters()]))  # fmt: skip
     assert torch.equal(
         *results["fp32"]
     )  # deterministic, so the difference below is the precision's
@@ -141,12 +211,12 @@ def test_precision_changes_the_update_and_fp32_is_the_default(name):
 
 
 def test_only_the_files_that_honour_it_carry_the_flag():
-    from ocrl.algos import diffusion, expo, ggd_ppo, hdpo, pdppo, pgd, ppo
+    from ocrl.algos import diffusion, hdpo, pgd
 
-    for module in (td3_bc, prdc, a2pr, iql, sac, ggd_td):
+    for module in (td3_bc, prdc, a2pr, iql, sac, ggd_td, ppo, ggd_ppo, pdppo, expo):
         assert issubclass(module.Args, PrecisionArgs), module.__name__
-    for module in (ppo, ggd_ppo, pdppo, hdpo, expo):
-        assert "precision" not in {f.name for f in dataclasses.fields(module.Args)}, module.__name__
+    # HDPO's gradient runs back through its policy into the simulated inventory over the whole horizon.
+    assert "precision" not in {f.name for f in dataclasses.fields(hdpo.Args)}
     for module in (diffusion, pgd):  # 'auto': bf16 on CUDA as their former --bf16, fp32 on the CPU
         field = {f.name: f for f in dataclasses.fields(module.Args)}["precision"]
         assert field.default == "auto" and "bf16" not in {
