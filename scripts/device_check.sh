@@ -99,6 +99,8 @@ H=$((N / 2))
 bg td3_bc 130 "$PY" algos/td3_bc.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/td3_bc"
 bg td3_bc_compile 130 "$PY" algos/td3_bc.py "${A[@]}" "${EV[@]}" --total-steps "$N" --compile \
   --run-dir "$RUNS/td3_bc_compile"
+bg td3_bc_seeds16_bf16 130 "$PY" algos/td3_bc.py "${A[@]}" "${EV[@]}" --total-steps "$N" --num-seeds 16 \
+  --precision bf16 --run-dir "$RUNS/td3_bc_seeds16_bf16"
 bg iql 130 "$PY" algos/iql.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/iql"
 bg prdc 130 "$PY" algos/prdc.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/prdc"
 bg a2pr 130 "$PY" algos/a2pr.py "${A[@]}" "${EV[@]}" --total-steps "$N" --run-dir "$RUNS/a2pr"
@@ -149,15 +151,18 @@ if [ "$DRY" = 1 ]; then
   DIF=(--train-steps 5 --rounds 1 --sample-batch 100 --sample-steps 4
     --sample-rounds 1)
   EXP=(--utd 1 --steps 1 --rounds 1)
+  SEEDS=(--seed-updates 32 --rounds 1 --num-seeds 1 16)
 else
   UPD=(--updates 300 --rounds 5)
   DIF=(--train-steps 50 --rounds 3 --sample-batch 10000 --sample-steps 32
     --sample-rounds 3)
   EXP=(--utd 20 --steps 2 --rounds 3)
+  SEEDS=(--seed-updates 1600 --rounds 3 --num-seeds 1 4 16 64)
 fi
 export TORCH_LOGS=perf_hints,recompiles,graph_breaks
 step bench_expo 110 "$PY" scripts/device_check.py bench -- expo "${B[@]}" "${EXP[@]}"
 step bench_updates 80 "$PY" scripts/device_check.py bench -- updates "${B[@]}" "${UPD[@]}"
+step bench_seeds 80 "$PY" scripts/device_check.py bench -- seeds "${B[@]}" "${SEEDS[@]}"
 step bench_diffusion 90 "$PY" scripts/device_check.py bench -- diffusion "${B[@]}" "${DIF[@]}"
 step bench_diffusion_synther_size 80 "$PY" scripts/device_check.py bench -- diffusion "${B[@]}" \
   --no-compile --width 2048 --depth 6 "${DIF[@]}"
@@ -190,7 +195,7 @@ R=$OUT/report.md
   [ -f "$LOGS/graphs.log" ] && grep -E "^- |counters" "$LOGS/graphs.log"
   echo
   echo "## Timings"
-  for b in bench_expo bench_updates bench_diffusion bench_diffusion_synther_size; do
+  for b in bench_expo bench_updates bench_seeds bench_diffusion bench_diffusion_synther_size; do
     [ -f "$LOGS/$b.log" ] || continue
     echo "### $b"
     grep -v -E '^[VIWDE][0-9]{4} |^\s*$' "$LOGS/$b.log" | grep -v "^\[" | tail -30

@@ -10,6 +10,12 @@ the matching `--preset` when the algorithm has one.
     python scripts/sweep.py --algos td3_bc prdc --datasets ocrl/hopper/medium-v0 --seeds 0 1 2 \
         --flags total_steps=50000 --out-dir runs/sweep
 
+`--group-seeds` trains the consecutive seeds of a cell in one process when the algorithm takes
+`--num-seeds` (its networks stacked on a seed axis: more updates per core): `--seed FIRST --num-seeds N
+--run-dir OUT/<algo>__<target>__s<FIRST>-<LAST>`, each seed in `s<k>` there with the files its own run
+writes. A group that stopped part-way continues seed by seed (`--resume` of each seed folder with a
+checkpoint, a fresh single run for one without).
+
 Backends:
 - `local` (default): `--workers` runs at once as subprocesses of this script, each pinned to
   `--threads-per-run` OMP/torch threads so parallel runs do not oversubscribe the cores.
@@ -39,7 +45,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -75,6 +81,8 @@ class Args:
     """GPUs reserved by each Ray task (fractions share a GPU); 0: Ray schedules runs by CPUs alone"""
     auto_preset: bool = True
     """pass --preset DATASET when the dataset is a D4RL name the algorithm has a preset for"""
+    group_seeds: bool = False
+    """run the consecutive seeds of a cell as one --num-seeds process, for the algorithms that take it"""
     dry_run: bool = False
     """print the commands and exit"""
 
@@ -88,6 +96,15 @@ class Job:
     command: list[str]
     """[python, algos/<algo>.py, flags...]: the script path is relative to the project root, and whoever
     runs the job (this process or a Ray worker) puts its own Python first"""
+    seed_dirs: list[Path] = field(default_factory=list)
+    """the run folders it finishes: run_dir itself, or a --num-seeds group's s<k> folders"""
+
+    def __post_init__(self) -> None:
+        self.seed_dirs = self.seed_dirs or [self.run_dir]
+
+    @property
+    def finished(self) -> bool:
+        return all((d / "metrics.json").exists() for d in self.seed_dirs)
 
 
 def _slug(text: str) -> str:
@@ -115,6 +132,17 @@ def _portable_target(target: str) -> str:
     return os.path.abspath(path) if path.exists() else target
 
 
+def _consecutive(seeds: tuple[int, ...]) -> list[list[int]]:
+    """The seeds in runs of consecutive numbers (a --num-seeds group trains seed .. seed + N - 1)."""
+    groups: list[list[int]] = []
+    for seed in seeds:
+        if groups and seed == groups[-1][-1] + 1:
+            groups[-1].append(seed)
+        else:
+            groups.append([seed])
+    return groups
+
+
 def plan(args: Args) -> list[Job]:
     """The grid as jobs, in a stable order."""
     out_dir = Path(os.path.abspath(Path(args.out_dir).expanduser()))
@@ -124,19 +152,36 @@ def plan(args: Args) -> list[Job]:
         if not (ROOT / script).is_file():
             raise SystemExit(f"error: no algorithm file {ROOT / script}")
         online = algo in ONLINE
-        presets = getattr(importlib.import_module(f"ocrl.algos.{algo}"), "PRESETS", {})
+        module = importlib.import_module(f"ocrl.algos.{algo}")
+        presets = getattr(module, "PRESETS", {})
+        grouped = args.group_seeds and "num_seeds" in {f.name for f in fields(module.Args)}
         for target in args.env_ids if online else args.datasets:
-            for seed in args.seeds:
-                run_dir = out_dir / f"{algo}__{_slug(target)}__s{seed}"
-                cmd = [sys.executable, script, "--env-id" if online else "--dataset"]
-                cmd += [target if online else _portable_target(target)]
-                cmd += ["--seed", str(seed), "--run-dir", str(run_dir), "--no-progress"]
-                if args.auto_preset and target in presets:
-                    cmd += ["--preset", target]
-                cmd += _flag_args(args.flags)
-                if (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists():
-                    cmd += ["--resume", str(run_dir)]
-                jobs.append(Job(algo, target, seed, run_dir, cmd))
+            cmd = [sys.executable, script, "--env-id" if online else "--dataset"]
+            cmd += [target if online else _portable_target(target)]
+            flags = ["--no-progress"] + (
+                ["--preset", target] if args.auto_preset and target in presets else []
+            )
+            flags += _flag_args(args.flags)
+            for seeds in _consecutive(args.seeds) if grouped else [[s] for s in args.seeds]:
+                run_dir = out_dir / f"{algo}__{_slug(target)}__s{seeds[0]}"
+                if len(seeds) > 1:
+                    run_dir = run_dir.with_name(f"{run_dir.name}-{seeds[-1]}")
+                    seed_dirs = [run_dir / f"s{k}" for k in range(len(seeds))]
+                    if not any(d.exists() for d in seed_dirs):  # a fresh group
+                        group = ["--seed", str(seeds[0]), "--num-seeds", str(len(seeds))]
+                        command = [*cmd, *group, "--run-dir", str(run_dir), *flags]
+                        jobs.append(Job(algo, target, seeds[0], run_dir, command, seed_dirs))
+                        continue
+                    # A group that stopped part-way: each seed continues (or starts) on its own.
+                    todo = zip(seeds, seed_dirs, strict=True)
+                else:
+                    todo = [(seeds[0], run_dir)]
+                for seed, seed_dir in todo:
+                    command = [*cmd, "--seed", str(seed), "--run-dir", str(seed_dir), *flags]
+                    ckpt = (seed_dir / "checkpoint.pt").exists()
+                    if ckpt and not (seed_dir / "metrics.json").exists():
+                        command += ["--resume", str(seed_dir)]
+                    jobs.append(Job(algo, target, seed, seed_dir, command))
     return jobs
 
 
@@ -157,7 +202,7 @@ def run_job(job: Job, threads: int, root: str) -> tuple[int, bool]:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    return proc.returncode, (job.run_dir / "metrics.json").exists()
+    return proc.returncode, job.finished
 
 
 def _outcome(code: int, has_metrics: bool) -> tuple[bool, str]:
@@ -224,7 +269,7 @@ def _run_ray(todo: list[Job], args: Args, threads: int) -> Iterator[tuple[Job, b
 
 def main(args: Args) -> dict[str, list[str]]:
     jobs = plan(args)
-    todo = [j for j in jobs if not (j.run_dir / "metrics.json").exists()]
+    todo = [j for j in jobs if not j.finished]
     print(
         f"{len(jobs)} runs in the grid, {len(jobs) - len(todo)} already finished, {len(todo)} to run"
     )

@@ -3,8 +3,10 @@ failures reported, and the commands the plan builds."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -163,3 +165,31 @@ def test_ray_sweep_runs_resumes_and_reports_failures(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         ray.shutdown()
+
+
+def test_group_seeds_runs_consecutive_seeds_in_one_process_and_finishes_a_stopped_group(
+    hopper_random_file, tmp_path
+):
+    sweep = load_script()
+    args = sweep.Args(algos=("td3_bc", "sac"), datasets=(hopper_random_file,), env_ids=("Pendulum-v1",),
+                      seeds=(0, 1, 2, 5), group_seeds=True, out_dir=str(tmp_path),
+                      flags=("total_steps=10", "eval_every=10", "eval_episodes=1", "hidden=16 16", "save_model=true"))  # fmt: skip
+    jobs = [j for j in sweep.plan(args) if j.algo == "td3_bc"]
+    # Seeds 0-2 are one --num-seeds 3 process, seed 5 its own run; sac has no --num-seeds: one run per seed.
+    assert [j.seed for j in jobs] == [0, 5] and len(sweep.plan(args)) == 6
+    group = jobs[0]
+    assert group.command[group.command.index("--num-seeds") + 1] == "3"
+    assert group.seed_dirs == [group.run_dir / f"s{k}" for k in range(3)]
+    result = sweep.main(dataclasses.replace(args, algos=("td3_bc",)))
+    assert not result["failed"] and len(result["finished"]) == 2
+    for k in range(3):
+        config = json.loads((group.run_dir / f"s{k}" / "config.json").read_text())
+        assert config["seed"] == k and (group.run_dir / f"s{k}" / "metrics.json").exists()
+    # A group stopped part-way continues seed by seed: s1 resumes from its checkpoint, s2 starts anew.
+    (group.run_dir / "s1" / "metrics.json").unlink()
+    shutil.rmtree(group.run_dir / "s2")
+    again = [j for j in sweep.plan(dataclasses.replace(args, algos=("td3_bc",))) if not j.finished]
+    assert [(j.seed, j.run_dir.name, "--resume" in j.command) for j in again] == [
+        (1, "s1", True),
+        (2, "s2", False),
+    ]
