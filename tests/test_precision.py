@@ -135,7 +135,7 @@ def agent_and_update(name: str, precision: str):
     if name == "a2pr":
         args = a2pr.Args(actor_hidden=(32,), critic_hidden=(32,), vae_hidden=(32, 32), **common)
         agent = a2pr.A2PR(args, OBS, ACT, low, high, "cpu")
-        return agent, lambda b: agent.update(b, update_actor=True)
+        return agent, lambda b: agent.update(a2pr.Batch(*(t[None] for t in b)), update_actor=True)
     if name == "iql":
         agent = iql.IQL(iql.Args(hidden=(32, 32), **common), OBS, ACT, low, high, "cpu")
         return agent, agent.update

@@ -120,12 +120,11 @@ def ocrl_trainer(name: str, task, precision: str, batch: int, device) -> Callabl
     if name == "iql":
         agent = iql.IQL(iql.Args(precision=precision), obs_dim, act_dim, low, high, device)
         return lambda it: agent.update(buffer.sample(batch))
-    if name == "prdc":
+    elif name == "prdc":
         agent = prdc.PRDC(prdc.Args(precision=precision), buffer, low, high, device)
-        return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams), it % 2 == 0)
     else:
         agent = a2pr.A2PR(a2pr.Args(precision=precision), obs_dim, act_dim, low, high, device)
-    return lambda it: agent.update(buffer.sample(batch), it % 2 == 0)
+    return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams), it % 2 == 0)
 
 
 def update_table(args: Args, device: torch.device) -> dict[str, float]:
