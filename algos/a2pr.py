@@ -33,6 +33,9 @@ actor step), ~3.3x on an H100 (both launch-bound there).
 Evaluation: ocrl's shared protocol (10 episodes every 5,000 updates, as the original; episode seeds from --seed).
 `--precision bf16` runs the networks' hidden layers in bf16 autocast; their output layers (Q, V, pi, the VAE's
 mean, log-std and decoder), the targets, advantages, losses, KL, Polyak updates, weights and Adam's state stay fp32.
+`--num-seeds N` trains seeds seed .. seed+N-1 at once, as td3_bc: every network (V and the VAE too) and tensor has a
+leading seed axis, each seed draws its weights, minibatches, smoothing noise and VAE noise from its own generator,
+and its losses, advantages and lambda are its own; seed k alone and seed k in a group train the same networks.
 
     python algos/a2pr.py --total-steps 20000            # shipped hopper data, ~30 min on a 2-core CPU
     python algos/a2pr.py --dataset hopper-medium-v2 --preset hopper-medium-v2
@@ -45,12 +48,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
-from ocrl.experiment import Agent, TrainingLoop
-from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment import Agent, SeedLoops
+from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
 from ocrl.experiment.flags import run_cli
 from ocrl.nets import (
     MLP,
@@ -60,6 +62,7 @@ from ocrl.nets import (
     autocast,
     polyak_update,
 )
+from ocrl.nets.seeds import SeedStreams, init_seeds
 
 
 def _setting(alpha: float, vae_weight: float, mask: float, discount: float) -> dict:
@@ -85,11 +88,11 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset alpha / vae_weight / mask / discount of the authors' READMEs (hopper-medium-v2: 2.5/1.0/0.4/0.995, halfcheetah-*: alpha 40; random-other, expert and AntMaze are unpublished). Explicit flags override them; --dataset alone changes none"""
     seed: int = 0
-    """seed of torch, numpy and the evaluation episodes (the original's default is 1024)"""
+    """seed of the networks' weights, the minibatches and noise (one generator per seed) and the evaluation episodes (the original's default is 1024)"""
     total_steps: int = 1_000_000
     """gradient updates (critic steps); the paper trains for 1M"""
     batch_size: int = 256
@@ -150,7 +153,7 @@ def select_target(
     data_action: torch.Tensor,
     vae_action: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample, the BC target with the higher advantage (ties go to the VAE action) and the bool 'VAE chosen' (B,)."""
+    """Per sample, the BC target with the higher advantage (ties go to the VAE action) and the bool 'VAE chosen' (..., B)."""
     use_vae = adv_vae >= adv_data
     return torch.where(use_vae.unsqueeze(-1), vae_action, data_action), use_vae
 
@@ -164,31 +167,37 @@ def bc_weights(
 
 
 class A2PR(Agent):
-    """TD3+BC's networks plus V and the VAE, with their optimisers; `update` is one A2PR iteration."""
+    """TD3+BC's networks plus V and the VAE, with their optimisers, of --num-seeds seeds stacked on a leading seed
+    axis; `update` is one A2PR iteration of every seed on (N, B, ...) minibatches."""
 
     def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
-        self.args = args
-        self.actor = DeterministicActor(obs_dim, act_dim, args.actor_hidden, action_low, action_high)  # fmt: skip
-        self.critic = CriticEnsemble(obs_dim, act_dim, args.critic_hidden, num_critics=2)
-        self.value = MLP(obs_dim, 1, args.critic_hidden)
-        self.vae = ConditionalVAE(obs_dim, act_dim, args.latent_dim, args.vae_hidden, action_low, action_high)  # fmt: skip
-        self.actor.to(device), self.critic.to(device), self.value.to(device), self.vae.to(device)
+        self.args, n = args, args.num_seeds
+        self.streams = SeedStreams(range(args.seed, args.seed + n), device)
+        self.actor = DeterministicActor(obs_dim, act_dim, args.actor_hidden, action_low, action_high, num_seeds=n)  # fmt: skip
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.critic_hidden, num_critics=2, num_seeds=n)  # fmt: skip
+        self.value = MLP(obs_dim, 1, args.critic_hidden, num_seeds=n)
+        self.vae = ConditionalVAE(obs_dim, act_dim, args.latent_dim, args.vae_hidden, action_low, action_high, num_seeds=n)  # fmt: skip
+        for net in (self.actor, self.critic, self.value, self.vae):
+            init_seeds(net, self.streams).to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, fused=True)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr, fused=True)
-        self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=args.vae_lr, fused=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, foreach=True)
+        self.critic_opt = torch.optim.Adam(
+            self.critic.parameters(), lr=args.critic_lr, foreach=True
+        )
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr, foreach=True)
+        self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=args.vae_lr, foreach=True)
         self.seen: dict[str, torch.Tensor] = {}  # the last update's intermediates, for diagnostics
 
     def update(self, batch: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
-        """In the code's order: TD3's critic step, V, the VAE, and on actor iterations the actor and targets."""
+        """In the code's order: TD3's critic step, V, the VAE, and on actor iterations the actor and targets; (N,)
+        metrics."""
         args, actor, critic = self.args, self.actor, self.critic
-        obs, actions, rewards, next_obs, terminals = batch
+        obs, actions, rewards, next_obs, terminals = batch  # (N, B, ...): one minibatch per seed
         scale = actor.action_scale
         with torch.no_grad(), autocast(args.precision, obs.device):
             noise = (
-                torch.randn_like(actions)
+                self.streams.randn(actions.shape[1:])
                 .mul_(args.policy_noise)
                 .clamp_(-args.noise_clip, args.noise_clip)
             )
@@ -196,21 +205,21 @@ class A2PR(Agent):
             next_actions = torch.clamp(
                 self.actor_target(next_obs).addcmul_(noise, scale), low, high
             )
-            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
+            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values  # (N, B)
             target = torch.addcmul(rewards, 1.0 - terminals, target_q, value=args.discount)
 
         with autocast(args.precision, obs.device):
-            q = critic(obs, actions)  # (2, B)
-        # Sum over the two critics of each one's mean squared TD error.
-        critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
+            q = critic(obs, actions)  # (2, N, B)
+        # Each seed's loss: the sum over its two critics of each one's mean squared TD error.
+        critic_loss = (q - target).square().mean(dim=2).sum(dim=0)
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()  # the seeds' gradients do not mix
         self.critic_opt.step()
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(dim=(0, 2))}
 
         # V regresses onto min(online, target) Bellman targets of the dataset action, with the updated critic.
         with autocast(args.precision, obs.device):
-            v = self.value(obs).squeeze(-1)
+            v = self.value(obs).squeeze(-1)  # (N, B)
             with torch.no_grad():
                 online_q = critic(next_obs, next_actions).min(dim=0).values
                 online = torch.addcmul(rewards, 1.0 - terminals, online_q, value=args.discount)
@@ -218,11 +227,11 @@ class A2PR(Agent):
         if args.value_loss == "expectile":
             diff = value_target - v
             weight = torch.where(diff > 0, args.expectile, 1.0 - args.expectile)
-            value_loss = (weight * diff.square()).mean()
+            value_loss = (weight * diff.square()).mean(dim=1)
         else:
-            value_loss = F.mse_loss(v, value_target)
+            value_loss = (v - value_target).square().mean(dim=1)
         self.value_opt.zero_grad(set_to_none=True)
-        value_loss.backward()
+        value_loss.sum().backward()
         self.value_opt.step()
         if args.value_timing == "fresh":
             with torch.no_grad(), autocast(args.precision, obs.device):
@@ -235,13 +244,15 @@ class A2PR(Agent):
             q_data = critic.member(obs, actions, 0)
             adv_data = q_data - v_s
             positive = (adv_data > args.adv_threshold).float()  # the VAE's reconstruction mask
+        latent = (obs.shape[1], self.vae.latent_dim)  # a seed's reparameterisation noise
         with autocast(args.precision, obs.device):
-            recon, mean, std = self.vae(obs, actions)
-        recon_loss = (args.vae_weight * positive.unsqueeze(-1) * (recon - actions).square()).mean()
-        kl = -0.5 * (1.0 + torch.log(std.square()) - mean.square() - std.square()).mean()
+            recon, mean, std = self.vae(obs, actions, self.streams.randn(latent))
+        masked = args.vae_weight * positive.unsqueeze(-1) * (recon - actions).square()
+        recon_loss = masked.mean(dim=(1, 2))
+        kl = -0.5 * (1.0 + torch.log(std.square()) - mean.square() - std.square()).mean(dim=(1, 2))
         vae_loss = recon_loss + 0.5 * kl
         self.vae_opt.zero_grad(set_to_none=True)
-        vae_loss.backward()
+        vae_loss.sum().backward()
         self.vae_opt.step()
         metrics.update(value_loss=value_loss.detach(), vae_loss=vae_loss.detach())
         self.seen = dict(v_s=v_s, value_target=value_target, q_data=q_data, adv_data=adv_data,
@@ -251,20 +262,20 @@ class A2PR(Agent):
             # The BC target is chosen per sample by advantage between a and a~ = VAE(s, pi(s)).
             with autocast(args.precision, obs.device):
                 pi = actor(obs)
-                q_pi = critic.member(obs, pi, 0)
-                lmbda = args.alpha / q_pi.abs().mean().detach()
-                vae_action = self.vae(obs, pi)[0]
+                q_pi = critic.member(obs, pi, 0)  # (N, B)
+                lmbda = args.alpha / q_pi.abs().mean(dim=1).detach()
+                vae_action = self.vae(obs, pi, self.streams.randn(latent))[0]
                 if args.detach_vae_target:
                     vae_action = vae_action.detach()
                 with torch.no_grad():
                     adv_vae = critic.member(obs, vae_action.detach(), 0) - v_s
             bc_target, use_vae = select_target(adv_data, adv_vae, actions, vae_action)
             weight = bc_weights(adv_data, adv_vae, args.mask, args.adv_threshold)
-            bc_loss = (weight.unsqueeze(-1) * (pi - bc_target).square()).mean()
-            actor_loss = -lmbda * q_pi.mean() + bc_loss
+            bc_loss = (weight.unsqueeze(-1) * (pi - bc_target).square()).mean(dim=(1, 2))
+            actor_loss = -lmbda * q_pi.mean(dim=1) + bc_loss
             actor_params = list(actor.parameters())
             # Gradients for the actor only (the code's VAE and critic gradients are zeroed before use).
-            grads = torch.autograd.grad(actor_loss, actor_params)
+            grads = torch.autograd.grad(actor_loss.sum(), actor_params)
             for p, g in zip(actor_params, grads, strict=True):
                 p.grad = g
             self.actor_opt.step()
@@ -274,25 +285,25 @@ class A2PR(Agent):
                 actor_loss=actor_loss.detach(), bc_loss=bc_loss.detach(), lmbda=lmbda.detach()
             )
             self.seen.update(adv_vae=adv_vae, use_vae=use_vae, weight=weight, pi=pi.detach(),
-                             vae_action=vae_action.detach(), q_pi_abs=q_pi.abs().mean().detach())  # fmt: skip
+                             vae_action=vae_action.detach(), q_pi_abs=q_pi.abs().mean(dim=1).detach())  # fmt: skip
         return metrics
 
     @torch.no_grad()
     def diagnostics(self) -> dict[str, torch.Tensor]:
-        """The reference's checklist for the last update: advantages, V, targets, weights, VAE losses."""
+        """The reference's checklist for the last update: advantages, V, targets, weights, VAE losses; (N,) each."""
         seen = self.seen
         stats = {
-            "a2pr/positive_adv_fraction": seen["positive"].mean(), "a2pr/v_mean": seen["v_s"].mean(),
-            "a2pr/q_data_mean": seen["q_data"].mean(), "a2pr/v_target_mean": seen["value_target"].mean(),
-            "a2pr/adv_data_mean": seen["adv_data"].mean(), "a2pr/vae_recon_loss": seen["recon_loss"],
+            "a2pr/positive_adv_fraction": seen["positive"].mean(dim=1), "a2pr/v_mean": seen["v_s"].mean(dim=1),
+            "a2pr/q_data_mean": seen["q_data"].mean(dim=1), "a2pr/v_target_mean": seen["value_target"].mean(dim=1),
+            "a2pr/adv_data_mean": seen["adv_data"].mean(dim=1), "a2pr/vae_recon_loss": seen["recon_loss"],
             "a2pr/vae_kl": seen["kl"],
         }  # fmt: skip
         if "use_vae" in seen:
             stats.update({
-                "a2pr/vae_target_fraction": seen["use_vae"].float().mean(),
-                "a2pr/weight_zero_fraction": (seen["weight"] == 0).float().mean(),
-                "a2pr/adv_vae_mean": seen["adv_vae"].mean(), "a2pr/q_pi_abs_mean": seen["q_pi_abs"],
-                "a2pr/vae_policy_distance": (seen["vae_action"] - seen["pi"]).norm(dim=1).mean(),
+                "a2pr/vae_target_fraction": seen["use_vae"].float().mean(dim=1),
+                "a2pr/weight_zero_fraction": (seen["weight"] == 0).float().mean(dim=1),
+                "a2pr/adv_vae_mean": seen["adv_vae"].mean(dim=1), "a2pr/q_pi_abs_mean": seen["q_pi_abs"],
+                "a2pr/vae_policy_distance": (seen["vae_action"] - seen["pi"]).norm(dim=2).mean(dim=1),
             })  # fmt: skip
         return stats
 
@@ -308,20 +319,28 @@ def main(args: Args) -> dict:
     )  # fmt: skip
     agent = A2PR(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
     update = torch.compile(agent.update) if args.compile else agent.update
-    evaluator = task.evaluator(args.eval_episodes, args.seed, device)
-    loop = TrainingLoop(
+    seeds = range(args.seed, args.seed + args.num_seeds)
+    evaluators = [task.evaluator(args.eval_episodes, seed, device) for seed in seeds]
+    # Each seed's actor as a single-seed run builds it: what it evaluates with and exports as policy.pt2.
+    policies = [
+        DeterministicActor(
+            task.obs_dim, task.act_dim, args.actor_hidden, task.action_low, task.action_high
+        )
+        for _ in seeds
+    ]
+    loop = SeedLoops(
         "a2pr", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
-        policy=agent.actor,
+        policies=[policy.to(device) for policy in policies],
     )  # fmt: skip
 
     for step in loop.steps():
-        batch = task.buffer.sample(args.batch_size)
+        batch = task.buffer.sample_per_seed(args.batch_size, agent.streams)
         metrics = update(batch, update_actor=step % args.policy_freq == 0)
         loop.log(metrics | agent.diagnostics())
         if loop.due(args.eval_every):
-            loop.evaluate(evaluator, agent.actor.act)
+            loop.evaluate(evaluators, agent.actor)
 
-    return loop.finish(evaluator, agent.actor.act, dataset=task.dataset.name, env_id=task.env_id)
+    return loop.finish(evaluators, agent.actor, dataset=task.dataset.name, env_id=task.env_id)
 
 
 if __name__ == "__main__":

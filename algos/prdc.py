@@ -33,6 +33,10 @@ Where paper code and paper differ:
   --nn-backend kdtree is the original's path; --kdtree-eps > 0 (approximate) is off by default.
 `--precision bf16` runs the networks' hidden layers in bf16 autocast; their output layers, the TD target, the
 neighbour search, the losses, lambda, the Polyak updates, the weights, Adam's state and evaluation stay fp32.
+`--num-seeds N` trains seeds seed .. seed+N-1 at once, as td3_bc: every network and tensor has a leading seed axis,
+each seed draws its weights, minibatches and noise from its own generator, and its losses (lambda, the dataset
+constraint) are its own. The search index is the dataset's, shared: it answers every seed's queries in one call, each
+row's neighbour its own (exact, whatever the other rows), so seed k alone and seed k in a group train the same networks.
 
     python algos/prdc.py --total-steps 20000                       # shipped hopper data, CPU-minutes
     python algos/prdc.py --dataset hopper-medium-v2 --preset hopper
@@ -46,12 +50,11 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import load_offline_task
-from ocrl.experiment import Agent, TrainingLoop, pick_device, resume_args, seed_everything
-from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs
+from ocrl.experiment import Agent, SeedLoops
+from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
 from ocrl.experiment.flags import check_args, run_cli
 from ocrl.nets import (
     CriticEnsemble,
@@ -60,6 +63,7 @@ from ocrl.nets import (
     autocast,
     polyak_update,
 )
+from ocrl.nets.seeds import SeedStreams, init_seeds
 
 _DOMAIN = {
     "halfcheetah": {"alpha": 40.0, "beta": 2.0, "k": 1, "reward_scale": 1.0, "reward_shift": 0.0},
@@ -83,11 +87,11 @@ _EVAL_PROTOCOLS = {"ocrl": (5_000, 10), "prdc": (1_000, 50)}
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-domain settings of the paper's README (a domain name or a D4RL dataset name): halfcheetah-*: alpha 40, beta 2; hopper-*, walker2d-*: alpha 2.5, beta 2; antmaze-*: alpha 7.5, beta 7.5, reward 10000 r - 1. Explicit flags override them; --dataset alone changes none"""
     seed: int = 0
-    """seed of torch, numpy and the evaluation episodes (the original's default is 1024)"""
+    """seed of the networks' weights, the minibatches and noise (one generator per seed) and the evaluation episodes (the original's default is 1024)"""
     total_steps: int = 1_000_000
     """gradient updates (critic steps); the paper trains for 1M"""
     batch_size: int = 256
@@ -174,32 +178,40 @@ class SearchTimer:
 
 
 class PRDC(Agent):
-    """TD3+BC's networks and optimisers plus the dataset's search index; `update` is one PRDC iteration."""
+    """TD3+BC's networks and optimisers of --num-seeds seeds, stacked on a leading seed axis, plus the dataset's
+    search index (shared); `update` is one PRDC iteration of every seed on (N, B, ...) minibatches."""
 
     def __init__(self, args: Args, buffer: ReplayBuffer, action_low, action_high, device):
-        self.args, self.buffer = args, buffer
+        self.args, self.buffer, n = args, buffer, args.num_seeds
+        self.streams = SeedStreams(range(args.seed, args.seed + n), device)
         obs_dim, act_dim = buffer.observations.shape[1], buffer.actions.shape[1]
         # The search space [beta * s, a] over every transition of the dataset, built once.
         points = torch.cat([args.beta * buffer.observations, buffer.actions], dim=1)
         self.index = NearestNeighbors(points, args.nn_backend, kdtree_eps=args.kdtree_eps)
         self.timer = SearchTimer(torch.device(device))
         self.neighbours: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self.actor = DeterministicActor(obs_dim, act_dim, args.hidden, action_low, action_high)
-        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2)
+        self.actor = DeterministicActor(
+            obs_dim, act_dim, args.hidden, action_low, action_high, num_seeds=n
+        )
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2, num_seeds=n)
+        init_seeds(self.actor, self.streams), init_seeds(self.critic, self.streams)
         self.actor.to(device), self.critic.to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, fused=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, foreach=True)
+        self.critic_opt = torch.optim.Adam(
+            self.critic.parameters(), lr=args.critic_lr, foreach=True
+        )
 
     def update(self, batch: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
-        """TD3+BC's critic step; on actor iterations the dataset-constrained actor step and the targets."""
+        """TD3+BC's critic step; on actor iterations the dataset-constrained actor step and the targets; (N,)
+        metrics."""
         args, actor, critic = self.args, self.actor, self.critic
-        obs, actions, rewards, next_obs, terminals = batch
+        obs, actions, rewards, next_obs, terminals = batch  # (N, B, ...): one minibatch per seed
         scale = actor.action_scale
         with torch.no_grad(), autocast(args.precision, obs.device):
             noise = (
-                torch.randn_like(actions)
+                self.streams.randn(actions.shape[1:])
                 .mul_(args.policy_noise)
                 .clamp_(-args.noise_clip, args.noise_clip)
             )
@@ -207,36 +219,37 @@ class PRDC(Agent):
             next_actions = torch.clamp(
                 self.actor_target(next_obs).addcmul_(noise, scale), low, high
             )
-            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values
+            target_q = self.critic_target(next_obs, next_actions).min(dim=0).values  # (N, B)
             target = torch.addcmul(rewards, 1.0 - terminals, target_q, value=args.discount)
 
         with autocast(args.precision, obs.device):
-            q = critic(obs, actions)  # (2, B)
-        # Sum over the two critics of each one's mean squared TD error.
-        critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
+            q = critic(obs, actions)  # (2, N, B)
+        # Each seed's loss: the sum over its two critics of each one's mean squared TD error.
+        critic_loss = (q - target).square().mean(dim=2).sum(dim=0)
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()  # the seeds' gradients do not mix
         self.critic_opt.step()
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(dim=(0, 2))}
 
         if update_actor:
             with autocast(args.precision, obs.device):
                 pi = actor(obs)
             # The dataset constraint: the action of the nearest transition to (beta * s, pi(s)), a constant.
-            query = torch.cat([args.beta * obs, pi.detach()], dim=1)
+            # Every seed's rows in one search: a row's neighbour does not depend on the other rows.
+            query = torch.cat([args.beta * obs, pi.detach()], dim=2).flatten(0, 1)  # (N B, d)
             self.timer.start()
             nn_idx, nn_dist = self.index.query(query, k=args.k)
             self.timer.stop()
-            nn_idx, nn_dist = nn_idx[:, -1], nn_dist[:, -1]
+            nn_idx, nn_dist = nn_idx[:, -1].view(obs.shape[:2]), nn_dist[:, -1].view(obs.shape[:2])
             self.neighbours = (nn_idx, nn_dist, pi.detach())
             with autocast(args.precision, obs.device):
-                q_pi = critic.member(obs, pi, 0)
-            lmbda = args.alpha / q_pi.abs().mean().detach()
-            dc_mse = F.mse_loss(pi, self.buffer.actions[nn_idx])
-            actor_loss = -lmbda * q_pi.mean() + dc_mse
+                q_pi = critic.member(obs, pi, 0)  # (N, B)
+            lmbda = args.alpha / q_pi.abs().mean(dim=1).detach()
+            dc_mse = (pi - self.buffer.actions[nn_idx]).square().mean(dim=(1, 2))
+            actor_loss = -lmbda * q_pi.mean(dim=1) + dc_mse
             actor_params = list(actor.parameters())
             # Gradients for the actor only: the critic's weight gradients are not needed here.
-            grads = torch.autograd.grad(actor_loss, actor_params)
+            grads = torch.autograd.grad(actor_loss.sum(), actor_params)
             for p, g in zip(actor_params, grads, strict=True):
                 p.grad = g
             self.actor_opt.step()
@@ -249,29 +262,31 @@ class PRDC(Agent):
 
     @torch.no_grad()
     def search_diagnostics(self, batch: Batch, batch_idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Where the last actor step's neighbours lie: own transition or not, and their distances."""
-        nn_idx, nn_dist, pi = self.neighbours
+        """Where the last actor step's neighbours lie: own transition or not, and their distances; (N,) each."""
+        nn_idx, nn_dist, pi = self.neighbours  # (N, B), (N, B), (N, B, act)
         obs, actions = batch.observations, batch.actions
         return {
-            "prdc/nn_self_fraction": (nn_idx == batch_idx).float().mean(),
-            "prdc/nn_distance": nn_dist.mean(),
+            "prdc/nn_self_fraction": (nn_idx == batch_idx).float().mean(dim=1),
+            "prdc/nn_distance": nn_dist.mean(dim=1),
             "prdc/nn_state_distance": (
-                self.args.beta * (self.buffer.observations[nn_idx] - obs).norm(dim=1).mean()
+                self.args.beta * (self.buffer.observations[nn_idx] - obs).norm(dim=2).mean(dim=1)
             ),
-            "prdc/nn_action_distance": (self.buffer.actions[nn_idx] - pi).norm(dim=1).mean(),
-            "prdc/own_action_distance": (actions - pi).norm(dim=1).mean(),
+            "prdc/nn_action_distance": (self.buffer.actions[nn_idx] - pi).norm(dim=2).mean(dim=1),
+            "prdc/own_action_distance": (actions - pi).norm(dim=2).mean(dim=1),
         }
 
 
-def main(args: Args) -> dict:
-    args = resume_args(args) if args.resume else args
+def with_eval_protocol(args: Args) -> Args:
+    """--eval-every and --eval-episodes, where not given, from --eval-protocol."""
     every, episodes = _EVAL_PROTOCOLS[args.eval_protocol]
     every = every if args.eval_every is None else args.eval_every
     episodes = episodes if args.eval_episodes is None else args.eval_episodes
-    args = replace(args, eval_every=every, eval_episodes=episodes)
-    check_args(args)
-    device = pick_device(args.device, args.threads)
-    np_rng = seed_everything(args.seed)
+    return replace(args, eval_every=every, eval_episodes=episodes)
+
+
+def main(args: Args) -> dict:
+    args, device, np_rng = start_run(args, check=lambda a: check_args(with_eval_protocol(a)))
+    args = with_eval_protocol(args)
     if args.preset is not None and args.preset not in _DOMAIN and args.preset != args.dataset:
         print(
             f"note: hyperparameters of preset '{args.preset}' applied to dataset '{args.dataset}'"
@@ -287,26 +302,36 @@ def main(args: Args) -> dict:
         shaped += args.reward_shift
     agent = PRDC(args, task.buffer, task.action_low, task.action_high, device)
     update = torch.compile(agent.update) if args.compile else agent.update
-    evaluator = task.evaluator(args.eval_episodes, args.seed, device)
-    loop = TrainingLoop(
+    seeds = range(args.seed, args.seed + args.num_seeds)
+    evaluators = [task.evaluator(args.eval_episodes, seed, device) for seed in seeds]
+    # Each seed's actor as a single-seed run builds it: what it evaluates with and exports as policy.pt2.
+    policies = [
+        DeterministicActor(
+            task.obs_dim, task.act_dim, args.hidden, task.action_low, task.action_high
+        )
+        for _ in seeds
+    ]
+    loop = SeedLoops(
         "prdc", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
-        policy=agent.actor,
+        policies=[policy.to(device) for policy in policies],
     )  # fmt: skip
 
     for step in loop.steps():
-        batch_idx = task.buffer.sample_indices(args.batch_size)
+        # sample_per_seed's draw, its indices kept for the diagnostics: (N, B)
+        batch_idx = agent.streams.randint(task.buffer.size, (args.batch_size,))
         batch = task.buffer.gather(batch_idx)
         metrics = update(batch, update_actor=step % args.policy_freq == 0)
         if "dc_mse" in metrics:
             metrics |= agent.search_diagnostics(batch, batch_idx)
         if loop.due(args.log_every):
-            metrics["prdc/search_ms"] = torch.tensor(agent.timer.read_ms())
+            # One search answers every seed's queries: its time is the group's.
+            metrics["prdc/search_ms"] = torch.full((args.num_seeds,), agent.timer.read_ms())
         loop.log(metrics)
         if loop.due(args.eval_every):
-            loop.evaluate(evaluator, agent.actor.act)
+            loop.evaluate(evaluators, agent.actor)
 
     return loop.finish(
-        evaluator, agent.actor.act, dataset=task.dataset.name, env_id=task.env_id,
+        evaluators, agent.actor, dataset=task.dataset.name, env_id=task.env_id,
         nn_backend=agent.index.backend,
     )  # fmt: skip
 

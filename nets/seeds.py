@@ -83,7 +83,8 @@ def init_seeds(module: nn.Module, streams: SeedStreams) -> nn.Module:
 
 class SeedSlice:
     """Seed k's checkpoint part of a stacked module, its optimiser (give `module`) or SeedStreams: `state_dict`
-    is what a single-seed run of seed k saves, `load_state_dict` writes such a state into seed k's slice."""
+    is what a single-seed run of seed k saves, `load_state_dict` writes such a state into seed k's slice. Any other
+    part (e.g. the dataset's ReplayBuffer) is shared by the seeds: its whole state."""
 
     def __init__(self, part: Any, k: int, num_seeds: int, module: nn.Module | None = None) -> None:
         self.part, self.k, self.num_seeds = part, k, num_seeds
@@ -98,6 +99,8 @@ class SeedSlice:
         k, part = self.k, self.part
         if isinstance(part, SeedStreams):
             return part.generators[k].get_state()
+        if not isinstance(part, (nn.Module, torch.optim.Optimizer)):
+            return part.state_dict()
         if isinstance(part, nn.Module):
             return {
                 name: (t[self._index(name, t)] if name in self.layers else t).detach().clone()
@@ -117,6 +120,9 @@ class SeedSlice:
         k, part = self.k, self.part
         if isinstance(part, SeedStreams):
             part.generators[k].set_state(state)
+            return
+        if not isinstance(part, (nn.Module, torch.optim.Optimizer)):
+            part.load_state_dict(state)
             return
         if isinstance(part, nn.Module):
             own = part.state_dict()

@@ -1,5 +1,5 @@
 """A2PR: target selection and BC weights on hand-made batches, the update and its variant flags against the
-formulas on a fixed batch, the conditional VAE, smoke run, learning."""
+formulas on a fixed batch, the conditional VAE, --num-seeds, smoke run, learning."""
 
 from __future__ import annotations
 
@@ -20,10 +20,13 @@ from formulas import (
     td3_target,
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_seeds import assert_same_state, file_kinds
 
 from ocrl.algos import a2pr
 from ocrl.data import Batch
+from ocrl.experiment import load_checkpoint
 from ocrl.nets import ConditionalVAE
+from ocrl.nets.seeds import SeedStreams, init_seeds, seed_member
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"actor_hidden": (32, 32), "critic_hidden": (32, 32), "vae_hidden": (32, 32)}
@@ -108,6 +111,21 @@ def test_vae_shapes_bounds_and_gradients():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.parameters())
 
 
+def test_a_seed_stacked_vaes_slice_is_the_plain_vae():
+    # ConditionalVAE(num_seeds=3): seed k's slice loads into a plain VAE and computes what it computes.
+    vae3 = init_seeds(ConditionalVAE(5, 3, hidden=(16, 16), num_seeds=3), SeedStreams(range(3)))
+    plain = seed_member(vae3, ConditionalVAE(5, 3, hidden=(16, 16)), 1, 3)
+    obs, act, noise = torch.randn(3, 7, 5), torch.rand(3, 7, 3), torch.randn(3, 7, 6)
+    for got, want in zip(vae3(obs, act, noise), plain(obs[1], act[1], noise[1]), strict=True):
+        assert got.shape[:2] == (3, 7)
+        torch.testing.assert_close(got[1], want, rtol=1e-6, atol=1e-6)
+
+
+def one_seed(batch):
+    """A (B, ...) batch as the (N = 1, B, ...) minibatch of a seed-stacked update."""
+    return Batch(*(t.unsqueeze(0) for t in batch))
+
+
 def test_vae_loss_decreases_on_toy_problem():
     torch.manual_seed(0)
     obs = torch.randn(512, 4)
@@ -142,17 +160,17 @@ def test_a2pr_update_moves_the_actor_only_on_actor_iterations():
         torch.randn(b, obs_dim), torch.zeros(b),
     )  # fmt: skip
     before = [p.detach().clone() for p in agent.actor.parameters()]
-    metrics = agent.update(batch, update_actor=False)
+    metrics = agent.update(one_seed(batch), update_actor=False)
     assert "actor_loss" not in metrics and "a2pr/vae_target_fraction" not in agent.diagnostics()
     assert all(torch.equal(p, q) for p, q in zip(agent.actor.parameters(), before, strict=True))
-    metrics = agent.update(batch, update_actor=True)
+    metrics = agent.update(one_seed(batch), update_actor=True)
     stats = agent.diagnostics()
     assert all(bool(torch.isfinite(v)) for v in (*metrics.values(), *stats.values()))
     assert not all(torch.equal(p, q) for p, q in zip(agent.actor.parameters(), before, strict=True))
     # w is in {0, mask}: the zero fraction is exactly the fraction with neither advantage positive.
     seen = agent.seen
     neither = ((seen["adv_vae"] < 0) & (seen["adv_data"] <= 0)).float().mean()
-    torch.testing.assert_close(stats["a2pr/weight_zero_fraction"], neither)
+    torch.testing.assert_close(stats["a2pr/weight_zero_fraction"][0], neither)
     assert set(seen["weight"].unique().tolist()) <= {0.0, args.mask}
 
 
@@ -163,14 +181,14 @@ def test_a2pr_bc_loss_equals_the_formula():
     agent = a2pr.A2PR(args, 3, 2, -1.0, 1.0, "cpu")
     batch = Batch(torch.randn(32, 3), torch.rand(32, 2) * 2 - 1, torch.randn(32),
                   torch.randn(32, 3), torch.zeros(32))  # fmt: skip
-    metrics = agent.update(batch, update_actor=True)
-    seen = agent.seen
+    metrics = agent.update(one_seed(batch), update_actor=True)
+    seen = {key: value[0] for key, value in agent.seen.items()}  # the one seed's
     target = torch.where(
         (seen["adv_vae"] >= seen["adv_data"])[:, None], seen["vae_action"], batch.actions
     )
     w = 0.7 * ((seen["adv_vae"] >= 0) | (seen["adv_data"] > 0)).float()
     expected = (w[:, None] * (seen["pi"] - target) ** 2).mean()
-    torch.testing.assert_close(metrics["bc_loss"], expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(metrics["bc_loss"][0], expected, rtol=1e-5, atol=1e-7)
 
 
 LOW, HIGH = torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0])
@@ -194,18 +212,18 @@ def batch64(fixed_batch):
 
 
 def a2pr_iteration(batch: Batch, seed: int = 5, **flags):
-    """One A2PR iteration of a fresh agent (networks from torch.manual_seed(0)) on `batch`, its random draws
-    from torch.manual_seed(seed): (args, copy of the agent before it, the agent after it, metrics, diagnostics)."""
+    """One A2PR iteration of a fresh agent (networks from --seed 0) on `batch` (as one seed's minibatch), its
+    random draws from its stream seeded with `seed`: (args, copy of the agent before it, the agent after it,
+    metrics, diagnostics)."""
     args = a2pr.Args(**(TINY | flags))
-    torch.manual_seed(0)
     agent = a2pr.A2PR(args, batch.observations.shape[1], batch.actions.shape[1], LOW, HIGH, "cpu")
     # V shifted onto Q1(s, a), so that about half of the advantages are positive.
     with torch.no_grad():
-        s, a = batch.observations, batch.actions
+        s, a = batch.observations[None], batch.actions[None]
         agent.value[-1].bias += (agent.critic.member(s, a, 0) - agent.value(s).squeeze(-1)).median()
     before = copy.deepcopy(agent)
-    torch.manual_seed(seed)
-    metrics = agent.update(batch, update_actor=True)
+    agent.streams.generators[0].manual_seed(seed)  # the seed's noise comes from its own stream
+    metrics = agent.update(one_seed(batch), update_actor=True)
     return args, before, agent, metrics, agent.diagnostics()
 
 
@@ -214,14 +232,34 @@ def a2pr_formulas(args, before, after, batch: Batch, seed: int = 5) -> dict[str,
 
     `before` holds the networks before the iteration, `after` those after it: each of the critic, V and the
     VAE is stepped once, in that order, and not touched again, so the later parts use `after`'s. The three
-    random draws (the target smoothing noise, the VAE step's z, the actor step's z) are redrawn from `seed`."""
+    random draws (the target smoothing noise, the VAE step's z, the actor step's z) are redrawn from a
+    generator seeded with `seed` (the seed's stream). The agents' networks are seed-stacked (one seed)."""
     s, a, r, s2, d = batch
     b, latent = len(s), after.vae.latent_dim
     a2, y = td3_target(
-        before, batch, LOW, HIGH, seed, args.discount, args.policy_noise, args.noise_clip
+        before,
+        batch,
+        LOW,
+        HIGH,
+        seed,
+        args.discount,
+        args.policy_noise,
+        args.noise_clip,
+        stream=True,
     )
-    z_vae, z_pi = torch.randn(b, latent), torch.randn(b, latent)  # the update's next two draws
+    stream = torch.Generator().manual_seed(seed)
+    torch.randn(a.shape, generator=stream)  # td3_target's smoothing noise, the update's first draw
+    z_vae, z_pi = (torch.randn(b, latent, generator=stream) for _ in range(2))  # its next two
     q1, q2 = critic_member(after.critic, 0), critic_member(after.critic, 1)
+
+    def V(agent, x):
+        return agent.value(x[None])[0].squeeze(-1)
+
+    def encode(agent, x, u):
+        return [t[0] for t in agent.vae.encode(x[None], u[None])]
+
+    def decode(agent, x, z):
+        return agent.vae.decode(x[None], z[None])[0]
 
     def Q1(x, u):
         return mlp_forward(q1, torch.cat([x, u], 1)).squeeze(-1)
@@ -229,7 +267,7 @@ def a2pr_formulas(args, before, after, batch: Batch, seed: int = 5) -> dict[str,
     out = {}
     with torch.no_grad():
         # V: mean of (V(s) - min(y_online, y))^2, or the expectile loss |tau - 1[diff < 0]| diff^2.
-        v_before, v_after = before.value(s).squeeze(-1), after.value(s).squeeze(-1)
+        v_before, v_after = V(before, s), V(after, s)
         y_online = r + args.discount * (1 - d) * torch.min(
             Q1(s2, a2), mlp_forward(q2, torch.cat([s2, a2], 1)).squeeze(-1)
         )
@@ -244,8 +282,8 @@ def a2pr_formulas(args, before, after, batch: Batch, seed: int = 5) -> dict[str,
         # VAE: reconstruction masked by 1[A(s, a) > eps_A], KL on every sample.
         adv_data = Q1(s, a) - v_s
         positive = (adv_data > args.adv_threshold).float()
-        mean, std = before.vae.encode(s, a)
-        recon = before.vae.decode(s, mean + std * z_vae)
+        mean, std = encode(before, s, a)
+        recon = decode(before, s, mean + std * z_vae)
         recon_loss = (args.vae_weight * positive[:, None] * (recon - a) ** 2).mean()
         kl = -0.5 * (1 + torch.log(std**2) - mean**2 - std**2).mean()
         out.update(adv_data=adv_data, positive=positive, vae_loss=recon_loss + 0.5 * kl)
@@ -257,8 +295,8 @@ def a2pr_formulas(args, before, after, batch: Batch, seed: int = 5) -> dict[str,
     pi = torch.tanh(mlp_forward(theta, s)) * scale + bias
     q_pi = Q1(s, pi)
     lmbda = args.alpha / q_pi.abs().mean().detach()
-    mean, std = after.vae.encode(s, pi)
-    vae_action = after.vae.decode(s, mean + std * z_pi)
+    mean, std = encode(after, s, pi)
+    vae_action = decode(after, s, mean + std * z_pi)
     if args.detach_vae_target:
         vae_action = vae_action.detach()
     with torch.no_grad():
@@ -270,7 +308,7 @@ def a2pr_formulas(args, before, after, batch: Batch, seed: int = 5) -> dict[str,
     bc_loss = (w[:, None] * (pi - target) ** 2).mean()
     actor_loss = -lmbda * q_pi.mean() + bc_loss
     grads = torch.autograd.grad(actor_loss, params)
-    # Back to nn.Linear's (out, in) layout, in actor.parameters() order.
+    # Back to nn.Linear's (out, in) layout (a seed's slice of SeedLinear's), in actor.parameters() order.
     out["actor_grads"] = [g.t() if g.dim() == 2 else g for g in grads]
     out.update(adv_vae=adv_vae, use_vae=use_vae, w=w, bc_loss=bc_loss.detach(),
                actor_loss=actor_loss.detach())  # fmt: skip
@@ -278,8 +316,9 @@ def a2pr_formulas(args, before, after, batch: Batch, seed: int = 5) -> dict[str,
 
 
 def assert_matches(metrics, stats, agent, want, value_loss: str = "mse") -> None:
-    """The update's losses, logged statistics and actor gradient equal the formulas'."""
+    """The update's losses, logged statistics and actor gradient (of its one seed) equal the formulas'."""
     close = {"rtol": 1e-9, "atol": 1e-12}  # in float64
+    metrics, stats = ({k: v[0] for k, v in d.items()} for d in (metrics, stats))
     torch.testing.assert_close(metrics["value_loss"], want[f"value_loss_{value_loss}"], **close)
     torch.testing.assert_close(stats["a2pr/v_mean"], want["v_s"].mean(), **close)
     torch.testing.assert_close(stats["a2pr/positive_adv_fraction"], want["positive"].mean())
@@ -289,7 +328,7 @@ def assert_matches(metrics, stats, agent, want, value_loss: str = "mse") -> None
     torch.testing.assert_close(metrics["bc_loss"], want["bc_loss"], **close)
     torch.testing.assert_close(metrics["actor_loss"], want["actor_loss"], **close)
     for p, g in zip(agent.actor.parameters(), want["actor_grads"], strict=True):
-        torch.testing.assert_close(p.grad, g, **close)  # the gradient of the actor's step
+        torch.testing.assert_close(p.grad[0], g, **close)  # the gradient of the actor's step
 
 
 def test_a2pr_critic_step_equals_td3s_formula(fixed_batch):
@@ -297,12 +336,11 @@ def test_a2pr_critic_step_equals_td3s_formula(fixed_batch):
     # bootstrap, the sum of the two MSEs; checked against the plain formula, loss and gradient.
     batch = fixed_batch(b=32)
     args = a2pr.Args(**TINY, discount=0.9, policy_noise=0.3, noise_clip=0.4)
-    torch.manual_seed(0)
     agent = a2pr.A2PR(args, 3, 2, LOW, HIGH, "cpu")
-    expected, grads = td3_critic_step(agent, batch, LOW, HIGH, 5, 0.9, 0.3, 0.4)
-    torch.manual_seed(5)
-    metrics = agent.update(batch, update_actor=True)
-    torch.testing.assert_close(metrics["critic_loss"], expected, rtol=1e-5, atol=1e-6)
+    expected, grads = td3_critic_step(agent, batch, LOW, HIGH, 5, 0.9, 0.3, 0.4, stream=True)
+    agent.streams.generators[0].manual_seed(5)  # the seed's noise comes from its own stream
+    metrics = agent.update(one_seed(batch), update_actor=True)
+    torch.testing.assert_close(metrics["critic_loss"][0], expected, rtol=1e-5, atol=1e-6)
     # The step followed that loss (V's, the VAE's and the actor's steps leave the critic's gradient).
     assert_critic_gradient(agent.critic, grads)
 
@@ -329,7 +367,8 @@ def test_a2pr_expectile_value_loss(batch64):
     assert abs(want["value_loss_expectile"] - want["value_loss_mse"]) > 0.1 * want["value_loss_mse"]
     # and V's step follows it: V after the expectile step differs from V after the MSE step.
     default = a2pr_iteration(batch)[2]
-    assert not torch.allclose(agent.value(batch.observations), default.value(batch.observations))
+    obs = batch.observations[None]
+    assert not torch.allclose(agent.value(obs), default.value(obs))
 
 
 def test_a2pr_value_timing_fresh_uses_v_after_its_step(batch64):
@@ -345,7 +384,7 @@ def test_a2pr_value_timing_fresh_uses_v_after_its_step(batch64):
     assert not torch.allclose(stale["v_s"], fresh["v_s"], atol=1e-3)
     assert not torch.equal(stale["positive"], fresh["positive"])
     assert not torch.equal(stale["w"], fresh["w"])
-    v_mean = {timing: run[4]["a2pr/v_mean"] for timing, run in runs.items()}
+    v_mean = {timing: run[4]["a2pr/v_mean"][0] for timing, run in runs.items()}
     assert abs(v_mean["stale"] - v_mean["fresh"]) > 1e-3
 
 
@@ -379,11 +418,31 @@ def test_a2pr_adv_threshold_moves_the_mask_and_the_weights(batch64):
     args, before, agent, metrics, stats = a2pr_iteration(batch, adv_threshold=eps_a)
     want = a2pr_formulas(args, before, agent, batch)
     assert_matches(metrics, stats, agent, want)
-    assert stats["a2pr/positive_adv_fraction"] == 16 / 64
+    assert stats["a2pr/positive_adv_fraction"][0] == 16 / 64
     # The threshold changes the mask and the weights on this batch, compared with eps_A = 0.
     at_zero = a2pr_formulas(replace(args, adv_threshold=0.0), before, agent, batch)
     assert at_zero["positive"].mean() != 16 / 64
     assert not torch.equal(want["w"], at_zero["w"])
+
+
+def test_seed_k_of_an_a2pr_group_of_four_is_the_single_seed_run_of_seed_k(
+    hopper_random_file, tmp_path
+):
+    tiny = dict(dataset=hopper_random_file, total_steps=100, eval_every=50, eval_episodes=1,
+                progress=False, save_model=True, **SMALL)  # fmt: skip
+    group = a2pr.main(a2pr.Args(seed=3, num_seeds=4, run_dir=str(tmp_path / "group"), **tiny))
+    for k in range(4):
+        alone = a2pr.main(a2pr.Args(seed=3 + k, run_dir=str(tmp_path / f"alone{k}"), **tiny))
+        member = group["seeds"][k]
+        assert member["return"] == alone["return"] and member["return_best"] == alone["return_best"]
+        a, b = (
+            load_checkpoint(tmp_path / "group" / f"s{k}"),
+            load_checkpoint(tmp_path / f"alone{k}"),
+        )
+        for part in ("actor", "critic", "value", "vae", "actor_target", "critic_target", "actor_opt",
+                     "critic_opt", "value_opt", "vae_opt", "streams", "normalizer", "step"):  # fmt: skip
+            assert_same_state(a[part], b[part], f"seed {3 + k} {part}")
+        assert file_kinds(tmp_path / "group" / f"s{k}") == file_kinds(tmp_path / f"alone{k}")
 
 
 def test_a2pr_smoke_logs_statistics(hopper_random_file, tmp_path):

@@ -1,4 +1,5 @@
-"""PRDC: exactness of the nearest-neighbour backends, smoke run, logging, resume and a learning test."""
+"""PRDC: exactness of the nearest-neighbour backends, smoke run, logging, resume, --num-seeds and a learning
+test."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 import torch
 from formulas import assert_critic_gradient, td3_critic_step
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_seeds import assert_same_state, file_kinds
 
 from ocrl.algos import prdc
-from ocrl.data import ReplayBuffer
+from ocrl.data import Batch, ReplayBuffer
+from ocrl.experiment import load_checkpoint
 from ocrl.nets import NearestNeighbors, knn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +81,24 @@ def test_brute_certificate_fallback_with_many_equidistant_points(vectorised, mon
     )
     index = NearestNeighbors(points, "brute", chunk_size=1024)
     check_exact(index, points, torch.full((4, 14), 100.0), 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rows_neighbour_does_not_depend_on_the_other_rows(backend):
+    # --num-seeds asks one search for every seed's rows: each row's answer must be the one it gets alone.
+    gen = torch.Generator().manual_seed(1)
+    points = torch.randn(5000, 14, generator=gen)
+    groups = [points[:256] + s * torch.randn(256, 14, generator=gen) for s in (0.01, 0.3, 1.0, 3.0)]
+    index = NearestNeighbors(points, backend, chunk_size=1024)
+    together = index.query(torch.cat(groups), k=2)
+    alone = [index.query(group, k=2) for group in groups]
+    for i, got in enumerate(together):  # indices, then distances
+        assert torch.equal(got, torch.cat([answer[i] for answer in alone]))
+
+
+def one_seed(batch):
+    """A (B, ...) batch as the (N = 1, B, ...) minibatch of a seed-stacked update."""
+    return Batch(*(t.unsqueeze(0) for t in batch))
 
 
 def test_knn_rejects_bad_input():
@@ -154,20 +175,19 @@ def test_prdc_actor_loss_equals_the_nearest_neighbour_formula():
     idx = torch.arange(0, n, 5)
     batch = buffer.gather(idx)
     actor_before = copy.deepcopy(agent.actor)
-    torch.manual_seed(1)
-    metrics = agent.update(batch, update_actor=True)
+    metrics = agent.update(one_seed(batch), update_actor=True)
     with torch.no_grad():
-        pi = actor_before(batch.observations)
+        pi = actor_before(batch.observations[None])[0]
         points = torch.cat([2.0 * data[0], data[1]], 1)
         query = torch.cat([2.0 * batch.observations, pi], 1)
         nearest = torch.cdist(query, points).argmin(dim=1)
-        q_pi = agent.critic(batch.observations, pi)[0]  # Q1 after the critic step
+        q_pi = agent.critic(batch.observations[None], pi[None])[0, 0]  # Q1 after the critic step
         lmbda = 2.5 / q_pi.abs().mean()
         expected = -lmbda * q_pi.mean() + ((pi - data[1][nearest]) ** 2).mean()
-    torch.testing.assert_close(metrics["dc_mse"], ((pi - data[1][nearest]) ** 2).mean())
-    torch.testing.assert_close(metrics["actor_loss"], expected, rtol=1e-5, atol=1e-6)
-    stats = agent.search_diagnostics(batch, idx)
-    torch.testing.assert_close(stats["prdc/nn_self_fraction"], (nearest == idx).float().mean())
+    torch.testing.assert_close(metrics["dc_mse"][0], ((pi - data[1][nearest]) ** 2).mean())
+    torch.testing.assert_close(metrics["actor_loss"][0], expected, rtol=1e-5, atol=1e-6)
+    stats = agent.search_diagnostics(one_seed(batch), idx[None])
+    torch.testing.assert_close(stats["prdc/nn_self_fraction"][0], (nearest == idx).float().mean())
 
 
 def test_prdc_critic_step_equals_td3s_formula():
@@ -186,11 +206,31 @@ def test_prdc_critic_step_equals_td3s_formula():
     agent = prdc.PRDC(args, buffer, low, high, "cpu")
     batch = buffer.gather(torch.arange(0, n, 3))
     assert 0 < batch.terminals.sum() < len(batch.terminals)  # both branches of the bootstrap
-    expected, grads = td3_critic_step(agent, batch, low, high, 5, 0.9, 0.3, 0.4)
-    torch.manual_seed(5)
-    metrics = agent.update(batch, update_actor=True)
-    torch.testing.assert_close(metrics["critic_loss"], expected, rtol=1e-5, atol=1e-6)
+    expected, grads = td3_critic_step(agent, batch, low, high, 5, 0.9, 0.3, 0.4, stream=True)
+    agent.streams.generators[0].manual_seed(5)  # the seed's noise comes from its own stream
+    metrics = agent.update(one_seed(batch), update_actor=True)
+    torch.testing.assert_close(metrics["critic_loss"][0], expected, rtol=1e-5, atol=1e-6)
     assert_critic_gradient(agent.critic, grads)  # the step followed that loss
+
+
+def test_seed_k_of_a_prdc_group_of_four_is_the_single_seed_run_of_seed_k(
+    hopper_random_file, tmp_path
+):
+    tiny = dict(dataset=hopper_random_file, hidden=(32, 32), total_steps=100, eval_every=50,
+                eval_episodes=1, progress=False, save_model=True)  # fmt: skip
+    group = prdc.main(prdc.Args(seed=3, num_seeds=4, run_dir=str(tmp_path / "group"), **tiny))
+    for k in range(4):
+        alone = prdc.main(prdc.Args(seed=3 + k, run_dir=str(tmp_path / f"alone{k}"), **tiny))
+        member = group["seeds"][k]
+        assert member["return"] == alone["return"] and member["return_best"] == alone["return_best"]
+        a, b = (
+            load_checkpoint(tmp_path / "group" / f"s{k}"),
+            load_checkpoint(tmp_path / f"alone{k}"),
+        )
+        for part in ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt",
+                     "streams", "buffer", "normalizer", "step"):  # fmt: skip
+            assert_same_state(a[part], b[part], f"seed {3 + k} {part}")
+        assert file_kinds(tmp_path / "group" / f"s{k}") == file_kinds(tmp_path / f"alone{k}")
 
 
 @pytest.mark.slow

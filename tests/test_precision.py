@@ -131,11 +131,11 @@ def agent_and_update(name: str, precision: str):
         buf = ReplayBuffer.from_arrays(*[x.numpy() for x in batch(1)])
         args = prdc.Args(hidden=(32, 32), nn_backend="brute", **common)
         agent = prdc.PRDC(args, buf, low, high, "cpu")
-        return agent, lambda b: agent.update(b, update_actor=True)
+        return agent, lambda b: agent.update(prdc.Batch(*(t[None] for t in b)), update_actor=True)
     if name == "a2pr":
         args = a2pr.Args(actor_hidden=(32,), critic_hidden=(32,), vae_hidden=(32, 32), **common)
         agent = a2pr.A2PR(args, OBS, ACT, low, high, "cpu")
-        return agent, lambda b: agent.update(b, update_actor=True)
+        return agent, lambda b: agent.update(a2pr.Batch(*(t[None] for t in b)), update_actor=True)
     if name == "iql":
         agent = iql.IQL(iql.Args(hidden=(32, 32), **common), OBS, ACT, low, high, "cpu")
         return agent, agent.update

@@ -124,7 +124,7 @@ def ocrl_trainer(name: str, task, precision: str, batch: int, device) -> Callabl
         agent = prdc.PRDC(prdc.Args(precision=precision), buffer, low, high, device)
     else:
         agent = a2pr.A2PR(a2pr.Args(precision=precision), obs_dim, act_dim, low, high, device)
-    return lambda it: agent.update(buffer.sample(batch), it % 2 == 0)
+    return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams), it % 2 == 0)
 
 
 def update_table(args: Args, device: torch.device) -> dict[str, float]:
