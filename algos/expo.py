@@ -31,10 +31,8 @@ into the base policy.
 actor, L_pi = E[alpha log pi(a|s) - mean_k Q_k(s, a)], a' ~ pi(s'), temperature toward -|A|/2, mean-action eval.
 Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*); faithful-vs-fixed flags
 (--target-entropy, --clip-edited-actions, --backup-entropy), AntMaze and Adroit runs: docs/algos/expo.md.
-`--precision bf16` runs the networks' hidden layers in bf16 autocast: the critics, the epsilon-network, the edit
-policy and the gaussian actor in the updates, and the whole OTF selection (backup, acting, evaluation); the output
-layers (Q, predicted noise, mean, log-std), the time phases, the DDPM chain's noise maths and loss, log-probs,
-targets, losses, weights, optimiser states and the EMA stay fp32, and so does RLPD's acting.
+`--precision bf16`: bf16 autocast of the networks' hidden layers in the updates and the OTF selection; outputs,
+DDPM noise maths, losses, weights, optimiser states and the EMA stay fp32 (details: docs/algos/expo.md).
 
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --total-steps 50000
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --policy gaussian --total-steps 50000
@@ -212,9 +210,7 @@ class EXPO(Agent):
             base = diffusion.sample(obs.repeat_interleave(n, 0)).view(b, n, a)
             candidates = base
             if k > 0:
-                edit_in = torch.cat(
-                    [obs.repeat_interleave(k, 0), base[:, :k].reshape(b * k, a)], -1
-                )
+                edit_in = torch.cat([obs.repeat_interleave(k, 0), base[:, :k].reshape(b * k, a)], -1)  # fmt: skip
                 edited = base[:, :k] + self.edit(edit_in)[0].view(b, k, a)
                 if args.clip_edited_actions:
                     edited = edited.clamp(-1.0, 1.0)
