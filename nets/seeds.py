@@ -145,7 +145,8 @@ class SeedSlice:
                 if key not in slot:
                     slot[key] = torch.zeros_like(params[index])
                 slot[key][self._index(name, slot[key])] = value.to(slot[key])
-        part.load_state_dict(full)
+        # The saved hyperparameters too (the same for every seed): an lr schedule has moved the lr.
+        part.load_state_dict({"state": full["state"], "param_groups": state["param_groups"]})
 
 
 def seed_parts(parts: dict[str, Any], k: int, num_seeds: int) -> dict[str, Any]:

@@ -155,6 +155,7 @@ def test_seed_slices_of_a_module_and_its_optimiser_round_trip():
     assert q.shape == (2, 3, 6)
     q.square().sum().backward()
     opt.step()
+    opt.param_groups[0]["lr"] = 4e-3  # as an lr schedule moves it
     saved = SeedSlice(opt, 2, 3, critic).state_dict()
     weights = SeedSlice(critic, 2, 3).state_dict()
     assert weights["net.0.weight"].shape == (2, 5, 8)  # a single-seed CriticEnsemble's shape
@@ -170,6 +171,7 @@ def test_seed_slices_of_a_module_and_its_optimiser_round_trip():
     assert_same_state(
         SeedSlice(fresh_opt, 0, 3, fresh).state_dict()["state"], saved["state"], "adam"
     )
+    assert fresh_opt.param_groups[0]["lr"] == 4e-3
     assert_same_state(SeedSlice(fresh, 1, 3).state_dict(), before, "untouched seed")
 
 
