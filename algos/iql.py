@@ -30,6 +30,11 @@ at the clip 100), iql/actor_lr. Evaluation: ocrl's shared protocol (deterministi
 5,000 updates, episode seeds from --seed): CORL's cadence and episode count, not its env seeds.
 `--precision bf16` runs the networks' hidden layers in bf16 autocast; their output layers (V, Q, the actor's
 mean), the expectile, TD and AWR losses, the log-probabilities, weights, Polyak updates and Adam's state stay fp32.
+`--num-seeds N` trains seeds seed .. seed+N-1 at once: every network (the Gaussian actor's log_std too) has a
+leading seed axis (one batched matmul per layer), each seed draws its weights and minibatches from its own
+generator, and its V, Q and actor losses are its own; their sums step every seed's weights with that seed's
+gradient alone. A single-seed run is N = 1 of the same code, so seed k alone and seed k in a group train the same
+networks.
 
     python algos/iql.py --total-steps 20000 --preset hopper-medium-v2   # shipped hopper data, CPU minutes
     python algos/iql.py --dataset antmaze-umaze-v2 --preset antmaze-umaze-v2
@@ -43,16 +48,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
-from ocrl.experiment import Agent, TrainingLoop
-from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment import Agent, SeedLoops
+from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, autocast, polyak_update
+from ocrl.nets.seeds import SeedStreams, init_seeds
 
 _DEFAULT = {"beta": 3.0, "expectile": 0.7, "actor": "gaussian", "tau": 0.005,
             "normalize_reward": False, "reward_shift": 0.0}  # fmt: skip
@@ -79,11 +84,11 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters of CORL's YAMLs (hopper-medium(-replay)-v2: deterministic actor, reward scaling, tau 0.001; antmaze-*: beta 10, expectile 0.9, reward - 1); explicit flags override them; --dataset alone changes none"""
     seed: int = 0
-    """seed of torch, numpy and the evaluation episodes"""
+    """seed of the networks' weights, the minibatches and noise (one generator per seed) and the evaluation episodes"""
     total_steps: int = 1_000_000
     """gradient updates (one V, Q and actor step each), CORL's 1M; also the length of the actor's cosine lr decay (a --resume keeps the first run's)"""
     batch_size: int = 256
@@ -121,20 +126,26 @@ class Args(RunArgs, PrecisionArgs, OfflineArgs):
 
 
 class GaussianActor(nn.Module):
-    """CORL's GaussianPolicy: Normal(tanh(MLP(s)), exp(log_std)) over actions scaled to [-1, 1]; log_std is one parameter vector."""
+    """CORL's GaussianPolicy: Normal(tanh(MLP(s)), exp(log_std)) over actions scaled to [-1, 1]; log_std is one
+    parameter vector (with `num_seeds` N: one per seed, (N, act_dim), and (N, B, ...) inputs)."""
 
-    def __init__(self, obs_dim, act_dim, hidden, action_low, action_high) -> None:
+    def __init__(self, obs_dim, act_dim, hidden, action_low, action_high, num_seeds=None) -> None:
         super().__init__()
-        self.net = MLP(obs_dim, act_dim, hidden, output_activation=nn.Tanh)
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.net = MLP(obs_dim, act_dim, hidden, output_activation=nn.Tanh, num_seeds=num_seeds)
+        self.log_std = nn.Parameter(torch.zeros(act_dim) if num_seeds is None else torch.zeros(num_seeds, act_dim))  # fmt: skip
+        self.seed_parameters = () if num_seeds is None else ("log_std",)  # seed k's log_std: row k
         low = torch.as_tensor(action_low, dtype=torch.float32)
         high = torch.as_tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """log pi(a|s) summed over action dimensions (B,): the Normal density, no tanh correction."""
+        """log pi(a|s) summed over action dimensions ((N,) B): the Normal density, no tanh correction."""
         mean, log_std = self.net(obs), self.log_std.clamp(-20.0, 2.0)
+        if (
+            self.seed_parameters
+        ):  # (N, act_dim) -> (N, 1, act_dim) against the (N, B, act_dim) means
+            log_std = log_std.unsqueeze(1)
         z = (actions - self.action_bias) / self.action_scale
         return (-0.5 * ((z - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)  # fmt: skip
 
@@ -145,51 +156,66 @@ class GaussianActor(nn.Module):
 
 
 def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
-    """mean |tau_e - 1[u < 0]| u^2: residuals above V weigh tau_e, those below 1 - tau_e."""
-    return (torch.abs(expectile - (u < 0).float()) * u.square()).mean()
+    """mean |tau_e - 1[u < 0]| u^2 over the last (batch) axis: residuals above V weigh tau_e, those below 1 - tau_e."""
+    return (torch.abs(expectile - (u < 0).float()) * u.square()).mean(dim=-1)
+
+
+def actor_class(args: Args) -> type[nn.Module]:
+    return GaussianActor if args.actor == "gaussian" else DeterministicActor
 
 
 class IQL(Agent):
-    """V, the twin critics and their targets, the actor, their optimisers and the actor's lr schedule."""
+    """V, the twin critics and their targets, the actor, their optimisers and the actor's lr schedule of
+    --num-seeds seeds, stacked on a leading seed axis; `update` is one IQL iteration of every seed on (N, B, ...)
+    minibatches."""
 
     def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
-        self.args = args
-        actor_cls = GaussianActor if args.actor == "gaussian" else DeterministicActor
-        self.actor = actor_cls(obs_dim, act_dim, args.hidden, action_low, action_high)
-        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2)
-        self.value = MLP(obs_dim, 1, args.hidden)
-        self.actor.to(device), self.critic.to(device), self.value.to(device)
+        self.args, n = args, args.num_seeds
+        self.streams = SeedStreams(range(args.seed, args.seed + n), device)
+        self.actor = actor_class(args)(
+            obs_dim, act_dim, args.hidden, action_low, action_high, num_seeds=n
+        )
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2, num_seeds=n)
+        self.value = MLP(obs_dim, 1, args.hidden, num_seeds=n)
+        for net in (self.actor, self.critic, self.value):
+            init_seeds(net, self.streams).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, fused=True)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr, fused=True)
+        # foreach, not fused: CPU fused Adam's digits depend on the tensor length, so on N.
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, foreach=True)
+        self.critic_opt = torch.optim.Adam(
+            self.critic.parameters(), lr=args.critic_lr, foreach=True
+        )
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr, foreach=True)
         self.actor_schedule = CosineAnnealingLR(self.actor_opt, args.total_steps)
         self.seen: dict[str, torch.Tensor] = {}  # the last update's intermediates, for diagnostics
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One iteration in CORL's order: V's expectile step, the critics' step and targets, the actor's step."""
+        """One iteration in CORL's order: V's expectile step, the critics' step and targets, the actor's step;
+        (N,) losses."""
         args = self.args
-        obs, actions, rewards, next_obs, terminals = batch
+        obs, actions, rewards, next_obs, terminals = batch  # (N, B, ...): one minibatch per seed
         with torch.no_grad(), autocast(args.precision, obs.device):
-            next_v = self.value(next_obs).squeeze(-1)
+            next_v = self.value(next_obs).squeeze(-1)  # (N, B)
             target_q = self.critic_target(obs, actions).min(dim=0).values
 
         # V: an upper expectile of the target critics' Q over the dataset's actions.
         with autocast(args.precision, obs.device):
             v = self.value(obs).squeeze(-1)
         adv = target_q - v
-        value_loss = expectile_loss(adv, args.expectile)
+        value_loss = expectile_loss(adv, args.expectile)  # (N,)
         self.value_opt.zero_grad(set_to_none=True)
-        value_loss.backward()
+        value_loss.sum().backward()  # the seeds' gradients do not mix
         self.value_opt.step()
 
         # Q: both critics regress onto r + gamma (1 - d) V(s'), with V from before its step.
         target = torch.addcmul(rewards, 1.0 - terminals, next_v, value=args.discount)
         with autocast(args.precision, obs.device):
-            q = self.critic(obs, actions)  # (2, B)
-        critic_loss = F.mse_loss(q, target.expand_as(q))  # the mean of the two critics' MSEs
+            q = self.critic(obs, actions)  # (2, N, B)
+        critic_loss = (
+            (q - target).square().mean(dim=2).mean(dim=0)
+        )  # the mean of the two critics' MSEs
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()
         self.critic_opt.step()
         polyak_update(self.critic_target.parameters(), self.critic.parameters(), args.tau)
 
@@ -201,9 +227,9 @@ class IQL(Agent):
                 bc_loss = -self.actor.log_prob(obs, actions)
             else:
                 bc_loss = (self.actor(obs) - actions).square().sum(-1)
-        actor_loss = (weight * bc_loss).mean()
+        actor_loss = (weight * bc_loss).mean(dim=-1)
         self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        actor_loss.sum().backward()
         self.actor_opt.step()
         self.actor_schedule.step()
 
@@ -213,13 +239,14 @@ class IQL(Agent):
 
     @torch.no_grad()
     def diagnostics(self) -> dict[str, torch.Tensor]:
-        """The reference's checks for the last update: V below Q for tau_e > 0.5, and the share of clipped weights."""
+        """The reference's checks for the last update, per seed (N,): V below Q for tau_e > 0.5, and the share of
+        clipped weights."""
         seen = self.seen
         return {
-            "iql/v_mean": seen["v"].mean(), "iql/q_mean": seen["q"].mean(),
-            "iql/adv_mean": seen["adv"].mean(),
-            "iql/weight_clip_fraction": (seen["weight"] >= self.args.max_weight).float().mean(),
-            "iql/actor_lr": self.actor_opt.param_groups[0]["lr"],
+            "iql/v_mean": seen["v"].mean(dim=-1), "iql/q_mean": seen["q"].mean(dim=2).mean(dim=0),
+            "iql/adv_mean": seen["adv"].mean(dim=-1),
+            "iql/weight_clip_fraction": (seen["weight"] >= self.args.max_weight).float().mean(dim=-1),
+            "iql/actor_lr": torch.full((self.args.num_seeds,), self.actor_opt.param_groups[0]["lr"]),
         }  # fmt: skip
 
 
@@ -243,19 +270,27 @@ def main(args: Args) -> dict:
     task.buffer.rewards.add_(args.reward_shift)
     agent = IQL(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
     update = torch.compile(agent.update) if args.compile else agent.update
-    evaluator = task.evaluator(args.eval_episodes, args.seed, device)
-    loop = TrainingLoop(
+    seeds = range(args.seed, args.seed + args.num_seeds)
+    evaluators = [task.evaluator(args.eval_episodes, seed, device) for seed in seeds]
+    # Each seed's actor as a single-seed run builds it: what it evaluates with and exports as policy.pt2.
+    policies = [
+        actor_class(args)(
+            task.obs_dim, task.act_dim, args.hidden, task.action_low, task.action_high
+        )
+        for _ in seeds
+    ]
+    loop = SeedLoops(
         "iql", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
-        policy=agent.actor,
+        policies=[policy.to(device) for policy in policies],
     )  # fmt: skip
 
     for _ in loop.steps():
-        metrics = update(task.buffer.sample(args.batch_size))
+        metrics = update(task.buffer.sample_per_seed(args.batch_size, agent.streams))
         loop.log(metrics | agent.diagnostics())
         if loop.due(args.eval_every):
-            loop.evaluate(evaluator, agent.actor.act)
+            loop.evaluate(evaluators, agent.actor)
 
-    return loop.finish(evaluator, agent.actor.act, dataset=task.dataset.name, env_id=task.env_id)
+    return loop.finish(evaluators, agent.actor, dataset=task.dataset.name, env_id=task.env_id)
 
 
 if __name__ == "__main__":

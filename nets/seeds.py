@@ -47,20 +47,24 @@ class SeedStreams:
 
 
 def _seed_index(layer: nn.Module, tensor: torch.Tensor, k: int, num_seeds: int) -> int | list[int]:
-    """Seed k's part of a stacked layer's `tensor`: index k of a SeedLinear (the seed axis dropped); in an
-    ensemble of E members per seed, stored member-major (member e of seed k at row e N + k), its E rows."""
-    if isinstance(layer, SeedLinear):
+    """Seed k's part of a stacked layer's `tensor`: index k of a SeedLinear or of a module's `seed_parameters`
+    (the seed axis dropped); in an ensemble of E members per seed, stored member-major (member e of seed k at row
+    e N + k), its E rows."""
+    if not isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
         return k
     return [e * num_seeds + k for e in range(tensor.shape[0] // num_seeds)]
 
 
 def _stacked_layers(module: nn.Module) -> dict[str, nn.Module]:
-    """The layer of each stacked parameter of `module`, by state-dict name."""
+    """The layer of each stacked parameter of `module`, by state-dict name: every parameter of a SeedLinear or
+    an ensemble layer, and those a module names in its `seed_parameters` (e.g. a state-independent log-std of
+    shape (N, act_dim), seed k's slice the single-seed (act_dim,))."""
+    stacked = (SeedLinear, EnsembleLinear, EnsembleLayerNorm)
     return {
         f"{prefix}.{name}" if prefix else name: layer
         for prefix, layer in module.named_modules()
-        if isinstance(layer, (SeedLinear, EnsembleLinear, EnsembleLayerNorm))
         for name, _ in layer.named_parameters(recurse=False)
+        if isinstance(layer, stacked) or name in getattr(layer, "seed_parameters", ())
     }
 
 
@@ -147,15 +151,19 @@ class SeedSlice:
                 if key not in slot:
                     slot[key] = torch.zeros_like(params[index])
                 slot[key][self._index(name, slot[key])] = value.to(slot[key])
-        part.load_state_dict(full)
+        # The saved hyperparameters too (the same for every seed): an lr schedule has moved the lr.
+        part.load_state_dict({"state": full["state"], "param_groups": state["param_groups"]})
 
 
 def seed_parts(parts: dict[str, Any], k: int, num_seeds: int) -> dict[str, Any]:
     """Seed k's checkpoint parts of an agent's stacked `parts` (an optimiser is matched to the module whose
-    parameters it steps)."""
+    parameters it steps; an lr schedule, the same for every seed, is every seed's part as it is)."""
     modules = [m for m in parts.values() if isinstance(m, nn.Module)]
     sliced = {}
     for name, part in parts.items():
+        if isinstance(part, torch.optim.lr_scheduler.LRScheduler):
+            sliced[name] = part
+            continue
         module = None
         if isinstance(part, torch.optim.Optimizer):
             ids = [id(p) for group in part.param_groups for p in group["params"]]

@@ -9,12 +9,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ocrl.algos import iql
+from ocrl.nets import SeedLinear
 
 
 def plain(module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """An nn.Linear stack as (weight (in, out), bias) pairs."""
-    return [(m.weight.detach().t().clone(), m.bias.detach().clone()) for m in module.modules()
-            if isinstance(m, torch.nn.Linear)]  # fmt: skip
+    """A SeedLinear stack of one seed as (weight (in, out), bias) pairs: one ordinary MLP."""
+    return [(m.weight[0].detach().t().clone(), m.bias[0].detach().clone()) for m in module.modules()
+            if isinstance(m, SeedLinear)]  # fmt: skip
 
 
 def member(critic, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -33,9 +34,14 @@ def mlp(layers, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_expectile_loss_by_hand():
-    # u = 2 (above V) weighs 0.7, u = -1 (below) weighs 0.3: (0.7 * 4 + 0.3 * 1) / 2.
-    loss = iql.expectile_loss(torch.tensor([2.0, -1.0]), 0.7)
-    assert loss.item() == pytest.approx(1.55)
+    # u = 2 (above V) weighs 0.7, u = -1 (below) weighs 0.3: (0.7 * 4 + 0.3 * 1) / 2; one loss per seed (row).
+    loss = iql.expectile_loss(torch.tensor([[2.0, -1.0], [-1.0, -1.0]]), 0.7)
+    torch.testing.assert_close(loss, torch.tensor([1.55, 0.3]))
+
+
+def one_seed(batch):
+    """A (B, ...) batch as the (N = 1, B, ...) minibatch of the seed-stacked update."""
+    return iql.Batch(*(t.unsqueeze(0) for t in batch))
 
 
 def expected_iql(agent, batch, discount: float, expectile: float):
@@ -67,9 +73,8 @@ def beta_that_clips_some(u: torch.Tensor) -> float:
 
 
 def test_update_equals_the_formulas_deterministic_actor(fixed_batch):
-    torch.manual_seed(0)
     args = iql.Args(hidden=(16, 16), actor="deterministic", discount=0.9, expectile=0.7,
-                    total_steps=10, tau=0.01)  # fmt: skip
+                    total_steps=10, tau=0.01, seed=0)  # fmt: skip
     low, high = torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0])
     agent = iql.IQL(args, 3, 2, low, high, "cpu")
     s, a, *_ = batch = fixed_batch(b=16)
@@ -82,14 +87,14 @@ def test_update_equals_the_formulas_deterministic_actor(fixed_batch):
     actor_loss = (w * ((pi - a) ** 2).sum(-1)).mean()
     target_before = [member(agent.critic_target, i) for i in range(2)]
 
-    metrics = agent.update(batch)
-    torch.testing.assert_close(metrics["value_loss"], value_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(metrics["critic_loss"], critic_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(metrics["actor_loss"], actor_loss, rtol=1e-5, atol=1e-6)
+    metrics = agent.update(one_seed(batch))
+    torch.testing.assert_close(metrics["value_loss"][0], value_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics["critic_loss"][0], critic_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics["actor_loss"][0], actor_loss, rtol=1e-5, atol=1e-6)
     diag = agent.diagnostics()
-    torch.testing.assert_close(diag["iql/weight_clip_fraction"], (w == 100.0).float().mean())
-    torch.testing.assert_close(diag["iql/v_mean"], v.mean(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(diag["iql/q_mean"], q.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(diag["iql/weight_clip_fraction"][0], (w == 100.0).float().mean())
+    torch.testing.assert_close(diag["iql/v_mean"][0], v.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(diag["iql/q_mean"][0], q.mean(), rtol=1e-5, atol=1e-6)
     # Polyak on the target critics after the critic step; the actor's lr follows the cosine.
     for i in range(2):
         for (wt, bt), (wo, bo), (wt2, bt2) in zip(
@@ -101,11 +106,10 @@ def test_update_equals_the_formulas_deterministic_actor(fixed_batch):
 
 
 def test_update_equals_the_formulas_gaussian_actor(fixed_batch):
-    torch.manual_seed(1)
-    args = iql.Args(hidden=(16, 16), actor="gaussian", discount=0.99, expectile=0.9)
+    args = iql.Args(hidden=(16, 16), actor="gaussian", discount=0.99, expectile=0.9, seed=1)
     agent = iql.IQL(args, 3, 2, -1.0, 1.0, "cpu")
     with torch.no_grad():
-        agent.actor.log_std.copy_(torch.tensor([0.3, -0.5]))
+        agent.actor.log_std.copy_(torch.tensor([[0.3, -0.5]]))  # (N = 1, act_dim)
     s, a, *_ = batch = fixed_batch(b=16)
     center_advantages(agent, batch)
     u, _, _, value_loss, critic_loss = expected_iql(agent, batch, 0.99, 0.9)
@@ -116,12 +120,12 @@ def test_update_equals_the_formulas_gaussian_actor(fixed_batch):
     neg_log_pi = (0.5 * ((a - mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)).sum(-1)  # fmt: skip
     actor_loss = (w * neg_log_pi).mean()
 
-    metrics = agent.update(batch)
-    torch.testing.assert_close(metrics["value_loss"], value_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(metrics["critic_loss"], critic_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(metrics["actor_loss"], actor_loss, rtol=1e-5, atol=1e-6)
+    metrics = agent.update(one_seed(batch))
+    torch.testing.assert_close(metrics["value_loss"][0], value_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics["critic_loss"][0], critic_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics["actor_loss"][0], actor_loss, rtol=1e-5, atol=1e-6)
     # Evaluation takes the mean action.
-    torch.testing.assert_close(agent.actor.act(s), torch.tanh(mlp(plain(agent.actor), s)))
+    torch.testing.assert_close(agent.actor.act(s[None])[0], torch.tanh(mlp(plain(agent.actor), s)))
 
 
 def test_presets_follow_corl_yamls():

@@ -138,7 +138,7 @@ def agent_and_update(name: str, precision: str):
         return agent, lambda b: agent.update(a2pr.Batch(*(t[None] for t in b)), update_actor=True)
     if name == "iql":
         agent = iql.IQL(iql.Args(hidden=(32, 32), **common), OBS, ACT, low, high, "cpu")
-        return agent, agent.update
+        return agent, lambda b: agent.update(iql.Batch(*(t[None] for t in b)))
     if name == "sac":
         agent = sac.SAC(sac.Args(hidden=(32, 32), **common), OBS, ACT, low, high, "cpu")
         return agent, lambda b: agent.update(b, actor_steps=2)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocrl.algos import td3_bc
+from ocrl.algos import iql, td3_bc
 from ocrl.experiment import load_checkpoint
 from ocrl.nets import CriticEnsemble, DeterministicActor
 from ocrl.nets.seeds import SeedSlice, SeedStreams, init_seeds, seed_member
@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden=(32, 32), eval_episodes=1, progress=False, save_model=True)
 
 
-def run(hopper_random_file, run_dir: Path, **kw) -> dict:
-    args = td3_bc.Args(dataset=hopper_random_file, run_dir=str(run_dir), **TINY, **kw)
-    return td3_bc.main(args)
+def run(hopper_random_file, run_dir: Path, module=td3_bc, **kw) -> dict:
+    args = module.Args(dataset=hopper_random_file, run_dir=str(run_dir), **TINY, **kw)
+    return module.main(args)
 
 
 def assert_same_state(a, b, where: str) -> None:
@@ -68,6 +68,32 @@ def test_seed_k_of_a_group_of_four_is_the_single_seed_run_of_seed_k(hopper_rando
         assert config["seed"] == 3 + k and config["num_seeds"] == 1
 
 
+@pytest.mark.parametrize("actor", ["gaussian", "deterministic"])
+def test_iql_seed_k_of_a_group_of_four_is_the_single_seed_run_of_seed_k(
+    hopper_random_file, tmp_path, actor
+):
+    # IQL: V, the twin critics, their targets, the actor (the Gaussian's per-seed log_std) and the lr schedule.
+    steps = 100 if actor == "gaussian" else 30
+    kw = dict(module=iql, actor=actor, total_steps=steps, eval_every=steps // 2)
+    group = run(hopper_random_file, tmp_path / "group", seed=3, num_seeds=4, **kw)
+    for k in range(4):
+        alone = run(hopper_random_file, tmp_path / f"alone{k}", seed=3 + k, **kw)
+        member = group["seeds"][k]
+        assert member["return"] == alone["return"] and member["return_best"] == alone["return_best"]
+        a, b = (
+            load_checkpoint(tmp_path / "group" / f"s{k}"),
+            load_checkpoint(tmp_path / f"alone{k}"),
+        )
+        for part in ("actor", "critic", "critic_target", "value", "actor_opt", "critic_opt",
+                     "value_opt", "actor_schedule", "streams", "normalizer", "step"):  # fmt: skip
+            assert_same_state(a[part], b[part], f"seed {3 + k} {part}")
+        if actor == "gaussian":  # the single-seed format: one (act_dim,) log_std
+            assert b["actor"]["log_std"].shape == (3,) and (b["actor"]["log_std"] != 0).all()
+        assert file_kinds(tmp_path / "group" / f"s{k}") == file_kinds(tmp_path / f"alone{k}")
+        config = json.loads((tmp_path / "group" / f"s{k}" / "config.json").read_text())
+        assert config["seed"] == 3 + k and config["num_seeds"] == 1 and config["actor"] == actor
+
+
 def test_a_group_seed_folder_resumes_as_the_single_seed_run(hopper_random_file, tmp_path):
     run(hopper_random_file, tmp_path / "group", seed=5, num_seeds=2, total_steps=40, eval_every=40)
     resumed = td3_bc.main(td3_bc.Args(resume=str(tmp_path / "group" / "s1"), total_steps=80))
@@ -75,6 +101,25 @@ def test_a_group_seed_folder_resumes_as_the_single_seed_run(hopper_random_file, 
     assert resumed["return"] == alone["return"]
     a, b = load_checkpoint(tmp_path / "group" / "s1"), load_checkpoint(tmp_path / "alone")
     for part in ("actor", "critic", "actor_opt", "critic_opt", "streams"):
+        assert_same_state(a[part], b[part], part)
+
+
+def test_an_iql_group_seed_folder_resumes_as_the_single_seed_run_folder(
+    hopper_random_file, tmp_path
+):
+    # A resume keeps the first run's cosine length (--total-steps 40), so both sides are resumed runs.
+    run(hopper_random_file, tmp_path / "group", iql, seed=5, num_seeds=2, total_steps=40,
+        eval_every=40)  # fmt: skip
+    run(hopper_random_file, tmp_path / "alone", iql, seed=6, total_steps=40, eval_every=40)
+    resumed = [
+        iql.main(iql.Args(resume=str(tmp_path / folder), total_steps=80))
+        for folder in ("group/s1", "alone")
+    ]
+    assert resumed[0]["return"] == resumed[1]["return"]
+    a, b = load_checkpoint(tmp_path / "group" / "s1"), load_checkpoint(tmp_path / "alone")
+    assert a["step"] == 80
+    for part in ("actor", "critic", "critic_target", "value", "actor_opt", "critic_opt",
+                 "value_opt", "actor_schedule", "streams"):  # fmt: skip
         assert_same_state(a[part], b[part], part)
 
 
@@ -110,6 +155,7 @@ def test_seed_slices_of_a_module_and_its_optimiser_round_trip():
     assert q.shape == (2, 3, 6)
     q.square().sum().backward()
     opt.step()
+    opt.param_groups[0]["lr"] = 4e-3  # as an lr schedule moves it
     saved = SeedSlice(opt, 2, 3, critic).state_dict()
     weights = SeedSlice(critic, 2, 3).state_dict()
     assert weights["net.0.weight"].shape == (2, 5, 8)  # a single-seed CriticEnsemble's shape
@@ -125,6 +171,7 @@ def test_seed_slices_of_a_module_and_its_optimiser_round_trip():
     assert_same_state(
         SeedSlice(fresh_opt, 0, 3, fresh).state_dict()["state"], saved["state"], "adam"
     )
+    assert fresh_opt.param_groups[0]["lr"] == 4e-3
     assert_same_state(SeedSlice(fresh, 1, 3).state_dict(), before, "untouched seed")
 
 

@@ -119,7 +119,7 @@ def ocrl_trainer(name: str, task, precision: str, batch: int, device) -> Callabl
         return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams), it % 2 == 0)
     if name == "iql":
         agent = iql.IQL(iql.Args(precision=precision), obs_dim, act_dim, low, high, device)
-        return lambda it: agent.update(buffer.sample(batch))
+        return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams))
     elif name == "prdc":
         agent = prdc.PRDC(prdc.Args(precision=precision), buffer, low, high, device)
     else:
