@@ -108,22 +108,23 @@ def corl_trainers(
     return out
 
 
-def ocrl_trainer(name: str, task, precision: str, batch: int, device) -> Callable[[int], None]:
-    """The `update` of algos/<name>.py with its default Args and --precision; returns step(iteration)."""
+def ocrl_trainer(
+    name: str, task, precision: str, batch: int, device, num_seeds: int = 1
+) -> Callable[[int], None]:
+    """The `update` of algos/<name>.py with its default Args, --precision and --num-seeds, on a minibatch per
+    seed; returns step(iteration)."""
     from ocrl.algos import a2pr, iql, prdc, td3_bc
 
     low, high, buffer = task.action_low, task.action_high, task.buffer
-    obs_dim, act_dim = task.obs_dim, task.act_dim
-    if name == "td3_bc":
-        agent = td3_bc.TD3BC(td3_bc.Args(precision=precision), obs_dim, act_dim, low, high, device)
-        return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams), it % 2 == 0)
-    if name == "iql":
-        agent = iql.IQL(iql.Args(precision=precision), obs_dim, act_dim, low, high, device)
-        return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams))
-    elif name == "prdc":
-        agent = prdc.PRDC(prdc.Args(precision=precision), buffer, low, high, device)
+    module = {"td3_bc": td3_bc, "iql": iql, "prdc": prdc, "a2pr": a2pr}[name]
+    args = module.Args(precision=precision, num_seeds=num_seeds)
+    if name == "prdc":
+        agent = prdc.PRDC(args, buffer, low, high, device)
     else:
-        agent = a2pr.A2PR(a2pr.Args(precision=precision), obs_dim, act_dim, low, high, device)
+        agent_class = {"td3_bc": td3_bc.TD3BC, "iql": iql.IQL, "a2pr": a2pr.A2PR}[name]
+        agent = agent_class(args, task.obs_dim, task.act_dim, low, high, device)
+    if name == "iql":
+        return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams))
     return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams), it % 2 == 0)
 
 
