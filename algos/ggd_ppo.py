@@ -50,9 +50,9 @@ rounded up to a multiple of num_envs x num_steps (CleanRL rounds down); `--batch
 deterministic policy (the mean, or each sub-action's most likely value) on observations normalised with the
 statistics of that moment, 10 episodes every 5,000 environment steps; Hopper-v4, HalfCheetah-v4 and
 Walker2d-v4 also get D4RL's normalised score.
-`--precision bf16` runs the actor's and the critic trunk's hidden layers in bf16 autocast, in the rollout and in
-the update alike; their output layers (mean, logits, the heads' means and shapes), the log-std, log-probs, GAE,
-the GGD/Gaussian/MSE losses, the regulariser, weights, Adam's state and evaluation stay fp32.
+`--precision bf16` runs the actor's and the critic's hidden layers in bf16 autocast, in the rollout and in the
+update alike (the stored log-probs and the ratio's come from the same networks); their output layers, the log-std,
+log-probs, GAE, the losses, weights, Adam's state and evaluation stay fp32.
 
     python algos/ggd_ppo.py --env-id Hopper-v4
     python algos/ggd_ppo.py --env-id Hopper-v4 --loss mse           # plain (SB3) PPO, the rest equal

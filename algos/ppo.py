@@ -29,8 +29,8 @@ deterministic policy (the mean, or each sub-action's most likely value) on obser
 statistics of that moment, 10 episodes every 5,000 environment steps; Hopper-v4, HalfCheetah-v4 and
 Walker2d-v4 also get D4RL's normalised score.
 `--precision bf16` runs the actor's and the critic's hidden layers in bf16 autocast, in the rollout and in the
-update alike (the stored log-probs and the ratio's come from the same networks); their output layers (mean, logits,
-value), the log-std, log-probs, GAE, the losses, weights, Adam's state and evaluation stay fp32.
+update alike (the stored log-probs and the ratio's come from the same networks); their output layers, the log-std,
+log-probs, GAE, the losses, weights, Adam's state and evaluation stay fp32.
 
     python algos/ppo.py --env-id Hopper-v4
     python algos/ppo.py --preset cleanrl-discrete --env-id CartPole-v1 --total-steps 100000

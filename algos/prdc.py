@@ -198,6 +198,7 @@ class PRDC(Agent):
         self.actor.to(device), self.critic.to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # foreach, not fused: CPU fused Adam's digits depend on the tensor length, so on N.
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, foreach=True)
         self.critic_opt = torch.optim.Adam(
             self.critic.parameters(), lr=args.critic_lr, foreach=True

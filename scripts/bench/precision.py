@@ -109,10 +109,10 @@ def corl_trainers(
 
 
 def ocrl_trainer(
-    name: str, task, precision: str, batch: int, device, num_seeds: int = 1
+    name: str, task, precision: str, batch: int, device, num_seeds: int = 1, compiled: bool = False
 ) -> Callable[[int], None]:
-    """The `update` of algos/<name>.py with its default Args, --precision and --num-seeds, on a minibatch per
-    seed; returns step(iteration)."""
+    """The `update` of algos/<name>.py (torch.compile'd with `compiled`) with its default Args, --precision and
+    --num-seeds, on a minibatch per seed; returns step(iteration)."""
     from ocrl.algos import a2pr, iql, prdc, td3_bc
 
     low, high, buffer = task.action_low, task.action_high, task.buffer
@@ -123,9 +123,10 @@ def ocrl_trainer(
     else:
         agent_class = {"td3_bc": td3_bc.TD3BC, "iql": iql.IQL, "a2pr": a2pr.A2PR}[name]
         agent = agent_class(args, task.obs_dim, task.act_dim, low, high, device)
+    update = torch.compile(agent.update) if compiled else agent.update
     if name == "iql":
-        return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams))
-    return lambda it: agent.update(buffer.sample_per_seed(batch, agent.streams), it % 2 == 0)
+        return lambda it: update(buffer.sample_per_seed(batch, agent.streams))
+    return lambda it: update(buffer.sample_per_seed(batch, agent.streams), it % 2 == 0)
 
 
 def update_table(args: Args, device: torch.device) -> dict[str, float]:

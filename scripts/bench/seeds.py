@@ -5,6 +5,7 @@ are interleaved and the medians reported (harness.py); run it with --threads 1 f
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,8 @@ class Args(DeviceArgs):
     """interleaved rounds per variant; the median is reported"""
     batch_size: int = 256
     """minibatch of every seed's update (the file's default)"""
+    compile: bool = False
+    """also time the torch.compile'd updates ("+c"; their compile time is printed)"""
 
 
 def main(args: Args) -> dict[str, float]:
@@ -54,10 +57,19 @@ def main(args: Args) -> dict[str, float]:
         variants = {"CORL": (baselines[name], 1)} if name in baselines else {}
         for precision in args.precisions:
             for n in args.num_seeds:
-                step = ocrl_trainer(name, task, precision, args.batch_size, device, n)
-                variants[f"{precision} N={n}"] = (step, n)
-        for step, _ in variants.values():  # warm-up (and PRDC's adaptive search choice)
+                for compiled in (False, True) if args.compile else (False,):
+                    step = ocrl_trainer(name, task, precision, args.batch_size, device, n, compiled)
+                    variants[f"{precision}{'+c' * compiled} N={n}"] = (step, n)
+        for key, (
+            step,
+            _,
+        ) in variants.items():  # warm-up (PRDC's adaptive search choice, compilation)
+            start = time.perf_counter()
             time_round(step, 4, device)
+            if "+c" in key:
+                print(
+                    f"{name} {key}: compiled and 4 updates in {time.perf_counter() - start:.1f} s"
+                )
         # A round of N stacked seeds makes 1/N as many calls: every variant times the same seed-updates.
         measures = {
             key: lambda s=step, n=n: n * time_round(s, max(4, args.seed_updates // n), device)
@@ -71,10 +83,10 @@ def main(args: Args) -> dict[str, float]:
               + (f"; CORL's {base:.1f} (x: the ratio to it)" if base else ""))  # fmt: skip
         header = " | ".join(f"N = {n}" for n in args.num_seeds)
         print(f"| precision | {header} |\n|---|" + "---|" * len(args.num_seeds))
-        for precision in args.precisions:
+        for variant in dict.fromkeys(key.split(" N=")[0] for key in variants if key != "CORL"):
             cells = []
             for n in args.num_seeds:
-                rate = med[f"{precision} N={n}"]
+                rate = med[f"{variant} N={n}"]
                 cells.append(f"{rate:.1f}" + (f" ({rate / base:.2f}x)" if base else ""))
-            print(f"| {precision} | " + " | ".join(cells) + " |")
+            print(f"| {variant} | " + " | ".join(cells) + " |")
     return out
