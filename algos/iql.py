@@ -142,9 +142,7 @@ class GaussianActor(nn.Module):
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log pi(a|s) summed over action dimensions ((N,) B): the Normal density, no tanh correction."""
         mean, log_std = self.net(obs), self.log_std.clamp(-20.0, 2.0)
-        if (
-            self.seed_parameters
-        ):  # (N, act_dim) -> (N, 1, act_dim) against the (N, B, act_dim) means
+        if self.seed_parameters:  # (N, act_dim) against the (N, B, act_dim) means
             log_std = log_std.unsqueeze(1)
         z = (actions - self.action_bias) / self.action_scale
         return (-0.5 * ((z - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)  # fmt: skip
@@ -161,6 +159,7 @@ def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
 
 
 def actor_class(args: Args) -> type[nn.Module]:
+    """The actor of --actor: CORL's Gaussian policy or TD3's deterministic one."""
     return GaussianActor if args.actor == "gaussian" else DeterministicActor
 
 

@@ -42,6 +42,8 @@ def main(args: Args) -> dict[str, float]:
     from ocrl.envs import load_offline_task
 
     device = torch.device(args.device)
+    if args.compile:  # every variant compiles the same functions at other shapes: no eager fallback
+        torch._dynamo.config.recompile_limit = 64
     task = load_offline_task(args.dataset, device=device)
     corl = import_corl(args.corl_path)
     if corl is None:
