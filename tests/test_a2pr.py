@@ -20,11 +20,9 @@ from formulas import (
     td3_target,
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_seeds import assert_same_state, file_kinds
 
 from ocrl.algos import a2pr
 from ocrl.data import Batch
-from ocrl.experiment import load_checkpoint
 from ocrl.nets import ConditionalVAE
 from ocrl.nets.seeds import SeedStreams, init_seeds, seed_member
 
@@ -423,26 +421,6 @@ def test_a2pr_adv_threshold_moves_the_mask_and_the_weights(batch64):
     at_zero = a2pr_formulas(replace(args, adv_threshold=0.0), before, agent, batch)
     assert at_zero["positive"].mean() != 16 / 64
     assert not torch.equal(want["w"], at_zero["w"])
-
-
-def test_seed_k_of_an_a2pr_group_of_four_is_the_single_seed_run_of_seed_k(
-    hopper_random_file, tmp_path
-):
-    tiny = dict(dataset=hopper_random_file, total_steps=100, eval_every=50, eval_episodes=1,
-                progress=False, save_model=True, **SMALL)  # fmt: skip
-    group = a2pr.main(a2pr.Args(seed=3, num_seeds=4, run_dir=str(tmp_path / "group"), **tiny))
-    for k in range(4):
-        alone = a2pr.main(a2pr.Args(seed=3 + k, run_dir=str(tmp_path / f"alone{k}"), **tiny))
-        member = group["seeds"][k]
-        assert member["return"] == alone["return"] and member["return_best"] == alone["return_best"]
-        a, b = (
-            load_checkpoint(tmp_path / "group" / f"s{k}"),
-            load_checkpoint(tmp_path / f"alone{k}"),
-        )
-        for part in ("actor", "critic", "value", "vae", "actor_target", "critic_target", "actor_opt",
-                     "critic_opt", "value_opt", "vae_opt", "streams", "normalizer", "step"):  # fmt: skip
-            assert_same_state(a[part], b[part], f"seed {3 + k} {part}")
-        assert file_kinds(tmp_path / "group" / f"s{k}") == file_kinds(tmp_path / f"alone{k}")
 
 
 def test_a2pr_smoke_logs_statistics(hopper_random_file, tmp_path):

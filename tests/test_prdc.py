@@ -13,11 +13,9 @@ import pytest
 import torch
 from formulas import assert_critic_gradient, td3_critic_step
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_seeds import assert_same_state, file_kinds
 
 from ocrl.algos import prdc
 from ocrl.data import Batch, ReplayBuffer
-from ocrl.experiment import load_checkpoint
 from ocrl.nets import NearestNeighbors, knn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,26 +209,6 @@ def test_prdc_critic_step_equals_td3s_formula():
     metrics = agent.update(one_seed(batch), update_actor=True)
     torch.testing.assert_close(metrics["critic_loss"][0], expected, rtol=1e-5, atol=1e-6)
     assert_critic_gradient(agent.critic, grads)  # the step followed that loss
-
-
-def test_seed_k_of_a_prdc_group_of_four_is_the_single_seed_run_of_seed_k(
-    hopper_random_file, tmp_path
-):
-    tiny = dict(dataset=hopper_random_file, hidden=(32, 32), total_steps=100, eval_every=50,
-                eval_episodes=1, progress=False, save_model=True)  # fmt: skip
-    group = prdc.main(prdc.Args(seed=3, num_seeds=4, run_dir=str(tmp_path / "group"), **tiny))
-    for k in range(4):
-        alone = prdc.main(prdc.Args(seed=3 + k, run_dir=str(tmp_path / f"alone{k}"), **tiny))
-        member = group["seeds"][k]
-        assert member["return"] == alone["return"] and member["return_best"] == alone["return_best"]
-        a, b = (
-            load_checkpoint(tmp_path / "group" / f"s{k}"),
-            load_checkpoint(tmp_path / f"alone{k}"),
-        )
-        for part in ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt",
-                     "streams", "buffer", "normalizer", "step"):  # fmt: skip
-            assert_same_state(a[part], b[part], f"seed {3 + k} {part}")
-        assert file_kinds(tmp_path / "group" / f"s{k}") == file_kinds(tmp_path / f"alone{k}")
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocrl.algos import iql, td3_bc
+from ocrl.algos import a2pr, iql, prdc, td3_bc
 from ocrl.experiment import load_checkpoint
 from ocrl.nets import CriticEnsemble, DeterministicActor
 from ocrl.nets.seeds import SeedSlice, SeedStreams, init_seeds, seed_member
@@ -46,52 +46,49 @@ def file_kinds(folder: Path) -> list[str]:
     return sorted(re.sub(r"events\.out\.tfevents\..*", "events", p.name) for p in folder.iterdir())
 
 
-def test_seed_k_of_a_group_of_four_is_the_single_seed_run_of_seed_k(hopper_random_file, tmp_path):
-    group = run(
-        hopper_random_file, tmp_path / "group", seed=3, num_seeds=4, total_steps=100, eval_every=50
-    )
+TD3_PARTS = ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt")
+SMALL_A2PR = dict(actor_hidden=(32, 32), critic_hidden=(32, 32), vae_hidden=(32, 32))
+GROUP_CASES = {  # file, its flags, updates, the checkpoint parts compared (and streams, normalizer, step)
+    "td3_bc": (td3_bc, TINY, 100, TD3_PARTS),
+    "iql gaussian": (iql, TINY | dict(actor="gaussian"), 100,
+                     ("actor", "critic", "critic_target", "value", "actor_opt", "critic_opt", "value_opt",
+                      "actor_schedule")),
+    "iql deterministic": (iql, TINY | dict(actor="deterministic"), 30,
+                          ("actor", "critic", "value", "actor_opt", "critic_opt", "value_opt")),
+    "prdc": (prdc, TINY, 100, (*TD3_PARTS, "buffer")),
+    "a2pr": (a2pr, {**TINY, "hidden": None, **SMALL_A2PR}, 100,
+             (*TD3_PARTS, "value", "vae", "value_opt", "vae_opt")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", GROUP_CASES)
+def test_seed_k_of_a_group_of_four_is_the_single_seed_run_of_seed_k(
+    hopper_random_file, tmp_path, case
+):
+    module, flags, steps, parts = GROUP_CASES[case]
+    flags = {k: v for k, v in flags.items() if v is not None}
+
+    def main(run_dir: Path, **kw) -> dict:
+        args = module.Args(dataset=hopper_random_file, run_dir=str(run_dir), total_steps=steps,
+                           eval_every=steps // 2, **flags, **kw)  # fmt: skip
+        return module.main(args)
+
+    group = main(tmp_path / "group", seed=3, num_seeds=4)
     for k in range(4):
-        alone = run(
-            hopper_random_file, tmp_path / f"alone{k}", seed=3 + k, total_steps=100, eval_every=50
-        )
+        alone = main(tmp_path / f"alone{k}", seed=3 + k)
         member = group["seeds"][k]
         assert member["return"] == alone["return"] and member["return_best"] == alone["return_best"]
         a, b = (
             load_checkpoint(tmp_path / "group" / f"s{k}"),
             load_checkpoint(tmp_path / f"alone{k}"),
         )
-        for part in ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt",
-                     "streams", "normalizer", "step"):  # fmt: skip
-            assert_same_state(a[part], b[part], f"seed {3 + k} {part}")
+        for part in (*parts, "streams", "normalizer", "step"):
+            assert_same_state(a[part], b[part], f"{case} seed {3 + k} {part}")
         assert file_kinds(tmp_path / "group" / f"s{k}") == file_kinds(tmp_path / f"alone{k}")
         config = json.loads((tmp_path / "group" / f"s{k}" / "config.json").read_text())
         assert config["seed"] == 3 + k and config["num_seeds"] == 1
-
-
-@pytest.mark.parametrize("actor", ["gaussian", "deterministic"])
-def test_iql_seed_k_of_a_group_of_four_is_the_single_seed_run_of_seed_k(
-    hopper_random_file, tmp_path, actor
-):
-    # IQL: V, the twin critics, their targets, the actor (the Gaussian's per-seed log_std) and the lr schedule.
-    steps = 100 if actor == "gaussian" else 30
-    kw = dict(module=iql, actor=actor, total_steps=steps, eval_every=steps // 2)
-    group = run(hopper_random_file, tmp_path / "group", seed=3, num_seeds=4, **kw)
-    for k in range(4):
-        alone = run(hopper_random_file, tmp_path / f"alone{k}", seed=3 + k, **kw)
-        member = group["seeds"][k]
-        assert member["return"] == alone["return"] and member["return_best"] == alone["return_best"]
-        a, b = (
-            load_checkpoint(tmp_path / "group" / f"s{k}"),
-            load_checkpoint(tmp_path / f"alone{k}"),
-        )
-        for part in ("actor", "critic", "critic_target", "value", "actor_opt", "critic_opt",
-                     "value_opt", "actor_schedule", "streams", "normalizer", "step"):  # fmt: skip
-            assert_same_state(a[part], b[part], f"seed {3 + k} {part}")
-        if actor == "gaussian":  # the single-seed format: one (act_dim,) log_std
+        if case == "iql gaussian":  # the single-seed format: one (act_dim,) log_std
             assert b["actor"]["log_std"].shape == (3,) and (b["actor"]["log_std"] != 0).all()
-        assert file_kinds(tmp_path / "group" / f"s{k}") == file_kinds(tmp_path / f"alone{k}")
-        config = json.loads((tmp_path / "group" / f"s{k}" / "config.json").read_text())
-        assert config["seed"] == 3 + k and config["num_seeds"] == 1 and config["actor"] == actor
 
 
 def test_a_group_seed_folder_resumes_as_the_single_seed_run(hopper_random_file, tmp_path):
