@@ -296,6 +296,7 @@ class SeedLoops:
 
     @property
     def step(self) -> int:
+        """Steps done, the same in every seed's loop."""
         return self.loops[0].step
 
     def steps(self) -> Iterator[int]:
@@ -304,6 +305,7 @@ class SeedLoops:
             yield step
 
     def due(self, every: int) -> bool:
+        """`TrainingLoop.due`, the same for every seed."""
         return self.loops[0].due(every)
 
     def log(self, metrics: Mapping[str, torch.Tensor]) -> None:

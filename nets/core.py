@@ -46,9 +46,8 @@ class SeedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_seeds, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.out_dim == 1
-        ):  # a product and a sum: a batched matmul's one-column digits depend on N
+        # One output column as a product and a sum: a batched matmul's digits for it depend on N.
+        if self.out_dim == 1:
             return (x * self.weight).sum(-1, keepdim=True) + self.bias.unsqueeze(1)
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
