@@ -269,27 +269,22 @@ def main(args: Args) -> dict:
     task.buffer.rewards.add_(args.reward_shift)
     agent = IQL(args, task.obs_dim, task.act_dim, task.action_low, task.action_high, device)
     update = torch.compile(agent.update) if args.compile else agent.update
-    seeds = range(args.seed, args.seed + args.num_seeds)
-    evaluators = [task.evaluator(args.eval_episodes, seed, device) for seed in seeds]
-    # Each seed's actor as a single-seed run builds it: what it evaluates with and exports as policy.pt2.
-    policies = [
-        actor_class(args)(
-            task.obs_dim, task.act_dim, args.hidden, task.action_low, task.action_high
-        )
-        for _ in seeds
-    ]
     loop = SeedLoops(
         "iql", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
-        policies=[policy.to(device) for policy in policies],
+        evaluator=lambda seed: task.evaluator(args.eval_episodes, seed, device),
+        # Each seed's actor as a single-seed run builds it: what it evaluates with and exports as policy.pt2.
+        policy=lambda: actor_class(args)(
+            task.obs_dim, task.act_dim, args.hidden, task.action_low, task.action_high
+        ).to(device),
     )  # fmt: skip
 
     for _ in loop.steps():
         metrics = update(task.buffer.sample_per_seed(args.batch_size, agent.streams))
         loop.log(metrics | agent.diagnostics())
         if loop.due(args.eval_every):
-            loop.evaluate(evaluators, agent.actor)
+            loop.evaluate(agent.actor)
 
-    return loop.finish(evaluators, agent.actor, dataset=task.dataset.name, env_id=task.env_id)
+    return loop.finish(agent.actor, dataset=task.dataset.name, env_id=task.env_id)
 
 
 if __name__ == "__main__":

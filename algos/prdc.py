@@ -303,18 +303,13 @@ def main(args: Args) -> dict:
         shaped += args.reward_shift
     agent = PRDC(args, task.buffer, task.action_low, task.action_high, device)
     update = torch.compile(agent.update) if args.compile else agent.update
-    seeds = range(args.seed, args.seed + args.num_seeds)
-    evaluators = [task.evaluator(args.eval_episodes, seed, device) for seed in seeds]
-    # Each seed's actor as a single-seed run builds it: what it evaluates with and exports as policy.pt2.
-    policies = [
-        DeterministicActor(
-            task.obs_dim, task.act_dim, args.hidden, task.action_low, task.action_high
-        )
-        for _ in seeds
-    ]
     loop = SeedLoops(
         "prdc", task.dataset.name, args, agent.parts(), np_rng, normalizer=task.normalizer,
-        policies=[policy.to(device) for policy in policies],
+        evaluator=lambda seed: task.evaluator(args.eval_episodes, seed, device),
+        # Each seed's actor as a single-seed run builds it: what it evaluates with and exports as policy.pt2.
+        policy=lambda: DeterministicActor(
+            task.obs_dim, task.act_dim, args.hidden, task.action_low, task.action_high
+        ).to(device),
     )  # fmt: skip
 
     for step in loop.steps():
@@ -329,10 +324,10 @@ def main(args: Args) -> dict:
             metrics["prdc/search_ms"] = torch.full((args.num_seeds,), agent.timer.read_ms())
         loop.log(metrics)
         if loop.due(args.eval_every):
-            loop.evaluate(evaluators, agent.actor)
+            loop.evaluate(agent.actor)
 
     return loop.finish(
-        evaluators, agent.actor, dataset=task.dataset.name, env_id=task.env_id,
+        agent.actor, dataset=task.dataset.name, env_id=task.env_id,
         nn_backend=agent.index.backend,
     )  # fmt: skip
 

@@ -272,18 +272,23 @@ class TrainingLoop:
 class SeedLoops:
     """The TrainingLoops of the seeds of --num-seeds N driven as one: the same steps; each seed's metrics, evaluation,
     checkpoints and run folder its own. Seed k's loop runs with the flags of a single-seed run of seed + k (its
-    --run-dir DIR/s<k>) on seed k's slice of every part (`nets.seeds.seed_parts`), so it writes that run's files;
-    `policies[k]` is the seed's actor as a single-seed run builds it, refreshed from the stacked actor to act."""
+    --run-dir DIR/s<k>) on seed k's slice of every part (`nets.seeds.seed_parts`), so it writes that run's files.
+    `evaluator(seed)` makes each seed's evaluator; `policy()` the actor a single-seed run builds, one per seed,
+    refreshed from the stacked actor to act and to be exported (None for either: no evaluation, no policy file)."""
 
     def __init__(
         self, algo: str, target: str, args: Any, parts: Mapping[str, Any],
-        np_rng: np.random.Generator | None, *, policies: list[torch.nn.Module],
+        np_rng: np.random.Generator | None, *, evaluator: Callable[[int], Any] | None = None,
+        policy: Callable[[], torch.nn.Module] | None = None,
         normalizer: Mapping[str, np.ndarray | None] | None = None,
     ) -> None:  # fmt: skip
         from ocrl.experiment.flags import seed_run_dirs
         from ocrl.nets.seeds import seed_parts
 
         n = self.num_seeds = args.num_seeds
+        seeds = range(args.seed, args.seed + n)
+        self.evaluators = [evaluator(seed) if evaluator else None for seed in seeds]
+        policies = [policy() if policy else None for _ in seeds]
         run_dirs = seed_run_dirs(args.run_dir, n) or [None] * n
         self.loops = [
             TrainingLoop(
@@ -318,17 +323,17 @@ class SeedLoops:
 
         return seed_member(actor, self.loops[k].policy, k, self.num_seeds).act
 
-    def evaluate(self, evaluators: list[Any], actor: torch.nn.Module) -> list[dict]:
+    def evaluate(self, actor: torch.nn.Module) -> list[dict]:
         """`TrainingLoop.evaluate` of every seed with its evaluator and its slice of the stacked `actor`."""
         return [
-            loop.evaluate(evaluators[k], self._policy(k, actor))
+            loop.evaluate(self.evaluators[k], self._policy(k, actor))
             for k, loop in enumerate(self.loops)
         ]
 
-    def finish(self, evaluators: list[Any], actor: torch.nn.Module, **extra: Any) -> dict:
+    def finish(self, actor: torch.nn.Module, **extra: Any) -> dict:
         """`TrainingLoop.finish` of every seed: its metrics (one seed), or {"seeds": [seed 0's, seed 1's, ...]}."""
         results = [
-            loop.finish(evaluators[k], self._policy(k, actor), **extra)
+            loop.finish(self.evaluators[k], self._policy(k, actor), **extra)
             for k, loop in enumerate(self.loops)
         ]
         return results[0] if len(results) == 1 else {"seeds": results}

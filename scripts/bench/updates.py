@@ -147,7 +147,7 @@ def ocrl_loop_trainer(
     buffer = replay_buffer(data, device)
     args = td3_bc.Args(progress=False, run_dir=tempfile.mkdtemp(prefix="ocrl-bench-"))
     ocrl_agent = td3_bc.TD3BC(args, obs_dim, act_dim, -1.0, 1.0, device)
-    loop = SeedLoops("bench", "synthetic", args, ocrl_agent.parts(), None, policies=[None])
+    loop = SeedLoops("bench", "synthetic", args, ocrl_agent.parts(), None)
 
     def step(it: int) -> None:
         loop.loops[0].step = it + 1  # what loop.steps() sets before each iteration
