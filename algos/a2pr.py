@@ -59,6 +59,7 @@ from ocrl.nets import (
     ConditionalVAE,
     CriticEnsemble,
     DeterministicActor,
+    FlatAdam,
     autocast,
     polyak_update,
 )
@@ -181,13 +182,11 @@ class A2PR(Agent):
             init_seeds(net, self.streams).to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        # foreach, not fused: CPU fused Adam's digits depend on the tensor length, so on N.
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, foreach=True)
-        self.critic_opt = torch.optim.Adam(
-            self.critic.parameters(), lr=args.critic_lr, foreach=True
-        )
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr, foreach=True)
-        self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=args.vae_lr, foreach=True)
+        # FlatAdam: torch's fused Adam over one padded buffer, whose digits do not depend on N.
+        self.actor_opt = FlatAdam(self.actor.parameters(), lr=args.actor_lr)
+        self.critic_opt = FlatAdam(self.critic.parameters(), lr=args.critic_lr)
+        self.value_opt = FlatAdam(self.value.parameters(), lr=args.value_lr)
+        self.vae_opt = FlatAdam(self.vae.parameters(), lr=args.vae_lr)
         self.seen: dict[str, torch.Tensor] = {}  # the last update's intermediates, for diagnostics
 
     def update(self, batch: Batch, update_actor: bool) -> dict[str, torch.Tensor]:

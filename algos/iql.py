@@ -56,7 +56,7 @@ from ocrl.envs import load_offline_task
 from ocrl.experiment import Agent, SeedLoops
 from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
 from ocrl.experiment.flags import UsageError, check_args, run_cli
-from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, autocast, polyak_update
+from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, FlatAdam, autocast, polyak_update
 from ocrl.nets.seeds import SeedStreams, init_seeds
 
 _DEFAULT = {"beta": 3.0, "expectile": 0.7, "actor": "gaussian", "tau": 0.005,
@@ -179,12 +179,10 @@ class IQL(Agent):
         for net in (self.actor, self.critic, self.value):
             init_seeds(net, self.streams).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        # foreach, not fused: CPU fused Adam's digits depend on the tensor length, so on N.
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, foreach=True)
-        self.critic_opt = torch.optim.Adam(
-            self.critic.parameters(), lr=args.critic_lr, foreach=True
-        )
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.value_lr, foreach=True)
+        # FlatAdam: torch's fused Adam over one padded buffer, whose digits do not depend on N.
+        self.actor_opt = FlatAdam(self.actor.parameters(), lr=args.actor_lr)
+        self.critic_opt = FlatAdam(self.critic.parameters(), lr=args.critic_lr)
+        self.value_opt = FlatAdam(self.value.parameters(), lr=args.value_lr)
         self.actor_schedule = CosineAnnealingLR(self.actor_opt, args.total_steps)
         self.seen: dict[str, torch.Tensor] = {}  # the last update's intermediates, for diagnostics
 

@@ -59,6 +59,7 @@ from ocrl.experiment.flags import check_args, run_cli
 from ocrl.nets import (
     CriticEnsemble,
     DeterministicActor,
+    FlatAdam,
     NearestNeighbors,
     autocast,
     polyak_update,
@@ -198,11 +199,9 @@ class PRDC(Agent):
         self.actor.to(device), self.critic.to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        # foreach, not fused: CPU fused Adam's digits depend on the tensor length, so on N.
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, foreach=True)
-        self.critic_opt = torch.optim.Adam(
-            self.critic.parameters(), lr=args.critic_lr, foreach=True
-        )
+        # FlatAdam: torch's fused Adam over one padded buffer, whose digits do not depend on N.
+        self.actor_opt = FlatAdam(self.actor.parameters(), lr=args.actor_lr)
+        self.critic_opt = FlatAdam(self.critic.parameters(), lr=args.critic_lr)
 
     def update(self, batch: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
         """TD3+BC's critic step; on actor iterations the dataset-constrained actor step and the targets; (N,)

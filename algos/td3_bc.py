@@ -36,7 +36,7 @@ from ocrl.envs import load_offline_task
 from ocrl.experiment import Agent, SeedLoops
 from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
 from ocrl.experiment.flags import run_cli
-from ocrl.nets import CriticEnsemble, DeterministicActor, autocast, polyak_update
+from ocrl.nets import CriticEnsemble, DeterministicActor, FlatAdam, autocast, polyak_update
 from ocrl.nets.seeds import SeedStreams, init_seeds
 
 _LOCOMOTION = [
@@ -109,11 +109,9 @@ class TD3BC(Agent):
         self.actor.to(device), self.critic.to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        # foreach, not fused: CPU fused Adam's digits depend on the tensor length, so on N.
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, foreach=True)
-        self.critic_opt = torch.optim.Adam(
-            self.critic.parameters(), lr=args.critic_lr, foreach=True
-        )
+        # FlatAdam: torch's fused Adam over one padded buffer, whose digits do not depend on N.
+        self.actor_opt = FlatAdam(self.actor.parameters(), lr=args.actor_lr)
+        self.critic_opt = FlatAdam(self.critic.parameters(), lr=args.critic_lr)
 
     def update(self, batch: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
         """A critic step, and on actor iterations an actor step and the target updates; (N,) metrics."""

@@ -20,6 +20,7 @@ from ocrl.nets.core import (
     uses_bf16,
     xavier_init,
 )
+from ocrl.nets.flat import FlatAdam, pack_parameters
 from ocrl.nets.knn import NearestNeighbors
 from ocrl.nets.vae import ConditionalVAE
 
@@ -31,6 +32,7 @@ __all__ = [
     "DeterministicActor",
     "EnsembleLayerNorm",
     "EnsembleLinear",
+    "FlatAdam",
     "GaussianActor",
     "NearestNeighbors",
     "SeedLinear",
@@ -41,6 +43,7 @@ __all__ = [
     "autocast",
     "full_precision",
     "orthogonal_init",
+    "pack_parameters",
     "polyak_update",
     "uses_bf16",
     "xavier_init",

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ocrl.nets.flat import pack_parameters, packed
+
 
 def uses_bf16(precision: Literal["auto", "fp32", "bf16"], device: torch.device | str) -> bool:
     """Whether `precision` runs the matmuls in bf16 on `device`: 'bf16' yes, 'fp32' no, 'auto' on CUDA only."""
@@ -418,8 +420,14 @@ class TanhNormalPolicy(nn.Module):
 def polyak_update(
     target: Iterable[torch.Tensor], online: Iterable[torch.Tensor], tau: float
 ) -> None:
-    """target <- (1 - tau) * target + tau * online, fused over all tensors."""
-    torch._foreach_lerp_(list(target), list(online), tau)
+    """target <- (1 - tau) * target + tau * online: one operation when `online` is packed in one buffer (`FlatAdam`),
+    whose layout the target then takes, else fused over all tensors."""
+    target, online = list(target), list(online)
+    online_buffer = packed(online)
+    if online_buffer is None or [t.shape for t in target] != [o.shape for o in online]:
+        torch._foreach_lerp_(target, online, tau)
+        return
+    pack_parameters(target).lerp_(online_buffer, tau)
 
 
 def gradient_step(

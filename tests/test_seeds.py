@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 from ocrl.algos import a2pr, iql, prdc, td3_bc
 from ocrl.experiment import load_checkpoint
-from ocrl.nets import CriticEnsemble, DeterministicActor
+from ocrl.nets import CriticEnsemble, DeterministicActor, FlatAdam
 from ocrl.nets.seeds import SeedSlice, SeedStreams, init_seeds, seed_member
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,10 +145,11 @@ def test_init_draws_seed_k_the_same_whatever_the_group_size():
     torch.testing.assert_close(plain(obs), actor3(stacked_obs)[1], rtol=1e-6, atol=1e-6)
 
 
-def test_seed_slices_of_a_module_and_its_optimiser_round_trip():
+@pytest.mark.parametrize("adam", [FlatAdam, partial(torch.optim.Adam, foreach=True)])
+def test_seed_slices_of_a_module_and_its_optimiser_round_trip(adam):
     streams = SeedStreams(range(3))
     critic = init_seeds(CriticEnsemble(4, 1, (8,), num_critics=2, num_seeds=3), streams)
-    opt = torch.optim.Adam(critic.parameters(), lr=1e-2, foreach=True)
+    opt = adam(critic.parameters(), lr=1e-2)
     q = critic(torch.randn(3, 6, 4), torch.randn(3, 6, 1))  # (2 critics, 3 seeds, 6)
     assert q.shape == (2, 3, 6)
     q.square().sum().backward()
@@ -160,7 +162,7 @@ def test_seed_slices_of_a_module_and_its_optimiser_round_trip():
     fresh = init_seeds(
         CriticEnsemble(4, 1, (8,), num_critics=2, num_seeds=3), SeedStreams(range(10, 13))
     )
-    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-2, foreach=True)
+    fresh_opt = adam(fresh.parameters(), lr=1e-2)
     before = SeedSlice(fresh, 1, 3).state_dict()
     SeedSlice(fresh, 0, 3).load_state_dict(weights)
     SeedSlice(fresh_opt, 0, 3, fresh).load_state_dict(saved)
