@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ocrl.experiment.flags import check_args
-from ocrl.experiment.run import UsageError, pick_device, resume_args, seed_everything
+from ocrl.experiment.run import pick_device, resume_args, seed_everything
 
 ArgsT = TypeVar("ArgsT")
 
@@ -116,11 +116,6 @@ def start_run(
 ) -> tuple[ArgsT, torch.device, np.random.Generator]:
     """--resume's saved flags, `check` (one-line errors before anything is written), the device and threads, then
     the seeds: (args, device, the run's NumPy generator)."""
-    if getattr(args, "num_seeds", 1) > 1 and getattr(args, "resume", None):
-        raise UsageError(
-            f"--resume {args.resume} with --num-seeds {args.num_seeds}: a group's seeds resume one by one, "
-            "--resume <group folder>/s<k> (each holds a single-seed run)"
-        )
     args = resume_args(args) if getattr(args, "resume", None) else args
     check(args)
     device = pick_device(args.device, args.threads)  # type: ignore[attr-defined]

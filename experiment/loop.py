@@ -31,6 +31,7 @@ from ocrl.experiment.policy import POLICY_FILE, Acting
 from ocrl.experiment.run import (
     CheckpointError,
     Run,
+    UsageError,
     check_finite,
     load_checkpoint,
     restore_training_state,
@@ -90,7 +91,8 @@ def _all_finite(state: Any) -> bool:
 
 
 class TrainingLoop:
-    """Resume, progress bar, interval loss logs with the finiteness check, evaluation, checkpoints and metrics.json."""
+    """Resume, progress bar, interval loss logs with the finiteness check, evaluation, checkpoints and metrics.json
+    (`checkpoint`: --resume's checkpoint when the caller has read it already)."""
 
     def __init__(
         self,
@@ -104,6 +106,7 @@ class TrainingLoop:
         rate_tag: str = "charts/updates_per_s",
         policy: Acting | torch.nn.Module | None = None,
         progress: bool | None = None,
+        checkpoint: dict | None = None,
     ) -> None:
         self.args = args
         self.algo, self.policy = algo, policy
@@ -118,7 +121,9 @@ class TrainingLoop:
         ckpt = None
         if getattr(args, "resume", None):
             # Read and check the checkpoint before the run folder is touched: a bad file changes nothing.
-            ckpt = load_checkpoint(Path(args.resume), "cpu")
+            ckpt = (
+                checkpoint if checkpoint is not None else load_checkpoint(Path(args.resume), "cpu")
+            )
             self._check_normalizer(ckpt, Path(args.resume))
             self.step = restore_training_state(ckpt, self.parts, np_rng, None)
         # --overwrite empties a finished run's folder; a resumed run continues in its own.
@@ -290,11 +295,21 @@ class SeedLoops:
         self.evaluators = [evaluator(seed) if evaluator else None for seed in seeds]
         policies = [policy() if policy else None for _ in seeds]
         run_dirs = seed_run_dirs(args.run_dir, n) or [None] * n
+        resume = [run_dirs[k] if getattr(args, "resume", None) else None for k in range(n)]
+        # Every seed's checkpoint read and at one step before any seed's folder is touched.
+        checkpoints = [load_checkpoint(Path(d), "cpu") if d else None for d in resume]
+        steps = {int(c["step"]) for c in checkpoints if c is not None}
+        if len(steps) > 1:
+            raise UsageError(
+                f"--resume {args.resume}: its seeds' checkpoints are at different steps ({sorted(steps)}); "
+                f"resume the seeds one by one, --resume {args.resume}/s<k>"
+            )
         self.loops = [
             TrainingLoop(
-                algo, target, dataclasses.replace(args, seed=args.seed + k, num_seeds=1, run_dir=run_dirs[k]),
+                algo, target,
+                dataclasses.replace(args, seed=args.seed + k, num_seeds=1, run_dir=run_dirs[k], resume=resume[k]),
                 seed_parts(dict(parts), k, n), np_rng, normalizer=normalizer, policy=policies[k],
-                progress=getattr(args, "progress", True) and k == 0,
+                progress=getattr(args, "progress", True) and k == 0, checkpoint=checkpoints[k],
             )
             for k in range(n)
         ]  # fmt: skip

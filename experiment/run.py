@@ -175,8 +175,11 @@ def resume_args(
         "overwrite",
     ),
 ) -> ArgsT:
-    """The arguments a resumed run continues with: its saved config.json, except the fields named in `keep`; says which flags it ignores."""
+    """The arguments a resumed run continues with: its saved config.json, except the fields named in `keep`; says which flags it ignores.
+    A --num-seeds group's folder (s0, s1, ... each a seed's run) continues as the group of its seed folders."""
     run_dir = Path(args.resume)  # type: ignore[attr-defined]
+    if members := seed_group(run_dir):
+        return _group_args(args, run_dir, members, keep)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"--resume {run_dir}: no {CONFIG_FILE} there; is it a run folder?")
@@ -204,6 +207,50 @@ def resume_args(
         )
     updates["run_dir"] = str(run_dir)
     return dataclasses.replace(args, **updates)  # type: ignore[type-var]
+
+
+def seed_group(folder: Path) -> list[Path]:
+    """The seed folders s0, s1, ... of a --num-seeds group's --run-dir, or [] when `folder` is a run or empty."""
+    members: list[Path] = []
+    if not (folder / CONFIG_FILE).is_file():
+        while (folder / f"s{len(members)}" / CONFIG_FILE).is_file():
+            members.append(folder / f"s{len(members)}")
+    return members
+
+
+def _group_args(args: ArgsT, run_dir: Path, members: list[Path], keep: Sequence[str]) -> ArgsT:
+    """resume_args of a group: seed 0's saved flags, with as many seeds as it has folders; every seed's flags must
+    be seed 0's but for its seed (seed 0's + k) and folder."""
+    if not hasattr(args, "num_seeds"):
+        raise UsageError(
+            f"--resume {run_dir}: holds a group of seeds (s0, s1, ...); resume one, --resume {members[0]}"
+        )
+    first = resume_args(dataclasses.replace(args, resume=str(members[0])), (*keep, "num_seeds"))  # type: ignore[type-var]
+    own = lambda config: {k: v for k, v in config.items() if k not in (*keep, "seed", "run_dir")}  # noqa: E731
+    try:
+        saved = [json.loads((m / CONFIG_FILE).read_text()) for m in members]
+    except json.JSONDecodeError:
+        raise CheckpointError(
+            f"--resume {run_dir}: a seed's {CONFIG_FILE} is not valid JSON; the group is damaged"
+        ) from None
+    for k, config in enumerate(saved):
+        if own(config) != own(saved[0]) or config.get("seed") != saved[0].get("seed", 0) + k:
+            differ = sorted(
+                key
+                for key in {*own(config), *own(saved[0])}
+                if own(config).get(key) != own(saved[0]).get(key)
+            )
+            raise UsageError(
+                f"--resume {run_dir}: {members[k].name} is not seed {k} of s0's group (differs in "
+                f"{', '.join(differ) or 'seed'}); resume its seeds one by one, --resume {run_dir}/s<k>"
+            )
+    if args.num_seeds not in (1, len(members)):  # type: ignore[attr-defined]
+        print(
+            f"note: --resume {run_dir} continues its {len(members)} seeds; ignoring --num-seeds {args.num_seeds}"
+        )  # type: ignore[attr-defined]
+    return dataclasses.replace(
+        first, num_seeds=len(members), run_dir=str(run_dir), resume=str(run_dir)
+    )  # type: ignore[type-var]
 
 
 def _slug(text: str) -> str:

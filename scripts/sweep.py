@@ -13,8 +13,9 @@ the matching `--preset` when the algorithm has one.
 `--group-seeds` trains the consecutive seeds of a cell in one process when the algorithm takes
 `--num-seeds` (its networks stacked on a seed axis: more updates per core): `--seed FIRST --num-seeds N
 --run-dir OUT/<algo>__<target>__s<FIRST>-<LAST>`, each seed in `s<k>` there with the files its own run
-writes. A group that stopped part-way continues seed by seed (`--resume` of each seed folder with a
-checkpoint, a fresh single run for one without).
+writes. A group that stopped with every seed at one checkpoint continues as a group (`--resume` of its
+folder); otherwise seed by seed (`--resume` of each seed folder with a checkpoint, a fresh single run for one
+without).
 
 Backends:
 - `local` (default): `--workers` runs at once as subprocesses of this script, each pinned to
@@ -172,7 +173,13 @@ def plan(args: Args) -> list[Job]:
                         command = [*cmd, *group, "--run-dir", str(run_dir), *flags]
                         jobs.append(Job(algo, target, seeds[0], run_dir, command, seed_dirs))
                         continue
-                    # A group that stopped part-way: each seed continues (or starts) on its own.
+                    if _resumable_group(
+                        seed_dirs
+                    ):  # every seed stopped at one checkpoint: go on as one
+                        command = [*cmd, "--resume", str(run_dir), *flags]
+                        jobs.append(Job(algo, target, seeds[0], run_dir, command, seed_dirs))
+                        continue
+                    # Otherwise each seed continues (or starts) on its own.
                     todo = zip(seeds, seed_dirs, strict=True)
                 else:
                     todo = [(seeds[0], run_dir)]
@@ -183,6 +190,20 @@ def plan(args: Args) -> list[Job]:
                         command += ["--resume", str(seed_dir)]
                     jobs.append(Job(algo, target, seed, seed_dir, command))
     return jobs
+
+
+def _resumable_group(seed_dirs: list[Path]) -> bool:
+    """Whether every seed of a stopped group has a checkpoint, at one step, and none has finished."""
+    import torch  # only here: planning a sweep needs no torch otherwise
+
+    ckpts = [d / "checkpoint.pt" for d in seed_dirs]
+    if not all(c.exists() for c in ckpts) or any((d / "metrics.json").exists() for d in seed_dirs):
+        return False
+    try:  # mmap: only the step is read
+        steps = {int(torch.load(c, "cpu", weights_only=True, mmap=True)["step"]) for c in ckpts}
+    except Exception:  # a damaged checkpoint: the seed's own run says so
+        return False
+    return len(steps) == 1
 
 
 def run_job(job: Job, threads: int, root: str) -> tuple[int, bool]:

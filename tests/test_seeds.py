@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ocrl.algos import a2pr, iql, prdc, td3_bc
-from ocrl.experiment import load_checkpoint
+from ocrl.experiment import UsageError, load_checkpoint
 from ocrl.nets import CriticEnsemble, DeterministicActor, FlatAdam
 from ocrl.nets.seeds import SeedSlice, SeedStreams, init_seeds, seed_member
 
@@ -102,6 +102,41 @@ def test_a_group_seed_folder_resumes_as_the_single_seed_run(hopper_random_file, 
         assert_same_state(a[part], b[part], part)
 
 
+def test_a_group_folder_resumes_as_the_group(hopper_random_file, tmp_path):
+    """--resume DIR of a group continues all its seeds: the same as the group trained without a stop."""
+    run(
+        hopper_random_file, tmp_path / "stopped", seed=5, num_seeds=3, total_steps=40, eval_every=40
+    )
+    resumed = td3_bc.main(td3_bc.Args(resume=str(tmp_path / "stopped"), total_steps=80))
+    straight = run(hopper_random_file, tmp_path / "straight", seed=5, num_seeds=3, total_steps=80,
+                   eval_every=40)  # fmt: skip
+    assert [m["return"] for m in resumed["seeds"]] == [m["return"] for m in straight["seeds"]]
+    for k in range(3):
+        a, b = (
+            load_checkpoint(tmp_path / "stopped" / f"s{k}"),
+            load_checkpoint(tmp_path / "straight" / f"s{k}"),
+        )
+        assert a["step"] == 80
+        for part in ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "streams"):
+            assert_same_state(a[part], b[part], f"seed {k} {part}")
+
+
+def test_a_group_whose_seeds_differ_is_not_resumed_as_one(hopper_random_file, tmp_path):
+    run(hopper_random_file, tmp_path / "g", seed=0, num_seeds=2, total_steps=10, eval_every=10)
+    td3_bc.main(td3_bc.Args(resume=str(tmp_path / "g" / "s1"), total_steps=20))  # s1 alone moves on
+    before = (tmp_path / "g" / "s0" / "metrics.json").read_text()
+    script = str(ROOT / "algos" / "td3_bc.py")
+    proc = subprocess.run([sys.executable, script, "--resume", str(tmp_path / "g"), "--total-steps", "30"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "checkpoints are at different steps ([10, 20])" in proc.stderr
+    assert (tmp_path / "g" / "s0" / "metrics.json").read_text() == before
+    config = json.loads((tmp_path / "g" / "s1" / "config.json").read_text())
+    (tmp_path / "g" / "s1" / "config.json").write_text(json.dumps({**config, "alpha": 1.0}))
+    with pytest.raises(UsageError, match="s1 is not seed 1 of s0's group \\(differs in alpha\\)"):
+        td3_bc.main(td3_bc.Args(resume=str(tmp_path / "g"), total_steps=30))
+
+
 def test_an_iql_group_seed_folder_resumes_as_the_single_seed_run_folder(
     hopper_random_file, tmp_path
 ):
@@ -179,7 +214,6 @@ def test_group_flags_are_checked_before_anything_is_written(hopper_random_file, 
     script = str(ROOT / "algos" / "td3_bc.py")
     for flags, message in (
         (["--num-seeds", "0"], "--num-seeds 0: must be a positive whole number"),
-        (["--num-seeds", "2", "--resume", str(tmp_path / "g")], "resume one by one"),
         (
             ["--num-seeds", "3", "--run-dir", str(tmp_path / "g")],
             f"{tmp_path / 'g' / 's0'}: holds a run",

@@ -185,6 +185,14 @@ def test_group_seeds_runs_consecutive_seeds_in_one_process_and_finishes_a_stoppe
     for k in range(3):
         config = json.loads((group.run_dir / f"s{k}" / "config.json").read_text())
         assert config["seed"] == k and (group.run_dir / f"s{k}" / "metrics.json").exists()
+    # A group stopped with every seed at one checkpoint continues as one process.
+    for k in range(3):
+        (group.run_dir / f"s{k}" / "metrics.json").unlink()
+    (whole,) = [
+        j for j in sweep.plan(dataclasses.replace(args, algos=("td3_bc",))) if not j.finished
+    ]
+    assert whole.command[whole.command.index("--resume") + 1] == str(group.run_dir)
+    assert sweep.main(dataclasses.replace(args, algos=("td3_bc",)))["failed"] == []
     # A group stopped part-way continues seed by seed: s1 resumes from its checkpoint, s2 starts anew.
     (group.run_dir / "s1" / "metrics.json").unlink()
     shutil.rmtree(group.run_dir / "s2")
