@@ -63,17 +63,19 @@ class FlatAdam(torch.optim.Adam):
         params = list(params)
         super().__init__(params, lr=lr, betas=betas, eps=eps)
         self.flat = pack_parameters(params, ALIGN)
-        self.flat.grad = torch.zeros_like(self.flat)
-        self.fused = torch.optim.Adam([self.flat], lr=lr, betas=betas, eps=eps, fused=True)
-        self.viewed = False
+        self.flat_grad = torch.zeros_like(self.flat)
+        self.size = sum(p.numel() for p in params)
+        self.buffers: dict[str, torch.Tensor] | None = (
+            None  # step, exp_avg, exp_avg_sq of the whole buffer
+        )
 
     def _view_state(self) -> None:
-        """Point each parameter's state at its slice of the fused optimiser's buffers (copying a loaded state in)."""
-        flat_state = self.fused.state[self.flat]
-        if not flat_state:
-            flat_state["step"] = torch.zeros((), device=self.flat.device)
-            flat_state["exp_avg"] = torch.zeros_like(self.flat)
-            flat_state["exp_avg_sq"] = torch.zeros_like(self.flat)
+        """Point each parameter's state at its slice of the whole buffer's moments (copying a loaded state in)."""
+        flat_state = self.buffers = {
+            "step": torch.zeros((), device=self.flat.device),
+            "exp_avg": torch.zeros_like(self.flat),
+            "exp_avg_sq": torch.zeros_like(self.flat),
+        }
         offset = 0
         for p in self.param_groups[0]["params"]:
             end = offset + p.numel()
@@ -86,11 +88,10 @@ class FlatAdam(torch.optim.Adam):
                 flat_state["step"].copy_(state["step"])
             self.state[p] = {"step": flat_state["step"], **views}
             offset = end
-        self.viewed = True
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        self.viewed = False
+        self.buffers = None
         if self.state:
             self._view_state()
 
@@ -104,11 +105,15 @@ class FlatAdam(torch.optim.Adam):
             raise ValueError(
                 f"FlatAdam: parameters {missing} have no gradient; it steps every parameter"
             )
-        if not self.viewed:
+        if self.buffers is None:
             self._view_state()
-        size = sum(p.numel() for p in params)
-        torch.cat([p.grad.reshape(-1) for p in params], out=self.flat.grad[:size])
-        fused_group = self.fused.param_groups[0]
-        fused_group.update(lr=group["lr"], betas=group["betas"], eps=group["eps"])
-        self.fused.step()
+        torch.cat([p.grad.reshape(-1) for p in params], out=self.flat_grad[: self.size])
+        step, (beta1, beta2) = self.buffers["step"], group["betas"]
+        step.add_(1)
+        # What torch.optim.Adam(fused=True) runs, called directly: its Python layer costs more than the kernel.
+        torch._fused_adam_(
+            [self.flat], [self.flat_grad], [self.buffers["exp_avg"]], [self.buffers["exp_avg_sq"]], [], [step],
+            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"], amsgrad=False,
+            maximize=False, grad_scale=None, found_inf=None,
+        )  # fmt: skip
         return None
