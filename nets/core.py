@@ -423,7 +423,8 @@ def polyak_update(
     """target <- (1 - tau) * target + tau * online: one operation when `online` is packed in one buffer (`FlatAdam`),
     whose layout the target then takes, else fused over all tensors."""
     target, online = list(target), list(online)
-    online_buffer = packed(online)
+    # torch.compile fuses the per-tensor lerps itself (and cannot trace storage pointers).
+    online_buffer = None if torch.compiler.is_compiling() else packed(online)
     if online_buffer is None or [t.shape for t in target] != [o.shape for o in online]:
         torch._foreach_lerp_(target, online, tau)
         return

@@ -95,6 +95,8 @@ class FlatAdam(torch.optim.Adam):
         if self.state:
             self._view_state()
 
+    # Eager under torch.compile: the parameters alias the buffer, which functionalisation cannot trace.
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure=None):
         if len(self.param_groups) != 1 or closure is not None:

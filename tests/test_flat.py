@@ -113,3 +113,26 @@ def test_polyak_update_over_packed_buffers():
     assert packed(list(target.parameters())) is not None
     for t, e in zip(target.parameters(), expected, strict=True):
         assert torch.allclose(t, e, atol=1e-7, rtol=0)
+
+
+def test_flat_adam_and_polyak_run_inside_torch_compile():
+    """--compile wraps an update holding FlatAdam.step (run eagerly) and polyak_update (traced per tensor)."""
+    nets = {}
+    for mode in ("eager", "compiled"):
+        online, target = _net(7), _net(8)
+        opt = FlatAdam(online.parameters(), lr=1e-2)
+
+        def update(x, online=online, target=target, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            online(x).square().mean().backward()
+            opt.step()
+            polyak_update(target.parameters(), online.parameters(), 0.1)
+
+        step = torch.compile(update) if mode == "compiled" else update
+        for i in range(3):
+            step(torch.randn(16, 7, generator=torch.Generator().manual_seed(i)))
+        nets[mode] = (online, target)
+    for a, b in zip(
+        *(list(o.parameters()) + list(t.parameters()) for o, t in nets.values()), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
