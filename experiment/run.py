@@ -226,7 +226,10 @@ def _group_args(args: ArgsT, run_dir: Path, members: list[Path], keep: Sequence[
             f"--resume {run_dir}: holds a group of seeds (s0, s1, ...); resume one, --resume {members[0]}"
         )
     first = resume_args(dataclasses.replace(args, resume=str(members[0])), (*keep, "num_seeds"))  # type: ignore[type-var]
-    own = lambda config: {k: v for k, v in config.items() if k not in (*keep, "seed", "run_dir")}  # noqa: E731
+
+    def own(config: dict) -> dict:  # the flags every seed of a group shares
+        return {k: v for k, v in config.items() if k not in (*keep, "seed", "run_dir")}
+
     try:
         saved = [json.loads((m / CONFIG_FILE).read_text()) for m in members]
     except json.JSONDecodeError:
@@ -244,10 +247,11 @@ def _group_args(args: ArgsT, run_dir: Path, members: list[Path], keep: Sequence[
                 f"--resume {run_dir}: {members[k].name} is not seed {k} of s0's group (differs in "
                 f"{', '.join(differ) or 'seed'}); resume its seeds one by one, --resume {run_dir}/s<k>"
             )
-    if args.num_seeds not in (1, len(members)):  # type: ignore[attr-defined]
+    asked = args.num_seeds  # type: ignore[attr-defined]
+    if asked not in (1, len(members)):
         print(
-            f"note: --resume {run_dir} continues its {len(members)} seeds; ignoring --num-seeds {args.num_seeds}"
-        )  # type: ignore[attr-defined]
+            f"note: --resume {run_dir} continues its {len(members)} seeds; ignoring --num-seeds {asked}"
+        )
     return dataclasses.replace(
         first, num_seeds=len(members), run_dir=str(run_dir), resume=str(run_dir)
     )  # type: ignore[type-var]

@@ -65,9 +65,8 @@ class FlatAdam(torch.optim.Adam):
         self.flat = pack_parameters(params, ALIGN)
         self.flat_grad = torch.zeros_like(self.flat)
         self.size = sum(p.numel() for p in params)
-        self.buffers: dict[str, torch.Tensor] | None = (
-            None  # step, exp_avg, exp_avg_sq of the whole buffer
-        )
+        # The whole buffer's step, exp_avg and exp_avg_sq, made at the first step (torch's Adam state is lazy too).
+        self.buffers: dict[str, torch.Tensor] | None = None
 
     def _view_state(self) -> None:
         """Point each parameter's state at its slice of the whole buffer's moments (copying a loaded state in)."""

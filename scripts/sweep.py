@@ -173,9 +173,8 @@ def plan(args: Args) -> list[Job]:
                         command = [*cmd, *group, "--run-dir", str(run_dir), *flags]
                         jobs.append(Job(algo, target, seeds[0], run_dir, command, seed_dirs))
                         continue
-                    if _resumable_group(
-                        seed_dirs
-                    ):  # every seed stopped at one checkpoint: go on as one
+                    # Every seed stopped at one checkpoint: the group goes on as one process.
+                    if _resumable_group(seed_dirs):
                         command = [*cmd, "--resume", str(run_dir), *flags]
                         jobs.append(Job(algo, target, seeds[0], run_dir, command, seed_dirs))
                         continue
