@@ -15,6 +15,7 @@ from ocrl.data import Batch
 from ocrl.experiment import UsageError, load_checkpoint
 from ocrl.nets import TanhGaussianActor
 from ocrl.nets.core import EnsembleLinear
+from ocrl.nets.seeds import seed_member
 
 OBS, ACT, B = 3, 2, 6
 LOW, HIGH = torch.tensor([-2.0, -0.5]), torch.tensor([2.0, 1.5])  # scale (2, 1), bias (0, 0.5)
@@ -54,6 +55,23 @@ def plain_policy(actor, s: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tenso
     return torch.tanh(u) * scale + bias, log_prob
 
 
+def plain(actor) -> TanhGaussianActor:
+    """The (N = 1) seed-stacked actor as a plain single-seed TanhGaussianActor with its weights."""
+    return seed_member(actor, TanhGaussianActor(OBS, ACT, (8, 8), LOW, HIGH), 0, 1)
+
+
+def one_seed(batch: Batch) -> Batch:
+    """A (B, ...) batch as the (N = 1, B, ...) minibatch of the seed-stacked update."""
+    return Batch(*(t[None] for t in batch))
+
+
+def draws(agent, count: int, seed: int = 123) -> list[torch.Tensor]:
+    """Seed the agent's stream and return the `count` (B, |A|) normal draws the update will take from it."""
+    agent.streams.generators[0].manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, ACT, generator=g) for _ in range(count)]
+
+
 def make_agent(**overrides) -> sac.SAC:
     torch.manual_seed(0)
     args = sac.Args(hidden=(8, 8), discount=0.9, tau=0.1, device="cpu", **overrides)
@@ -82,15 +100,13 @@ def test_critic_update_matches_the_formula_and_its_gradient():
     s, a, r, s2, d = batch
     before = copy.deepcopy(agent.critic)
     target_before = copy.deepcopy(agent.critic_target)
-    # The update draws a' ~ pi(s') with one randn of shape (B, |A|); draw the same noise here.
-    rng = torch.get_rng_state()
-    eps = torch.randn(B, ACT)
-    torch.set_rng_state(rng)
-    metrics = agent.update(batch, actor_steps=0)
+    # The update draws a' ~ pi(s') with one randn of shape (B, |A|) from the seed's stream; the same noise here.
+    (eps,) = draws(agent, 1)
+    metrics = agent.update(one_seed(batch), actor_steps=0)
 
     alpha = 0.3
     with torch.no_grad():
-        a2, logp2 = plain_policy(agent.actor, s2, eps)
+        a2, logp2 = plain_policy(plain(agent.actor), s2, eps)
         min_q = torch.minimum(plain_q(target_before, 0, s2, a2), plain_q(target_before, 1, s2, a2))
         y = r.double() + 0.9 * (1.0 - d.double()) * (min_q - alpha * logp2)
     params = list(before.parameters())
@@ -116,11 +132,9 @@ def test_actor_and_temperature_steps_match_the_formulas():
     agent = make_agent()
     batch = make_batch()
     s = batch.observations
-    rng = torch.get_rng_state()
-    _, eps_pi, eps_alpha = torch.randn(B, ACT), torch.randn(B, ACT), torch.randn(B, ACT)
-    torch.set_rng_state(rng)
-    actor_before = copy.deepcopy(agent.actor)
-    metrics = agent.update(batch, actor_steps=1)
+    _, eps_pi, eps_alpha = draws(agent, 3)
+    actor_before = plain(copy.deepcopy(agent.actor))
+    metrics = agent.update(one_seed(batch), actor_steps=1)
     critic_after = agent.critic  # the actor step uses the critic after its own step
     # Actor: mean(alpha * log pi(a|s) - min_j Q_j(s, a)), alpha = 1 (log alpha starts at 0).
     params = list(actor_before.parameters())
@@ -131,11 +145,11 @@ def test_actor_and_temperature_steps_match_the_formulas():
     assert float(metrics["actor_loss"]) == pytest.approx(actor_loss.item(), rel=1e-5)
     assert float(metrics["entropy"]) == pytest.approx(-logp.mean().item(), rel=1e-5)
     for p, g in zip(agent.actor.parameters(), grads, strict=True):
-        torch.testing.assert_close(p.grad.double(), g.double(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p.grad[0].double(), g.double(), rtol=1e-4, atol=1e-6)
 
     # Temperature: mean(-exp(log alpha) * (log pi(a|s) + target_entropy)) with the stepped actor.
     with torch.no_grad():
-        _, logp_new = plain_policy(agent.actor, s, eps_alpha)
+        _, logp_new = plain_policy(plain(agent.actor), s, eps_alpha)
     alpha_loss = (-1.0 * (logp_new + (-ACT))).mean()
     assert float(metrics["alpha_loss"]) == pytest.approx(float(alpha_loss), rel=1e-5)
     # d alpha_loss / d log_alpha = alpha_loss (alpha = 1): Adam's first step moves log alpha by -lr * sign.
