@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocrl.algos import a2pr, iql, prdc, td3_bc
+from ocrl.algos import a2pr, ggd_td, iql, prdc, sac, td3_bc
 from ocrl.experiment import UsageError, load_checkpoint
 from ocrl.nets import CriticEnsemble, DeterministicActor, FlatAdam
 from ocrl.nets.seeds import SeedSlice, SeedStreams, init_seeds, seed_member
@@ -236,3 +236,81 @@ def test_a_bf16_group_ends_finite(hopper_random_file, tmp_path, precision):
     for k in range(3):
         ckpt = load_checkpoint(tmp_path / "g" / f"s{k}")
         assert all(torch.isfinite(t).all() for t in ckpt["actor"].values() if t.is_floating_point())
+
+
+# ------------------------------------------------------------------ online: sac, ggd_td
+ONLINE = dict(env_id="Pendulum-v1", total_steps=300, learning_starts=100, hidden=(16, 16), batch_size=32,
+              eval_every=150, eval_episodes=1, save_model=True, progress=False)  # fmt: skip
+ONLINE_CASES = {  # file, its flags over ONLINE
+    "sac": (sac, {}),
+    "ggd_td": (ggd_td, {}),  # --loss ggd with the BIEV regulariser, 5 envs, Tanh
+    # Two envs per seed, three action dimensions (output heads wider than one column), bf16.
+    "sac hopper 2 envs bf16": (
+        sac, dict(env_id="Hopper-v4", num_envs=2, total_steps=200, eval_every=100, precision="bf16"),
+    ),
+}  # fmt: skip
+
+
+def assert_same_checkpoint(a: dict, b: dict, where: str) -> None:
+    """Every entry of two checkpoints equal to the bit, but the global RNGs (seeded with the process's --seed and
+    drawn from by nothing of these files) and the run's wall time."""
+    assert a.keys() == b.keys(), where
+    a["run"].pop("wall_time"), b["run"].pop("wall_time")
+    for key in a.keys() - {"rng"}:
+        assert_same_state(a[key], b[key], f"{where} {key}")
+
+
+@pytest.mark.parametrize("case", ONLINE_CASES)
+def test_seed_k_of_an_online_group_of_three_is_the_single_seed_run_of_seed_k(tmp_path, case):
+    """Each seed of a group has its single-seed run's training envs (and warm-up actions), replay buffer, weights,
+    optimisers, temperature and streams: seed k's checkpoint and returns equal that run's to the bit."""
+    module, flags = ONLINE_CASES[case]
+    kw = ONLINE | flags
+    group = module.main(module.Args(run_dir=str(tmp_path / "group"), seed=2, num_seeds=3, **kw))
+    for k in range(3):
+        alone = module.main(module.Args(run_dir=str(tmp_path / f"alone{k}"), seed=2 + k, **kw))
+        member = group["seeds"][k]
+        assert member["return"] == alone["return"] and member["return_best"] == alone["return_best"]
+        a = load_checkpoint(tmp_path / "group" / f"s{k}")
+        b = load_checkpoint(tmp_path / f"alone{k}")
+        assert {"buffer", "envs", "log_alpha", "alpha_opt", "streams"} <= a.keys()
+        assert b["log_alpha"].shape == () and b["buffer"]["size"] == kw["total_steps"]
+        assert_same_checkpoint(a, b, f"{case} seed {2 + k}")
+        assert file_kinds(tmp_path / "group" / f"s{k}") == file_kinds(tmp_path / f"alone{k}")
+        config = json.loads((tmp_path / "group" / f"s{k}" / "config.json").read_text())
+        assert config["seed"] == 2 + k and config["num_seeds"] == 1
+    # The seeds' runs differ from each other (their own envs, buffers and draws).
+    assert len({m["return"] for m in group["seeds"]}) == 3
+
+
+@pytest.mark.parametrize("module", [sac, ggd_td], ids=["sac", "ggd_td"])
+def test_an_online_group_resumes_as_the_group(tmp_path, module):
+    """--resume DIR of a sac/ggd_td group continues every seed's envs, buffer and networks: the group trained
+    without a stop, to the bit."""
+    kw = ONLINE | dict(num_seeds=2, seed=4)
+    module.main(module.Args(run_dir=str(tmp_path / "stopped"), **(kw | dict(total_steps=150))))
+    resumed = module.main(
+        module.Args(resume=str(tmp_path / "stopped"), total_steps=300, progress=False)
+    )
+    straight = module.main(module.Args(run_dir=str(tmp_path / "straight"), **kw))
+    assert [m["return"] for m in resumed["seeds"]] == [m["return"] for m in straight["seeds"]]
+    for k in range(2):
+        a = load_checkpoint(tmp_path / "stopped" / f"s{k}")
+        b = load_checkpoint(tmp_path / "straight" / f"s{k}")
+        assert a["step"] == 300 and a["buffer"]["size"] == 300
+        assert_same_checkpoint(a, b, f"seed {k}")
+
+
+@pytest.mark.parametrize("module", [sac, ggd_td], ids=["sac", "ggd_td"])
+def test_a_bf16_online_group_ends_finite(tmp_path, module):
+    out = module.main(
+        module.Args(run_dir=str(tmp_path / "g"), **(ONLINE | dict(num_seeds=3, precision="bf16")))
+    )
+    assert len(out["seeds"]) == 3
+    for k in range(3):
+        ckpt = load_checkpoint(tmp_path / "g" / f"s{k}")
+        for part in ("actor", "critic", "critic_target"):
+            assert all(
+                torch.isfinite(t).all() for t in ckpt[part].values() if t.is_floating_point()
+            )
+        assert torch.isfinite(ckpt["log_alpha"]) and ckpt["log_alpha"] != 0
