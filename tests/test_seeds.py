@@ -15,8 +15,8 @@ import torch
 
 from ocrl.algos import a2pr, ggd_td, iql, prdc, sac, td3_bc
 from ocrl.experiment import UsageError, load_checkpoint
-from ocrl.nets import CriticEnsemble, DeterministicActor, FlatAdam
-from ocrl.nets.seeds import SeedSlice, SeedStreams, init_seeds, seed_member
+from ocrl.nets import CriticEnsemble, DeterministicActor, FlatAdam, TanhGaussianActor
+from ocrl.nets.seeds import SeedSlice, SeedStreams, init_seeds, seed_member, seed_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden=(32, 32), eval_episodes=1, progress=False, save_model=True)
@@ -178,6 +178,53 @@ def test_init_draws_seed_k_the_same_whatever_the_group_size():
     stacked_obs = torch.zeros(3, 4, 5)
     stacked_obs[1] = obs
     torch.testing.assert_close(plain(obs), actor3(stacked_obs)[1], rtol=1e-6, atol=1e-6)
+
+
+def test_a_stacked_tensor_its_optimiser_and_a_per_seed_list_are_sliced_to_the_single_seed_format():
+    """sac's (N,) log-temperature: seed k's part is the single-seed run's scalar, its FlatAdam state scalars too;
+    a list of N parts (replay buffers, training envs) gives seed k its own entry."""
+    log_alpha = torch.zeros(3, requires_grad=True)
+    opt = FlatAdam([log_alpha], lr=0.1)
+    (log_alpha * torch.tensor([1.0, -2.0, 3.0])).sum().backward()
+    opt.step()
+    buffers = [object() for _ in range(3)]
+    parts = seed_parts({"log_alpha": log_alpha, "alpha_opt": opt, "buffer": buffers}, 1, 3)
+    assert parts["buffer"] is buffers[1]
+    assert (
+        parts["log_alpha"].state_dict().shape == () and float(parts["log_alpha"].state_dict()) > 0
+    )
+    saved = parts["alpha_opt"].state_dict()
+    assert {key: v.shape for key, v in saved["state"][0].items()} == dict.fromkeys(
+        ("step", "exp_avg", "exp_avg_sq"), ()
+    )
+    # A single-seed run's state (torch Adam over one scalar) into seed 0 of another group.
+    single = torch.tensor(0.5, requires_grad=True)
+    single_opt = torch.optim.Adam([single], lr=0.1)
+    (2 * single).backward()
+    single_opt.step()
+    other = torch.zeros(3, requires_grad=True)
+    other_opt = FlatAdam([other], lr=0.1)
+    target = seed_parts({"log_alpha": other, "alpha_opt": other_opt}, 0, 3)
+    target["log_alpha"].load_state_dict(single.detach())
+    target["alpha_opt"].load_state_dict(single_opt.state_dict())
+    assert other[0] == single and (other[1:] == 0).all()
+    assert_same_state(
+        target["alpha_opt"].state_dict()["state"], single_opt.state_dict()["state"], ""
+    )
+
+
+def test_a_stacked_tanh_gaussian_actor_is_seed_by_seed_the_plain_actor():
+    streams = SeedStreams(range(4, 7))
+    stacked = init_seeds(TanhGaussianActor(5, 2, (8, 8), -2.0, 2.0, num_seeds=3), streams)
+    single = init_seeds(TanhGaussianActor(5, 2, (8, 8), -2.0, 2.0, num_seeds=1), SeedStreams([5]))
+    assert_same_state(
+        SeedSlice(stacked, 1, 3).state_dict(), SeedSlice(single, 0, 1).state_dict(), ""
+    )
+    plain = seed_member(stacked, TanhGaussianActor(5, 2, (8, 8), -2.0, 2.0), 1, 3)
+    obs, noise = torch.randn(3, 4, 5), torch.randn(3, 4, 2)
+    for got, want in zip(stacked(obs, noise), plain(obs[1], noise[1]), strict=True):
+        torch.testing.assert_close(got[1], want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(plain.act(obs[1]), stacked(obs, noise)[2][1], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("adam", [FlatAdam, partial(torch.optim.Adam, foreach=True)])
