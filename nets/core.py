@@ -424,6 +424,9 @@ class TanhNormalPolicy(nn.Module):
         return self.scale * torch.tanh(u), log_prob, self.scale * torch.tanh(mean)
 
 
+# Outside torch.compile's graphs (--compile): inductor fails on `packed`'s storage views (NameError on a size
+# symbol, torch 2.13); the update is one lerp either way.
+@torch.compiler.disable
 @torch.no_grad()
 def polyak_update(
     target: Iterable[torch.Tensor], online: Iterable[torch.Tensor], tau: float

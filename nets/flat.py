@@ -94,6 +94,9 @@ class FlatAdam(torch.optim.Adam):
         if self.state:
             self._view_state()
 
+    # Outside torch.compile's graphs (--compile): dynamo fails on the packed buffer's views (torch 2.13); the step is
+    # one fused kernel either way.
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure=None):
         if len(self.param_groups) != 1 or closure is not None:

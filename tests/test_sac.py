@@ -265,3 +265,13 @@ def test_interrupted_hopper_run_resumes_bit_exactly(
         k: v for k, v in straight.items() if k not in skip
     }
     assert resumed["return"] is not None and resumed["normalized_score"] is not None
+
+
+def test_compiled_group_runs(tmp_path):
+    # torch.compile of the seed-stacked update: FlatAdam's step and the packed Polyak update stay outside the graph.
+    out = sac.main(sac.Args(
+        env_id="Pendulum-v1", total_steps=200, learning_starts=100, batch_size=16, hidden=(16, 16),
+        eval_every=200, eval_episodes=1, num_seeds=2, compile=True, run_dir=str(tmp_path), progress=False,
+    ))  # fmt: skip
+    assert [m["steps"] for m in out["seeds"]] == [200, 200]
+    assert all(math.isfinite(m["return"]) for m in out["seeds"])
