@@ -35,6 +35,11 @@ get D4RL's normalised score.
 `--precision bf16` runs the networks' hidden layers in bf16 autocast in the update; their output layers (means,
 raw shapes, actor mean and log-std), log pi, the TD targets, the GGD/Gaussian/MSE losses, the regulariser and its
 xi solver, alpha, Polyak updates, weights, Adam's state, acting and evaluation stay fp32.
+`--num-seeds N` trains seeds seed .. seed+N-1 at once: every network, target, optimiser and the log-temperature has
+a leading seed axis (one batched matmul per layer), and each seed has its own training envs, replay buffer and
+generator (weights, minibatches, the actor's noise), exactly those of its single-seed run, and its own losses,
+regulariser weights and ggd/* logs; their sum steps every seed with its own gradient. A single-seed run is N = 1 of
+the same code, so seed k alone and seed k in a group are the same run to the bit (tests/test_seeds.py).
 
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000 --loss mse   # plain SAC, the rest equal
@@ -52,12 +57,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ocrl.data import Batch, ReplayBuffer
-from ocrl.envs import Evaluator, TimeFeature, TrainingEnvs, make_env, reference_scores
-from ocrl.experiment import Agent, TrainingLoop
-from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.data import Batch
+from ocrl.envs import Evaluator, SeedEnvs, TimeFeature, make_env, reference_scores
+from ocrl.experiment import Agent, SeedLoops
+from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
 from ocrl.experiment.flags import POSITIVE_FIELDS, UsageError, check_args, run_cli
-from ocrl.nets import CriticEnsemble, TanhGaussianActor, autocast, ggd, polyak_update
+from ocrl.nets import CriticEnsemble, FlatAdam, TanhGaussianActor, autocast, ggd, polyak_update
+from ocrl.nets.seeds import SeedStreams, init_seeds
 
 PRESETS: dict[str, dict] = {
     "sb3-faithful": {},  # the Args defaults
@@ -68,17 +74,17 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, OnlineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]
     """sb3-faithful: the released SB3 settings (the defaults); cleanrl-default: ocrl's CleanRL SAC with the GGD critic loss; explicit flags override either"""
     seed: int = 1
-    """seed of torch, numpy, the training envs and the evaluation episodes"""
+    """seed of the networks' weights, the minibatches and noise (one generator per seed), the training envs and their warm-up actions, and the evaluation episodes"""
     total_steps: int = 3_000_000
     """environment steps (over all env copies)"""
     num_envs: int = 5
-    """parallel training environments; one gradient update per vector step"""
+    """parallel training environments (of each seed); one gradient update per vector step"""
     buffer_size: int = 1_000_000
     """replay buffer capacity"""
     discount: float = 0.99
@@ -142,29 +148,29 @@ class Args(RunArgs, PrecisionArgs, OnlineArgs):
 
 
 class GGDSAC(Agent):
-    """The actor, the twin critics of E GGD members each, their targets, the log-temperature and the optimisers; `update` is one GGD-SAC iteration."""
+    """The actor, the twin critics of E GGD members each, their targets, the log-temperatures and the optimisers of
+    --num-seeds seeds, stacked on a leading seed axis; `update` is one GGD-SAC iteration of every seed."""
 
     def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
-        self.args = args
+        self.args, n, self.act_dim = args, args.num_seeds, act_dim
+        self.streams = SeedStreams(range(args.seed, args.seed + n), device)
         activation = nn.Tanh if args.activation == "tanh" else nn.ReLU
-        self.actor = TanhGaussianActor(
-            obs_dim, act_dim, args.hidden, action_low, action_high, activation=activation
-        )
+        self.actor = TanhGaussianActor(obs_dim, act_dim, args.hidden, action_low, action_high,
+                                       activation=activation, num_seeds=n)  # fmt: skip
         # 2 twins x E members, each outputting a mean Q and a raw shape.
-        self.critic = CriticEnsemble(
-            obs_dim, act_dim, args.hidden, 2 * args.ensemble_size, activation=activation, out_dim=2
-        )
+        self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, 2 * args.ensemble_size,
+                                     activation=activation, out_dim=2, num_seeds=n)  # fmt: skip
+        init_seeds(self.actor, self.streams), init_seeds(self.critic, self.streams)
         self.actor.to(device), self.critic.to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, fused=True)
+        # FlatAdam: torch's fused Adam over one padded buffer, whose digits do not depend on N.
+        self.actor_opt = FlatAdam(self.actor.parameters(), lr=args.policy_lr)
+        self.critic_opt = FlatAdam(self.critic.parameters(), lr=args.q_lr)
         self.target_entropy = -float(act_dim)
-        self.log_alpha = torch.tensor(
-            0.0 if args.autotune else float(np.log(args.alpha)),
-            device=device,
-            requires_grad=args.autotune,
-        )
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.q_lr) if args.autotune else None
+        log_alpha = 0.0 if args.autotune else float(np.log(args.alpha))
+        # One log-temperature per seed: seed k's checkpoint holds row k, a single-seed run's scalar.
+        self.log_alpha = torch.full((n,), log_alpha, device=device, requires_grad=args.autotune)
+        self.alpha_opt = FlatAdam([self.log_alpha], lr=args.q_lr) if args.autotune else None
         self.reg = ggd.resolved_reg(args.reg, args.loss)
         self.reg_loss = (
             args.reg_loss if args.reg_loss != "auto" else ("mae" if args.loss == "ggd" else "mse")
@@ -172,13 +178,25 @@ class GGDSAC(Agent):
         self.min_ess = float(min(args.batch_size - 1, args.min_batch_size))
         self.seen: dict[str, torch.Tensor] = {}  # the last update's intermediates, for diagnostics
 
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The actor's (action, log pi, mean action) on (N, ..., obs), each seed's noise from its own stream."""
+        return self.actor(obs, self.streams.randn((*obs.shape[1:-1], self.act_dim)))
+
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions sampled from the actor for (N, num_envs, obs) observations (acting during training)."""
+        return self.sample(obs)[0]
+
     def q_and_raw(self, critic: CriticEnsemble, obs: torch.Tensor, action: torch.Tensor):
-        """The members' means and raw shapes, each (2 twins, E, B)."""
-        out = critic(obs, action).view(2, self.args.ensemble_size, -1, 2)
+        """The members' means and raw shapes, each (N seeds, 2 twins, E, B)."""
+        # (2 E, N, B, 2) -> (N, 2 E, B, 2): each seed's block laid out as a single-seed run's (2 E, B, 2), so that
+        # its reductions and gradients, forward and backward, take the same steps whatever N is.
+        out = critic(obs, action).movedim(1, 0).contiguous()
+        out = out.view(out.shape[0], 2, self.args.ensemble_size, *out.shape[2:])
         return out[..., 0], out[..., 1]
 
     def value_loss(self, delta: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-        """Per twin (twins,): the value loss of --loss over the members' TD errors delta and raw shapes (twins, E, B)."""
+        """Per seed and twin (N, twins): the value loss of --loss over the members' TD errors delta and raw shapes
+        (N, twins, E, B)."""
         args = self.args
         if args.loss == "mse":
             return delta.pow(2).mean(-1).sum(-1)
@@ -189,26 +207,30 @@ class GGDSAC(Agent):
             return nll.mean(-1).sum(-1)
         beta = F.softplus(raw) + args.beta_eps
         loss, terms = ggd.ggd_nll(delta, beta, args.ggd_form, args.detach_ra_weight)
-        self.seen.update(param=beta.detach(), nonfinite=(~torch.isfinite(terms)).sum())
+        self.seen.update(param=beta.detach(), nonfinite=~torch.isfinite(terms))
         return loss
 
     def update(
         self, batch: Batch, actor_steps: int, update_target: bool = True
     ) -> dict[str, torch.Tensor]:
-        """A critic step, then `actor_steps` actor (and temperature) steps on the same observations, then the Polyak update of the target critics when `update_target`."""
+        """A critic step, then `actor_steps` actor (and temperature) steps on the same observations, then the
+        Polyak update of the target critics when `update_target`; (N,) metrics."""
         args, actor, critic = self.args, self.actor, self.critic
-        obs, actions, rewards, next_obs, terminals = batch
-        alpha = self.log_alpha.exp().detach()
+        obs, actions, rewards, next_obs, terminals = batch  # (N, B, ...): one minibatch per seed
+        alpha = self.log_alpha.exp().detach().unsqueeze(1)  # (N, 1)
         with torch.no_grad(), autocast(args.precision, obs.device):
-            next_actions, next_log_prob, _ = actor(next_obs)
-            next_q, _ = self.q_and_raw(self.critic_target, next_obs, next_actions)  # (2, E, B)
+            next_actions, next_log_prob, _ = self.sample(next_obs)
+            next_q, _ = self.q_and_raw(self.critic_target, next_obs, next_actions)  # (N, 2, E, B)
             # Per member: the min over the twins; the same a' for every member.
-            soft_next = next_q.min(dim=0).values - alpha * next_log_prob
-            target = rewards + args.discount * (1.0 - terminals) * soft_next
+            soft_next = (
+                next_q.min(dim=1, keepdim=True).values - (alpha * next_log_prob)[:, None, None]
+            )
+            not_done = (1.0 - terminals)[:, None, None]
+            target = rewards[:, None, None] + args.discount * not_done * soft_next  # (N, 1, E, B)
         with autocast(args.precision, obs.device):
             q, raw = self.q_and_raw(critic, obs, actions)
         delta = q - target
-        value_loss = self.value_loss(delta, raw)
+        value_loss = self.value_loss(delta, raw)  # (N, 2 twins)
         reg_loss = torch.zeros_like(value_loss)
         if self.reg != "none":  # BIEV/BIV on the members' means
             reg_loss, kept = ggd.inverse_variance_regulariser(
@@ -217,36 +239,38 @@ class GGDSAC(Agent):
                 scale=args.reg_scale, spread=next_q if args.biv_source == "target" else None,
             )  # fmt: skip
             self.seen.update(kept)
-        critic_loss = 0.5 * (value_loss + args.uncertainty_temperature * reg_loss).sum()
+        critic_loss = 0.5 * (value_loss + args.uncertainty_temperature * reg_loss).sum(-1)  # (N,)
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()  # the seeds' gradients do not mix
         self.critic_opt.step()
         self.seen.update(td_var=delta.detach().var(dim=-2, correction=0))
         metrics = {
-            "critic_loss": critic_loss.detach(), "value_loss": 0.5 * value_loss.detach().sum(),
-            "reg_loss": 0.5 * reg_loss.detach().sum(), "q_mean": q.detach().mean(), "alpha": alpha,
+            "critic_loss": critic_loss.detach(), "value_loss": 0.5 * value_loss.detach().sum(-1),
+            "reg_loss": 0.5 * reg_loss.detach().sum(-1), "q_mean": q.detach().mean(dim=(1, 2, 3)),
+            "alpha": alpha[:, 0],
         }  # fmt: skip
 
         actor_params = list(actor.parameters())
         for _ in range(actor_steps):
             with autocast(args.precision, obs.device):
-                pi, log_prob, _ = actor(obs)
-                q_pi = self.q_and_raw(critic, obs, pi)[0].mean(dim=1).min(dim=0).values
-            actor_loss = (alpha * log_prob - q_pi).mean()
+                pi, log_prob, _ = self.sample(obs)
+                q_pi = self.q_and_raw(critic, obs, pi)[0].mean(dim=2).min(dim=1).values  # (N, B)
+            actor_loss = (alpha * log_prob - q_pi).mean(dim=1)
             # Gradients for the actor only: the critic's weight gradients are not needed here.
-            grads = torch.autograd.grad(actor_loss, actor_params)
+            grads = torch.autograd.grad(actor_loss.sum(), actor_params)
             for p, g in zip(actor_params, grads, strict=True):
                 p.grad = g
             self.actor_opt.step()
-            metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean())
+            metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean(dim=1))
             if self.alpha_opt is not None:
                 with torch.no_grad(), autocast(args.precision, obs.device):
-                    _, log_prob, _ = actor(obs)
-                alpha_loss = (-self.log_alpha.exp() * (log_prob + self.target_entropy)).mean()
+                    _, log_prob, _ = self.sample(obs)
+                log_alpha = self.log_alpha.unsqueeze(1)
+                alpha_loss = (-log_alpha.exp() * (log_prob + self.target_entropy)).mean(dim=1)
                 self.alpha_opt.zero_grad(set_to_none=True)
-                alpha_loss.backward()
+                alpha_loss.sum().backward()
                 self.alpha_opt.step()
-                alpha = self.log_alpha.exp().detach()
+                alpha = self.log_alpha.exp().detach().unsqueeze(1)
                 metrics["alpha_loss"] = alpha_loss.detach()
         if update_target:
             polyak_update(self.critic_target.parameters(), critic.parameters(), args.tau)
@@ -254,7 +278,9 @@ class GGDSAC(Agent):
 
     def diagnostics(self) -> dict[str, torch.Tensor]:
         """The reference's checks for the last update as ggd/* logs (shape statistics, non-finite terms, xi, ESS)."""
-        return ggd.ggd_diagnostics("beta" if self.args.loss == "ggd" else "var", **self.seen)
+        return ggd.ggd_diagnostics(
+            "beta" if self.args.loss == "ggd" else "var", **self.seen, seeds=True
+        )
 
 
 def check_ggd_args(args: Args) -> None:
@@ -279,46 +305,41 @@ def main(args: Args) -> dict:
     args, device, np_rng = start_run(args, check_ggd_args)
 
     wrap = TimeFeature if args.time_feature else (lambda env: env)
-    # SAME_STEP autoreset vector env, seeded; its current observation and episode counters (envs.obs,
-    # envs.episode_return, envs.episode_length) are a checkpoint part, so --resume continues the episodes.
-    envs = TrainingEnvs(lambda: wrap(make_env(args.env_id)), args.num_envs, args.seed)
-    obs_dim, act_dim = envs.check_flat_box("SAC", args.env_id)
-    act_space = envs.single_action_space
-
-    agent = GGDSAC(args, obs_dim, act_dim, act_space.low, act_space.high, device)
-    buffer = ReplayBuffer(obs_dim, act_dim, args.buffer_size, device)
+    # Per seed, its single-seed run's SAME_STEP autoreset vector env and replay buffer; the envs' observation and
+    # episode counters (envs.obs, envs.episode_return, envs.episode_length) are a checkpoint part, so --resume
+    # continues the episodes.
+    seeds = SeedEnvs(lambda: wrap(make_env(args.env_id)), args, "SAC", device)
+    obs_dim, act_dim, space = seeds.obs_dim, seeds.act_dim, seeds.action_space
+    agent = GGDSAC(args, obs_dim, act_dim, space.low, space.high, device)
     update = torch.compile(agent.update) if args.compile else agent.update
     ref_min, ref_max = reference_scores(args.env_id)
-    evaluator = Evaluator(
-        args.env_id, args.eval_episodes, args.seed, ref_min_score=ref_min, ref_max_score=ref_max,
-        device=device, env_wrapper=wrap if args.time_feature else None,
-    )  # fmt: skip
-    loop = TrainingLoop(
-        "ggd_td", args.env_id, args, agent.parts() | {"buffer": buffer, "envs": envs}, np_rng,
-        rate_tag="charts/steps_per_s", policy=agent.actor,
+    activation = nn.Tanh if args.activation == "tanh" else nn.ReLU
+    loop = SeedLoops(
+        "ggd_td", args.env_id, args, agent.parts() | seeds.parts(), np_rng, rate_tag="charts/steps_per_s",
+        evaluator=lambda seed: Evaluator(
+            args.env_id, args.eval_episodes, seed, ref_min_score=ref_min, ref_max_score=ref_max,
+            device=device, env_wrapper=wrap if args.time_feature else None,
+        ),
+        # Each seed's actor as a single-seed run builds it: what it evaluates with and exports as policy.pt2.
+        policy=lambda: TanhGaussianActor(obs_dim, act_dim, args.hidden, space.low, space.high,
+                                         activation=activation).to(device),
     )  # fmt: skip
     for step in loop.steps(stride=args.num_envs):
-        if step < args.learning_starts:
-            action = envs.action_space.sample()
-        else:
-            with torch.no_grad():
-                obs_t = torch.as_tensor(envs.obs, dtype=torch.float32, device=device)
-                action = agent.actor(obs_t)[0].cpu().numpy()
-        envs.step_into(buffer, action, loop.run, step)
+        seeds.step(agent.explore if step >= args.learning_starts else None, loop.runs, step)
 
         if loop.step > args.learning_starts:
             # Updates so far, this one included (one per vector step after learning_starts); derived
             # from the step count, so a resumed run keeps the schedule of an uninterrupted one.
             updates = loop.step // args.num_envs - args.learning_starts // args.num_envs
             actor_steps = args.policy_freq if updates % args.policy_freq == 0 else 0
-            batch = buffer.sample(args.batch_size)
+            batch = seeds.sample(args.batch_size, agent.streams)
             metrics = update(batch, actor_steps, updates % args.target_network_frequency == 0)
             loop.log(metrics | agent.diagnostics())
         if loop.due(args.eval_every):
-            loop.evaluate(evaluator, agent.actor.act)
+            loop.evaluate(agent.actor)
 
-    envs.close()
-    return loop.finish(evaluator, agent.actor.act, env_id=args.env_id)
+    seeds.close()
+    return loop.finish(agent.actor, env_id=args.env_id)
 
 
 if __name__ == "__main__":

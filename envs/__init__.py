@@ -20,6 +20,7 @@ from ocrl.envs.offline_task import (
     load_offline_task,
     reward_bias,
 )
+from ocrl.envs.seed_envs import SeedEnvs
 from ocrl.envs.training import TrainingEnvs, UnitActions
 from ocrl.envs.vector import make_vector_env
 
@@ -35,6 +36,7 @@ __all__ = [
     "LotSizingSimulator",
     "LotSizingVectorEnv",
     "OfflineTask",
+    "SeedEnvs",
     "TimeFeature",
     "TrainingEnvs",
     "UnitActions",

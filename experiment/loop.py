@@ -279,13 +279,15 @@ class SeedLoops:
     checkpoints and run folder its own. Seed k's loop runs with the flags of a single-seed run of seed + k (its
     --run-dir DIR/s<k>) on seed k's slice of every part (`nets.seeds.seed_parts`), so it writes that run's files.
     `evaluator(seed)` makes each seed's evaluator; `policy()` the actor a single-seed run builds, one per seed,
-    refreshed from the stacked actor to act and to be exported (None for either: no evaluation, no policy file)."""
+    refreshed from the stacked actor to act and to be exported (None for either: no evaluation, no policy file).
+    `snapshots`: each seed's evaluator is a `SnapshotEvaluator` of its actor (--save-snapshots)."""
 
     def __init__(
         self, algo: str, target: str, args: Any, parts: Mapping[str, Any],
         np_rng: np.random.Generator | None, *, evaluator: Callable[[int], Any] | None = None,
         policy: Callable[[], torch.nn.Module] | None = None,
         normalizer: Mapping[str, np.ndarray | None] | None = None,
+        rate_tag: str = "charts/updates_per_s", snapshots: bool = False,
     ) -> None:  # fmt: skip
         from ocrl.experiment.flags import seed_run_dirs
         from ocrl.nets.seeds import seed_parts
@@ -310,18 +312,29 @@ class SeedLoops:
                 dataclasses.replace(args, seed=args.seed + k, num_seeds=1, run_dir=run_dirs[k], resume=resume[k]),
                 seed_parts(dict(parts), k, n), np_rng, normalizer=normalizer, policy=policies[k],
                 progress=getattr(args, "progress", True) and k == 0, checkpoint=checkpoints[k],
+                rate_tag=rate_tag,
             )
             for k in range(n)
         ]  # fmt: skip
+        if snapshots:
+            self.evaluators = [
+                SnapshotEvaluator(e, loop.policy, loop)
+                for e, loop in zip(self.evaluators, self.loops, strict=True)
+            ]
 
     @property
     def step(self) -> int:
         """Steps done, the same in every seed's loop."""
         return self.loops[0].step
 
-    def steps(self) -> Iterator[int]:
+    @property
+    def runs(self) -> list[Run]:
+        """Each seed's Run (its episode logs go there)."""
+        return [loop.run for loop in self.loops]
+
+    def steps(self, stride: int = 1) -> Iterator[int]:
         """Every loop's `steps`, in lockstep."""
-        for step, *_ in zip(*(loop.steps() for loop in self.loops), strict=True):
+        for step, *_ in zip(*(loop.steps(stride) for loop in self.loops), strict=True):
             yield step
 
     def due(self, every: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Literal
 
 import torch
@@ -322,7 +323,8 @@ class GaussianActor(DeterministicActor):
 
 class TanhGaussianActor(nn.Module):
     """Squashed Gaussian policy (SAC): returns a sampled action, its log-probability and the mean action; `activation` is the trunk's (SB3's zoo SAC: Tanh).
-    Mean and log-std heads run in fp32 under autocast, so the log-probability does too."""
+    Mean and log-std heads run in fp32 under autocast, so the log-probability does too. `noise` (the standard normal
+    draws, shaped as the action) replaces torch's global generator; with `num_seeds`, (N, B, obs) -> (N, B, act)."""
 
     def __init__(
         self,
@@ -334,6 +336,7 @@ class TanhGaussianActor(nn.Module):
         log_std_min: float = -5.0,
         log_std_max: float = 2.0,
         activation: type[nn.Module] = nn.ReLU,
+        num_seeds: int | None = None,
     ) -> None:
         super().__init__()
         self.trunk = MLP(
@@ -343,22 +346,26 @@ class TanhGaussianActor(nn.Module):
             activation,
             output_activation=activation,
             fp32_head=False,
+            num_seeds=num_seeds,
         )
-        self.mean = nn.Linear(hidden[-1], act_dim)
-        self.log_std = nn.Linear(hidden[-1], act_dim)
+        head = nn.Linear if num_seeds is None else partial(SeedLinear, num_seeds=num_seeds)
+        self.mean = head(hidden[-1], act_dim)
+        self.log_std = head(hidden[-1], act_dim)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
         scale, bias = _action_bounds(act_dim, action_low, action_high)
         self.register_buffer("action_scale", scale)
         self.register_buffer("action_bias", bias)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, obs: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.trunk(obs)
         mean = full_precision(self.mean, h)
         # tanh keeps log-std in range with a smooth gradient (CleanRL's parameterisation).
         log_std = torch.tanh(full_precision(self.log_std, h))
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
         std = log_std.exp()
-        pre_tanh = mean + std * torch.randn_like(mean)
+        pre_tanh = mean + std * (torch.randn_like(mean) if noise is None else noise)
         gauss_log_prob = (
             -0.5 * ((pre_tanh - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
         ).sum(-1)
@@ -371,8 +378,9 @@ class TanhGaussianActor(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """The deterministic (mean) action used at evaluation time."""
-        return self(obs)[2]
+        """The deterministic (mean) action used at evaluation time (no draw)."""
+        mean = full_precision(self.mean, self.trunk(obs))
+        return torch.tanh(mean) * self.action_scale + self.action_bias
 
 
 class TanhNormalPolicy(nn.Module):
@@ -416,6 +424,8 @@ class TanhNormalPolicy(nn.Module):
         return self.scale * torch.tanh(u), log_prob, self.scale * torch.tanh(mean)
 
 
+# Eager under torch.compile (--compile): inductor fails on `packed`'s storage views (torch 2.13); it is one lerp.
+@torch.compiler.disable
 @torch.no_grad()
 def polyak_update(
     target: Iterable[torch.Tensor], online: Iterable[torch.Tensor], tau: float
@@ -423,8 +433,7 @@ def polyak_update(
     """target <- (1 - tau) * target + tau * online: one operation when `online` is packed in one buffer (`FlatAdam`),
     whose layout the target then takes, else fused over all tensors."""
     target, online = list(target), list(online)
-    # torch.compile fuses the per-tensor lerps itself (and cannot trace storage pointers).
-    online_buffer = None if torch.compiler.is_compiling() else packed(online)
+    online_buffer = packed(online)
     if online_buffer is None or [t.shape for t in target] != [o.shape for o in online]:
         torch._foreach_lerp_(target, online, tau)
         return

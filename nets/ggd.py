@@ -177,31 +177,36 @@ def ggd_diagnostics(
     name: str, param: torch.Tensor | None = None, td_var: torch.Tensor | None = None,
     nonfinite: torch.Tensor | None = None, xi: torch.Tensor | None = None,
     ran: torch.Tensor | None = None, ess: torch.Tensor | None = None,
-    reg_var: torch.Tensor | None = None,
+    reg_var: torch.Tensor | None = None, seeds: bool = False,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The reference's checks as ggd/* logs: statistics of the heads' shapes or variances `param` (..., E, B) named
     `name` ('beta' or 'var'), their correlation over B with the errors' variance td_var (..., B), the non-finite
-    NLL terms, and the regulariser's xi, solver use, ESS and variances (None: not logged)."""
+    NLL terms (a count or a mask), and the regulariser's xi, solver use, ESS and variances (None: not logged).
+    `seeds`: every tensor has a leading seed axis and each log is (N,), one value per seed."""
+
+    def per(t: torch.Tensor) -> torch.Tensor:  # all values (of each seed), on the last axis
+        return t.flatten(1) if seeds else t.reshape(-1)
+
     stats = {}
     if param is not None:
-        p = param
-        mean, std = p.mean(), p.std()
+        p = per(param)
+        mean, std = p.mean(-1), p.std(-1)
         stats.update({
-            f"ggd/{name}_mean": mean, f"ggd/{name}_std": std, f"ggd/{name}_min": p.min(),
-            f"ggd/{name}_max": p.max(), f"ggd/{name}_cv": std / mean,
+            f"ggd/{name}_mean": mean, f"ggd/{name}_std": std, f"ggd/{name}_min": p.amin(-1),
+            f"ggd/{name}_max": p.amax(-1), f"ggd/{name}_cv": std / mean,
         })  # fmt: skip
         if td_var is not None:
             # Correlation over the samples of the heads' mean shape with the variance of their errors.
-            a, b = p.mean(dim=-2), td_var
+            a, b = param.mean(dim=-2), td_var
             a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
             corr = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
-            stats[f"ggd/{name}_tdvar_corr"] = corr.mean()
+            stats[f"ggd/{name}_tdvar_corr"] = per(corr).mean(-1)
         if name == "beta":
-            stats["ggd/beta_le2_fraction"] = ((p > 0) & (p <= 2)).float().mean()
-            stats["ggd/nonfinite"] = nonfinite.sum().float()
+            stats["ggd/beta_le2_fraction"] = ((p > 0) & (p <= 2)).float().mean(-1)
+            stats["ggd/nonfinite"] = per(nonfinite).sum(-1).float()
     if xi is not None:
         stats.update({
-            "ggd/xi": xi.mean(), "ggd/solver_ran": ran.float().mean(),
-            "ggd/ess": ess.mean(), "ggd/reg_var_mean": reg_var.mean(),
+            "ggd/xi": per(xi).mean(-1), "ggd/solver_ran": per(ran).float().mean(-1),
+            "ggd/ess": per(ess).mean(-1), "ggd/reg_var_mean": per(reg_var).mean(-1),
         })  # fmt: skip
     return stats

@@ -86,15 +86,22 @@ def init_seeds(module: nn.Module, streams: SeedStreams) -> nn.Module:
 
 
 class SeedSlice:
-    """Seed k's checkpoint part of a stacked module, its optimiser (give `module`) or SeedStreams: `state_dict`
-    is what a single-seed run of seed k saves, `load_state_dict` writes such a state into seed k's slice. Any other
-    part (e.g. the dataset's ReplayBuffer) is shared by the seeds: its whole state."""
+    """Seed k's checkpoint part of a stacked module, a bare tensor with a leading seed axis (e.g. SAC's (N,)
+    log-temperature: seed k's is row k), their optimiser (give `module`, the module or tensor it steps) or
+    SeedStreams: `state_dict` is what a single-seed run of seed k saves, `load_state_dict` writes such a state into
+    seed k's slice. Any other part (e.g. the dataset's ReplayBuffer) is shared by the seeds: its whole state."""
 
-    def __init__(self, part: Any, k: int, num_seeds: int, module: nn.Module | None = None) -> None:
+    def __init__(
+        self, part: Any, k: int, num_seeds: int, module: nn.Module | torch.Tensor | None = None
+    ) -> None:
         self.part, self.k, self.num_seeds = part, k, num_seeds
         owner = module if isinstance(part, torch.optim.Optimizer) else part
-        self.layers = _stacked_layers(owner) if isinstance(owner, nn.Module) else {}
-        self.names = [name for name, _ in owner.named_parameters()] if owner is not part else []
+        # The optimiser of a stacked tensor: seed k's state is row k.
+        if isinstance(owner, torch.Tensor) and owner is not part:
+            self.layers, self.names = {"": None}, [""]
+        else:
+            self.layers = _stacked_layers(owner) if isinstance(owner, nn.Module) else {}
+            self.names = [name for name, _ in owner.named_parameters()] if owner is not part else []
 
     def _index(self, name: str, tensor: torch.Tensor) -> int | list[int]:
         return _seed_index(self.layers[name], tensor, self.k, self.num_seeds)
@@ -103,6 +110,8 @@ class SeedSlice:
         k, part = self.k, self.part
         if isinstance(part, SeedStreams):
             return part.generators[k].get_state()
+        if isinstance(part, torch.Tensor):
+            return part[k].detach().clone()
         if not isinstance(part, (nn.Module, torch.optim.Optimizer)):
             return part.state_dict()
         if isinstance(part, nn.Module):
@@ -115,7 +124,7 @@ class SeedSlice:
         for index, entry in full["state"].items():
             name = self.names[index]
             state[index] = {
-                key: v[self._index(name, v)].clone() if key != "step" and v.dim() > 0 else v.clone()
+                key: v[self._index(name, v)].clone() if key != "step" else v.clone()
                 for key, v in entry.items()
             }
         return {"state": state, "param_groups": full["param_groups"]}
@@ -124,6 +133,10 @@ class SeedSlice:
         k, part = self.k, self.part
         if isinstance(part, SeedStreams):
             part.generators[k].set_state(state)
+            return
+        if isinstance(part, torch.Tensor):
+            with torch.no_grad():
+                part[k] = state.to(part)
             return
         if not isinstance(part, (nn.Module, torch.optim.Optimizer)):
             part.load_state_dict(state)
@@ -145,7 +158,7 @@ class SeedSlice:
             slot = full["state"].setdefault(index, {})
             name = self.names[index]
             for key, value in entry.items():
-                if key == "step" or value.dim() == 0:
+                if key == "step":
                     slot[key] = value.clone()
                     continue
                 if key not in slot:
@@ -156,20 +169,34 @@ class SeedSlice:
 
 
 def seed_parts(parts: dict[str, Any], k: int, num_seeds: int) -> dict[str, Any]:
-    """Seed k's checkpoint parts of an agent's stacked `parts` (an optimiser is matched to the module whose
-    parameters it steps; an lr schedule, the same for every seed, is every seed's part as it is)."""
+    """Seed k's checkpoint parts of an agent's stacked `parts` (an optimiser is matched to the module or bare
+    tensor whose parameters it steps; an lr schedule, the same for every seed, is every seed's part as it is; a
+    list of N parts, one per seed such as the online files' replay buffers and training envs, gives seed k its
+    own)."""
     modules = [m for m in parts.values() if isinstance(m, nn.Module)]
+    tensors = [t for t in parts.values() if isinstance(t, torch.Tensor)]
     sliced = {}
     for name, part in parts.items():
         if isinstance(part, torch.optim.lr_scheduler.LRScheduler):
             sliced[name] = part
             continue
+        if isinstance(part, list):
+            if len(part) != num_seeds:
+                raise ValueError(f"part '{name}': {len(part)} entries for {num_seeds} seeds")
+            sliced[name] = part[k]
+            continue
         module = None
         if isinstance(part, torch.optim.Optimizer):
             ids = [id(p) for group in part.param_groups for p in group["params"]]
-            module = next(m for m in modules if [id(p) for p in m.parameters()] == ids)
+            owners = [*modules, *([t] for t in tensors)]
+            owner = next(m for m in owners if [id(p) for p in _params(m)] == ids)
+            module = owner if isinstance(owner, nn.Module) else owner[0]
         sliced[name] = SeedSlice(part, k, num_seeds, module)
     return sliced
+
+
+def _params(owner: nn.Module | list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(owner.parameters()) if isinstance(owner, nn.Module) else owner
 
 
 def seed_member(stacked: nn.Module, plain: nn.Module, k: int, num_seeds: int) -> nn.Module:

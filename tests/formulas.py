@@ -1,11 +1,26 @@
-"""Update formulas written plainly for the tests: networks as (weight, bias) lists, and TD3's critic step
-(shared by td3_bc, prdc and a2pr, whose files each write it)."""
+"""Update formulas written plainly for the tests: networks as (weight, bias) lists, TD3's critic step
+(shared by td3_bc, prdc and a2pr, whose files each write it), and a one-seed batch and its draws for the
+seed-stacked updates."""
 
 from __future__ import annotations
 
 import torch
 
+from ocrl.data import Batch
+
 Linears = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def one_seed(batch: Batch) -> Batch:
+    """A (B, ...) batch as the (N = 1, B, ...) minibatch of a seed-stacked update."""
+    return Batch(*(t[None] for t in batch))
+
+
+def stream_draws(agent, count: int, shape: tuple[int, ...], seed: int = 123) -> list[torch.Tensor]:
+    """Seed the agent's one stream and return the `count` standard normal draws of `shape` the update takes from it."""
+    agent.streams.generators[0].manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for _ in range(count)]
 
 
 def mlp_forward(linears: Linears, x: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from formulas import one_seed, stream_draws
 from scipy import stats
 
 from ocrl.algos import ggd_td
 from ocrl.data import Batch
 from ocrl.experiment import UsageError
-from ocrl.nets import ggd
+from ocrl.nets import TanhGaussianActor, ggd
 from ocrl.nets.core import EnsembleLinear
+from ocrl.nets.seeds import seed_member
 
 OBS, ACT, B, E = 3, 2, 12, 5
 LOW, HIGH = torch.tensor([-2.0, -0.5]), torch.tensor([2.0, 1.5])
@@ -164,6 +166,12 @@ def plain_xi(var: np.ndarray, m: float) -> float:
     return (lo + hi) / 2
 
 
+def plain(actor) -> TanhGaussianActor:
+    """The (N = 1) seed-stacked actor as a plain single-seed TanhGaussianActor with its weights."""
+    single = TanhGaussianActor(OBS, ACT, (8, 8), LOW, HIGH, activation=torch.nn.Tanh)
+    return seed_member(actor, single, 0, 1)
+
+
 def make_agent(**overrides) -> ggd_td.GGDSAC:
     torch.manual_seed(0)
     args = ggd_td.Args(
@@ -193,14 +201,12 @@ def test_critic_update_matches_the_released_loss_and_its_gradient(loss, reg):
     batch = make_batch()
     s, a, r, s2, d = batch
     before, target_before = copy.deepcopy(agent.critic), copy.deepcopy(agent.critic_target)
-    rng = torch.get_rng_state()
-    eps = torch.randn(B, ACT)
-    torch.set_rng_state(rng)
-    metrics = agent.update(batch, actor_steps=0)
+    (eps,) = stream_draws(agent, 1, (B, ACT))
+    metrics = agent.update(one_seed(batch), actor_steps=0)
 
     m = float(min(B - 1, 16))
     with torch.no_grad():
-        a2, logp2 = plain_policy(agent.actor, s2, eps)
+        a2, logp2 = plain_policy(plain(agent.actor), s2, eps)
         next_q = torch.stack([torch.stack([plain_q(target_before, t * E + e, s2, a2)[0]
                                            for e in range(E)]) for t in range(2)])  # fmt: skip
         y = r.double() + 0.9 * (1 - d.double()) * (next_q.min(0).values - 0.3 * logp2)  # (E, B)
@@ -250,11 +256,9 @@ def test_actor_loss_is_the_min_over_twins_of_the_member_mean():
     agent = make_agent()
     batch = make_batch()
     s = batch.observations
-    rng = torch.get_rng_state()
-    _, eps_pi = torch.randn(B, ACT), torch.randn(B, ACT)
-    torch.set_rng_state(rng)
-    actor_before = copy.deepcopy(agent.actor)
-    metrics = agent.update(batch, actor_steps=1)
+    _, eps_pi = stream_draws(agent, 2, (B, ACT))
+    actor_before = plain(copy.deepcopy(agent.actor))
+    metrics = agent.update(one_seed(batch), actor_steps=1)
     a_pi, logp = plain_policy(actor_before, s, eps_pi)
     q_twins = [
         torch.stack([plain_q(agent.critic, t * E + e, s, a_pi)[0] for e in range(E)]).mean(0)
@@ -269,7 +273,7 @@ def test_beta_underflow_gives_nan_without_the_floor_and_finite_terms_with_it():
         agent = make_agent(beta_eps=beta_eps)
         with torch.no_grad():
             agent.critic.net[-1].bias[..., 1] = -200.0  # softplus(-200) underflows to 0 in float32
-        metrics = agent.update(make_batch(), actor_steps=0) | agent.diagnostics()
+        metrics = agent.update(one_seed(make_batch()), actor_steps=0) | agent.diagnostics()
         if beta_eps == 0.0:
             assert math.isnan(float(metrics["critic_loss"])) and float(metrics["ggd/nonfinite"]) > 0
         else:

@@ -141,7 +141,7 @@ def agent_and_update(name: str, precision: str):
         return agent, lambda b: agent.update(iql.Batch(*(t[None] for t in b)))
     if name == "sac":
         agent = sac.SAC(sac.Args(hidden=(32, 32), **common), OBS, ACT, low, high, "cpu")
-        return agent, lambda b: agent.update(b, actor_steps=2)
+        return agent, lambda b: agent.update(sac.Batch(*(t[None] for t in b)), actor_steps=2)
     if name in ("ppo", "ggd_ppo"):
         module, space = ppo if name == "ppo" else ggd_ppo, gym.spaces.Box(-1.0, 1.0, (ACT,))
         args = module.Args(hidden=(32, 32), update_epochs=2, **common)
@@ -159,7 +159,7 @@ def agent_and_update(name: str, precision: str):
         return agent, lambda b: agent.update([b, b])
     args = ggd_td.Args(hidden=(32, 32), **common)
     agent = ggd_td.GGDSAC(args, OBS, ACT, low, high, "cpu")
-    return agent, lambda b: agent.update(b, actor_steps=2)
+    return agent, lambda b: agent.update(ggd_td.Batch(*(t[None] for t in b)), actor_steps=2)
 
 
 MLP_FILES = ["td3_bc", "prdc", "a2pr", "iql", "sac", "ggd_td", "ppo", "ggd_ppo", "pdppo", "expo"]

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from formulas import one_seed, stream_draws
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ocrl.algos import sac
@@ -15,6 +16,7 @@ from ocrl.data import Batch
 from ocrl.experiment import UsageError, load_checkpoint
 from ocrl.nets import TanhGaussianActor
 from ocrl.nets.core import EnsembleLinear
+from ocrl.nets.seeds import seed_member
 
 OBS, ACT, B = 3, 2, 6
 LOW, HIGH = torch.tensor([-2.0, -0.5]), torch.tensor([2.0, 1.5])  # scale (2, 1), bias (0, 0.5)
@@ -54,6 +56,11 @@ def plain_policy(actor, s: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tenso
     return torch.tanh(u) * scale + bias, log_prob
 
 
+def plain(actor) -> TanhGaussianActor:
+    """The (N = 1) seed-stacked actor as a plain single-seed TanhGaussianActor with its weights."""
+    return seed_member(actor, TanhGaussianActor(OBS, ACT, (8, 8), LOW, HIGH), 0, 1)
+
+
 def make_agent(**overrides) -> sac.SAC:
     torch.manual_seed(0)
     args = sac.Args(hidden=(8, 8), discount=0.9, tau=0.1, device="cpu", **overrides)
@@ -82,15 +89,13 @@ def test_critic_update_matches_the_formula_and_its_gradient():
     s, a, r, s2, d = batch
     before = copy.deepcopy(agent.critic)
     target_before = copy.deepcopy(agent.critic_target)
-    # The update draws a' ~ pi(s') with one randn of shape (B, |A|); draw the same noise here.
-    rng = torch.get_rng_state()
-    eps = torch.randn(B, ACT)
-    torch.set_rng_state(rng)
-    metrics = agent.update(batch, actor_steps=0)
+    # The update draws a' ~ pi(s') with one randn of shape (B, |A|) from the seed's stream; the same noise here.
+    (eps,) = stream_draws(agent, 1, (B, ACT))
+    metrics = agent.update(one_seed(batch), actor_steps=0)
 
     alpha = 0.3
     with torch.no_grad():
-        a2, logp2 = plain_policy(agent.actor, s2, eps)
+        a2, logp2 = plain_policy(plain(agent.actor), s2, eps)
         min_q = torch.minimum(plain_q(target_before, 0, s2, a2), plain_q(target_before, 1, s2, a2))
         y = r.double() + 0.9 * (1.0 - d.double()) * (min_q - alpha * logp2)
     params = list(before.parameters())
@@ -116,11 +121,9 @@ def test_actor_and_temperature_steps_match_the_formulas():
     agent = make_agent()
     batch = make_batch()
     s = batch.observations
-    rng = torch.get_rng_state()
-    _, eps_pi, eps_alpha = torch.randn(B, ACT), torch.randn(B, ACT), torch.randn(B, ACT)
-    torch.set_rng_state(rng)
-    actor_before = copy.deepcopy(agent.actor)
-    metrics = agent.update(batch, actor_steps=1)
+    _, eps_pi, eps_alpha = stream_draws(agent, 3, (B, ACT))
+    actor_before = plain(copy.deepcopy(agent.actor))
+    metrics = agent.update(one_seed(batch), actor_steps=1)
     critic_after = agent.critic  # the actor step uses the critic after its own step
     # Actor: mean(alpha * log pi(a|s) - min_j Q_j(s, a)), alpha = 1 (log alpha starts at 0).
     params = list(actor_before.parameters())
@@ -131,11 +134,11 @@ def test_actor_and_temperature_steps_match_the_formulas():
     assert float(metrics["actor_loss"]) == pytest.approx(actor_loss.item(), rel=1e-5)
     assert float(metrics["entropy"]) == pytest.approx(-logp.mean().item(), rel=1e-5)
     for p, g in zip(agent.actor.parameters(), grads, strict=True):
-        torch.testing.assert_close(p.grad.double(), g.double(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p.grad[0].double(), g.double(), rtol=1e-4, atol=1e-6)
 
     # Temperature: mean(-exp(log alpha) * (log pi(a|s) + target_entropy)) with the stepped actor.
     with torch.no_grad():
-        _, logp_new = plain_policy(agent.actor, s, eps_alpha)
+        _, logp_new = plain_policy(plain(agent.actor), s, eps_alpha)
     alpha_loss = (-1.0 * (logp_new + (-ACT))).mean()
     assert float(metrics["alpha_loss"]) == pytest.approx(float(alpha_loss), rel=1e-5)
     # d alpha_loss / d log_alpha = alpha_loss (alpha = 1): Adam's first step moves log alpha by -lr * sign.
@@ -251,3 +254,13 @@ def test_interrupted_hopper_run_resumes_bit_exactly(
         k: v for k, v in straight.items() if k not in skip
     }
     assert resumed["return"] is not None and resumed["normalized_score"] is not None
+
+
+def test_compiled_group_runs(tmp_path):
+    # torch.compile of the seed-stacked update: FlatAdam's step and the packed Polyak update stay outside the graph.
+    out = sac.main(sac.Args(
+        env_id="Pendulum-v1", total_steps=200, learning_starts=100, batch_size=16, hidden=(16, 16),
+        eval_every=200, eval_episodes=1, num_seeds=2, compile=True, run_dir=str(tmp_path), progress=False,
+    ))  # fmt: skip
+    assert [m["steps"] for m in out["seeds"]] == [200, 200]
+    assert all(math.isfinite(m["return"]) for m in out["seeds"])

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocrl.algos import a2pr, iql, prdc, td3_bc
+from ocrl.algos import a2pr, ggd_td, iql, prdc, sac, td3_bc
 from ocrl.experiment import UsageError, load_checkpoint
-from ocrl.nets import CriticEnsemble, DeterministicActor, FlatAdam
-from ocrl.nets.seeds import SeedSlice, SeedStreams, init_seeds, seed_member
+from ocrl.nets import CriticEnsemble, DeterministicActor, FlatAdam, TanhGaussianActor
+from ocrl.nets.seeds import SeedSlice, SeedStreams, init_seeds, seed_member, seed_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden=(32, 32), eval_episodes=1, progress=False, save_model=True)
@@ -180,6 +180,53 @@ def test_init_draws_seed_k_the_same_whatever_the_group_size():
     torch.testing.assert_close(plain(obs), actor3(stacked_obs)[1], rtol=1e-6, atol=1e-6)
 
 
+def test_a_stacked_tensor_its_optimiser_and_a_per_seed_list_are_sliced_to_the_single_seed_format():
+    """sac's (N,) log-temperature: seed k's part is the single-seed run's scalar, its FlatAdam state scalars too;
+    a list of N parts (replay buffers, training envs) gives seed k its own entry."""
+    log_alpha = torch.zeros(3, requires_grad=True)
+    opt = FlatAdam([log_alpha], lr=0.1)
+    (log_alpha * torch.tensor([1.0, -2.0, 3.0])).sum().backward()
+    opt.step()
+    buffers = [object() for _ in range(3)]
+    parts = seed_parts({"log_alpha": log_alpha, "alpha_opt": opt, "buffer": buffers}, 1, 3)
+    assert parts["buffer"] is buffers[1]
+    assert (
+        parts["log_alpha"].state_dict().shape == () and float(parts["log_alpha"].state_dict()) > 0
+    )
+    saved = parts["alpha_opt"].state_dict()
+    assert {key: v.shape for key, v in saved["state"][0].items()} == dict.fromkeys(
+        ("step", "exp_avg", "exp_avg_sq"), ()
+    )
+    # A single-seed run's state (torch Adam over one scalar) into seed 0 of another group.
+    single = torch.tensor(0.5, requires_grad=True)
+    single_opt = torch.optim.Adam([single], lr=0.1)
+    (2 * single).backward()
+    single_opt.step()
+    other = torch.zeros(3, requires_grad=True)
+    other_opt = FlatAdam([other], lr=0.1)
+    target = seed_parts({"log_alpha": other, "alpha_opt": other_opt}, 0, 3)
+    target["log_alpha"].load_state_dict(single.detach())
+    target["alpha_opt"].load_state_dict(single_opt.state_dict())
+    assert other[0] == single and (other[1:] == 0).all()
+    assert_same_state(
+        target["alpha_opt"].state_dict()["state"], single_opt.state_dict()["state"], ""
+    )
+
+
+def test_a_stacked_tanh_gaussian_actor_is_seed_by_seed_the_plain_actor():
+    streams = SeedStreams(range(4, 7))
+    stacked = init_seeds(TanhGaussianActor(5, 2, (8, 8), -2.0, 2.0, num_seeds=3), streams)
+    single = init_seeds(TanhGaussianActor(5, 2, (8, 8), -2.0, 2.0, num_seeds=1), SeedStreams([5]))
+    assert_same_state(
+        SeedSlice(stacked, 1, 3).state_dict(), SeedSlice(single, 0, 1).state_dict(), ""
+    )
+    plain = seed_member(stacked, TanhGaussianActor(5, 2, (8, 8), -2.0, 2.0), 1, 3)
+    obs, noise = torch.randn(3, 4, 5), torch.randn(3, 4, 2)
+    for got, want in zip(stacked(obs, noise), plain(obs[1], noise[1]), strict=True):
+        torch.testing.assert_close(got[1], want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(plain.act(obs[1]), stacked(obs, noise)[2][1], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("adam", [FlatAdam, partial(torch.optim.Adam, foreach=True)])
 def test_seed_slices_of_a_module_and_its_optimiser_round_trip(adam):
     streams = SeedStreams(range(3))
@@ -236,3 +283,81 @@ def test_a_bf16_group_ends_finite(hopper_random_file, tmp_path, precision):
     for k in range(3):
         ckpt = load_checkpoint(tmp_path / "g" / f"s{k}")
         assert all(torch.isfinite(t).all() for t in ckpt["actor"].values() if t.is_floating_point())
+
+
+# ------------------------------------------------------------------ online: sac, ggd_td
+ONLINE = dict(env_id="Pendulum-v1", total_steps=300, learning_starts=100, hidden=(16, 16), batch_size=32,
+              eval_every=150, eval_episodes=1, save_model=True, progress=False)  # fmt: skip
+ONLINE_CASES = {  # file, its flags over ONLINE
+    "sac": (sac, {}),
+    "ggd_td": (ggd_td, {}),  # --loss ggd with the BIEV regulariser, 5 envs, Tanh
+    # Two envs per seed, three action dimensions (output heads wider than one column), bf16.
+    "sac hopper 2 envs bf16": (
+        sac, dict(env_id="Hopper-v4", num_envs=2, total_steps=200, eval_every=100, precision="bf16"),
+    ),
+}  # fmt: skip
+
+
+def assert_same_checkpoint(a: dict, b: dict, where: str) -> None:
+    """Every entry of two checkpoints equal to the bit, but the global RNGs (seeded with the process's --seed and
+    drawn from by nothing of these files) and the run's wall time."""
+    assert a.keys() == b.keys(), where
+    a["run"].pop("wall_time"), b["run"].pop("wall_time")
+    for key in a.keys() - {"rng"}:
+        assert_same_state(a[key], b[key], f"{where} {key}")
+
+
+@pytest.mark.parametrize("case", ONLINE_CASES)
+def test_seed_k_of_an_online_group_of_three_is_the_single_seed_run_of_seed_k(tmp_path, case):
+    """Each seed of a group has its single-seed run's training envs (and warm-up actions), replay buffer, weights,
+    optimisers, temperature and streams: seed k's checkpoint and returns equal that run's to the bit."""
+    module, flags = ONLINE_CASES[case]
+    kw = ONLINE | flags
+    group = module.main(module.Args(run_dir=str(tmp_path / "group"), seed=2, num_seeds=3, **kw))
+    for k in range(3):
+        alone = module.main(module.Args(run_dir=str(tmp_path / f"alone{k}"), seed=2 + k, **kw))
+        member = group["seeds"][k]
+        assert member["return"] == alone["return"] and member["return_best"] == alone["return_best"]
+        a = load_checkpoint(tmp_path / "group" / f"s{k}")
+        b = load_checkpoint(tmp_path / f"alone{k}")
+        assert {"buffer", "envs", "log_alpha", "alpha_opt", "streams"} <= a.keys()
+        assert b["log_alpha"].shape == () and b["buffer"]["size"] == kw["total_steps"]
+        assert_same_checkpoint(a, b, f"{case} seed {2 + k}")
+        assert file_kinds(tmp_path / "group" / f"s{k}") == file_kinds(tmp_path / f"alone{k}")
+        config = json.loads((tmp_path / "group" / f"s{k}" / "config.json").read_text())
+        assert config["seed"] == 2 + k and config["num_seeds"] == 1
+    # The seeds' runs differ from each other (their own envs, buffers and draws).
+    assert len({m["return"] for m in group["seeds"]}) == 3
+
+
+@pytest.mark.parametrize("module", [sac, ggd_td], ids=["sac", "ggd_td"])
+def test_an_online_group_resumes_as_the_group(tmp_path, module):
+    """--resume DIR of a sac/ggd_td group continues every seed's envs, buffer and networks: the group trained
+    without a stop, to the bit."""
+    kw = ONLINE | dict(num_seeds=2, seed=4)
+    module.main(module.Args(run_dir=str(tmp_path / "stopped"), **(kw | dict(total_steps=150))))
+    resumed = module.main(
+        module.Args(resume=str(tmp_path / "stopped"), total_steps=300, progress=False)
+    )
+    straight = module.main(module.Args(run_dir=str(tmp_path / "straight"), **kw))
+    assert [m["return"] for m in resumed["seeds"]] == [m["return"] for m in straight["seeds"]]
+    for k in range(2):
+        a = load_checkpoint(tmp_path / "stopped" / f"s{k}")
+        b = load_checkpoint(tmp_path / "straight" / f"s{k}")
+        assert a["step"] == 300 and a["buffer"]["size"] == 300
+        assert_same_checkpoint(a, b, f"seed {k}")
+
+
+@pytest.mark.parametrize("module", [sac, ggd_td], ids=["sac", "ggd_td"])
+def test_a_bf16_online_group_ends_finite(tmp_path, module):
+    out = module.main(
+        module.Args(run_dir=str(tmp_path / "g"), **(ONLINE | dict(num_seeds=3, precision="bf16")))
+    )
+    assert len(out["seeds"]) == 3
+    for k in range(3):
+        ckpt = load_checkpoint(tmp_path / "g" / f"s{k}")
+        for part in ("actor", "critic", "critic_target"):
+            assert all(
+                torch.isfinite(t).all() for t in ckpt[part].values() if t.is_floating_point()
+            )
+        assert torch.isfinite(ckpt["log_alpha"]) and ckpt["log_alpha"] != 0

@@ -175,8 +175,10 @@ def test_group_seeds_runs_consecutive_seeds_in_one_process_and_finishes_a_stoppe
                       seeds=(0, 1, 2, 5), group_seeds=True, out_dir=str(tmp_path),
                       flags=("total_steps=10", "eval_every=10", "eval_episodes=1", "hidden=16 16", "save_model=true"))  # fmt: skip
     jobs = [j for j in sweep.plan(args) if j.algo == "td3_bc"]
-    # Seeds 0-2 are one --num-seeds 3 process, seed 5 its own run; sac has no --num-seeds: one run per seed.
-    assert [j.seed for j in jobs] == [0, 5] and len(sweep.plan(args)) == 6
+    # Seeds 0-2 are one --num-seeds 3 process, seed 5 its own run; sac's the same.
+    assert [j.seed for j in jobs] == [0, 5] and len(sweep.plan(args)) == 4
+    (sac_group,) = [j for j in sweep.plan(args) if j.algo == "sac" and j.seed == 0]
+    assert sac_group.command[sac_group.command.index("--num-seeds") + 1] == "3"
     group = jobs[0]
     assert group.command[group.command.index("--num-seeds") + 1] == "3"
     assert group.seed_dirs == [group.run_dir / f"s{k}" for k in range(3)]

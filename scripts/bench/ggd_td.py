@@ -45,7 +45,8 @@ def main(args: Args) -> dict[str, float]:
         agent = ggd_td.GGDSAC(gargs, args.obs_dim, args.act_dim, -1.0, 1.0, device)
 
         def step(_: int, agent=agent) -> None:
-            agent.update(buffer.sample(args.batch_size), 1)
+            # One seed's (N = 1, B, ...) minibatch of the seed-stacked update.
+            agent.update(ggd_td.Batch(*(t[None] for t in buffer.sample(args.batch_size))), 1)
             agent.diagnostics()
 
         steps[name] = step
