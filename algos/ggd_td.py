@@ -37,9 +37,10 @@ raw shapes, actor mean and log-std), log pi, the TD targets, the GGD/Gaussian/MS
 xi solver, alpha, Polyak updates, weights, Adam's state, acting and evaluation stay fp32.
 `--num-seeds N` trains seeds seed .. seed+N-1 at once: every network, target, optimiser and the log-temperature has
 a leading seed axis (one batched matmul per layer), and each seed has its own training envs, replay buffer and
-generator (weights, minibatches, the actor's noise), exactly those of its single-seed run, and its own losses,
-regulariser weights and ggd/* logs; their sum steps every seed with its own gradient. A single-seed run is N = 1 of
-the same code, so seed k alone and seed k in a group are the same run to the bit (tests/test_seeds.py).
+generator (weights, minibatches, the actor's noise), exactly those of its single-seed run, and its own losses; their
+sum steps every seed with its own gradient. A single-seed run is N = 1 of the same code, so seed k alone and seed k
+in a group are the same run to the bit (tests/test_seeds.py). Each seed's regulariser weights and ggd/* logs are
+its own.
 
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000
     python algos/ggd_td.py --env-id Hopper-v4 --total-steps 100000 --loss mse   # plain SAC, the rest equal

@@ -106,9 +106,8 @@ class SAC(Agent):
     def __init__(self, args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
         self.args, n, self.act_dim = args, args.num_seeds, act_dim
         self.streams = SeedStreams(range(args.seed, args.seed + n), device)
-        self.actor = TanhGaussianActor(
-            obs_dim, act_dim, args.hidden, action_low, action_high, num_seeds=n
-        )
+        self.actor = TanhGaussianActor(obs_dim, act_dim, args.hidden, action_low, action_high,
+                                       num_seeds=n)  # fmt: skip
         self.critic = CriticEnsemble(obs_dim, act_dim, args.hidden, num_critics=2, num_seeds=n)
         init_seeds(self.actor, self.streams), init_seeds(self.critic, self.streams)
         self.actor.to(device), self.critic.to(device)
@@ -194,8 +193,10 @@ def main(args: Args) -> dict:
     loop = SeedLoops(
         "sac", args.env_id, args, agent.parts() | seeds.parts(), np_rng,
         rate_tag="charts/steps_per_s", snapshots=args.save_snapshots,
-        evaluator=lambda seed: Evaluator(args.env_id, args.eval_episodes, seed, ref_min_score=ref_min,
-                                         ref_max_score=ref_max, device=device),
+        evaluator=lambda seed: Evaluator(
+            args.env_id, args.eval_episodes, seed, ref_min_score=ref_min, ref_max_score=ref_max,
+            device=device,
+        ),
         # Each seed's actor as a single-seed run builds it: what it evaluates with and exports as policy.pt2.
         policy=lambda: TanhGaussianActor(obs_dim, act_dim, args.hidden, space.low, space.high).to(device),
     )  # fmt: skip
