@@ -143,7 +143,7 @@ class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
     save_model: bool = False
     """write checkpoint.pt (networks, optimisers, RNG, replay buffer and the training envs) at every evaluation and at the end"""
     resume: str | None = None
-    """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
+    """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note); a --num-seeds group's folder continues all its seeds"""
     compile: bool = False
     """wrap the update in torch.compile (off by default on the CPU; not with --xi-solver nelder-mead)"""
 

@@ -94,7 +94,7 @@ class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
     save_snapshots: bool = False
     """also keep the actor of every evaluation in snapshots/ (each seed's folder) with its score (used by scripts/collect_dataset.py)"""
     resume: str | None = None
-    """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
+    """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note); a --num-seeds group's folder continues all its seeds"""
     compile: bool = False
     """wrap the update in torch.compile (off by default on the CPU)"""
 

@@ -50,7 +50,7 @@ class OfflineArgs(PolicyExportArgs):
     save_model: bool = False
     """write checkpoint.pt (atomically) at every evaluation and at the end"""
     resume: str | None = None
-    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device)"""
+    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device); a --num-seeds group's folder continues all its seeds"""
 
 
 @dataclass
