@@ -161,6 +161,14 @@ def test_ray_sweep_runs_resumes_and_reports_failures(tmp_path, monkeypatch):
             "unknown dataset 'does-not-exist'"
             in (Path(out["failed"][0]) / "stdout.log").read_text()
         )
+        # --group-seeds on Ray: seeds 0 and 1 as one --num-seeds 2 task, each seed in its own folder.
+        grouped = sweep.main(dataclasses.replace(args, algos=("td3_bc",), group_seeds=True,
+                                                 out_dir=str(tmp_path / "grouped")))  # fmt: skip
+        assert grouped["failed"] == [] and len(grouped["finished"]) == 1
+        for k in range(2):
+            seed_dir = Path(grouped["finished"][0]) / f"s{k}"
+            assert json.loads((seed_dir / "config.json").read_text())["seed"] == k
+            assert json.loads((seed_dir / "metrics.json").read_text())["steps"] == 200
         assert [c[0] for c in calls] == ["init", "shutdown"]  # the later sweeps reused the instance
     finally:
         monkeypatch.undo()
