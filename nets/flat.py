@@ -35,6 +35,8 @@ def pack_parameters(params: Iterable[torch.Tensor], align: int = 1) -> torch.Ten
     params = list(params)
     if align == 1 and (buffer := packed(params)) is not None:
         return buffer
+    if len({(p.dtype, p.device) for p in params}) != 1:
+        raise ValueError("pack_parameters: the parameters must share one dtype and device")
     size = sum(p.numel() for p in params)
     buffer = params[0].new_zeros(-(-size // align) * align)
     offset = 0

@@ -42,6 +42,8 @@ def test_pack_parameters_keeps_values_and_makes_views():
         )
     assert torch.equal(packed(list(net.parameters())), torch.cat([b.reshape(-1) for b in before]))
     assert packed([torch.zeros(3), torch.zeros(3)]) is None  # two storages
+    with pytest.raises(ValueError, match="one dtype and device"):
+        pack_parameters([torch.zeros(3), torch.zeros(3, dtype=torch.float64)])
 
 
 def test_flat_adam_is_torch_adam():
