@@ -298,8 +298,9 @@ class SeedLoops:
         policies = [policy() if policy else None for _ in seeds]
         run_dirs = seed_run_dirs(args.run_dir, n) or [None] * n
         resume = [run_dirs[k] if getattr(args, "resume", None) else None for k in range(n)]
-        # Every seed's checkpoint read and at one step before any seed's folder is touched.
-        checkpoints = [load_checkpoint(Path(d), "cpu") if d else None for d in resume]
+        # Every seed's checkpoint read and at one step before any seed's folder is touched; memory-mapped, so that
+        # N checkpoints (each with, say, PRDC's whole dataset) are not all held in memory at once.
+        checkpoints = [load_checkpoint(Path(d), "cpu", mmap=True) if d else None for d in resume]
         steps = {int(c["step"]) for c in checkpoints if c is not None}
         if len(steps) > 1:
             raise UsageError(

@@ -113,8 +113,11 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with `weights_only=True`, so a shared file cannot run code."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict:
+    """Load a checkpoint with `weights_only=True`, so a shared file cannot run code; `mmap` maps its tensors from
+    the file instead of reading them into memory."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
@@ -124,7 +127,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"(it holds {CHECKPOINT_FILE})"
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CheckpointError(
             f"{path} is not a readable ocrl checkpoint ({type(err).__name__}): it is truncated, corrupt "
@@ -236,12 +239,11 @@ def _group_args(args: ArgsT, run_dir: Path, members: list[Path], keep: Sequence[
         raise CheckpointError(
             f"--resume {run_dir}: a seed's {CONFIG_FILE} is not valid JSON; the group is damaged"
         ) from None
+    shared = [own(config) for config in saved]
     for k, config in enumerate(saved):
-        if own(config) != own(saved[0]) or config.get("seed") != saved[0].get("seed", 0) + k:
+        if shared[k] != shared[0] or config.get("seed") != saved[0].get("seed", 0) + k:
             differ = sorted(
-                key
-                for key in {*own(config), *own(saved[0])}
-                if own(config).get(key) != own(saved[0]).get(key)
+                key for key in {*shared[k], *shared[0]} if shared[k].get(key) != shared[0].get(key)
             )
             raise UsageError(
                 f"--resume {run_dir}: {members[k].name} is not seed {k} of s0's group (differs in "
