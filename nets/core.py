@@ -372,15 +372,15 @@ class TanhGaussianActor(nn.Module):
         # log(1 - tanh(x)^2) in a form that stays finite for large |x|.
         log_det = (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
         log_prob = gauss_log_prob - log_det - torch.log(self.action_scale).sum()
-        action = torch.tanh(pre_tanh) * self.action_scale + self.action_bias
-        mean_action = torch.tanh(mean) * self.action_scale + self.action_bias
-        return action, log_prob, mean_action
+        return self._squash(pre_tanh), log_prob, self._squash(mean)
+
+    def _squash(self, pre_tanh: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(pre_tanh) * self.action_scale + self.action_bias
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic (mean) action used at evaluation time (no draw)."""
-        mean = full_precision(self.mean, self.trunk(obs))
-        return torch.tanh(mean) * self.action_scale + self.action_bias
+        return self._squash(full_precision(self.mean, self.trunk(obs)))
 
 
 class TanhNormalPolicy(nn.Module):
