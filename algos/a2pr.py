@@ -52,7 +52,14 @@ import torch
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
 from ocrl.experiment import Agent, SeedLoops
-from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
+from ocrl.experiment.args import (
+    OfflineArgs,
+    PrecisionArgs,
+    RunArgs,
+    SeedsArgs,
+    TargetArgs,
+    start_run,
+)
 from ocrl.experiment.flags import run_cli
 from ocrl.nets import (
     MLP,
@@ -89,7 +96,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs, TargetArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset alpha / vae_weight / mask / discount of the authors' READMEs (hopper-medium-v2: 2.5/1.0/0.4/0.995, halfcheetah-*: alpha 40; random-other, expert and AntMaze are unpublished). Explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -98,10 +105,6 @@ class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     """gradient updates (critic steps); the paper trains for 1M"""
     batch_size: int = 256
     """transitions per update, sampled uniformly with replacement"""
-    discount: float = 0.99
-    """discount factor gamma (the code's default; several presets use 0.995)"""
-    tau: float = 0.005
-    """Polyak rate of the actor and critic targets"""
     actor_lr: float = 3e-4
     """Adam learning rate of the actor"""
     critic_lr: float = 3e-4

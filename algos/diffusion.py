@@ -61,7 +61,7 @@ from ocrl.data.windows import (
 )
 from ocrl.envs.synthetic import synthetic_quality, write_synthetic_dataset
 from ocrl.experiment import Agent, Run, TrainingLoop, save_checkpoint
-from ocrl.experiment.args import RunArgs, start_run
+from ocrl.experiment.args import CheckpointArgs, RunArgs, start_run
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import uses_bf16
 from ocrl.nets.diffusion import (
@@ -92,7 +92,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, TrajectoryModelArgs):
+class Args(RunArgs, TrajectoryModelArgs, CheckpointArgs):
     dataset: str = "ocrl/hopper/medium-v0"
     """D4RL name (hopper-medium-v2), path to a D4RL .hdf5 file or Minari folder, or a Minari id; the default is shipped"""
     env_id: str | None = None
@@ -158,10 +158,6 @@ class Args(RunArgs, TrajectoryModelArgs):
     """capture the sampler's denoiser call (CUDA graphs with torch.compile reduce-overhead on CUDA)"""
     log_every: int = 1_000
     """steps between loss logs (the only host synchronisations of training)"""
-    save_model: bool = False
-    """write checkpoint.pt (atomically, for --resume) every log_every steps and at the end (a generative model: no policy.pt2)"""
-    resume: str | None = None
-    """run folder to continue training from its checkpoint.pt"""
 
 
 # ------------------------------------------------------------------------------------ the data as x

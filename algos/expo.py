@@ -33,6 +33,8 @@ Defaults are the released scripts' (pd-perry/EXPO @ b7ed710, scripts/expo_*); fa
 (--target-entropy, --clip-edited-actions, --backup-entropy), AntMaze and Adroit runs: docs/algos/expo.md.
 `--precision bf16`: bf16 autocast of the networks' hidden layers in the updates and the OTF selection; outputs,
 DDPM noise maths, losses, weights, optimiser states and the EMA stay fp32 (details: docs/algos/expo.md).
+EXPO's policy.pt2 is a stochastic acting program (the OTF choice), written by CPU runs only (docs/runs.md,
+Policy files).
 
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --total-steps 50000
     python algos/expo.py --dataset ocrl/hopper/medium-v0 --policy gaussian --total-steps 50000
@@ -50,7 +52,7 @@ import torch
 from ocrl.data import Batch, ReplayBuffer, mixed_minibatches
 from ocrl.envs import TrainingEnvs, load_offline_task, make_env, reward_bias
 from ocrl.experiment import Acting, Agent, TrainingLoop
-from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, TargetArgs, start_run
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import CriticEnsemble, TanhNormalPolicy, autocast, polyak_update, xavier_init
 from ocrl.nets.core import compile_with_cuda_graphs, gradient_step
@@ -68,7 +70,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, OnlineArgs):
+class Args(RunArgs, PrecisionArgs, OnlineArgs, TargetArgs):
     dataset: str = "ocrl/hopper/medium-v0"
     """offline dataset: an ocrl/Minari id (e.g. D4RL/antmaze/large-diverse-v1), a D4RL-style HDF5 file or a Minari folder"""
     env_id: str | None = None
@@ -83,12 +85,8 @@ class Args(RunArgs, PrecisionArgs, OnlineArgs):
     """environment steps (the AntMaze scripts' max_steps)"""
     buffer_size: int = 1_000_000
     """online replay capacity (at most total_steps are allocated)"""
-    discount: float = 0.99
-    """discount factor gamma"""
     reward_bias: Literal["auto"] | float = "auto"
     """added to every minibatch's rewards, offline and online; 'auto': -1 for AntMaze (dataset or env name), else 0"""
-    tau: float = 0.005
-    """Polyak rate of the target critics, after every critic step"""
     batch_size: int = 256
     """transitions per gradient step: half offline, half online (must be even)"""
     utd_ratio: int = 20
@@ -143,10 +141,6 @@ class Args(RunArgs, PrecisionArgs, OnlineArgs):
     """Fourier time features of the epsilon-network (its conditioning MLP is 2 x time_dim wide)"""
     actor_tau: float = 0.001
     """EMA rate of the diffusion weights used for acting and evaluation"""
-    save_model: bool = False
-    """write checkpoint.pt (networks, optimisers, RNG, online replay and the training env) at every evaluation and at the end (policy.pt2 is written on CPU runs: EXPO's is stochastic, see docs/runs.md, Policy files)"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note)"""
     compile: bool = False
     """torch.compile the OTF candidate selection (the T-step chain of the N + K candidates and their scores; CUDA graphs on CUDA)"""
 

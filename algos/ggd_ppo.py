@@ -92,7 +92,7 @@ EPS = 1e-6  # the released code's floor on the regulariser's variances
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, OnlineArgs):
+class Args(RunArgs, PrecisionArgs, OnlineArgs, ggd.GGDArgs):
     env_id: str = "HalfCheetah-v4"
     """Gymnasium environment id: a flat Box observation; Box, Discrete or MultiDiscrete actions"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]
@@ -143,36 +143,8 @@ class Args(RunArgs, PrecisionArgs, OnlineArgs):
     """append 1 - t / max_episode_steps to the observations (sb3_contrib's TimeFeatureWrapper, the released MuJoCo configs), in training and evaluation"""
     hidden: tuple[int, ...] = (64, 64)
     """hidden layer widths of the actor and of the critic (Tanh)"""
-    ensemble_size: int = 5
-    """value heads E on the critic trunk, each with a mean and (except --loss mse) a raw-shape output"""
-    loss: Literal["ggd", "gaussian", "mse"] = "ggd"
-    """value loss: ggd (risk-averse GGD NLL), gaussian (variance head, the released GD_PPO), mse (plain PPO)"""
-    reg: Literal["auto", "none", "biv", "biev"] = "auto"
-    """batch inverse-variance regulariser: biev (error variance over heads), biv (prediction variance), none; auto = biev for --loss ggd, none otherwise"""
-    reg_loss: Literal["auto", "mae", "mse", "huber"] = "auto"
-    """the regulariser's per-sample loss; auto = mae for --loss ggd, mse otherwise (as the released variants)"""
-    uncertainty_temperature: float = 0.1
-    """lambda, the regulariser's weight"""
-    min_batch_size: int = 16
-    """minimum effective batch size m (capped at batch_size - 1) that xi restores"""
-    ggd_form: Literal["product", "power"] = "product"
-    """GGD term: product |delta| * beta (released code) or power |delta|^beta (the paper's Eq. 4)"""
-    beta_eps: float = 0.0
-    """beta = softplus(raw) + beta_eps; 0 is the released code (beta can underflow to 0 and the loss to NaN); 1e-6 keeps it finite"""
-    detach_ra_weight: bool = False
-    """detach the risk-averse weight beta_e / sum_e' beta_e' (the released code does not)"""
-    biev_mbbe: bool = True
-    """BIEV variance with the MBBE kurtosis correction (released code); --no-biev-mbbe is the paper text's plain V[delta]"""
-    reg_scale: Literal["code", "sum"] = "code"
-    """code: mean_i(w_i l_i), i.e. lambda / B times the weighted sum (released); sum: sum_i w_i l_i"""
-    xi_solver: Literal["bisection", "nelder-mead"] = "bisection"
-    """xi by a bracketing search on the device, or by scipy's Nelder-Mead on the CPU (the released solver; a host sync per minibatch)"""
     log_every: int = 2_048
     """environment steps between loss logs (checked after each iteration)"""
-    save_model: bool = False
-    """write checkpoint.pt (networks, optimiser, normalisers, training envs, RNG) at every evaluation and at the end"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (the environments continue their episodes)"""
 
 
 class GGDPPO(Agent):
@@ -188,9 +160,7 @@ class GGDPPO(Agent):
         self.obs_rms = ObservationNormalizer((obs_dim,), enabled=args.normalize_obs)
         self.return_rms = RunningMeanStd()
         self.reg = ggd.resolved_reg(args.reg, args.loss)
-        self.reg_loss = (
-            args.reg_loss if args.reg_loss != "auto" else ("mae" if args.loss == "ggd" else "mse")
-        )
+        self.reg_loss = ggd.resolved_reg_loss(args.reg_loss, args.loss)
         self.min_ess = float(min(args.batch_size - 1, args.min_batch_size))
         self.seen: dict[
             str, list[torch.Tensor]

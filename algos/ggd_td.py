@@ -61,7 +61,14 @@ from torch import nn
 from ocrl.data import Batch
 from ocrl.envs import Evaluator, SeedEnvs, TimeFeature, make_env, reference_scores
 from ocrl.experiment import Agent, SeedLoops
-from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
+from ocrl.experiment.args import (
+    OnlineArgs,
+    PrecisionArgs,
+    RunArgs,
+    SeedsArgs,
+    TargetArgs,
+    start_run,
+)
 from ocrl.experiment.flags import POSITIVE_FIELDS, UsageError, check_args, run_cli
 from ocrl.nets import CriticEnsemble, FlatAdam, TanhGaussianActor, autocast, ggd, polyak_update
 from ocrl.nets.seeds import SeedStreams, init_seeds
@@ -75,7 +82,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs, TargetArgs, ggd.GGDArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]
@@ -88,10 +95,6 @@ class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
     """parallel training environments (of each seed); one gradient update per vector step"""
     buffer_size: int = 1_000_000
     """replay buffer capacity"""
-    discount: float = 0.99
-    """discount factor gamma"""
-    tau: float = 0.005
-    """Polyak rate of the target critics"""
     batch_size: int = 256
     """transitions per update, sampled uniformly with replacement"""
     learning_starts: int = 100
@@ -114,36 +117,8 @@ class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
     """hidden activation of actor and critics (the released MlpPolicy: Tanh; CleanRL: ReLU)"""
     time_feature: bool = True
     """append 1 - t / max_episode_steps to the observations (sb3_contrib's TimeFeatureWrapper), in training and evaluation"""
-    ensemble_size: int = 5
-    """members E per twin critic, each with a mean and a raw-shape output"""
-    loss: Literal["ggd", "gaussian", "mse"] = "ggd"
-    """value loss: ggd (risk-averse GGD NLL), gaussian (variance head, the released gd-*), mse (plain SAC)"""
-    reg: Literal["auto", "none", "biv", "biev"] = "auto"
-    """batch inverse-variance regulariser: biev (TD-error variance over members), biv (prediction variance), none; auto = biev for --loss ggd, none otherwise"""
-    reg_loss: Literal["auto", "mae", "mse", "huber"] = "auto"
-    """the regulariser's per-sample loss; auto = mae for --loss ggd, mse otherwise (as the released variants)"""
-    uncertainty_temperature: float = 0.1
-    """lambda, the regulariser's weight"""
-    min_batch_size: int = 16
-    """minimum effective batch size m (capped at batch_size - 1) that xi restores"""
-    ggd_form: Literal["product", "power"] = "product"
-    """GGD term: product |delta| * beta (released code) or power |delta|^beta (the paper's Eq. 4)"""
-    beta_eps: float = 0.0
-    """beta = softplus(raw) + beta_eps; 0 is the released code (beta can underflow to 0 and the loss to NaN); 1e-6 keeps it finite"""
-    detach_ra_weight: bool = False
-    """detach the risk-averse weight beta_e / sum_e' beta_e' (the released code does not)"""
-    biev_mbbe: bool = True
-    """BIEV variance with the MBBE kurtosis correction (released code); --no-biev-mbbe is the paper text's plain V[delta]"""
     biv_source: Literal["online", "target"] = "online"
     """BIV variance of the online critics' Q(s, a) (released code) or of the target critics' Q'(s', a') (IV-RL)"""
-    reg_scale: Literal["code", "sum"] = "code"
-    """code: mean_i(w_i l_i), i.e. lambda / B times the weighted sum (released); sum: sum_i w_i l_i"""
-    xi_solver: Literal["bisection", "nelder-mead"] = "bisection"
-    """xi by a bracketing search on the device, or by scipy's Nelder-Mead on the CPU (the released solver; a host sync per update)"""
-    save_model: bool = False
-    """write checkpoint.pt (networks, optimisers, RNG, replay buffer and the training envs) at every evaluation and at the end"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note); a --num-seeds group's folder continues all its seeds"""
     compile: bool = False
     """wrap the update in torch.compile (off by default on the CPU; not with --xi-solver nelder-mead)"""
 
@@ -173,9 +148,7 @@ class GGDSAC(Agent):
         self.log_alpha = torch.full((n,), log_alpha, device=device, requires_grad=args.autotune)
         self.alpha_opt = FlatAdam([self.log_alpha], lr=args.q_lr) if args.autotune else None
         self.reg = ggd.resolved_reg(args.reg, args.loss)
-        self.reg_loss = (
-            args.reg_loss if args.reg_loss != "auto" else ("mae" if args.loss == "ggd" else "mse")
-        )
+        self.reg_loss = ggd.resolved_reg_loss(args.reg_loss, args.loss)
         self.min_ess = float(min(args.batch_size - 1, args.min_batch_size))
         self.seen: dict[str, torch.Tensor] = {}  # the last update's intermediates, for diagnostics
 

@@ -54,7 +54,14 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
 from ocrl.experiment import Agent, SeedLoops
-from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
+from ocrl.experiment.args import (
+    OfflineArgs,
+    PrecisionArgs,
+    RunArgs,
+    SeedsArgs,
+    TargetArgs,
+    start_run,
+)
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import MLP, CriticEnsemble, DeterministicActor, FlatAdam, autocast, polyak_update
 from ocrl.nets.seeds import SeedStreams, init_seeds
@@ -84,7 +91,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs, TargetArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters of CORL's YAMLs (hopper-medium(-replay)-v2: deterministic actor, reward scaling, tau 0.001; antmaze-*: beta 10, expectile 0.9, reward - 1); explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -93,10 +100,6 @@ class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     """gradient updates (one V, Q and actor step each), CORL's 1M; also the length of the actor's cosine lr decay (a --resume keeps the first run's)"""
     batch_size: int = 256
     """transitions per update, sampled uniformly with replacement"""
-    discount: float = 0.99
-    """discount factor gamma"""
-    tau: float = 0.005
-    """Polyak rate of the target critics (CORL's hopper-medium(-replay) YAMLs: 0.001)"""
     beta: float = 3.0
     """inverse temperature of the advantage weights exp(beta A): small is BC, large maximises Q"""
     expectile: float = 0.7

@@ -63,7 +63,7 @@ from ocrl.data import EpisodeCurve, RolloutBuffer, discounted_returns, explained
 from ocrl.envs import Evaluator
 from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, instance_from_flag
 from ocrl.experiment import Agent, TrainingLoop
-from ocrl.experiment.args import PolicyExportArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment.args import CheckpointArgs, PolicyExportArgs, PrecisionArgs, RunArgs, start_run
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import MLP, autocast, full_precision, xavier_init
 
@@ -83,7 +83,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, PolicyExportArgs):
+class Args(RunArgs, PrecisionArgs, PolicyExportArgs, CheckpointArgs):
     instance: str = "25x10"
     """published setting (15x5, 20x10, 25x10, 25x15; its JSON from --instance-dir or $OCRL_LOT_SIZING_DIR), a path to an instance JSON, or 'generated' (--n-items x --n-machines, --instance-seed)"""
     instance_dir: str | None = None
@@ -136,10 +136,6 @@ class Args(RunArgs, PrecisionArgs, PolicyExportArgs):
     """episodes per evaluation, run in parallel"""
     log_every: int = 4_000
     """environment steps between logs (the released code's 40 episodes)"""
-    save_model: bool = False
-    """write checkpoint.pt at every evaluation and at the end"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (the episodes in progress restart)"""
 
 
 class MachineActor(nn.Module):

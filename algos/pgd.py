@@ -13,11 +13,11 @@ Before EDM step k = 0..N-1 of the stochastic Heun sampler, in the model's normal
 then the usual churn + Heun step runs from the shifted x_k. The initial synthetic set is unguided; every
 --synth-dataset-lifetime updates it is regenerated with guidance from the current actor. Each batch holds
 --synth-batch-size synthetic transitions and the rest real (240 + 16). The agent is PGD's IQL (--agent, the
-code's default) or TD3+BC; the model is --diffusion-model (`python algos/diffusion.py --preset pgd-unguided`'s
-model.pt), or --diffusion-steps N trains it here first. Defaults are the released code's
-(EmptyJackson/policy-guided-diffusion @ 9da606c) but for five deviations; --guidance-coef 0 (the default) is the
-unguided baseline, --synth-batch-size 0 the real-data one. Log pi, the agents' losses, the deviations, results
-and commands: docs/algos/pgd.md.
+code's default) or TD3+BC, whose targets move by --tau at the start of every update; the model is
+--diffusion-model (`python algos/diffusion.py --preset pgd-unguided`'s model.pt), or --diffusion-steps N trains
+it here first. Defaults are the released code's (EmptyJackson/policy-guided-diffusion @ 9da606c) but for five
+deviations; --guidance-coef 0 (the default) is the unguided baseline, --synth-batch-size 0 the real-data one.
+Log pi, the agents' losses, the deviations, results and commands: docs/algos/pgd.md.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ocrl.data import Batch
 from ocrl.data.replay import SyntheticSet, mixed_batch
 from ocrl.envs import OfflineTask, load_offline_task
 from ocrl.experiment import Agent, TrainingLoop
-from ocrl.experiment.args import OfflineArgs, RunArgs, start_run
+from ocrl.experiment.args import OfflineArgs, RunArgs, TargetArgs, start_run
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import (
     MLP,
@@ -58,7 +58,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineArgs, edm_runs.TrajectoryTrainingArgs):
+class Args(RunArgs, OfflineArgs, edm_runs.TrajectoryTrainingArgs, TargetArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """'cpu-small': 1,024 trajectories and 32 Heun steps per regeneration (and a 16-row, F 64, 2-block model with --diffusion-steps); explicit flags override it"""
     diffusion_model: str | None = None
@@ -101,10 +101,6 @@ class Args(RunArgs, OfflineArgs, edm_runs.TrajectoryTrainingArgs):
     """IQL guidance: add the tanh change of variables sum log(1 - tanh(u)^2) (PGD's code has none)"""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """the U-Net's matmuls: 'bf16' autocast (sigma maths in fp32), 'fp32', or 'auto': bf16 on CUDA, fp32 on the CPU"""
-    discount: float = 0.99
-    """discount factor gamma"""
-    tau: float = 0.005
-    """Polyak rate of the target networks (updated at the start of every step)"""
     lr: float = 3e-4
     """Adam learning rate of every network (eps 1e-5, constant; PGD's default since 3 Jul 2024)"""
     hidden: tuple[int, ...] = (256, 256)
@@ -125,8 +121,6 @@ class Args(RunArgs, OfflineArgs, edm_runs.TrajectoryTrainingArgs):
     """IQL: clip of the advantage weights (EXP_ADV_MAX)"""
     normalize_obs: bool = True
     """standardise observations (real and synthetic) with the real transitions' mean and std (+1e-3)"""
-    save_model: bool = False
-    """write checkpoint.pt (atomically; it holds the synthetic set) at every evaluation and at the end"""
 
 
 # ------------------------------------------------------------------------------------------- agents

@@ -122,10 +122,6 @@ class Args(RunArgs, PrecisionArgs, OnlineArgs):
     """hidden layer widths of the actor and of the critic (Tanh)"""
     log_every: int = 2_048
     """environment steps between loss logs (checked after each iteration)"""
-    save_model: bool = False
-    """write checkpoint.pt (networks, optimiser, normalisers, training envs, RNG) at every evaluation and at the end"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (the environments continue their episodes)"""
 
 
 class PPO(Agent):

@@ -54,7 +54,14 @@ import torch
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import load_offline_task
 from ocrl.experiment import Agent, SeedLoops
-from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
+from ocrl.experiment.args import (
+    OfflineArgs,
+    PrecisionArgs,
+    RunArgs,
+    SeedsArgs,
+    TargetArgs,
+    start_run,
+)
 from ocrl.experiment.flags import check_args, run_cli
 from ocrl.nets import (
     CriticEnsemble,
@@ -88,7 +95,7 @@ _EVAL_PROTOCOLS = {"ocrl": (5_000, 10), "prdc": (1_000, 50)}
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs, TargetArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-domain settings of the paper's README (a domain name or a D4RL dataset name): halfcheetah-*: alpha 40, beta 2; hopper-*, walker2d-*: alpha 2.5, beta 2; antmaze-*: alpha 7.5, beta 7.5, reward 10000 r - 1. Explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -97,10 +104,6 @@ class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     """gradient updates (critic steps); the paper trains for 1M"""
     batch_size: int = 256
     """transitions per update, sampled uniformly with replacement"""
-    discount: float = 0.99
-    """discount factor gamma"""
-    tau: float = 0.005
-    """Polyak rate of the target networks"""
     actor_lr: float = 3e-4
     """Adam learning rate of the actor"""
     critic_lr: float = 3e-4

@@ -49,14 +49,21 @@ import torch
 from ocrl.data import Batch
 from ocrl.envs import Evaluator, SeedEnvs, make_env, reference_scores
 from ocrl.experiment import Agent, SeedLoops
-from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
+from ocrl.experiment.args import (
+    OnlineArgs,
+    PrecisionArgs,
+    RunArgs,
+    SeedsArgs,
+    TargetArgs,
+    start_run,
+)
 from ocrl.experiment.flags import run_cli
 from ocrl.nets import CriticEnsemble, FlatAdam, TanhGaussianActor, autocast, polyak_update
 from ocrl.nets.seeds import SeedStreams, init_seeds
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs, TargetArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     seed: int = 1
@@ -67,10 +74,6 @@ class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
     """parallel training environments (of each seed); one gradient update per vector step"""
     buffer_size: int = 1_000_000
     """replay buffer capacity"""
-    discount: float = 0.99
-    """discount factor gamma"""
-    tau: float = 0.005
-    """Polyak rate of the target critics"""
     batch_size: int = 256
     """transitions per update, sampled uniformly with replacement"""
     learning_starts: int = 5_000
@@ -89,12 +92,8 @@ class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
     """learn the temperature towards target entropy -|A| (log alpha starts at 0)"""
     hidden: tuple[int, ...] = (256, 256)
     """hidden layer widths of actor and critics"""
-    save_model: bool = False
-    """write checkpoint.pt (networks, optimisers, RNG, replay buffer and the training envs) at every evaluation and at the end"""
     save_snapshots: bool = False
     """also keep the actor of every evaluation in snapshots/ (each seed's folder) with its score (used by scripts/collect_dataset.py)"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (bit for bit: the training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks; others restart them, with a note); a --num-seeds group's folder continues all its seeds"""
     compile: bool = False
     """wrap the update in torch.compile (off by default on the CPU)"""
 

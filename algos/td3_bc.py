@@ -34,7 +34,14 @@ import torch
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
 from ocrl.experiment import Agent, SeedLoops
-from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, start_run
+from ocrl.experiment.args import (
+    OfflineArgs,
+    PrecisionArgs,
+    RunArgs,
+    SeedsArgs,
+    TargetArgs,
+    start_run,
+)
 from ocrl.experiment.flags import run_cli
 from ocrl.nets import CriticEnsemble, DeterministicActor, FlatAdam, autocast, polyak_update
 from ocrl.nets.seeds import SeedStreams, init_seeds
@@ -57,7 +64,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
+class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs, TargetArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters from the paper; explicit flags override them; --dataset alone changes none"""
     seed: int = 0
@@ -66,10 +73,6 @@ class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     """gradient updates (critic steps); the paper trains for 1M"""
     batch_size: int = 256
     """transitions per update, sampled uniformly with replacement"""
-    discount: float = 0.99
-    """discount factor gamma"""
-    tau: float = 0.005
-    """Polyak rate of the target networks"""
     actor_lr: float = 3e-4
     """Adam learning rate of the actor"""
     critic_lr: float = 3e-4

@@ -1,7 +1,8 @@
 """The flags every algorithm shares, as dataclasses an `Args` extends, and `start_run`, the first line of every main().
 
 An algorithm's own `Args` holds its method's hyperparameters and the flags whose meaning is its own (seed,
-total_steps, what one evaluation or log interval counts); these hold the run plumbing, identical everywhere.
+total_steps, what one evaluation or log interval counts); these hold the run plumbing, identical everywhere, and
+`TargetArgs`, the bootstrapped target's discount and Polyak rate, the same in every file with target networks.
 A field an `Args` declares again keeps its place here and takes the new default and docstring.
 """
 
@@ -30,7 +31,20 @@ class PolicyExportArgs:
 
 
 @dataclass
-class OfflineArgs(PolicyExportArgs):
+class CheckpointArgs:
+    """Checkpoints and --resume: the same two flags in every algorithm that can continue a run."""
+
+    save_model: bool = False
+    """write checkpoint.pt (atomically; all that --resume needs: networks, optimisers, RNG and the run's buffers,
+    normalisers, synthetic data or training envs) at every evaluation (without evaluations: every log interval)
+    and at the end"""
+    resume: str | None = None
+    """run folder to continue from its checkpoint.pt, bit for bit (its config.json is reused, except total_steps and
+    device; training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks, others restart)"""
+
+
+@dataclass
+class OfflineArgs(PolicyExportArgs, CheckpointArgs):
     """An offline algorithm's data, its evaluation and its checkpoints; its steps are gradient updates."""
 
     dataset: str = "ocrl/hopper/medium-v0"
@@ -47,15 +61,11 @@ class OfflineArgs(PolicyExportArgs):
     """episodes per evaluation, run in parallel"""
     log_every: int = 1_000
     """updates between loss logs (the only host synchronisations of the loop)"""
-    save_model: bool = False
-    """write checkpoint.pt (atomically) at every evaluation and at the end"""
-    resume: str | None = None
-    """run folder to continue from its checkpoint.pt (its config.json is reused, except total_steps and device); a --num-seeds group's folder continues all its seeds"""
 
 
 @dataclass
-class OnlineArgs(PolicyExportArgs):
-    """An online algorithm's evaluation, logging and videos; its steps are environment steps."""
+class OnlineArgs(PolicyExportArgs, CheckpointArgs):
+    """An online algorithm's evaluation, logging, videos and checkpoints; its steps are environment steps."""
 
     eval_every: int = 5_000
     """environment steps between evaluations"""
@@ -65,6 +75,17 @@ class OnlineArgs(PolicyExportArgs):
     """environment steps between loss logs"""
     capture_video: bool = False
     """record the first episode of every evaluation as videos/step-<step>.mp4 in the run folder (optional extra `video`)"""
+
+
+@dataclass
+class TargetArgs:
+    """The bootstrapped target's two numbers, the same in every algorithm with Polyak-averaged target networks (which
+    networks have targets, and when they move, its docstring says)."""
+
+    discount: float = 0.99
+    """discount factor gamma"""
+    tau: float = 0.005
+    """Polyak rate of the target networks: target <- tau * online + (1 - tau) * target"""
 
 
 @dataclass
@@ -83,7 +104,7 @@ class SeedsArgs:
     num_seeds: int = 1
     """train seeds seed .. seed+N-1 in one process, every network stacked on a seed axis (batched matmuls), each
     seed with its own minibatches, noise and evaluation episodes; seed k writes the run folder a single-seed run of
-    it writes (with --run-dir DIR: DIR/s<k>)"""
+    it writes (with --run-dir DIR: DIR/s<k>); --resume DIR continues all the group's seeds"""
 
 
 @dataclass
