@@ -60,8 +60,8 @@ from ocrl.data.windows import (
     windows_to_transitions,
 )
 from ocrl.envs.synthetic import synthetic_quality, write_synthetic_dataset
-from ocrl.experiment import Agent, Run, TrainingLoop, save_checkpoint
-from ocrl.experiment.args import CheckpointArgs, RunArgs, start_run
+from ocrl.experiment import Agent, Run, TrainingLoop, save_checkpoint, start_run
+from ocrl.experiment.args import CheckpointArgs, RunArgs
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import uses_bf16
 from ocrl.nets.diffusion import (

@@ -51,8 +51,8 @@ import torch
 
 from ocrl.data import Batch, ReplayBuffer, mixed_minibatches
 from ocrl.envs import TrainingEnvs, load_offline_task, make_env, reward_bias
-from ocrl.experiment import Acting, Agent, TrainingLoop
-from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, TargetArgs, start_run
+from ocrl.experiment import Acting, Agent, TrainingLoop, start_run
+from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, TargetArgs
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import CriticEnsemble, TanhNormalPolicy, autocast, polyak_update, xavier_init
 from ocrl.nets.core import compile_with_cuda_graphs, gradient_step

@@ -58,8 +58,8 @@ from ocrl.envs.inventory import (
     simulate,
     upstream_bounds,
 )
-from ocrl.experiment import Agent, TrainingLoop, check_finite, save_checkpoint
-from ocrl.experiment.args import RunArgs, start_run
+from ocrl.experiment import Agent, TrainingLoop, check_finite, save_checkpoint, start_run
+from ocrl.experiment.args import RunArgs
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import MLP
 

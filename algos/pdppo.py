@@ -62,8 +62,8 @@ from torch import nn
 from ocrl.data import EpisodeCurve, RolloutBuffer, discounted_returns, explained_variance
 from ocrl.envs import Evaluator
 from ocrl.envs.lot_sizing import PUBLISHED, LotSizingVectorEnv, instance_from_flag
-from ocrl.experiment import Agent, TrainingLoop
-from ocrl.experiment.args import CheckpointArgs, PolicyExportArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment import Agent, TrainingLoop, start_run
+from ocrl.experiment.args import CheckpointArgs, PolicyExportArgs, PrecisionArgs, RunArgs
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import MLP, autocast, full_precision, xavier_init
 

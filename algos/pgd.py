@@ -34,8 +34,8 @@ from torch import nn
 from ocrl.data import Batch
 from ocrl.data.replay import SyntheticSet, mixed_batch
 from ocrl.envs import OfflineTask, load_offline_task
-from ocrl.experiment import Agent, TrainingLoop
-from ocrl.experiment.args import OfflineArgs, RunArgs, TargetArgs, start_run
+from ocrl.experiment import Agent, TrainingLoop, start_run
+from ocrl.experiment.args import OfflineArgs, RunArgs, TargetArgs
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import (
     MLP,

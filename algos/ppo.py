@@ -49,8 +49,8 @@ from torch import nn
 
 from ocrl.data import ObservationNormalizer, RunningMeanStd, VectorRollout, explained_variance
 from ocrl.envs import Evaluator, make_vector_env, reference_scores
-from ocrl.experiment import Acting, Agent, TrainingLoop
-from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, start_run
+from ocrl.experiment import Acting, Agent, TrainingLoop, start_run
+from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs
 from ocrl.experiment.flags import UsageError, check_args, run_cli
 from ocrl.nets import ActorCritic, autocast
 

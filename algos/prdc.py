@@ -53,15 +53,8 @@ import torch
 
 from ocrl.data import Batch, ReplayBuffer
 from ocrl.envs import load_offline_task
-from ocrl.experiment import Agent, SeedLoops
-from ocrl.experiment.args import (
-    OfflineArgs,
-    PrecisionArgs,
-    RunArgs,
-    SeedsArgs,
-    TargetArgs,
-    start_run,
-)
+from ocrl.experiment import Agent, SeedLoops, start_run
+from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, TargetArgs
 from ocrl.experiment.flags import check_args, run_cli
 from ocrl.nets import (
     CriticEnsemble,

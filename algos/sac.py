@@ -48,15 +48,8 @@ import torch
 
 from ocrl.data import Batch
 from ocrl.envs import Evaluator, SeedEnvs, make_env, reference_scores
-from ocrl.experiment import Agent, SeedLoops
-from ocrl.experiment.args import (
-    OnlineArgs,
-    PrecisionArgs,
-    RunArgs,
-    SeedsArgs,
-    TargetArgs,
-    start_run,
-)
+from ocrl.experiment import Agent, SeedLoops, start_run
+from ocrl.experiment.args import OnlineArgs, PrecisionArgs, RunArgs, SeedsArgs, TargetArgs
 from ocrl.experiment.flags import run_cli
 from ocrl.nets import CriticEnsemble, FlatAdam, TanhGaussianActor, autocast, polyak_update
 from ocrl.nets.seeds import SeedStreams, init_seeds

@@ -33,15 +33,8 @@ import torch
 
 from ocrl.data import Batch
 from ocrl.envs import load_offline_task
-from ocrl.experiment import Agent, SeedLoops
-from ocrl.experiment.args import (
-    OfflineArgs,
-    PrecisionArgs,
-    RunArgs,
-    SeedsArgs,
-    TargetArgs,
-    start_run,
-)
+from ocrl.experiment import Agent, SeedLoops, start_run
+from ocrl.experiment.args import OfflineArgs, PrecisionArgs, RunArgs, SeedsArgs, TargetArgs
 from ocrl.experiment.flags import run_cli
 from ocrl.nets import CriticEnsemble, DeterministicActor, FlatAdam, autocast, polyak_update
 from ocrl.nets.seeds import SeedStreams, init_seeds

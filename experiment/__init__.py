@@ -1,12 +1,14 @@
 """Running an experiment: the CLI with presets and checks, run folders, logs, checkpoints and the training-loop plumbing."""
 
 from ocrl.experiment.args import (
+    CheckpointArgs,
     OfflineArgs,
     OnlineArgs,
     PolicyExportArgs,
     PrecisionArgs,
     RunArgs,
     SeedsArgs,
+    TargetArgs,
     start_run,
 )
 from ocrl.experiment.flags import POSITIVE_FIELDS, check_args, cli, friendly_errors, run_cli
@@ -53,6 +55,8 @@ __all__ = [
     "Run",
     "RunArgs",
     "SeedsArgs",
+    "TargetArgs",
+    "CheckpointArgs",
     "SeedLoops",
     "SnapshotEvaluator",
     "TrainingLoop",
