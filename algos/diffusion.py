@@ -152,8 +152,7 @@ class Args(RunArgs, TrajectoryModelArgs, CheckpointArgs):
     quality_samples: int = 10_000
     """transitions (real and synthetic each) for the dynamics-error report; 0 skips it"""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """the network's matmuls: 'bf16' autocast (sigma maths, loss, weights and Adam in fp32; on CUDA with TF32),
-    'fp32', or 'auto': bf16 on CUDA, fp32 on the CPU"""
+    """the network's matmuls: 'bf16' autocast (sigma maths, loss, weights and Adam in fp32; on CUDA with TF32), 'fp32', or 'auto': bf16 on CUDA, fp32 on the CPU"""
     compile: bool = False
     """capture the sampler's denoiser call (CUDA graphs with torch.compile reduce-overhead on CUDA)"""
     log_every: int = 1_000

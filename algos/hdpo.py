@@ -88,8 +88,7 @@ class Args(RunArgs):
     grad_clip: float | None = None
     """clip the gradient norm to this value (off in the reference's vanilla policies)"""
     initial_on_hand: tuple[float, float] | None = None
-    """initial on-hand as U[lo, hi] x mean demand; default the setting's (backlogged one store: -1 1, else 0 1;
-    the reference: 0 1)"""
+    """initial on-hand as U[lo, hi] x mean demand; default the setting's (backlogged one store: -1 1, else 0 1; the reference: 0 1)"""
     n_train: int = 32768
     """training paths (demand traces)"""
     batch_size: int = 8192
@@ -125,8 +124,7 @@ class Args(RunArgs):
     seed: int = 0
     """seed of the network initialisation, the shuffling and the scenarios (test uses seed + 1000)"""
     save_model: bool = False
-    """write the best policy's weights to policy.pt in the run folder (atomically); no policy.pt2: this policy orders
-    from the simulator's state, not a Gymnasium observation (docs/runs.md, Policy files)"""
+    """write the best policy's weights to policy.pt in the run folder (atomically); no policy.pt2: this policy orders from the simulator's state, not a Gymnasium observation (docs/runs.md, Policy files)"""
 
     # What TrainingLoop reads: it counts gradient steps and logs (and checks) the training cost once an epoch.
     log_every = property(lambda self: self.n_train // self.batch_size)

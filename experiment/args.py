@@ -26,8 +26,7 @@ class PolicyExportArgs:
     """The policy-file flags of every algorithm that writes policy.pt2."""
 
     export_onnx: bool = False
-    """also write policy.onnx, the policy.pt2 program for onnxruntime, checked against it on a batch
-    (optional extra `onnx`); not for a stochastic acting program (EXPO's), whose draws ONNX cannot repeat"""
+    """also write policy.onnx, the policy.pt2 program for onnxruntime, checked against it on a batch (optional extra `onnx`); not for a stochastic acting program (EXPO's), whose draws ONNX cannot repeat"""
 
 
 @dataclass
@@ -35,12 +34,9 @@ class CheckpointArgs:
     """Checkpoints and --resume: the same two flags in every algorithm that can continue a run."""
 
     save_model: bool = False
-    """write checkpoint.pt (atomically; all that --resume needs: networks, optimisers, RNG and the run's buffers,
-    normalisers, synthetic data or training envs) at every evaluation (without evaluations: every log interval)
-    and at the end"""
+    """write checkpoint.pt (atomically; all that --resume needs: networks, optimisers, RNG and the run's buffers, normalisers, synthetic data or training envs) at every evaluation (without evaluations: every log interval) and at the end"""
     resume: str | None = None
-    """run folder to continue from its checkpoint.pt, bit for bit (its config.json is reused, except total_steps and
-    device; training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks, others restart)"""
+    """run folder to continue from its checkpoint.pt, bit for bit (its config.json is reused, except total_steps and device; training envs continue their episodes on Gymnasium MuJoCo and classic-control tasks, others restart)"""
 
 
 @dataclass
@@ -93,8 +89,7 @@ class PrecisionArgs:
     """The networks' matmul precision, for the algorithms that honour it (their docstrings say what stays fp32)."""
 
     precision: Literal["fp32", "bf16"] = "fp32"
-    """'bf16': the networks' forward passes under bf16 autocast (CPU AMX/AVX512-BF16 or CUDA), weights, optimiser
-    state, output heads, targets and losses in fp32; 'fp32': everything in fp32"""
+    """'bf16': the networks' forward passes under bf16 autocast (CPU AMX/AVX512-BF16 or CUDA), weights, optimiser state, output heads, targets and losses in fp32; 'fp32': everything in fp32"""
 
 
 @dataclass
@@ -102,9 +97,7 @@ class SeedsArgs:
     """Several seeds in one process, for the algorithms that stack their networks on a seed axis."""
 
     num_seeds: int = 1
-    """train seeds seed .. seed+N-1 in one process, every network stacked on a seed axis (batched matmuls), each
-    seed with its own minibatches, noise and evaluation episodes; seed k writes the run folder a single-seed run of
-    it writes (with --run-dir DIR: DIR/s<k>); --resume DIR continues all the group's seeds"""
+    """train seeds seed .. seed+N-1 in one process, every network stacked on a seed axis (batched matmuls), each seed with its own minibatches, noise and evaluation episodes; seed k writes the run folder a single-seed run of it writes (with --run-dir DIR: DIR/s<k>); --resume DIR continues all the group's seeds"""
 
 
 @dataclass
@@ -114,8 +107,7 @@ class RunArgs:
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
     threads: int = 1
-    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing
-    each other 10-50x; 0 uses torch's default (all cores)"""
+    """torch's CPU threads: 1 is fastest per run for these network sizes and keeps runs side by side from slowing each other 10-50x; 0 uses torch's default (all cores)"""
     run_dir: str | None = None
     """run folder; default runs/<algorithm>__<dataset, env or instance>__s<seed>__<time>"""
     overwrite: bool = False

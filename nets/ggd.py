@@ -20,14 +20,11 @@ class GGDArgs:
     """The GGD critic's flags, the same in algos/ggd_td.py and algos/ggd_ppo.py (each file's `Args` extends it)."""
 
     ensemble_size: int = 5
-    """value members E (ggd_td: per twin critic; ggd_ppo: heads on the critic trunk), each with a mean and a raw-shape
-    output (ggd_ppo's --loss mse: the mean alone, as released)"""
+    """value members E (ggd_td: per twin critic; ggd_ppo: heads on the critic trunk), each with a mean and a raw-shape output (ggd_ppo's --loss mse: the mean alone, as released)"""
     loss: Literal["ggd", "gaussian", "mse"] = "ggd"
-    """value loss: ggd (risk-averse GGD NLL), gaussian (variance head: the released gd-sac / GD_PPO), mse (plain
-    SAC / PPO)"""
+    """value loss: ggd (risk-averse GGD NLL), gaussian (variance head: the released gd-sac / GD_PPO), mse (plain SAC / PPO)"""
     reg: Literal["auto", "none", "biv", "biev"] = "auto"
-    """batch inverse-variance regulariser: biev (the TD-error variance over the members), biv (the prediction
-    variance), none; auto = biev for --loss ggd, none otherwise"""
+    """batch inverse-variance regulariser: biev (the TD-error variance over the members), biv (the prediction variance), none; auto = biev for --loss ggd, none otherwise"""
     reg_loss: Literal["auto", "mae", "mse", "huber"] = "auto"
     """the regulariser's per-sample loss; auto = mae for --loss ggd, mse otherwise (as the released variants)"""
     uncertainty_temperature: float = 0.1
@@ -37,18 +34,15 @@ class GGDArgs:
     ggd_form: Literal["product", "power"] = "product"
     """GGD term: product |delta| * beta (released code) or power |delta|^beta (the paper's Eq. 4)"""
     beta_eps: float = 0.0
-    """beta = softplus(raw) + beta_eps; 0 is the released code (beta can underflow to 0 and the loss to NaN); 1e-6
-    keeps it finite"""
+    """beta = softplus(raw) + beta_eps; 0 is the released code (beta can underflow to 0 and the loss to NaN); 1e-6 keeps it finite"""
     detach_ra_weight: bool = False
     """detach the risk-averse weight beta_e / sum_e' beta_e' (the released code does not)"""
     biev_mbbe: bool = True
-    """BIEV variance with the MBBE kurtosis correction (released code); --no-biev-mbbe is the paper text's plain
-    V[delta]"""
+    """BIEV variance with the MBBE kurtosis correction (released code); --no-biev-mbbe is the paper text's plain V[delta]"""
     reg_scale: Literal["code", "sum"] = "code"
     """code: mean_i(w_i l_i), i.e. lambda / B times the weighted sum (released); sum: sum_i w_i l_i"""
     xi_solver: Literal["bisection", "nelder-mead"] = "bisection"
-    """xi by a bracketing search on the device, or by scipy's Nelder-Mead on the CPU (the released solver; a host
-    sync per minibatch)"""
+    """xi by a bracketing search on the device, or by scipy's Nelder-Mead on the CPU (the released solver; a host sync per minibatch)"""
 
 
 def ggd_nll(

@@ -446,8 +446,7 @@ class Args:
     check: Path | None = None
     """instead of writing: exit 1 unless this file is what --out would write now (the commit aside)"""
     formats: tuple[str, ...] = DEFAULT_FORMATS
-    """the dataset inputs the copy reads: hdf5 (D4RL-layout files), d4rl (D4RL names, downloaded),
-    minari (Minari folders and ids); the others give a one-line error naming this flag"""
+    """the dataset inputs the copy reads: hdf5 (D4RL-layout files), d4rl (D4RL names, downloaded), minari (Minari folders and ids); the others give a one-line error naming this flag"""
     features: tuple[str, ...] = ()
     """optional features the copy carries: track (--track), video (--capture-video), policy (policy.pt2)"""
 

@@ -67,8 +67,7 @@ class Args:
     seed: int = 0
     """seed of the bootstrap"""
     metric: str = "auto"
-    """auto: eval/normalized_score where a run logs it, else eval/return; return: always eval/return; or any
-    logged scalar tag (e.g. expo/log_alpha): its table and curves only, no IQM or performance profile"""
+    """auto: eval/normalized_score where a run logs it, else eval/return; return: always eval/return; or any logged scalar tag (e.g. expo/log_alpha): its table and curves only, no IQM or performance profile"""
     center: Literal["mean", "median"] = "mean"
     """the seeds' centre in the table and the curves (the ± band is the sample std either way)"""
 

@@ -168,8 +168,9 @@ def tags(run_dir: Path) -> set[str]:
 
 @pytest.mark.parametrize("name", ALL_FILES)
 def test_every_args_field_has_a_docstring_and_a_flag(name):
-    # Args and the shared bases it extends (ocrl.experiment.args): every field written with a docstring.
-    documented, missing = set(), []
+    # Args and the shared bases it extends (ocrl.experiment.args): every field written with a docstring, on one
+    # line (tyro keeps a docstring's line breaks, so a wrapped one prints as ragged lines in --help).
+    documented, missing, wrapped = set(), [], []
     for cls in module(name).Args.__mro__:
         if not dataclasses.is_dataclass(cls):
             continue
@@ -180,9 +181,12 @@ def test_every_args_field_has_a_docstring_and_a_flag(name):
             doc = i + 1 < len(body) and isinstance(body[i + 1], ast.Expr)
             if doc and isinstance(body[i + 1].value.value, str):
                 documented.add(stmt.target.id)
+                if "\n" in body[i + 1].value.value:
+                    wrapped.append(f"{cls.__qualname__}.{stmt.target.id}")
             else:
                 missing.append(f"{cls.__qualname__}.{stmt.target.id}")
     assert not missing, f"Args fields without a docstring in algos/{name}.py: {missing}"
+    assert not wrapped, f"Args field docstrings over several lines (algos/{name}.py): {wrapped}"
     assert documented == {f.name for f in dataclasses.fields(module(name).Args)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "algos" / f"{name}.py"), "--help"],
