@@ -89,7 +89,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs, TargetArgs):
+class Args(TargetArgs, RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset alpha / vae_weight / mask / discount of the authors' READMEs (hopper-medium-v2: 2.5/1.0/0.4/0.995, halfcheetah-*: alpha 40; random-other, expert and AntMaze are unpublished). Explicit flags override them; --dataset alone changes none"""
     seed: int = 0

@@ -70,7 +70,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, OnlineArgs, TargetArgs):
+class Args(TargetArgs, RunArgs, PrecisionArgs, OnlineArgs):
     dataset: str = "ocrl/hopper/medium-v0"
     """offline dataset: an ocrl/Minari id (e.g. D4RL/antmaze/large-diverse-v1), a D4RL-style HDF5 file or a Minari folder"""
     env_id: str | None = None

@@ -92,7 +92,7 @@ EPS = 1e-6  # the released code's floor on the regulariser's variances
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, OnlineArgs, ggd.GGDArgs):
+class Args(ggd.GGDArgs, RunArgs, PrecisionArgs, OnlineArgs):
     env_id: str = "HalfCheetah-v4"
     """Gymnasium environment id: a flat Box observation; Box, Discrete or MultiDiscrete actions"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]

@@ -75,7 +75,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs, TargetArgs, ggd.GGDArgs):
+class Args(ggd.GGDArgs, TargetArgs, RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     preset: PresetName = "sb3-faithful"  # type: ignore[valid-type]

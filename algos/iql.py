@@ -84,7 +84,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs, TargetArgs):
+class Args(TargetArgs, RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters of CORL's YAMLs (hopper-medium(-replay)-v2: deterministic actor, reward scaling, tau 0.001; antmaze-*: beta 10, expectile 0.9, reward - 1); explicit flags override them; --dataset alone changes none"""
     seed: int = 0

@@ -58,7 +58,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, OfflineArgs, edm_runs.TrajectoryTrainingArgs, TargetArgs):
+class Args(TargetArgs, RunArgs, OfflineArgs, edm_runs.TrajectoryTrainingArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """'cpu-small': 1,024 trajectories and 32 Heun steps per regeneration (and a 16-row, F 64, 2-block model with --diffusion-steps); explicit flags override it"""
     diffusion_model: str | None = None

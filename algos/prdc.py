@@ -88,7 +88,7 @@ _EVAL_PROTOCOLS = {"ocrl": (5_000, 10), "prdc": (1_000, 50)}
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs, TargetArgs):
+class Args(TargetArgs, RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-domain settings of the paper's README (a domain name or a D4RL dataset name): halfcheetah-*: alpha 40, beta 2; hopper-*, walker2d-*: alpha 2.5, beta 2; antmaze-*: alpha 7.5, beta 7.5, reward 10000 r - 1. Explicit flags override them; --dataset alone changes none"""
     seed: int = 0

@@ -56,7 +56,7 @@ from ocrl.nets.seeds import SeedStreams, init_seeds
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs, TargetArgs):
+class Args(TargetArgs, RunArgs, PrecisionArgs, SeedsArgs, OnlineArgs):
     env_id: str = "Hopper-v4"
     """Gymnasium environment id (flat Box observation and action spaces)"""
     seed: int = 1

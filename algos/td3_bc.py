@@ -57,7 +57,7 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
-class Args(RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs, TargetArgs):
+class Args(TargetArgs, RunArgs, PrecisionArgs, SeedsArgs, OfflineArgs):
     preset: PresetName | None = None  # type: ignore[valid-type]
     """per-dataset hyperparameters from the paper; explicit flags override them; --dataset alone changes none"""
     seed: int = 0
