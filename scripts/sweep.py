@@ -193,14 +193,15 @@ def plan(args: Args) -> list[Job]:
 
 def _resumable_group(seed_dirs: list[Path]) -> bool:
     """Whether every seed of a stopped group has a checkpoint, at one step, and none has finished."""
-    import torch  # only here: planning a sweep needs no torch otherwise
+    # Only here: planning a sweep needs no torch otherwise.
+    from ocrl.experiment.run import CHECKPOINT_FILE, load_checkpoint
 
-    ckpts = [d / "checkpoint.pt" for d in seed_dirs]
+    ckpts = [d / CHECKPOINT_FILE for d in seed_dirs]
     if not all(c.exists() for c in ckpts) or any((d / "metrics.json").exists() for d in seed_dirs):
         return False
     try:  # mmap: only the step is read
-        steps = {int(torch.load(c, "cpu", weights_only=True, mmap=True)["step"]) for c in ckpts}
-    except Exception:  # a damaged checkpoint: the seed's own run says so
+        steps = {int(load_checkpoint(c, mmap=True)["step"]) for c in ckpts}
+    except Exception:  # a damaged or foreign checkpoint: the seed's own run says so
         return False
     return len(steps) == 1
 
