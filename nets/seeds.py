@@ -173,8 +173,12 @@ def seed_parts(parts: dict[str, Any], k: int, num_seeds: int) -> dict[str, Any]:
     tensor whose parameters it steps; an lr schedule, the same for every seed, is every seed's part as it is; a
     list of N parts, one per seed such as the online files' replay buffers and training envs, gives seed k its
     own)."""
-    modules = [m for m in parts.values() if isinstance(m, nn.Module)]
-    tensors = [t for t in parts.values() if isinstance(t, torch.Tensor)]
+    # What an optimiser may step: a module's parameters, or a bare tensor alone.
+    owners = [
+        p if isinstance(p, nn.Module) else [p]
+        for p in parts.values()
+        if isinstance(p, (nn.Module, torch.Tensor))
+    ]
     sliced = {}
     for name, part in parts.items():
         if isinstance(part, torch.optim.lr_scheduler.LRScheduler):
@@ -188,7 +192,6 @@ def seed_parts(parts: dict[str, Any], k: int, num_seeds: int) -> dict[str, Any]:
         module = None
         if isinstance(part, torch.optim.Optimizer):
             ids = [id(p) for group in part.param_groups for p in group["params"]]
-            owners = [*modules, *([t] for t in tensors)]
             owner = next(m for m in owners if [id(p) for p in _params(m)] == ids)
             module = owner if isinstance(owner, nn.Module) else owner[0]
         sliced[name] = SeedSlice(part, k, num_seeds, module)
